@@ -1,0 +1,152 @@
+//! `chorusctl cluster …`: the admin gRPC calls and how their answers are shown.
+
+use std::io::IsTerminal;
+
+use anyhow::{anyhow, bail, Context};
+use proto::v1::admin_client::AdminClient;
+use proto::v1::{AddRequest, ClusterStatus, Empty, IdRequest, InitRequest};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Cli, ClusterCommand};
+
+async fn connect(cli: &Cli, addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| anyhow!("{addr:?} is not a host:port address"))?
+        .connect_timeout(cli.timeout());
+    let channel = endpoint.connect().await.map_err(|e| anyhow!("cannot reach the node at {addr}: {}", root_cause(&e)))?;
+    Ok(AdminClient::new(channel))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn request<T>(cli: &Cli, msg: T, timeout: std::time::Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(timeout);
+    if let Some(secret) = &cli.secret {
+        if let Ok(v) = secret.parse() {
+            req.metadata_mut().insert(proto::SECRET_HEADER, v);
+        }
+    }
+    req
+}
+
+/// A gRPC failure as one line for the operator.
+fn failed(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => anyhow!("timed out: {}", status.message()),
+        tonic::Code::Unauthenticated => anyhow!("refused: {} (pass --secret)", status.message()),
+        _ => anyhow!("{}", status.message()),
+    }
+}
+
+pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
+    let t = cli.timeout();
+    if let ClusterCommand::Init { addrs } = cmd {
+        // Sent to the first node being formed, not to --node.
+        let first = addrs.first().context("cluster init needs at least one address")?;
+        let mut client = connect(cli, first).await?;
+        let init = InitRequest { raft_addrs: addrs.clone() };
+        let status = client.init(request(cli, init, t.max(std::time::Duration::from_secs(20)))).await.map_err(failed)?;
+        print_status(cli, &status.into_inner());
+        return Ok(());
+    }
+    let mut client = connect(cli, &cli.node).await?;
+    let status = match cmd {
+        ClusterCommand::Init { .. } => unreachable!("handled above"),
+        ClusterCommand::Add { addr, learner } => return add(cli, &mut client, addr, *learner).await,
+        ClusterCommand::Promote { id } => client.promote(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner(),
+        ClusterCommand::Remove { id } => client.remove(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner(),
+        ClusterCommand::TransferLeader { id } => {
+            client.transfer_leader(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner()
+        }
+        ClusterCommand::Status => client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner(),
+        ClusterCommand::Snapshot => {
+            let reply = client.snapshot(request(cli, Empty {}, t.max(std::time::Duration::from_secs(120)))).await.map_err(failed)?.into_inner();
+            if cli.json {
+                println!("{}", json!({ "snapshot_index": reply.index }));
+            } else {
+                println!("snapshot built at index {}; log compacted up to it", reply.index);
+            }
+            return Ok(());
+        }
+    };
+    print_status(cli, &status);
+    Ok(())
+}
+
+async fn add(cli: &Cli, client: &mut AdminClient<Channel>, addr: &str, learner: bool) -> anyhow::Result<()> {
+    // Catching up can take long; the whole stream gets a generous deadline.
+    let deadline = cli.timeout().max(std::time::Duration::from_secs(600));
+    let mut stream = client
+        .add(request(cli, AddRequest { raft_addr: addr.to_string(), learner }, deadline))
+        .await
+        .map_err(failed)?
+        .into_inner();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} entries")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut last_phase = String::new();
+    let mut id = 0;
+    while let Some(p) = stream.message().await.map_err(failed)? {
+        id = p.id;
+        if let Some(bar) = &bar {
+            bar.set_length(p.target.max(1));
+            bar.set_position(p.matched.min(p.target));
+            bar.set_message(p.phase.clone());
+        } else if p.phase != last_phase && !cli.json {
+            eprintln!("node {}: {} ({}/{})", p.id, p.phase, p.matched, p.target);
+        }
+        last_phase = p.phase.clone();
+        if p.done {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            if cli.json {
+                println!("{}", json!({ "id": p.id, "role": p.phase, "last_log_index": p.target }));
+            } else {
+                println!("node {} at {addr} added as {}", p.id, p.phase);
+            }
+            return Ok(());
+        }
+    }
+    bail!("the add of node {id} at {addr} ended before it finished ({last_phase})")
+}
+
+fn print_status(cli: &Cli, s: &ClusterStatus) {
+    if cli.json {
+        let members: Vec<_> = s
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "id": m.id, "raft_addr": m.raft_addr, "client_addr": m.client_addr, "role": m.role,
+                    "voter": m.voter, "term": m.term, "last_log_index": m.last_log_index,
+                    "applied_index": m.applied_index, "lag": m.lag, "reachable": m.reachable,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "cluster_id": s.cluster_id, "leader": s.leader, "term": s.term, "members": members }));
+        return;
+    }
+    println!("cluster {}  leader {}  term {}", s.cluster_id, if s.leader == 0 { "none".into() } else { s.leader.to_string() }, s.term);
+    println!("{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {}", "ID", "RAFT", "CLIENT", "ROLE", "TERM", "LAST_LOG", "APPLIED", "LAG", "REACHABLE");
+    for m in &s.members {
+        println!(
+            "{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {}",
+            m.id, m.raft_addr, m.client_addr, m.role, m.term, m.last_log_index, m.applied_index, m.lag,
+            if m.reachable { "yes" } else { "no" }
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! `chorusctl`: form and change a Chorus cluster, and (later) chat from a terminal.
+//!
+//! It talks to nodes only over their public protocols (the admin gRPC service on
+//! the raft address); it links no storage. Exit codes: 0 success, 1 failure with
+//! a one-line reason on stderr, 2 bad usage.
+
+mod admin;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "chorusctl", version, about = "Operate a Chorus cluster")]
+pub struct Cli {
+    /// Raft address of any member.
+    #[arg(long, global = true, env = "CHORUS_NODE", default_value = "127.0.0.1:9080")]
+    pub node: String,
+
+    /// Shared cluster secret, when the cluster has one.
+    #[arg(long, global = true, env = "CHORUS_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Machine-readable output.
+    #[arg(long, global = true, env = "CHORUS_JSON")]
+    pub json: bool,
+
+    /// Seconds to wait for each call.
+    #[arg(long, global = true, env = "CHORUS_TIMEOUT", default_value_t = 15)]
+    pub timeout: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Form and change the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Make nodes started with --no-bootstrap one cluster of voters.
+    Init {
+        /// Raft addresses of the nodes; the first one receives the request.
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+    /// Add the node at ADDR: as a learner, wait for it to catch up, then promote it.
+    Add {
+        addr: String,
+        /// Leave it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner to voter.
+    Promote { id: u64 },
+    /// Remove a member (voter or learner).
+    Remove { id: u64 },
+    /// Move leadership to a voter.
+    TransferLeader { id: u64 },
+    /// Show every member.
+    Status,
+    /// Build a snapshot now and compact the log.
+    Snapshot,
+}
+
+impl Cli {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout.max(1))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Cluster(cmd) => admin::run(&cli, cmd).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("chorusctl: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

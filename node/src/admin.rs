@@ -1,0 +1,397 @@
+//! The operator service (`chorus.v1.Admin`) behind `chorusctl cluster …`.
+//!
+//! Any member accepts every command. Membership changes run on the leader: a
+//! follower forwards the call to it and relays the answer, so the operator never
+//! has to find the leader.
+
+use openraft::async_runtime::WatchReceiver;
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use openraft::{ChangeMembers, ServerState};
+use proto::v1::admin_client::AdminClient;
+use proto::v1::admin_server::Admin;
+use proto::v1::{AddProgress, AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, Member, NodeInfo as NodeInfoMsg, SnapshotReply};
+use raft_store::types::NodeId;
+use raft_store::NodeInfo;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+
+/// Deadline of one admin call from node to node.
+const PEER_ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leadership hand-over may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A learner is promoted once it is this close to the leader's log.
+const CAUGHT_UP_LAG: u64 = 64;
+/// How long `cluster add` waits for a learner to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct AdminService {
+    pub node: Arc<Node>,
+}
+
+type AddStream = Pin<Box<dyn Stream<Item = Result<AddProgress, Status>> + Send + 'static>>;
+
+fn role_name(state: ServerState, voter: bool) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower if voter => "follower",
+        ServerState::Follower | ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn raft_status(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+impl AdminService {
+    fn admin_client(&self, addr: &str) -> Result<AdminClient<Channel>, Status> {
+        let ch = self.node.peers.channel(addr).map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?;
+        Ok(AdminClient::new(ch))
+    }
+
+    /// This node's own view of itself.
+    pub fn local_info(node: &Node) -> NodeInfoMsg {
+        let m = node.raft.metrics().borrow_watched().clone();
+        let voter = m.membership_config.membership().voter_ids().any(|id| id == node.id);
+        let in_cluster = m.membership_config.membership().nodes().any(|(id, _)| *id == node.id);
+        NodeInfoMsg {
+            id: node.id,
+            raft_addr: node.info.raft_addr.clone(),
+            client_url: node.info.client_url.clone(),
+            cluster_id: node.peers.identity.cluster_id().unwrap_or_default(),
+            initialized: in_cluster || m.last_log_index.is_some(),
+            role: if in_cluster { role_name(m.state, voter).to_string() } else { String::new() },
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: node.applied_index(),
+            leader: m.current_leader.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |s| s.index),
+        }
+    }
+
+    async fn remote_info(&self, addr: &str) -> Result<NodeInfoMsg, Status> {
+        let mut client = self.admin_client(addr)?;
+        client
+            .info(self.node.peers.request(Empty {}, PEER_ADMIN_TIMEOUT))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| Status::unavailable(format!("cannot reach the node at {addr}: {}", s.message())))
+    }
+
+    /// The leader's raft address, when this node is not the leader.
+    fn leader_elsewhere(&self) -> Result<Option<String>, Status> {
+        if self.node.is_leader() {
+            return Ok(None);
+        }
+        match self.node.leader() {
+            Some((_, info)) => Ok(Some(info.raft_addr)),
+            None => Err(Status::unavailable("no leader is known; is a majority of voters up?")),
+        }
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        let m = self.node.raft.metrics().borrow_watched().clone();
+        let members = self.node.members();
+        let mut infos = BTreeMap::new();
+        let lookups = members.iter().map(|(id, (info, _))| {
+            let addr = info.raft_addr.clone();
+            let id = *id;
+            async move {
+                if id == self.node.id {
+                    (id, Some(Self::local_info(&self.node)))
+                } else {
+                    (id, self.remote_info(&addr).await.ok())
+                }
+            }
+        });
+        for (id, info) in futures::future::join_all(lookups).await {
+            infos.insert(id, info);
+        }
+        let leader_last = m
+            .current_leader
+            .and_then(|l| infos.get(&l).cloned().flatten())
+            .map_or(m.last_log_index.unwrap_or(0), |i| i.last_log_index);
+        let members = members
+            .into_iter()
+            .map(|(id, (info, voter))| {
+                let live = infos.get(&id).cloned().flatten();
+                let role = match &live {
+                    Some(i) if !i.role.is_empty() => i.role.clone(),
+                    _ if voter => "follower".into(),
+                    _ => "learner".into(),
+                };
+                Member {
+                    id,
+                    raft_addr: info.raft_addr,
+                    client_addr: info.client_url,
+                    role,
+                    voter,
+                    term: live.as_ref().map_or(0, |i| i.term),
+                    last_log_index: live.as_ref().map_or(0, |i| i.last_log_index),
+                    applied_index: live.as_ref().map_or(0, |i| i.applied_index),
+                    lag: live.as_ref().map_or(0, |i| leader_last.saturating_sub(i.applied_index)),
+                    reachable: live.is_some(),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            cluster_id: self.node.peers.identity.cluster_id().unwrap_or_default(),
+            leader: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            members,
+        }
+    }
+
+    async fn wait_for_leader(&self, want: Option<NodeId>, timeout: Duration) -> Result<NodeId, Status> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = self.node.raft.metrics().borrow_watched().current_leader;
+            match (leader, want) {
+                (Some(l), Some(w)) if l == w => return Ok(l),
+                (Some(l), None) => return Ok(l),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded("no leader emerged in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    type AddStream = AddStream;
+
+    async fn info(&self, request: Request<Empty>) -> Result<Response<NodeInfoMsg>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        Ok(Response::new(Self::local_info(&self.node)))
+    }
+
+    async fn init(&self, request: Request<InitRequest>) -> Result<Response<ClusterStatus>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        let addrs = request.into_inner().raft_addrs;
+        if addrs.is_empty() {
+            return Err(Status::invalid_argument("cluster init needs at least one raft address"));
+        }
+        let me = Self::local_info(&self.node);
+        if me.initialized || !me.cluster_id.is_empty() {
+            return Err(Status::already_exists(format!(
+                "the node at {} is already in cluster {}",
+                me.raft_addr,
+                if me.cluster_id.is_empty() { "(unknown)" } else { &me.cluster_id }
+            )));
+        }
+        let mut members = BTreeMap::new();
+        for addr in &addrs {
+            let info = if *addr == me.raft_addr { me.clone() } else { self.remote_info(addr).await? };
+            if info.initialized || !info.cluster_id.is_empty() {
+                return Err(Status::already_exists(format!(
+                    "the node at {addr} already belongs to cluster {}",
+                    if info.cluster_id.is_empty() { "(unknown)" } else { &info.cluster_id }
+                )));
+            }
+            let node = NodeInfo { raft_addr: info.raft_addr.clone(), client_url: info.client_url.clone() };
+            if members.insert(info.id, node).is_some() {
+                return Err(Status::invalid_argument(format!("two nodes have id {}", info.id)));
+            }
+        }
+        if !members.contains_key(&self.node.id) {
+            return Err(Status::invalid_argument(format!(
+                "send init to one of the nodes being formed (this is {})",
+                me.raft_addr
+            )));
+        }
+        let cluster_id = crate::new_cluster_id();
+        self.node.peers.identity.adopt(&cluster_id)?;
+        self.node.raft.initialize(members).await.map_err(raft_status)?;
+        self.wait_for_leader(None, Duration::from_secs(10)).await?;
+        Ok(Response::new(self.status().await))
+    }
+
+    async fn add(&self, request: Request<AddRequest>) -> Result<Response<AddStream>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        let req = request.into_inner();
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.admin_client(&leader)?;
+            let stream = client.add(self.node.peers.request(req, CATCH_UP_TIMEOUT)).await?.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let info = self.remote_info(&req.raft_addr).await?;
+        let ours = self.node.peers.identity.cluster_id().unwrap_or_default();
+        if !info.cluster_id.is_empty() && info.cluster_id != ours {
+            return Err(Status::failed_precondition(format!(
+                "the node at {} belongs to another cluster ({}); start it with --no-bootstrap on an empty data dir",
+                req.raft_addr, info.cluster_id
+            )));
+        }
+        let members = self.node.members();
+        if let Some((existing, _)) = members.get(&info.id) {
+            if existing.raft_addr != info.raft_addr {
+                return Err(Status::already_exists(format!(
+                    "id {} is already used by the member at {}",
+                    info.id, existing.raft_addr
+                )));
+            }
+        }
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let svc = AdminService { node: node.clone() };
+        tokio::spawn(async move {
+            let result = svc.run_add(info, req.learner, &tx).await;
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn promote(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        let id = request.into_inner().id;
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.admin_client(&leader)?;
+            return client.promote(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 3)).await;
+        }
+        match self.node.members().get(&id) {
+            None => return Err(Status::not_found(format!("no member has id {id}"))),
+            Some((_, true)) => return Err(Status::already_exists(format!("member {id} is already a voter"))),
+            Some((_, false)) => {}
+        }
+        self.node
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            .await
+            .map_err(raft_status)?;
+        Ok(Response::new(self.status().await))
+    }
+
+    async fn remove(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        let id = request.into_inner().id;
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.admin_client(&leader)?;
+            return client.remove(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 3)).await;
+        }
+        let members = self.node.members();
+        let voters: Vec<NodeId> = members.iter().filter(|(_, (_, v))| *v).map(|(id, _)| *id).collect();
+        let Some((_, voter)) = members.get(&id) else {
+            return Err(Status::not_found(format!("no member has id {id}")));
+        };
+        if *voter && voters.len() == 1 {
+            return Err(Status::failed_precondition(format!("member {id} is the last voter; it cannot be removed")));
+        }
+        if id == self.node.id {
+            // Hand leadership to another voter first, then let it remove us.
+            let Some(&next) = voters.iter().find(|v| **v != id) else {
+                return Err(Status::failed_precondition("no other voter to hand leadership to"));
+            };
+            self.node.raft.trigger().transfer_leader(next).await.map_err(raft_status)?;
+            self.wait_for_leader(Some(next), TRANSFER_TIMEOUT).await?;
+            let addr = members.get(&next).map(|(i, _)| i.raft_addr.clone()).unwrap_or_default();
+            let mut client = self.admin_client(&addr)?;
+            return client.remove(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 3)).await;
+        }
+        let change = if *voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.node.raft.change_membership(change, false).await.map_err(raft_status)?;
+        Ok(Response::new(self.status().await))
+    }
+
+    async fn transfer_leader(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        let id = request.into_inner().id;
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.admin_client(&leader)?;
+            return client.transfer_leader(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 2)).await;
+        }
+        match self.node.members().get(&id) {
+            None => return Err(Status::not_found(format!("no member has id {id}"))),
+            Some((_, false)) => return Err(Status::failed_precondition(format!("member {id} is a learner, not a voter"))),
+            Some((_, true)) => {}
+        }
+        if id != self.node.id {
+            self.node.raft.trigger().transfer_leader(id).await.map_err(raft_status)?;
+            self.wait_for_leader(Some(id), TRANSFER_TIMEOUT).await?;
+        }
+        Ok(Response::new(self.status().await))
+    }
+
+    async fn status(&self, request: Request<Empty>) -> Result<Response<ClusterStatus>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        Ok(Response::new(AdminService::status(self).await))
+    }
+
+    async fn snapshot(&self, request: Request<Empty>) -> Result<Response<SnapshotReply>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        let target = self.node.applied_index();
+        self.node.raft.trigger().snapshot().await.map_err(raft_status)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let snap = self.node.raft.metrics().borrow_watched().snapshot.map_or(0, |s| s.index);
+            if snap >= target {
+                return Ok(Response::new(SnapshotReply { index: snap }));
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded("the snapshot did not finish in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl AdminService {
+    /// Adds a learner, reports its catch-up, then promotes it unless `learner`.
+    async fn run_add(
+        &self,
+        info: NodeInfoMsg,
+        learner: bool,
+        tx: &tokio::sync::mpsc::Sender<Result<AddProgress, Status>>,
+    ) -> Result<(), Status> {
+        let id = info.id;
+        let node = NodeInfo { raft_addr: info.raft_addr.clone(), client_url: info.client_url.clone() };
+        let progress = |matched, target, phase: &str, done| AddProgress { id, matched, target, done, phase: phase.into() };
+        let already_voter = self.node.members().get(&id).is_some_and(|(_, v)| *v);
+        if !already_voter {
+            self.node.raft.add_learner(id, node, false).await.map_err(raft_status)?;
+        }
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        loop {
+            let target = self.node.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+            let matched = match self.remote_info(&info.raft_addr).await {
+                Ok(i) => i.last_log_index.max(i.applied_index),
+                Err(_) => 0,
+            };
+            let _ = tx.send(Ok(progress(matched, target, "catching up", false))).await;
+            if matched + CAUGHT_UP_LAG >= target && matched > 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!("node {id} did not catch up in time")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !learner && !already_voter {
+            let _ = tx.send(Ok(progress(0, 0, "promoting", false))).await;
+            self.node
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+                .map_err(raft_status)?;
+        }
+        let target = self.node.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        let _ = tx.send(Ok(progress(target, target, if learner { "learner" } else { "voter" }, true))).await;
+        Ok(())
+    }
+}

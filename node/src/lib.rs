@@ -1,0 +1,247 @@
+//! A Chorus node as a library: `start(config, listeners) -> NodeHandle`.
+//!
+//! # Layout
+//!
+//! - [`config`]: the SPEC §1 flags (`chorusd` parses them, tests build them).
+//! - [`identity`]: the cluster id this node belongs to, and the shared secret.
+//! - [`network`]: openraft's network over gRPC, one channel per peer.
+//! - [`node`]: [`Node`], the running Raft with propose / read-index / wait-applied.
+//! - [`rpc`]: the node-to-node gRPC service (Raft, forwarded writes and reads).
+//! - [`admin`]: the operator gRPC service behind `chorusctl cluster`.
+//!
+//! `chorusd` (in `src/bin`) only parses flags, sets up logging and calls [`start`].
+
+pub mod admin;
+pub mod config;
+pub mod identity;
+pub mod network;
+pub mod node;
+pub mod procs;
+pub mod rpc;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
+use openraft::SnapshotPolicy;
+use raft_store::chat::Event;
+use raft_store::{LogStore, NodeInfo, StateMachine};
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+pub use node::{Node, NodeError};
+
+/// Listeners the node serves on. Tests bind `127.0.0.1:0` and pass them in.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub raft: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let client = TcpListener::bind(config.client_addr)
+            .await
+            .with_context(|| format!("cannot listen on client address {}", config.client_addr))?;
+        let raft = TcpListener::bind(config.raft_addr)
+            .await
+            .with_context(|| format!("cannot listen on raft address {}", config.raft_addr))?;
+        Ok(Listeners { client, raft })
+    }
+}
+
+/// A started node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    pub node: Arc<Node>,
+    pub client_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops serving, shuts Raft down and waits for every task, so the data
+    /// directory can be reopened once this returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub(crate) fn new_cluster_id() -> String {
+    let bytes: [u8; 8] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn open_store(dir: &std::path::Path) -> anyhow::Result<raft_store::Store> {
+    // A node restarted in the same process may find the previous instance's
+    // background threads still releasing the RocksDB lock for a moment.
+    let mut last = None;
+    for _ in 0..100 {
+        match raft_store::open(dir) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.to_string().contains("lock") => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open the data dir {}", dir.display())),
+        }
+    }
+    Err(anyhow::anyhow!("data dir {} is locked by another process: {:?}", dir.display(), last))
+}
+
+fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: "chorus".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_ms,
+        election_timeout_max: config.election_ms * 2,
+        install_snapshot_timeout: 60_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: config.snapshot_keep,
+        // openraft purges only once this many entries are purgeable; keep it small
+        // so the log is compacted soon after each snapshot.
+        purge_batch_size: 64,
+        max_payload_entries: 2048,
+        ..Default::default()
+    };
+    Ok(c.validate()?)
+}
+
+/// Starts a node: opens its data, starts Raft and both servers, and forms a
+/// single-node cluster on an empty data dir unless `--no-bootstrap`.
+pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeHandle> {
+    let client_addr = listeners.client.local_addr()?;
+    let raft_addr = listeners.raft.local_addr()?;
+    config.check_exposure(client_addr, raft_addr)?;
+
+    let dir = config.data_dir();
+    let store = open_store(&dir)?;
+    remove_partial_transfers(&store.snapshot_dir());
+    let identity = identity::Identity::load(store.clone(), config.cluster_secret.clone())?;
+    let sm = StateMachine::open(store.clone())?;
+    let reader = sm.reader();
+    let applied = sm.applied_watch();
+    let deliveries = sm.deliveries();
+    let log_store = LogStore::new(store.clone());
+
+    let info = NodeInfo {
+        raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
+        client_url: config.advertise_client.clone().unwrap_or_else(|| format!("http://{client_addr}")),
+    };
+    let peers = network::Peers::new(identity.clone());
+    let raft = openraft::Raft::new(
+        config.id,
+        Arc::new(raft_config(&config)?),
+        network::NetworkFactory { peers: peers.clone() },
+        log_store,
+        sm,
+    )
+    .await
+    .context("cannot start raft")?;
+
+    let node = Arc::new(Node { id: config.id, raft, reader, peers, info, config: config.clone(), applied, deliveries });
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // gRPC: Raft between nodes and the admin service.
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            proto::v1::raft_server::RaftServer::new(rpc::RaftService { node: node.clone() })
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(proto::v1::admin_server::AdminServer::new(admin::AdminService { node: node.clone() }));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.raft);
+    let stop_grpc = until_stopped(stop_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, stop_grpc).await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+
+    // HTTP + WebSocket.
+    let app = api::router(Arc::new(Backend(node.clone())));
+    let stop_http = until_stopped(stop_rx.clone());
+    let client = listeners.client;
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(client, app).with_graceful_shutdown(stop_http).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+
+    if !config.no_bootstrap && identity.cluster_id().is_none() && !node.raft.is_initialized().await? {
+        let cluster_id = new_cluster_id();
+        identity.adopt(&cluster_id).map_err(|s| anyhow::anyhow!(s.message().to_string()))?;
+        node.raft
+            .initialize(BTreeMap::from([(config.id, node.info.clone())]))
+            .await
+            .context("cannot form a single-node cluster")?;
+        tracing::info!(cluster_id, "formed a single-node cluster");
+    }
+    tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx)));
+
+    tracing::info!(id = config.id, %client_addr, %raft_addr, "node started");
+    Ok(NodeHandle { node, client_addr, raft_addr, stop, tasks })
+}
+
+async fn until_stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Snapshot files left half-received by a crash are useless; remove them.
+fn remove_partial_transfers(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".recv") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Once this node leads a cluster whose formation is not yet in the log, it
+/// records it: the cluster id and a fresh token-signing key, replicated to all.
+async fn record_formation(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let formed = matches!(node.reader.cluster(), Ok(Some(_)));
+        if formed {
+            return;
+        }
+        if node.is_leader() {
+            if let Some(cluster_id) = node.peers.identity.cluster_id() {
+                let signing_key: [u8; 32] = rand::rng().random();
+                let event = Event::ClusterFormed { cluster_id, signing_key: signing_key.to_vec() };
+                match node.propose(event, node::DEFAULT_TIMEOUT).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(error = %e, "cannot record the cluster formation yet"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The node as the API sees it.
+struct Backend(Arc<Node>);
+
+impl api::ChatBackend for Backend {
+    fn ready(&self) -> bool {
+        self.0.ready()
+    }
+}

@@ -1,0 +1,220 @@
+//! The Raft network over gRPC: one lazily connected, reused channel per peer,
+//! a deadline on every call, and the cluster id and secret on every request.
+//!
+//! openraft messages travel as bincode inside `proto::v1::Bytes`; snapshots are
+//! streamed from their file in fixed-size chunks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use proto::v1::raft_client::RaftClient;
+use proto::v1::{Bytes, SnapshotChunk};
+use raft_store::codec::{decode, encode};
+use raft_store::snapshot::SnapshotFile;
+use raft_store::types::{NodeId, Snapshot, Vote};
+use raft_store::{NodeInfo, TypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::identity::Identity;
+
+/// Bytes per snapshot chunk on the wire.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// How long a whole snapshot transfer may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connect timeout for a peer channel.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The channels to every peer this node talks to, keyed by raft address.
+#[derive(Clone)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    pub identity: Identity,
+}
+
+impl Peers {
+    pub fn new(identity: Identity) -> Self {
+        Peers { channels: Arc::default(), identity }
+    }
+
+    /// The channel to `addr`, created on first use and reused after.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// A request carrying this node's cluster id and the secret, with a deadline.
+    pub fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(timeout);
+        self.identity.stamp(req.metadata_mut());
+        req
+    }
+
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        Ok(RaftClient::new(self.channel(addr)?).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    }
+}
+
+/// Builds one [`PeerNetwork`] per replication target for openraft.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
+        PeerNetwork { target, addr: node.raft_addr.clone(), peers: self.peers.clone() }
+    }
+}
+
+/// The connection to one peer, as openraft uses it.
+pub struct PeerNetwork {
+    target: NodeId,
+    addr: String,
+    peers: Peers,
+}
+
+fn unreachable<E: std::error::Error + 'static>(e: &E) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(e))
+}
+
+/// A gRPC status as openraft should see it: transport failures make the peer
+/// unreachable (openraft backs off), anything else is a network error.
+fn status_error(status: &tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(status),
+        _ => RPCError::Network(NetworkError::new(status)),
+    }
+}
+
+impl PeerNetwork {
+    async fn call<Req, Resp, F, Fut>(&self, req: &Req, timeout: Duration, f: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<Bytes>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Bytes>, tonic::Status>>,
+    {
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let client = self.peers.raft_client(&self.addr).map_err(|e| unreachable(&e))?;
+        let reply = f(client, self.peers.request(Bytes { data }, timeout)).await.map_err(|s| status_error(&s))?;
+        // The peer answers with its own Raft's result; its errors (shutting down,
+        // fatal storage) mean it cannot serve: unreachable, for now.
+        let result: Result<Resp, String> =
+            decode(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|msg| unreachable(&std::io::Error::other(msg)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, r| async move { c.append(r).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let header = encode(&(&vote, &snapshot.meta)).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let client = self.peers.raft_client(&self.addr).map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)));
+        let mut client = client?;
+        let target = self.target;
+
+        // Chunks are read from the file by a blocking task and fed to the stream
+        // through a small channel: at most a few chunks are in memory at once.
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let mut file = snapshot.snapshot.file;
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            let mut header = Some(header);
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = file.read(&mut buf[filled..])?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buf.truncate(filled);
+                let last = filled < SNAPSHOT_CHUNK;
+                let chunk = SnapshotChunk { header: header.take().unwrap_or_default(), data: buf };
+                if tx.blocking_send(chunk).is_err() || last {
+                    return Ok(());
+                }
+            }
+        });
+
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let request = self.peers.request(stream, SNAPSHOT_TIMEOUT);
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = client.snapshot(request) => reply,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+        }
+        let reply = reply.map_err(|s| match status_error(&s) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            _ => StreamingError::Network(NetworkError::new(&s)),
+        })?;
+        let result: Result<SnapshotResponse<TypeConfig>, String> =
+            decode(&reply.into_inner().data).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        result.map_err(|msg| {
+            tracing::warn!(target, error = %msg, "peer refused the snapshot");
+            StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! A running node: the Raft instance with its stores, and the operations the chat
+//! API and the admin plane build on — propose a command through the leader, read
+//! linearizably, wait for the local state machine to catch up.
+
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ReadPolicy, ServerState};
+use raft_store::chat::{Command, Event, Outcome};
+use raft_store::state_machine::{ChatReader, Delivery};
+use raft_store::types::{NodeId, Raft};
+use raft_store::NodeInfo;
+use tokio::sync::{broadcast, watch};
+
+use crate::config::Config;
+use crate::network::Peers;
+
+/// How long a write or read waits for a leader (and for the local apply) before
+/// answering `unavailable`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a write or a linearizable read did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No leader, no quorum, or no answer within the timeout. For a write the
+    /// command may or may not have been committed: retry with the same id.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// This node cannot serve at all (storage failed, shutting down).
+    #[error("node failure: {0}")]
+    Fatal(String),
+}
+
+/// The committed result of a proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub outcome: Outcome,
+    pub index: u64,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub reader: ChatReader,
+    pub peers: Peers,
+    /// What this node advertises about itself.
+    pub info: NodeInfo,
+    pub config: Config,
+    pub(crate) applied: watch::Receiver<u64>,
+    pub(crate) deliveries: broadcast::Sender<Delivery>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// The leader's id and its node info, as this node currently knows them.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.state == ServerState::Leader
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Subscribes to the state machine's deliveries on this node.
+    pub fn subscribe(&self) -> broadcast::Receiver<Delivery> {
+        self.deliveries.subscribe()
+    }
+
+    /// The members of the cluster as this node knows them: id → (info, voter).
+    pub fn members(&self) -> BTreeMap<NodeId, (NodeInfo, bool)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        membership.nodes().map(|(id, info)| (*id, (info.clone(), voters.contains(id)))).collect()
+    }
+
+    /// Waits until the local state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), NodeError> {
+        let mut rx = self.applied.clone();
+        let wait = async { rx.wait_for(|applied| *applied >= index).await.map(|_| ()) };
+        let result = tokio::time::timeout_at(deadline.into(), wait).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Fatal("state machine stopped".into())),
+            Err(_) => Err(NodeError::Unavailable(format!("index {index} not applied here in time"))),
+        }
+    }
+
+    /// Commits `event` through the leader (stamping the leader's clock there),
+    /// then waits until this node has applied it, so the caller can read its own
+    /// write here.
+    pub async fn propose(&self, event: Event, timeout: Duration) -> Result<Committed, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = if self.is_leader() {
+                self.propose_local(event.clone()).await
+            } else {
+                match self.leader() {
+                    Some((_, leader)) if leader.raft_addr != self.info.raft_addr => {
+                        crate::rpc::forward_propose(&self.peers, &leader.raft_addr, &event, deadline).await
+                    }
+                    _ => Err(Retry::NotSent("no leader known".into())),
+                }
+            };
+            match attempt {
+                Ok(committed) => {
+                    self.wait_applied(committed.index, deadline).await?;
+                    return Ok(committed);
+                }
+                // Not appended anywhere: safe to try again until the deadline.
+                Err(Retry::NotSent(why)) => {
+                    if Instant::now() + Duration::from_millis(50) >= deadline {
+                        return Err(NodeError::Unavailable(why));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(Retry::Unknown(why)) => return Err(NodeError::Unavailable(why)),
+                Err(Retry::Fatal(why)) => return Err(NodeError::Fatal(why)),
+            }
+        }
+    }
+
+    /// Proposes on this node as leader. The leader's wall clock stamps the command.
+    pub(crate) async fn propose_local(&self, event: Event) -> Result<Committed, Retry> {
+        let cmd = Command { ts_ms: now_ms(), event };
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => {
+                let outcome =
+                    resp.data.outcome.ok_or_else(|| Retry::Fatal("a command was applied without an outcome".into()))?;
+                Ok(Committed { outcome, index: resp.log_id.index })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Retry::NotSent("leader changed".into())),
+            Err(RaftError::APIError(e)) => Err(Retry::Unknown(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Retry::Fatal(e.to_string())),
+        }
+    }
+
+    /// A linearizable read point: once this node has applied the returned index,
+    /// its state reflects every write acknowledged before the call began.
+    pub async fn read_index(&self, timeout: Duration) -> Result<u64, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = if self.is_leader() {
+                self.read_index_local().await
+            } else {
+                match self.leader() {
+                    Some((_, leader)) if leader.raft_addr != self.info.raft_addr => {
+                        crate::rpc::forward_read_index(&self.peers, &leader.raft_addr, deadline).await
+                    }
+                    _ => Err(Retry::NotSent("no leader known".into())),
+                }
+            };
+            match attempt {
+                Ok(index) => {
+                    self.wait_applied(index, deadline).await?;
+                    return Ok(index);
+                }
+                Err(Retry::Fatal(why)) => return Err(NodeError::Fatal(why)),
+                Err(Retry::NotSent(why) | Retry::Unknown(why)) => {
+                    // A read changes nothing, so any failure may be retried.
+                    if Instant::now() + Duration::from_millis(50) >= deadline {
+                        return Err(NodeError::Unavailable(why));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn read_index_local(&self) -> Result<u64, Retry> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read) => Ok(read.index()),
+            Err(RaftError::APIError(e)) => Err(Retry::NotSent(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Retry::Fatal(e.to_string())),
+        }
+    }
+
+    /// `/readyz`: in a cluster, with a known leader, and caught up with what this
+    /// node knows to be committed.
+    pub fn ready(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let committed = m.local_committed.map_or(0, |c| c.index);
+        m.current_leader.is_some() && self.applied_index() >= committed && m.running_state.is_ok()
+    }
+}
+
+/// The result of one attempt to reach the leader.
+#[derive(Debug)]
+pub(crate) enum Retry {
+    /// Nothing was appended; try again.
+    NotSent(String),
+    /// It may have been committed; only the client can retry (with its id).
+    Unknown(String),
+    Fatal(String),
+}
+
+pub type SharedNode = Arc<Node>;

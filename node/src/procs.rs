@@ -1,0 +1,155 @@
+//! Real `chorusd` processes, formed with the real `chorusctl`: the harness of the
+//! process-level tests and the benchmarks. Children are killed when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Where the binaries are: next to the running executable's target directory.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("CHORUS_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/<test> or target/debug/<bin>
+    let mut dir = exe.parent().context("no parent dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if !path.exists() {
+        bail!("{} is not built; run `cargo build --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+/// A port the OS just handed out and released.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct Proc {
+    pub id: u64,
+    pub client_addr: String,
+    pub raft_addr: String,
+    pub dir: PathBuf,
+    pub extra: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.with_extension("log"))?;
+        let child = Command::new(bin("chorusd")?)
+            .args(["--id", &self.id.to_string()])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--client-addr", &self.client_addr, "--raft-addr", &self.raft_addr, "--no-bootstrap"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start chorusd")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()]).status();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct ProcCluster {
+    pub procs: Vec<Proc>,
+    pub root: PathBuf,
+}
+
+/// Runs `chorusctl` and returns its output.
+pub fn chorusctl(args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(bin("chorusctl")?).args(args).output()?)
+}
+
+impl ProcCluster {
+    /// Starts `n` nodes under `root` and forms them with `chorusctl cluster init`.
+    pub fn start(root: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut procs = Vec::new();
+        for id in 1..=n {
+            let mut p = Proc {
+                id,
+                client_addr: format!("127.0.0.1:{}", free_port()?),
+                raft_addr: format!("127.0.0.1:{}", free_port()?),
+                dir: root.join(format!("node-{id}")),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
+            p.start()?;
+            procs.push(p);
+        }
+        let c = ProcCluster { procs, root: root.to_path_buf() };
+        for p in &c.procs {
+            c.wait_answering(&p.raft_addr)?;
+        }
+        let mut args = vec!["cluster", "init"];
+        args.extend(c.procs.iter().map(|p| p.raft_addr.as_str()));
+        let out = chorusctl(&args)?;
+        if !out.status.success() {
+            bail!("cluster init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(c)
+    }
+
+    pub fn wait_answering(&self, raft_addr: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if chorusctl(&["--node", raft_addr, "--timeout", "1", "cluster", "status"])?.status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("node at {raft_addr} did not answer")
+    }
+
+    /// `chorusctl --json cluster status` through `raft_addr`.
+    pub fn status(&self, raft_addr: &str) -> anyhow::Result<serde_json::Value> {
+        let out = chorusctl(&["--node", raft_addr, "--json", "--timeout", "2", "cluster", "status"])?;
+        if !out.status.success() {
+            bail!("status via {raft_addr}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The leader id as some running node reports it.
+    pub fn leader(&self) -> Option<u64> {
+        self.procs.iter().filter(|p| p.child.is_some()).find_map(|p| {
+            let s = self.status(&p.raft_addr).ok()?;
+            s["leader"].as_u64().filter(|l| *l != 0)
+        })
+    }
+
+    pub fn proc(&mut self, id: u64) -> &mut Proc {
+        self.procs.iter_mut().find(|p| p.id == id).expect("no such node")
+    }
+}

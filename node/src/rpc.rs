@@ -1,0 +1,185 @@
+//! The node-to-node gRPC service (`chorus.v1.Raft`): Raft messages in, and the
+//! chat plane's forwarding of writes and read-index requests to the leader.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use proto::v1::raft_server::Raft as RaftRpc;
+use proto::v1::{Bytes, Empty, ReadIndexReply, SnapshotChunk};
+use raft_store::chat::{Event, Outcome};
+use raft_store::codec::{decode, encode};
+use raft_store::snapshot::SnapshotFile;
+use raft_store::types::{Snapshot, SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::network::Peers;
+use crate::node::{Committed, Node, Retry};
+
+/// How a leader answers a forwarded proposal.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ProposeReply {
+    Committed { outcome: Outcome, index: u64 },
+    NotLeader,
+    Unknown(String),
+    Fatal(String),
+}
+
+pub struct RaftService {
+    pub node: Arc<Node>,
+}
+
+fn bad_payload(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable payload: {e}"))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<Bytes>, Status> {
+    Ok(Response::new(Bytes { data: encode(value).map_err(|e| Status::internal(e.to_string()))? }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn vote(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+        self.node.peers.identity.check_peer(request.metadata())?;
+        let req = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = self.node.raft.vote(req).await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn append(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+        self.node.peers.identity.check_peer(request.metadata())?;
+        let req = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = self.node.raft.append_entries(req).await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<Bytes>, Status> {
+        self.node.peers.identity.check_peer(request.metadata())?;
+        let mut chunks = request.into_inner();
+        let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_payload)?;
+
+        // Received into our own snapshot directory; the state machine moves it
+        // into place once it verified the checksum.
+        let dir = self.node.config.data_dir().join("snapshots");
+        let path = dir.join(format!("incoming-{}-{}.recv", self.node.id, crate::node::now_ms()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&path).await?;
+            file.write_all(&first.data).await?;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(std::io::Error::other)?;
+                file.write_all(&chunk.data).await?;
+            }
+            file.sync_all().await?;
+            SnapshotFile::open(path.clone())
+        }
+        .await;
+        let file = match result {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(Status::aborted(format!("snapshot transfer failed: {e}")));
+            }
+        };
+        let result = self.node.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: file }).await;
+        if path.exists() {
+            // Not consumed by the install (refused or failed).
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        reply(&result.map_err(|e| e.to_string()))
+    }
+
+    async fn transfer_leader(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+        self.node.peers.identity.check_peer(request.metadata())?;
+        let req = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let result = self.node.raft.handle_transfer_leader(req).await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn propose(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
+        self.node.peers.identity.check_peer(request.metadata())?;
+        let event: Event = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let answer = if !self.node.is_leader() {
+            ProposeReply::NotLeader
+        } else {
+            match self.node.propose_local(event).await {
+                Ok(Committed { outcome, index }) => ProposeReply::Committed { outcome, index },
+                Err(Retry::NotSent(_)) => ProposeReply::NotLeader,
+                Err(Retry::Unknown(why)) => ProposeReply::Unknown(why),
+                Err(Retry::Fatal(why)) => ProposeReply::Fatal(why),
+            }
+        };
+        reply(&answer)
+    }
+
+    async fn read_index(&self, request: Request<Empty>) -> Result<Response<ReadIndexReply>, Status> {
+        self.node.peers.identity.check_peer(request.metadata())?;
+        match self.node.read_index_local().await {
+            Ok(index) => Ok(Response::new(ReadIndexReply { index })),
+            Err(Retry::Fatal(why)) => Err(Status::internal(why)),
+            Err(Retry::NotSent(why) | Retry::Unknown(why)) => Err(Status::unavailable(why)),
+        }
+    }
+
+    async fn signal(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
+        self.node.peers.identity.check_peer(request.metadata())?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
+}
+
+/// Sends a proposal to the leader at `addr`.
+pub(crate) async fn forward_propose(peers: &Peers, addr: &str, event: &Event, deadline: Instant) -> Result<Committed, Retry> {
+    let data = encode(event).map_err(|e| Retry::Fatal(e.to_string()))?;
+    let mut client = peers.raft_client(addr).map_err(|e| Retry::NotSent(e.to_string()))?;
+    let reply = match client.propose(peers.request(Bytes { data }, remaining(deadline))).await {
+        Ok(r) => r.into_inner(),
+        // Refused before the leader looked at it: nothing was proposed.
+        Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
+            return Err(Retry::NotSent(s.to_string()))
+        }
+        Err(s) => return Err(Retry::Unknown(format!("leader at {addr}: {}", s.message()))),
+    };
+    match decode::<ProposeReply>(&reply.data).map_err(|e| Retry::Unknown(e.to_string()))? {
+        ProposeReply::Committed { outcome, index } => Ok(Committed { outcome, index }),
+        ProposeReply::NotLeader => Err(Retry::NotSent(format!("{addr} is no longer the leader"))),
+        ProposeReply::Unknown(why) => Err(Retry::Unknown(why)),
+        ProposeReply::Fatal(why) => Err(Retry::Unknown(format!("leader failed: {why}"))),
+    }
+}
+
+/// Asks the leader at `addr` for a read index.
+pub(crate) async fn forward_read_index(peers: &Peers, addr: &str, deadline: Instant) -> Result<u64, Retry> {
+    let mut client = peers.raft_client(addr).map_err(|e| Retry::NotSent(e.to_string()))?;
+    match client.read_index(peers.request(Empty {}, remaining(deadline))).await {
+        Ok(r) => Ok(r.into_inner().index),
+        Err(s) => Err(Retry::NotSent(s.message().to_string())),
+    }
+}
+
+/// Proposes `event` at the node at `addr` from outside the cluster (benchmarks
+/// and process-level tests), identifying as a member of `cluster_id`. Only the
+/// leader accepts; others answer [`ProposeReply::NotLeader`].
+pub async fn propose_at(
+    client: &mut proto::v1::raft_client::RaftClient<tonic::transport::Channel>,
+    cluster_id: &str,
+    secret: Option<&str>,
+    event: &Event,
+    timeout: Duration,
+) -> Result<ProposeReply, Status> {
+    let data = encode(event).map_err(|e| Status::internal(e.to_string()))?;
+    let mut req = Request::new(Bytes { data });
+    req.set_timeout(timeout);
+    let md = req.metadata_mut();
+    md.insert(proto::CLUSTER_HEADER, cluster_id.parse().map_err(|_| Status::invalid_argument("bad cluster id"))?);
+    if let Some(secret) = secret {
+        md.insert(proto::SECRET_HEADER, secret.parse().map_err(|_| Status::invalid_argument("bad secret"))?);
+    }
+    let reply = client.propose(req).await?.into_inner();
+    decode(&reply.data).map_err(|e| Status::internal(e.to_string()))
+}

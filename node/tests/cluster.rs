@@ -1,0 +1,170 @@
+//! Three-node clusters in one process: replication, failover, restart,
+//! snapshot catch-up and membership changes.
+
+mod common;
+
+use openraft::async_runtime::WatchReceiver;
+use std::time::Duration;
+
+use common::TestCluster;
+use proto::v1::{AddRequest, Empty, IdRequest};
+use raft_store::chat::Outcome;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_any_node_commit_on_all() {
+    let c = TestCluster::start(3).await;
+    let mut last = 0;
+    for i in 0..30u64 {
+        let via = i % 3 + 1;
+        let committed = c.post(via, "general", &format!("u{via}"), &format!("m{i}")).await;
+        assert!(matches!(committed.outcome, Outcome::Posted { duplicate: false, .. }), "{committed:?}");
+        last = committed.index;
+    }
+    c.assert_converged(last).await;
+    for n in c.running() {
+        let page = n.handle.as_ref().unwrap().node.reader.history("general", None, None, 100).unwrap();
+        assert_eq!(page.head, 30, "node {}", n.id);
+        let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    }
+    // The formation was recorded with one signing key, the same everywhere.
+    let keys: Vec<_> = c.running().map(|n| n.handle.as_ref().unwrap().node.reader.cluster().unwrap().unwrap()).collect();
+    assert!(keys.windows(2).all(|w| w[0] == w[1]));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_takes_over_when_the_leader_stops() {
+    let mut c = TestCluster::start(3).await;
+    let old = c.wait_leader().await;
+    c.post(old, "r", "a", "before").await;
+    c.stop(old).await;
+    let new = c.wait_leader().await;
+    assert_ne!(new, old);
+    let survivor = c.running().map(|n| n.id).find(|id| *id != new).unwrap();
+    let committed = c.post(survivor, "r", "a", "after").await;
+    assert!(matches!(committed.outcome, Outcome::Posted { seq: 2, duplicate: false, .. }), "{committed:?}");
+    c.assert_converged(committed.index).await;
+
+    // The old leader comes back as a follower and catches up.
+    c.restart(old).await;
+    c.assert_converged(committed.index).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_follower_catches_up_and_keeps_its_data() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let follower = c.running().map(|n| n.id).find(|id| *id != leader).unwrap();
+    c.post(leader, "r", "a", "1").await;
+    c.stop(follower).await;
+    let mut last = 0;
+    for i in 2..=20 {
+        last = c.post(leader, "r", "a", &i.to_string()).await.index;
+    }
+    c.restart(follower).await;
+    c.assert_converged(last).await;
+    let page = c.handle(follower).node.reader.history("r", None, None, 100).unwrap();
+    assert_eq!(page.head, 20);
+    // A retried id is answered from the replicated dedup table, on any node.
+    let again = c.post(follower, "r", "a", "7").await;
+    assert!(matches!(again.outcome, Outcome::Posted { seq: 7, duplicate: true, .. }), "{again:?}");
+    c.shutdown().await;
+}
+
+fn small_snapshots(c: &mut node::Config) {
+    c.snapshot_every = 40;
+    c.snapshot_keep = 5;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_added_after_compaction_catches_up_through_a_snapshot() {
+    let mut c = TestCluster::start_with(3, small_snapshots).await;
+    let mut last = 0;
+    for i in 0..150 {
+        last = c.post((i % 3) + 1, "big", "a", &format!("{i}")).await.index;
+    }
+    c.assert_converged(last).await;
+    // Make sure the leader's log really was compacted past the start.
+    let leader = c.wait_leader().await;
+    c.admin(leader).await.snapshot(Empty {}).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let purged = c.handle(leader).node.raft.metrics().borrow_watched().purged;
+        if purged.is_some_and(|p| p.index > 10) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "log not compacted: {purged:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    c.spawn(4).await;
+    c.add(2, 4, false).await;
+    c.assert_converged(last).await;
+    let m = c.handle(4).node.raft.metrics().borrow_watched().clone();
+    assert!(m.snapshot.is_some(), "node 4 should have installed a snapshot");
+    assert!(m.membership_config.membership().voter_ids().any(|v| v == 4));
+    assert_eq!(c.handle(4).node.reader.history("big", None, None, 1000).unwrap().messages.len(), 150);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remove_and_re_add_a_member() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader().await;
+    let victim = c.running().map(|n| n.id).find(|id| *id != leader).unwrap();
+    c.post(leader, "r", "a", "1").await;
+
+    let status = c.remove(leader, victim).await.unwrap();
+    assert_eq!(status.members.len(), 2);
+    assert!(status.members.iter().all(|m| m.id != victim));
+    let committed = c.post(leader, "r", "a", "2").await;
+
+    // Same node, same data, added back: it catches up and votes again.
+    c.add(leader, victim, false).await;
+    c.assert_converged(committed.index).await;
+    let status = c.status(victim).await;
+    assert_eq!(status.members.iter().filter(|m| m.voter).count(), 3);
+
+    // Removing the leader hands leadership over first.
+    let status = c.remove(victim, leader).await.unwrap();
+    assert_eq!(status.members.len(), 2);
+    assert_ne!(status.leader, leader);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_refuses_bad_requests_clearly() {
+    let mut c = TestCluster::start(1).await;
+    let mut admin = c.admin(1).await;
+
+    let e = admin.remove(IdRequest { id: 1 }).await.unwrap_err();
+    assert!(e.message().contains("last voter"), "{e:?}");
+    let e = admin.remove(IdRequest { id: 42 }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = admin.transfer_leader(IdRequest { id: 42 }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = admin.add(AddRequest { raft_addr: "127.0.0.1:1".into(), learner: false }).await.unwrap_err();
+    assert!(e.message().contains("cannot reach"), "{e:?}");
+
+    // A node that formed its own cluster is refused.
+    let other_dir = c.tmp.path().join("other");
+    let mut cfg = common::config(9, other_dir, |_| {});
+    cfg.no_bootstrap = false;
+    let listeners = node::Listeners {
+        client: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        raft: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let other = node::start(cfg, listeners).await.unwrap();
+    let e = admin.add(AddRequest { raft_addr: other.raft_addr.to_string(), learner: false }).await.unwrap_err();
+    assert!(e.message().contains("another cluster"), "{e:?}");
+    other.shutdown().await;
+
+    c.spawn(2).await;
+    let e = c.admin(2).await.status(Empty {}).await.unwrap().into_inner();
+    assert!(e.members.is_empty(), "an unformed node has no members");
+    c.stop(2).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.shutdown().await;
+}

@@ -1,0 +1,192 @@
+//! In-process clusters for integration tests: real nodes, real RocksDB in
+//! temporary directories, real gRPC on 127.0.0.1 ports chosen by the OS.
+
+#![allow(dead_code)]
+
+use openraft::async_runtime::WatchReceiver;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use node::{Config, Listeners, NodeHandle};
+use proto::v1::admin_client::AdminClient;
+use proto::v1::{AddRequest, ClusterStatus, Empty, IdRequest, InitRequest};
+use raft_store::chat::Event;
+use tempfile::TempDir;
+
+pub struct TestNode {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub client_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub handle: Option<NodeHandle>,
+}
+
+pub struct TestCluster {
+    pub tmp: TempDir,
+    pub nodes: Vec<TestNode>,
+    pub tweak: fn(&mut Config),
+}
+
+fn no_tweak(_: &mut Config) {}
+
+pub fn config(id: u64, dir: PathBuf, tweak: fn(&mut Config)) -> Config {
+    let mut c = Config::for_node(id, dir);
+    c.no_bootstrap = true;
+    c.heartbeat_ms = 50;
+    c.election_ms = 300;
+    tweak(&mut c);
+    c
+}
+
+async fn bind(client: SocketAddr, raft: SocketAddr) -> Listeners {
+    // A restarted node takes its old ports back; the OS may hold them briefly.
+    for _ in 0..100 {
+        if let (Ok(c), Ok(r)) = (tokio::net::TcpListener::bind(client).await, tokio::net::TcpListener::bind(raft).await) {
+            return Listeners { client: c, raft: r };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {client} and {raft}");
+}
+
+impl TestCluster {
+    /// Starts `n` nodes that wait to be formed, and forms them with `init`.
+    pub async fn start(n: u64) -> Self {
+        Self::start_with(n, no_tweak).await
+    }
+
+    pub async fn start_with(n: u64, tweak: fn(&mut Config)) -> Self {
+        let mut c = TestCluster { tmp: TempDir::new().unwrap(), nodes: Vec::new(), tweak };
+        for id in 1..=n {
+            c.spawn(id).await;
+        }
+        let addrs = c.nodes.iter().map(|n| n.raft_addr.to_string()).collect();
+        c.admin(1).await.init(InitRequest { raft_addrs: addrs }).await.unwrap();
+        c.wait_leader().await;
+        c
+    }
+
+    /// Starts node `id` (fresh, waiting to be added).
+    pub async fn spawn(&mut self, id: u64) -> &TestNode {
+        let dir = self.tmp.path().join(format!("node-{id}"));
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await;
+        let handle = node::start(config(id, dir.clone(), self.tweak), listeners).await.unwrap();
+        self.nodes.push(TestNode {
+            id,
+            dir,
+            client_addr: handle.client_addr,
+            raft_addr: handle.raft_addr,
+            handle: Some(handle),
+        });
+        self.nodes.last().unwrap()
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        self.nodes.iter().find(|n| n.id == id).unwrap()
+    }
+
+    pub fn handle(&self, id: u64) -> &NodeHandle {
+        self.node(id).handle.as_ref().expect("node is running")
+    }
+
+    pub async fn stop(&mut self, id: u64) {
+        let n = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        if let Some(h) = n.handle.take() {
+            h.shutdown().await;
+        }
+    }
+
+    /// Restarts a stopped node on its data dir and its old addresses.
+    pub async fn restart(&mut self, id: u64) {
+        let tweak = self.tweak;
+        let n = self.nodes.iter_mut().find(|n| n.id == id).unwrap();
+        assert!(n.handle.is_none(), "node {id} is running");
+        let listeners = bind(n.client_addr, n.raft_addr).await;
+        n.handle = Some(node::start(config(id, n.dir.clone(), tweak), listeners).await.unwrap());
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &TestNode> {
+        self.nodes.iter().filter(|n| n.handle.is_some())
+    }
+
+    pub async fn admin(&self, id: u64) -> AdminClient<tonic::transport::Channel> {
+        AdminClient::connect(format!("http://{}", self.node(id).raft_addr)).await.unwrap()
+    }
+
+    /// Waits until the running nodes agree on a leader, and returns it.
+    pub async fn wait_leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let leaders: Vec<Option<u64>> =
+                self.running().map(|n| n.handle.as_ref().unwrap().node.raft.metrics().borrow_watched().current_leader).collect();
+            if let Some(Some(l)) = leaders.first() {
+                let running = self.running().any(|n| n.id == *l);
+                if running && leaders.iter().all(|x| *x == Some(*l)) {
+                    let leader = self.handle(*l);
+                    if leader.node.is_leader() {
+                        return *l;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader agreed on: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Posts a message through node `via`, joining the room first.
+    pub async fn post(&self, via: u64, room: &str, user: &str, id: &str) -> node::node::Committed {
+        let node = &self.handle(via).node;
+        node.propose(Event::RoomJoined { room: room.into(), user: user.into() }, Duration::from_secs(10)).await.unwrap();
+        node.propose(
+            Event::MessagePosted { room: room.into(), from: user.into(), client_id: id.into(), text: format!("text {id}") },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Waits until every running node has applied `index`, then checks that all
+    /// of them hold the same state.
+    pub async fn assert_converged(&self, index: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in self.running() {
+            let node = &n.handle.as_ref().unwrap().node;
+            node.wait_applied(index, deadline).await.unwrap_or_else(|e| panic!("node {}: {e}", n.id));
+        }
+        // Apply may run on past `index` on some nodes; compare at a quiet point.
+        let target = self.running().map(|n| n.handle.as_ref().unwrap().node.applied_index()).max().unwrap();
+        for n in self.running() {
+            n.handle.as_ref().unwrap().node.wait_applied(target, deadline).await.unwrap();
+        }
+        let digests: Vec<(u64, String)> =
+            self.running().map(|n| (n.id, n.handle.as_ref().unwrap().node.reader.digest().unwrap())).collect();
+        assert!(digests.windows(2).all(|w| w[0].1 == w[1].1), "states differ: {digests:?}");
+    }
+
+    pub async fn status(&self, via: u64) -> ClusterStatus {
+        self.admin(via).await.status(Empty {}).await.unwrap().into_inner()
+    }
+
+    pub async fn add(&self, via: u64, id: u64, learner: bool) {
+        let addr = self.node(id).raft_addr.to_string();
+        let mut stream = self.admin(via).await.add(AddRequest { raft_addr: addr, learner }).await.unwrap().into_inner();
+        while let Some(p) = stream.message().await.unwrap() {
+            if p.done {
+                return;
+            }
+        }
+        panic!("add of node {id} ended early");
+    }
+
+    pub async fn remove(&self, via: u64, id: u64) -> Result<ClusterStatus, tonic::Status> {
+        self.admin(via).await.remove(IdRequest { id }).await.map(|r| r.into_inner())
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Real `chorusd` processes formed by the real `chorusctl`: the leader is killed
+//! with SIGKILL, writes continue, and the killed node restarts and catches up.
+
+use std::time::{Duration, Instant};
+
+use node::procs::{chorusctl, ProcCluster};
+use node::rpc::{propose_at, ProposeReply};
+use proto::v1::raft_client::RaftClient;
+use raft_store::chat::{Event, Outcome};
+
+/// Proposes through whichever running node is the leader, retrying others.
+async fn write(c: &ProcCluster, cluster_id: &str, event: &Event, deadline: Instant) -> anyhow::Result<u64> {
+    loop {
+        for p in c.procs.iter().filter(|p| p.child.is_some()) {
+            let Ok(mut client) = RaftClient::connect(format!("http://{}", p.raft_addr)).await else { continue };
+            if let Ok(ProposeReply::Committed { outcome, index }) =
+                propose_at(&mut client, cluster_id, None, event, Duration::from_secs(2)).await
+            {
+                anyhow::ensure!(!matches!(outcome, Outcome::Rejected { .. } | Outcome::NotMember), "{outcome:?}");
+                return Ok(index);
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no node accepted the write in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn post(i: u32) -> Event {
+    Event::MessagePosted { room: "r".into(), from: "u".into(), client_id: format!("m{i}"), text: "x".repeat(200) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_then_restart() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut c = ProcCluster::start(tmp.path(), 3, &["--heartbeat-ms", "50", "--election-ms", "300"])?;
+    let leader = c.leader().expect("a leader after init");
+    let status = c.status(&c.procs[0].raft_addr)?;
+    let cluster_id = status["cluster_id"].as_str().unwrap().to_string();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    write(&c, &cluster_id, &Event::RoomJoined { room: "r".into(), user: "u".into() }, deadline).await?;
+    for i in 0..20 {
+        write(&c, &cluster_id, &post(i), deadline).await?;
+    }
+
+    c.proc(leader).kill();
+    let killed_at = Instant::now();
+    write(&c, &cluster_id, &post(20), Instant::now() + Duration::from_secs(15)).await?;
+    eprintln!("first write after SIGKILL of the leader: {:?}", killed_at.elapsed());
+    let mut last = 0;
+    for i in 21..40 {
+        last = write(&c, &cluster_id, &post(i), deadline).await?;
+    }
+    let new_leader = c.leader().expect("a new leader");
+    assert_ne!(new_leader, leader);
+
+    c.proc(leader).start()?;
+    let addr = c.proc(leader).raft_addr.clone();
+    c.wait_answering(&addr)?;
+    let catch_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.status(&addr)?;
+        let me = s["members"].as_array().unwrap().iter().find(|m| m["id"] == leader).cloned().unwrap();
+        let all_reachable = s["members"].as_array().unwrap().iter().all(|m| m["reachable"] == true);
+        if me["applied_index"].as_u64().unwrap_or(0) >= last && all_reachable {
+            assert_eq!(me["role"], "follower");
+            break;
+        }
+        assert!(Instant::now() < catch_up, "restarted node did not catch up: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A retry of an already committed id is answered as a duplicate with its seq.
+    let retry = {
+        let p = c.procs.iter().find(|p| p.id == new_leader).unwrap();
+        let mut client = RaftClient::connect(format!("http://{}", p.raft_addr)).await?;
+        propose_at(&mut client, &cluster_id, None, &post(5), Duration::from_secs(5)).await?
+    };
+    assert!(matches!(retry, ProposeReply::Committed { outcome: Outcome::Posted { seq: 6, duplicate: true, .. }, .. }), "{retry:?}");
+    Ok(())
+}
+
+#[test]
+fn chorusctl_reports_failures_with_exit_codes() -> anyhow::Result<()> {
+    let out = chorusctl(&["--node", "127.0.0.1:1", "--timeout", "1", "cluster", "status"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("chorusctl: cannot reach"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let out = chorusctl(&["cluster", "frobnicate"])?;
+    assert_eq!(out.status.code(), Some(2), "bad usage");
+    let out = chorusctl(&["cluster", "remove", "not-a-number"])?;
+    assert_eq!(out.status.code(), Some(2), "bad usage");
+    Ok(())
+}

@@ -1,0 +1,530 @@
+//! The chat domain: the event enum, the records it folds into, and the one pure
+//! [`apply`].
+//!
+//! `apply` sees the state only through [`Tables`], so the same function runs over
+//! RocksDB (a write batch with a read-through overlay) and over the in-memory model
+//! the property tests use. It reads no clock, draws no randomness and does no I/O
+//! of its own: the leader stamps `ts_ms` into the [`Command`] before proposing, and
+//! everything else follows from the command and the state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::error::StoreError;
+
+/// How long a `(user, client id)` pair is remembered for deduplication, in the
+/// cluster clock's milliseconds. The SPEC asks for at least 24 hours.
+pub const DEDUP_RETENTION_MS: u64 = 25 * 60 * 60 * 1000;
+
+/// How many expired dedup records one command may prune. Bounded so that one
+/// apply does bounded work; pruning is by the replicated clock, so it is the same
+/// on every node.
+const PRUNE_PER_COMMAND: usize = 8;
+
+/// A proposed change: the event and the leader's wall clock when it proposed it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub ts_ms: u64,
+    pub event: Event,
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.event {
+            Event::ClusterFormed { cluster_id, .. } => write!(f, "cluster-formed({cluster_id})"),
+            Event::UserRegistered { name, .. } => write!(f, "user-registered({name})"),
+            Event::RoomJoined { room, user } => write!(f, "room-joined({room}, {user})"),
+            Event::RoomLeft { room, user } => write!(f, "room-left({room}, {user})"),
+            Event::MessagePosted { room, from, client_id, text } => {
+                write!(f, "message-posted({room}, {from}, {client_id}, {} bytes)", text.len())
+            }
+        }
+    }
+}
+
+/// Everything that can happen in a Chorus cluster. One entry in the Raft log
+/// carries exactly one of these.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The cluster was formed. Proposed once by the first leader; later ones are
+    /// ignored so a re-proposal after a failover cannot change the key.
+    ClusterFormed { cluster_id: String, signing_key: Vec<u8> },
+    UserRegistered { name: String, password_hash: String },
+    RoomJoined { room: String, user: String },
+    RoomLeft { room: String, user: String },
+    MessagePosted { room: String, from: String, client_id: String, text: String },
+}
+
+/// What applying a command did, as the proposer needs to answer its client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    ClusterFormed { cluster_id: String },
+    Registered,
+    NameTaken,
+    Joined { head: u64 },
+    Left,
+    Posted { seq: u64, ts_ms: u64, duplicate: bool },
+    NotMember,
+    /// The command was malformed; nothing changed.
+    Rejected { reason: String },
+}
+
+/// A stored chat message, as history and delivery serve it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub room: String,
+    pub seq: u64,
+    pub client_id: String,
+    pub from: String,
+    pub text: String,
+    pub ts_ms: u64,
+}
+
+/// The result of applying one command: the answer for the proposer and, when a
+/// message was stored, the message to deliver to local subscribers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub delivery: Option<Message>,
+}
+
+impl Applied {
+    fn outcome(outcome: Outcome) -> Self {
+        Applied { outcome, delivery: None }
+    }
+}
+
+/// The logical tables of the chat state. Each is a column family in RocksDB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Cluster-wide singletons: the clock, the cluster id, the signing key.
+    Meta,
+    Users,
+    Rooms,
+    /// (room, user) → ().
+    Members,
+    /// (room, seq) → [`Message`].
+    Messages,
+    /// (user, client id) → [`DedupRecord`].
+    Dedup,
+    /// (ts, user, client id) → (), the pruning order of `Dedup`.
+    DedupExpiry,
+}
+
+impl Table {
+    pub const ALL: [Table; 7] = [
+        Table::Meta,
+        Table::Users,
+        Table::Rooms,
+        Table::Members,
+        Table::Messages,
+        Table::Dedup,
+        Table::DedupExpiry,
+    ];
+
+    /// The column family name; also the table's tag in a snapshot stream.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "chat_meta",
+            Table::Users => "users",
+            Table::Rooms => "rooms",
+            Table::Members => "members",
+            Table::Messages => "messages",
+            Table::Dedup => "dedup",
+            Table::DedupExpiry => "dedup_expiry",
+        }
+    }
+
+    pub fn tag(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Table> {
+        Table::ALL.get(tag as usize).copied()
+    }
+}
+
+/// Read access to the chat tables.
+pub trait TablesRead {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` present keys of `table` that sort below `end`, ascending.
+    fn keys_below(&self, table: Table, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
+/// Read and write access to the chat tables, as `apply` needs it.
+pub trait Tables: TablesRead {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]);
+    fn delete(&mut self, table: Table, key: &[u8]);
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub password_hash: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub last_seq: u64,
+    pub members: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub room: String,
+    pub seq: u64,
+    pub ts_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRecord {
+    pub cluster_id: String,
+    pub signing_key: Vec<u8>,
+}
+
+const META_CLOCK: &[u8] = b"clock";
+const META_CLUSTER: &[u8] = b"cluster";
+
+/// Largest accepted name or client id, in bytes; the API enforces the SPEC's
+/// tighter limits, this only keeps keys well-formed whatever reaches the log.
+const MAX_KEY_PART: usize = 255;
+
+/// Keys are built from length-prefixed parts so that no name can alias another.
+pub fn key2(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + a.len() + b.len());
+    k.push(a.len() as u8);
+    k.extend_from_slice(a.as_bytes());
+    k.extend_from_slice(b);
+    k
+}
+
+pub fn member_key(room: &str, user: &str) -> Vec<u8> {
+    key2(room, user.as_bytes())
+}
+
+pub fn message_key(room: &str, seq: u64) -> Vec<u8> {
+    key2(room, &seq.to_be_bytes())
+}
+
+pub fn dedup_key(user: &str, client_id: &str) -> Vec<u8> {
+    key2(user, client_id.as_bytes())
+}
+
+fn expiry_key(ts_ms: u64, dedup: &[u8]) -> Vec<u8> {
+    let mut k = ts_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(dedup);
+    k
+}
+
+/// The DM room of two users: `dm:<a>:<b>` with the names sorted.
+pub fn dm_room(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
+}
+
+/// The two participants of a DM room, if `room` is one.
+pub fn dm_participants(room: &str) -> Option<(&str, &str)> {
+    let rest = room.strip_prefix("dm:")?;
+    let (a, b) = rest.split_once(':')?;
+    (!a.is_empty() && !b.is_empty() && !b.contains(':')).then_some((a, b))
+}
+
+fn get_record<T: for<'de> Deserialize<'de>>(
+    t: &impl TablesRead,
+    table: Table,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match t.get(table, key)? {
+        Some(bytes) => Ok(Some(decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_record<T: Serialize>(t: &mut impl Tables, table: Table, key: &[u8], value: &T) -> Result<(), StoreError> {
+    t.put(table, key, &encode(value)?);
+    Ok(())
+}
+
+/// The cluster clock: the largest `ts_ms` of any applied command. Message
+/// timestamps come from it, so they never decrease, even when a new leader's wall
+/// clock is behind the old one's.
+pub fn clock(t: &impl TablesRead) -> Result<u64, StoreError> {
+    Ok(get_record(t, Table::Meta, META_CLOCK)?.unwrap_or(0))
+}
+
+pub fn cluster(t: &impl TablesRead) -> Result<Option<ClusterRecord>, StoreError> {
+    get_record(t, Table::Meta, META_CLUSTER)
+}
+
+pub fn user(t: &impl TablesRead, name: &str) -> Result<Option<UserRecord>, StoreError> {
+    get_record(t, Table::Users, name.as_bytes())
+}
+
+pub fn room(t: &impl TablesRead, name: &str) -> Result<Option<RoomRecord>, StoreError> {
+    get_record(t, Table::Rooms, name.as_bytes())
+}
+
+pub fn is_member(t: &impl TablesRead, room: &str, user: &str) -> Result<bool, StoreError> {
+    if let Some((a, b)) = dm_participants(room) {
+        return Ok(user == a || user == b);
+    }
+    Ok(t.get(Table::Members, &member_key(room, user))?.is_some())
+}
+
+fn well_formed(parts: &[&str]) -> bool {
+    parts.iter().all(|p| !p.is_empty() && p.len() <= MAX_KEY_PART)
+}
+
+fn rejected(reason: &str) -> Applied {
+    Applied::outcome(Outcome::Rejected { reason: reason.to_string() })
+}
+
+/// Folds one command into the state. Deterministic: the same state and command
+/// give the same writes and the same result on every node.
+pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> {
+    let now = clock(t)?.max(cmd.ts_ms);
+    put_record(t, Table::Meta, META_CLOCK, &now)?;
+    prune_dedup(t, now)?;
+
+    match &cmd.event {
+        Event::ClusterFormed { cluster_id, signing_key } => {
+            if let Some(existing) = cluster(t)? {
+                return Ok(Applied::outcome(Outcome::ClusterFormed { cluster_id: existing.cluster_id }));
+            }
+            let record = ClusterRecord { cluster_id: cluster_id.clone(), signing_key: signing_key.clone() };
+            put_record(t, Table::Meta, META_CLUSTER, &record)?;
+            Ok(Applied::outcome(Outcome::ClusterFormed { cluster_id: cluster_id.clone() }))
+        }
+        Event::UserRegistered { name, password_hash } => {
+            if !well_formed(&[name]) {
+                return Ok(rejected("malformed user name"));
+            }
+            if user(t, name)?.is_some() {
+                return Ok(Applied::outcome(Outcome::NameTaken));
+            }
+            put_record(t, Table::Users, name.as_bytes(), &UserRecord { password_hash: password_hash.clone() })?;
+            Ok(Applied::outcome(Outcome::Registered))
+        }
+        Event::RoomJoined { room: name, user } => {
+            if !well_formed(&[name, user]) || dm_participants(name).is_some() {
+                return Ok(rejected("malformed room or user name"));
+            }
+            let mut record = room(t, name)?.unwrap_or_default();
+            let key = member_key(name, user);
+            if t.get(Table::Members, &key)?.is_none() {
+                t.put(Table::Members, &key, &[]);
+                record.members += 1;
+                put_record(t, Table::Rooms, name.as_bytes(), &record)?;
+            }
+            Ok(Applied::outcome(Outcome::Joined { head: record.last_seq }))
+        }
+        Event::RoomLeft { room: name, user } => {
+            if !well_formed(&[name, user]) {
+                return Ok(rejected("malformed room or user name"));
+            }
+            let key = member_key(name, user);
+            if t.get(Table::Members, &key)?.is_some() {
+                t.delete(Table::Members, &key);
+                let mut record = room(t, name)?.unwrap_or_default();
+                record.members = record.members.saturating_sub(1);
+                put_record(t, Table::Rooms, name.as_bytes(), &record)?;
+            }
+            Ok(Applied::outcome(Outcome::Left))
+        }
+        Event::MessagePosted { room: name, from, client_id, text } => {
+            if !well_formed(&[name, from, client_id]) {
+                return Ok(rejected("malformed room, user or message id"));
+            }
+            let dkey = dedup_key(from, client_id);
+            if let Some(prior) = get_record::<DedupRecord>(t, Table::Dedup, &dkey)? {
+                return Ok(Applied::outcome(Outcome::Posted {
+                    seq: prior.seq,
+                    ts_ms: prior.ts_ms,
+                    duplicate: true,
+                }));
+            }
+            if !is_member(t, name, from)? {
+                return Ok(Applied::outcome(Outcome::NotMember));
+            }
+            let mut record = room(t, name)?.unwrap_or_default();
+            record.last_seq += 1;
+            let message = Message {
+                room: name.clone(),
+                seq: record.last_seq,
+                client_id: client_id.clone(),
+                from: from.clone(),
+                text: text.clone(),
+                ts_ms: now,
+            };
+            put_record(t, Table::Rooms, name.as_bytes(), &record)?;
+            put_record(t, Table::Messages, &message_key(name, message.seq), &message)?;
+            let dedup = DedupRecord { room: name.clone(), seq: message.seq, ts_ms: now };
+            put_record(t, Table::Dedup, &dkey, &dedup)?;
+            t.put(Table::DedupExpiry, &expiry_key(now, &dkey), &[]);
+            Ok(Applied {
+                outcome: Outcome::Posted { seq: message.seq, ts_ms: now, duplicate: false },
+                delivery: Some(message),
+            })
+        }
+    }
+}
+
+/// Forgets dedup records older than the retention, oldest first, a few at a time.
+fn prune_dedup(t: &mut impl Tables, now: u64) -> Result<(), StoreError> {
+    let Some(cutoff) = now.checked_sub(DEDUP_RETENTION_MS) else {
+        return Ok(());
+    };
+    let end = cutoff.to_be_bytes();
+    for key in t.keys_below(Table::DedupExpiry, &end, PRUNE_PER_COMMAND)? {
+        t.delete(Table::DedupExpiry, &key);
+        if key.len() > 8 {
+            t.delete(Table::Dedup, &key[8..]);
+        }
+    }
+    Ok(())
+}
+
+/// An in-memory [`Tables`]: the model the property tests compare RocksDB with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemTables {
+    pub tables: std::collections::BTreeMap<(Table, Vec<u8>), Vec<u8>>,
+}
+
+impl TablesRead for MemTables {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tables.get(&(table, key.to_vec())).cloned())
+    }
+
+    fn keys_below(&self, table: Table, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .tables
+            .range((table, Vec::new())..(table, end.to_vec()))
+            .take(limit)
+            .map(|((_, k), _)| k.clone())
+            .collect())
+    }
+}
+
+impl Tables for MemTables {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
+        self.tables.insert((table, key.to_vec()), value.to_vec());
+    }
+
+    fn delete(&mut self, table: Table, key: &[u8]) {
+        self.tables.remove(&(table, key.to_vec()));
+    }
+}
+
+impl MemTables {
+    /// The same digest [`crate::state_machine::ChatReader::digest`] computes over RocksDB.
+    pub fn digest(&self) -> String {
+        let mut d = StateDigest::default();
+        for ((table, key), value) in &self.tables {
+            d.add(*table, key, value);
+        }
+        d.finish()
+    }
+}
+
+/// A digest of the chat tables, in table then key order: equal digests mean equal
+/// state.
+#[derive(Default)]
+pub struct StateDigest(sha2::Sha256);
+
+impl StateDigest {
+    pub fn add(&mut self, table: Table, key: &[u8], value: &[u8]) {
+        use sha2::Digest;
+        self.0.update([table.tag()]);
+        self.0.update((key.len() as u64).to_le_bytes());
+        self.0.update(key);
+        self.0.update((value.len() as u64).to_le_bytes());
+        self.0.update(value);
+    }
+
+    pub fn finish(self) -> String {
+        use sha2::Digest;
+        hex::encode(self.0.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(ts_ms: u64, event: Event) -> Command {
+        Command { ts_ms, event }
+    }
+
+    fn post(room: &str, from: &str, id: &str) -> Event {
+        Event::MessagePosted { room: room.into(), from: from.into(), client_id: id.into(), text: "hi".into() }
+    }
+
+    #[test]
+    fn posting_needs_membership_and_numbers_densely() {
+        let mut t = MemTables::default();
+        let a = apply(&mut t, &cmd(1, post("r", "alice", "1"))).unwrap();
+        assert_eq!(a.outcome, Outcome::NotMember);
+        apply(&mut t, &cmd(2, Event::RoomJoined { room: "r".into(), user: "alice".into() })).unwrap();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let a = apply(&mut t, &cmd(3, post("r", "alice", id))).unwrap();
+            assert_eq!(a.outcome, Outcome::Posted { seq: i as u64 + 1, ts_ms: 3, duplicate: false });
+        }
+    }
+
+    #[test]
+    fn retry_returns_first_seq_as_duplicate() {
+        let mut t = MemTables::default();
+        apply(&mut t, &cmd(1, Event::RoomJoined { room: "r".into(), user: "u".into() })).unwrap();
+        let first = apply(&mut t, &cmd(5, post("r", "u", "x"))).unwrap();
+        let again = apply(&mut t, &cmd(9, post("r", "u", "x"))).unwrap();
+        assert_eq!(first.outcome, Outcome::Posted { seq: 1, ts_ms: 5, duplicate: false });
+        assert_eq!(again.outcome, Outcome::Posted { seq: 1, ts_ms: 5, duplicate: true });
+        assert!(again.delivery.is_none());
+        assert_eq!(room(&t, "r").unwrap().unwrap().last_seq, 1);
+    }
+
+    #[test]
+    fn timestamps_never_decrease_when_the_leader_clock_goes_back() {
+        let mut t = MemTables::default();
+        apply(&mut t, &cmd(1, Event::RoomJoined { room: "r".into(), user: "u".into() })).unwrap();
+        apply(&mut t, &cmd(1_000, post("r", "u", "1"))).unwrap();
+        let a = apply(&mut t, &cmd(10, post("r", "u", "2"))).unwrap();
+        assert_eq!(a.outcome, Outcome::Posted { seq: 2, ts_ms: 1_000, duplicate: false });
+    }
+
+    #[test]
+    fn dedup_records_expire_after_retention_only() {
+        let mut t = MemTables::default();
+        apply(&mut t, &cmd(1, Event::RoomJoined { room: "r".into(), user: "u".into() })).unwrap();
+        apply(&mut t, &cmd(10, post("r", "u", "x"))).unwrap();
+        let day = 24 * 60 * 60 * 1000;
+        let a = apply(&mut t, &cmd(10 + day, post("r", "u", "x"))).unwrap();
+        assert!(matches!(a.outcome, Outcome::Posted { duplicate: true, .. }), "kept for 24h");
+        apply(&mut t, &cmd(11 + DEDUP_RETENTION_MS, Event::RoomLeft { room: "q".into(), user: "u".into() })).unwrap();
+        assert!(t.get(Table::Dedup, &dedup_key("u", "x")).unwrap().is_none(), "pruned after retention");
+    }
+
+    #[test]
+    fn dm_rooms_admit_exactly_their_two_users() {
+        let mut t = MemTables::default();
+        let room = dm_room("zed", "amy");
+        assert_eq!(room, "dm:amy:zed");
+        let a = apply(&mut t, &cmd(1, post(&room, "zed", "1"))).unwrap();
+        assert!(matches!(a.outcome, Outcome::Posted { seq: 1, .. }));
+        let b = apply(&mut t, &cmd(1, post(&room, "eve", "1"))).unwrap();
+        assert_eq!(b.outcome, Outcome::NotMember);
+    }
+
+    #[test]
+    fn cluster_is_formed_once() {
+        let mut t = MemTables::default();
+        let first = Event::ClusterFormed { cluster_id: "a".into(), signing_key: vec![1] };
+        let second = Event::ClusterFormed { cluster_id: "b".into(), signing_key: vec![2] };
+        apply(&mut t, &cmd(1, first)).unwrap();
+        let a = apply(&mut t, &cmd(2, second)).unwrap();
+        assert_eq!(a.outcome, Outcome::ClusterFormed { cluster_id: "a".into() });
+        assert_eq!(cluster(&t).unwrap().unwrap().signing_key, vec![1]);
+    }
+}

@@ -1,0 +1,82 @@
+//! The node's one RocksDB instance and its column families.
+//!
+//! The Raft log, the vote, the state machine and node-local facts share one
+//! database, and therefore one write-ahead log. That ordering is what makes the
+//! unsynced state-machine writes safe: a state-machine batch is written after the
+//! log entries it applies, so any WAL prefix that survives a crash and holds the
+//! batch also holds those entries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+
+use crate::chat::Table;
+use crate::error::StoreError;
+
+/// Raft log entries, keyed by big-endian index.
+pub const CF_LOG: &str = "log";
+/// Raft metadata: vote, committed, last purged.
+pub const CF_RAFT: &str = "raft";
+/// State machine metadata: last applied, membership, current snapshot.
+pub const CF_SM: &str = "sm";
+/// Facts about this node that are not replicated: the cluster it belongs to.
+pub const CF_NODE: &str = "node";
+
+fn all_cfs() -> Vec<&'static str> {
+    let mut cfs = vec![CF_LOG, CF_RAFT, CF_SM, CF_NODE];
+    cfs.extend(Table::ALL.iter().map(|t| t.name()));
+    cfs
+}
+
+/// A handle to the open database, shared by the log store and the state machine.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Arc<DB>,
+    pub(crate) dir: PathBuf,
+}
+
+/// Opens (or creates) the database under `dir`.
+pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Keep memory modest: many small nodes run on one machine in tests.
+    opts.set_write_buffer_size(16 << 20);
+    opts.set_max_background_jobs(2);
+    let cfs = all_cfs().into_iter().map(|name| {
+        let mut cf = Options::default();
+        cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        cf.set_write_buffer_size(16 << 20);
+        ColumnFamilyDescriptor::new(name, cf)
+    });
+    let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+    std::fs::create_dir_all(dir.join("snapshots"))?;
+    Ok(Store { db: Arc::new(db), dir: dir.to_path_buf() })
+}
+
+impl Store {
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or(StoreError::MissingColumnFamily(name))
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// Reads a node-local fact.
+    pub fn node_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_NODE)?, key)?)
+    }
+
+    /// Writes a node-local fact, synced: these are identities (cluster id) that
+    /// must not be forgotten after a crash.
+    pub fn node_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_NODE)?, key, value, &wo)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! The Chorus domain and its durable storage.
+//!
+//! # Layout
+//!
+//! - [`chat`]: the event enum, the records, and the one pure `apply` that folds
+//!   committed events into chat state.
+//! - [`types`]: the openraft type configuration (`TypeConfig`), node identity.
+//! - [`db`]: the shared RocksDB instance and its column families.
+//! - [`log_store`]: the Raft log and vote ([`LogStore`]); what is synced and when.
+//! - [`state_machine`]: the event-sourced state machine persisted in RocksDB
+//!   ([`StateMachine`]), with read access for history and membership queries.
+//! - [`snapshot`]: the streaming snapshot file format, build and install.
+//! - [`codec`], [`error`]: the one binary encoding, and storage errors.
+//!
+//! Nothing here knows of HTTP, WebSocket, gRPC or the CLI.
+
+pub mod chat;
+pub mod codec;
+pub mod db;
+pub mod error;
+pub mod log_store;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+pub use db::{open, Store};
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+pub use types::{NodeInfo, TypeConfig};

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds Chorus and runs a local three-node cluster formed with chorusctl.
+# Ctrl-C stops every node. Data lives in ./chorus-data (kept between runs).
+#   CHORUS_NODES=3 scripts/run.sh
+source "$(dirname "$0")/env.sh"
+cd "$CHORUS_ROOT"
+
+# Same flags as scripts/test.sh: one feature set, so RocksDB is built once for both.
+cargo build --workspace --bins --tests --locked
+n="${CHORUS_NODES:-3}"
+data="${CHORUS_DATA:-$CHORUS_ROOT/chorus-data}"
+mkdir -p "$data"
+pids=()
+stop() {
+  echo; echo "stopping nodes..."
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+addrs=()
+for i in $(seq 1 "$n"); do
+  client="127.0.0.1:$((8079 + i))"; raft="127.0.0.1:$((9079 + i))"
+  "$CHORUS_BIN/chorusd" --id "$i" --data-dir "$data/node-$i" --client-addr "$client" --raft-addr "$raft" \
+    --no-bootstrap --log-file "$data/node-$i.log" &
+  pids+=($!)
+  addrs+=("$raft")
+  echo "node $i: chat http://$client/   raft $raft   log $data/node-$i.log"
+done
+
+# Wait for every node to answer, then form the cluster (first run only).
+for a in "${addrs[@]}"; do
+  for _ in $(seq 1 100); do "$CHORUS_BIN/chorusctl" --node "$a" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
+done
+if "$CHORUS_BIN/chorusctl" --node "${addrs[0]}" --json cluster status | grep -q '"members":\[\]'; then
+  "$CHORUS_BIN/chorusctl" cluster init "${addrs[@]}" >/dev/null
+fi
+"$CHORUS_BIN/chorusctl" --node "${addrs[0]}" cluster status
+echo "Ctrl-C stops the cluster."
+wait
