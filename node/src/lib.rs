@@ -150,7 +150,8 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     .await
     .context("cannot start raft")?;
 
-    let node = Arc::new(Node { id: config.id, raft, reader, peers, info, config: config.clone(), applied, deliveries });
+    let proposer = node::Proposer::start(raft.clone());
+    let node = Arc::new(Node { id: config.id, raft, reader, peers, info, config: config.clone(), applied, deliveries, proposer });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -162,7 +163,13 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(proto::v1::admin_server::AdminServer::new(admin::AdminService { node: node.clone() }));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.raft);
+    // Small Raft messages must not wait for Nagle's algorithm.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listeners.raft), |s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
     let stop_grpc = until_stopped(stop_rx.clone());
     tasks.push(tokio::spawn(async move {
         if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, stop_grpc).await {

@@ -13,7 +13,8 @@ use raft_store::chat::{Command, Event, Outcome};
 use raft_store::state_machine::{ChatReader, Delivery};
 use raft_store::types::{NodeId, Raft};
 use raft_store::NodeInfo;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use raft_store::types::Batch;
 
 use crate::config::Config;
 use crate::network::Peers;
@@ -51,6 +52,7 @@ pub struct Node {
     pub config: Config,
     pub(crate) applied: watch::Receiver<u64>,
     pub(crate) deliveries: broadcast::Sender<Delivery>,
+    pub(crate) proposer: mpsc::Sender<Pending>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -134,19 +136,14 @@ impl Node {
         }
     }
 
-    /// Proposes on this node as leader. The leader's wall clock stamps the command.
+    /// Proposes on this node as leader, through the [`Proposer`] that packs
+    /// concurrent commands into shared log entries.
     pub(crate) async fn propose_local(&self, event: Event) -> Result<Committed, Retry> {
-        let cmd = Command { ts_ms: now_ms(), event };
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => {
-                let outcome =
-                    resp.data.outcome.ok_or_else(|| Retry::Fatal("a command was applied without an outcome".into()))?;
-                Ok(Committed { outcome, index: resp.log_id.index })
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Retry::NotSent("leader changed".into())),
-            Err(RaftError::APIError(e)) => Err(Retry::Unknown(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(Retry::Fatal(e.to_string())),
+        let (tx, rx) = oneshot::channel();
+        if self.proposer.send(Pending { event, reply: tx }).await.is_err() {
+            return Err(Retry::Fatal("the proposer stopped".into()));
         }
+        rx.await.unwrap_or_else(|_| Err(Retry::Unknown("the proposal was dropped".into())))
     }
 
     /// A linearizable read point: once this node has applied the returned index,
@@ -209,3 +206,78 @@ pub(crate) enum Retry {
 }
 
 pub type SharedNode = Arc<Node>;
+
+/// A command waiting to be proposed, and where its result goes.
+pub(crate) struct Pending {
+    event: Event,
+    reply: oneshot::Sender<Result<Committed, Retry>>,
+}
+
+/// Most commands packed into one log entry.
+const MAX_BATCH: usize = 512;
+/// Batches in flight at once: while some replicate, the next one gathers.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Gathers the commands that arrive while earlier batches are in flight and
+/// proposes each gathered group as one log entry, stamped with one leader time.
+/// One writer alone gets a batch of one, with no added wait.
+pub(crate) struct Proposer;
+
+impl Proposer {
+    pub(crate) fn start(raft: Raft) -> mpsc::Sender<Pending> {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
+        tokio::spawn(Self::run(raft, rx));
+        tx
+    }
+
+    async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let ts_ms = now_ms();
+                let (commands, replies): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|p| (Command { ts_ms, event: p.event }, p.reply)).unzip();
+                let n = commands.len();
+                match raft.client_write(Batch(commands)).await {
+                    Ok(resp) if resp.data.outcomes.len() == n => {
+                        for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {
+                            let _ = reply.send(Ok(Committed { outcome, index: resp.log_id.index }));
+                        }
+                    }
+                    Ok(resp) => {
+                        let why = format!("{} outcomes for {n} commands", resp.data.outcomes.len());
+                        for reply in replies {
+                            let _ = reply.send(Err(Retry::Fatal(why.clone())));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(Retry::from_write_error(&e)));
+                        }
+                    }
+                }
+                drop(slot);
+            });
+        }
+    }
+}
+
+impl Retry {
+    fn from_write_error(e: &RaftError<raft_store::TypeConfig, ClientWriteError<raft_store::TypeConfig>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Retry::NotSent("leader changed".into()),
+            RaftError::APIError(e) => Retry::Unknown(e.to_string()),
+            RaftError::Fatal(e) => Retry::Fatal(e.to_string()),
+        }
+    }
+}

@@ -221,11 +221,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     Response::default()
                 }
-                EntryPayload::Normal(cmd) => {
-                    let applied = chat::apply(&mut txn, cmd)?;
-                    let response = Response::from(&applied);
-                    delivered.extend(applied.delivery);
-                    response
+                EntryPayload::Normal(batch) => {
+                    let mut outcomes = Vec::with_capacity(batch.0.len());
+                    for cmd in &batch.0 {
+                        let applied = chat::apply(&mut txn, cmd)?;
+                        outcomes.push(applied.outcome);
+                        delivered.extend(applied.delivery);
+                    }
+                    Response { outcomes }
                 }
             };
             if let Some(r) = responder {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{Applied, Command};
+use crate::chat::{Command, Outcome};
 use crate::snapshot::SnapshotFile;
 
 /// What the cluster knows of a member: where to reach it.
@@ -20,23 +20,33 @@ impl std::fmt::Display for NodeInfo {
     }
 }
 
-/// The response a proposer gets once its entry is applied: the command's outcome,
-/// or `None` for entries that carry no command (blank and membership entries).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Response {
-    pub outcome: Option<crate::chat::Outcome>,
+/// One Raft log entry's application data: the commands the leader gathered from
+/// concurrent clients and proposed together. Packing them shares one entry's
+/// replication, fsync and apply among many writes; each command keeps its own
+/// outcome, in order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Batch(pub Vec<Command>);
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => write!(f, "batch of {} commands", many.len()),
+        }
+    }
 }
 
-impl From<&Applied> for Response {
-    fn from(a: &Applied) -> Self {
-        Response { outcome: Some(a.outcome.clone()) }
-    }
+/// The response a proposer gets once its entry is applied: one outcome per
+/// command of the batch (none for blank and membership entries).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Response {
+    pub outcomes: Vec<Outcome>,
 }
 
 openraft::declare_raft_types!(
     /// Chorus's openraft configuration: chat commands in, outcomes out.
     pub TypeConfig:
-        D = Command,
+        D = Batch,
         R = Response,
         NodeId = u64,
         Node = NodeInfo,
