@@ -15,8 +15,10 @@ pub const TOKEN_LIFETIME_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// Hashes a password with argon2id and a fresh salt (PHC string format).
 pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-    let salt = SaltString::generate(&mut OsRng);
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())

@@ -1,39 +1,218 @@
-//! The Chorus client API: HTTP routes and (later) the WebSocket chat protocol.
+//! The Chorus client API: HTTP routes and the WebSocket chat protocol (SPEC §3, §4).
 //!
 //! # Layout
 //!
-//! - [`ChatBackend`]: what the API needs from a node. `node` implements it; tests
-//!   can implement it with anything.
-//! - [`router`]: the axum router for the client address.
-//!
-//! This crate does not depend on `node`.
+//! - [`ChatBackend`]: what the API needs from a node (propose through the leader,
+//!   read barrier, local reads, deliveries, presence transport, cluster view).
+//!   `node` implements it; this crate does not depend on `node`.
+//! - [`App`]: the shared state of one node's API: backend, limits, rate limiter,
+//!   metrics. [`router`] serves it.
+//! - [`http`]: the JSON routes. [`ws`]: one WebSocket session.
+//! - [`auth`]: password hashes and signed tokens. [`validate`]: input rules.
+//! - [`presence`]: the ephemeral online/typing plane.
+//! - [`error`]: the SPEC's error codes. [`metrics`]: `/metrics`.
 
-use std::sync::Arc;
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod presence;
+pub mod validate;
+pub mod ws;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
 use axum::Router;
+use raft_store::chat::{Event, Outcome};
+use raft_store::state_machine::{ChatReader, Delivery};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::error::{ApiError, Code};
+use crate::presence::{PeerSignal, Presence};
+
+/// Why the backend could not do what was asked.
+#[derive(Debug, Clone)]
+pub enum BackendError {
+    /// No leader or quorum in time; a write may or may not have been committed.
+    Unavailable(String),
+    /// The node cannot serve.
+    Fatal(String),
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
+            BackendError::Fatal(m) => ApiError::new(Code::Unavailable, format!("node failure: {m}")),
+        }
+    }
+}
+
+/// One member as `/v1/cluster` shows it.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub id: u64,
+    pub client_url: String,
+    pub role: String,
+    pub connections: u64,
+    pub applied_index: u64,
+    pub reachable: bool,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    pub cluster_id: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub members: Vec<MemberView>,
+}
+
+/// Raft figures for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RaftGauges {
+    pub term: u64,
+    pub leader: u64,
+    pub committed: u64,
+    pub applied: u64,
+}
 
 /// What the HTTP and WebSocket handlers need from the node they run on.
 pub trait ChatBackend: Send + Sync + 'static {
-    /// In a cluster with a known leader, and caught up with what it knows is
-    /// committed.
+    fn node_id(&self) -> u64;
+    /// In a cluster with a known leader, and caught up with what it knows is committed.
     fn ready(&self) -> bool;
+    /// Local reads of the applied state.
+    fn reader(&self) -> &ChatReader;
+    /// Commits `event` through the leader and waits until it is applied here.
+    fn propose(&self, event: Event) -> impl Future<Output = Result<Outcome, BackendError>> + Send;
+    /// Returns once this node's state reflects every write acknowledged anywhere
+    /// before the call.
+    fn read_barrier(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Messages as this node applies them.
+    fn deliveries(&self) -> broadcast::Receiver<Delivery>;
+    /// Best-effort: sends an ephemeral signal to every other member.
+    fn send_signal(&self, signal: PeerSignal);
+    fn cluster(&self) -> impl Future<Output = ClusterView> + Send;
+    fn raft_gauges(&self) -> RaftGauges;
+}
+
+/// Limits from the node's flags.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    /// Messages per user per node per `rate_window`; 0 disables.
+    pub rate_messages: u32,
+    pub rate_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_message_bytes: 4096, rate_messages: 20, rate_window: Duration::from_secs(10) }
+    }
+}
+
+/// Fixed-window message counts per user on this node.
+#[derive(Default)]
+pub struct RateLimiter {
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    pub fn check(&self, user: &str, limits: &Limits, now: Instant) -> Result<(), ApiError> {
+        if limits.rate_messages == 0 {
+            return Ok(());
+        }
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 100_000 {
+            w.retain(|_, (start, _)| now.duration_since(*start) < limits.rate_window);
+        }
+        let entry = w.entry(user.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= limits.rate_window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= limits.rate_messages {
+            return Err(ApiError::new(
+                Code::RateLimited,
+                format!("at most {} messages per {} s", limits.rate_messages, limits.rate_window.as_secs()),
+            ));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+/// The API state of one node.
+pub struct App<B: ChatBackend> {
+    pub backend: Arc<B>,
+    pub limits: Limits,
+    pub presence: Arc<Presence>,
+    pub rate: RateLimiter,
+    pub metrics: metrics::ApiMetrics,
+    /// Open WebSocket connections on this node.
+    pub connections: Arc<AtomicU64>,
+    signing_key: OnceLock<Vec<u8>>,
+}
+
+impl<B: ChatBackend> App<B> {
+    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>) -> Self {
+        App {
+            backend,
+            limits,
+            presence,
+            rate: RateLimiter::default(),
+            metrics: metrics::ApiMetrics::default(),
+            connections,
+            signing_key: OnceLock::new(),
+        }
+    }
+
+    /// The cluster's token key, replicated at formation.
+    pub fn signing_key(&self) -> Result<&[u8], ApiError> {
+        if let Some(k) = self.signing_key.get() {
+            return Ok(k);
+        }
+        match self.backend.reader().cluster() {
+            Ok(Some(c)) => Ok(self.signing_key.get_or_init(|| c.signing_key)),
+            Ok(None) => Err(ApiError::new(Code::Unavailable, "the cluster is not formed yet")),
+            Err(e) => Err(ApiError::new(Code::Unavailable, format!("storage: {e}"))),
+        }
+    }
+
+    /// The user a bearer token names.
+    pub fn authenticate(&self, token: &str) -> Result<String, ApiError> {
+        let key = self.signing_key()?;
+        auth::verify(key, token, now_ms()).ok_or_else(|| ApiError::new(Code::Unauthorized, "missing, bad or expired token"))
+    }
+
+    pub fn connection_count(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The router for the client address.
-pub fn router(backend: Arc<dyn ChatBackend>) -> Router {
+pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(backend)
-}
-
-async fn readyz(State(backend): State<Arc<dyn ChatBackend>>) -> (StatusCode, &'static str) {
-    if backend.ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
+        .route("/readyz", get(http::readyz::<B>))
+        .route("/metrics", get(metrics::serve::<B>))
+        .route("/v1/users", post(http::register::<B>))
+        .route("/v1/sessions", post(http::login::<B>))
+        .route("/v1/rooms", get(http::rooms::<B>))
+        .route("/v1/rooms/{room}/messages", get(http::history::<B>).post(http::post_message::<B>))
+        .route("/v1/cluster", get(http::cluster::<B>))
+        .route("/v1/cluster/pick", get(http::pick::<B>))
+        .route("/v1/ws", get(ws::upgrade::<B>))
+        .fallback(http::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(app)
 }

@@ -74,16 +74,12 @@ impl AdminService {
             applied_index: node.applied_index(),
             leader: m.current_leader.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |s| s.index),
+            connections: node.connections.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
     async fn remote_info(&self, addr: &str) -> Result<NodeInfoMsg, Status> {
-        let mut client = self.admin_client(addr)?;
-        client
-            .info(self.node.peers.request(Empty {}, PEER_ADMIN_TIMEOUT))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| Status::unavailable(format!("cannot reach the node at {addr}: {}", s.message())))
+        remote_info(&self.node, addr, PEER_ADMIN_TIMEOUT).await
     }
 
     /// The leader's raft address, when this node is not the leader.
@@ -100,21 +96,7 @@ impl AdminService {
     async fn status(&self) -> ClusterStatus {
         let m = self.node.raft.metrics().borrow_watched().clone();
         let members = self.node.members();
-        let mut infos = BTreeMap::new();
-        let lookups = members.iter().map(|(id, (info, _))| {
-            let addr = info.raft_addr.clone();
-            let id = *id;
-            async move {
-                if id == self.node.id {
-                    (id, Some(Self::local_info(&self.node)))
-                } else {
-                    (id, self.remote_info(&addr).await.ok())
-                }
-            }
-        });
-        for (id, info) in futures::future::join_all(lookups).await {
-            infos.insert(id, info);
-        }
+        let infos = member_infos(&self.node, PEER_ADMIN_TIMEOUT).await;
         let leader_last = m
             .current_leader
             .and_then(|l| infos.get(&l).cloned().flatten())
@@ -348,6 +330,59 @@ impl Admin for AdminService {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Asks the node at `addr` about itself.
+pub async fn remote_info(node: &Node, addr: &str, timeout: Duration) -> Result<NodeInfoMsg, Status> {
+    let ch = node.peers.channel(addr).map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?;
+    AdminClient::new(ch)
+        .info(node.peers.request(Empty {}, timeout))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| Status::unavailable(format!("cannot reach the node at {addr}: {}", s.message())))
+}
+
+/// Every member's own view of itself, asked in parallel; `None` if unreachable.
+pub async fn member_infos(node: &Node, timeout: Duration) -> BTreeMap<NodeId, Option<NodeInfoMsg>> {
+    let lookups = node.members().into_iter().map(|(id, (info, _))| async move {
+        if id == node.id {
+            (id, Some(AdminService::local_info(node)))
+        } else {
+            (id, remote_info(node, &info.raft_addr, timeout).await.ok())
+        }
+    });
+    futures::future::join_all(lookups).await.into_iter().collect()
+}
+
+/// `/v1/cluster`: the members as clients see them.
+pub async fn cluster_view(node: &Node) -> api::ClusterView {
+    let m = node.raft.metrics().borrow_watched().clone();
+    let infos = member_infos(node, Duration::from_secs(1)).await;
+    let members = node
+        .members()
+        .into_iter()
+        .map(|(id, (info, voter))| {
+            let live = infos.get(&id).cloned().flatten();
+            api::MemberView {
+                id,
+                client_url: info.client_url,
+                role: match &live {
+                    Some(i) if !i.role.is_empty() => i.role.clone(),
+                    _ if voter => "follower".into(),
+                    _ => "learner".into(),
+                },
+                connections: live.as_ref().map_or(0, |i| i.connections),
+                applied_index: live.as_ref().map_or(0, |i| i.applied_index),
+                reachable: live.is_some(),
+            }
+        })
+        .collect();
+    api::ClusterView {
+        cluster_id: node.peers.identity.cluster_id().unwrap_or_default(),
+        leader: m.current_leader,
+        term: m.current_term,
+        members,
     }
 }
 

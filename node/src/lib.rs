@@ -151,7 +151,19 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     .context("cannot start raft")?;
 
     let proposer = node::Proposer::start(raft.clone());
-    let node = Arc::new(Node { id: config.id, raft, reader, peers, info, config: config.clone(), applied, deliveries, proposer });
+    let node = Arc::new(Node {
+        id: config.id,
+        raft,
+        reader,
+        peers,
+        info,
+        config: config.clone(),
+        applied,
+        deliveries,
+        proposer,
+        presence: Arc::new(api::presence::Presence::new(config.id)),
+        connections: Arc::default(),
+    });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -178,7 +190,18 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     }));
 
     // HTTP + WebSocket.
-    let app = api::router(Arc::new(Backend(node.clone())));
+    let limits = api::Limits {
+        max_message_bytes: config.max_message_bytes,
+        rate_messages: config.rate_limit.messages,
+        rate_window: config.rate_limit.window,
+    };
+    let api_app = Arc::new(api::App::new(
+        Arc::new(Backend(node.clone())),
+        limits,
+        node.presence.clone(),
+        node.connections.clone(),
+    ));
+    let app = api::router(api_app);
     let stop_http = until_stopped(stop_rx.clone());
     let client = listeners.client;
     tasks.push(tokio::spawn(async move {
@@ -196,6 +219,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             .context("cannot form a single-node cluster")?;
         tracing::info!(cluster_id, "formed a single-node cluster");
     }
+    tasks.push(tokio::spawn(presence_heartbeats(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx)));
 
     tracing::info!(id = config.id, %client_addr, %raft_addr, "node started");
@@ -244,11 +268,72 @@ async fn record_formation(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Repeats this node's online users to its peers and forgets silent peers.
+async fn presence_heartbeats(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(api::presence::HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        node.broadcast_signal(&node.presence.heartbeat());
+        node.presence.expire(std::time::Instant::now());
+    }
+}
+
 /// The node as the API sees it.
 struct Backend(Arc<Node>);
 
+fn backend_error(e: NodeError) -> api::BackendError {
+    match e {
+        NodeError::Unavailable(m) => api::BackendError::Unavailable(m),
+        NodeError::Fatal(m) => api::BackendError::Fatal(m),
+    }
+}
+
 impl api::ChatBackend for Backend {
+    fn node_id(&self) -> u64 {
+        self.0.id
+    }
+
     fn ready(&self) -> bool {
         self.0.ready()
+    }
+
+    fn reader(&self) -> &raft_store::state_machine::ChatReader {
+        &self.0.reader
+    }
+
+    fn propose(&self, event: Event) -> impl std::future::Future<Output = Result<raft_store::chat::Outcome, api::BackendError>> + Send {
+        let node = self.0.clone();
+        async move { node.propose(event, node::DEFAULT_TIMEOUT).await.map(|c| c.outcome).map_err(backend_error) }
+    }
+
+    fn read_barrier(&self) -> impl std::future::Future<Output = Result<(), api::BackendError>> + Send {
+        let node = self.0.clone();
+        async move { node.read_index(node::DEFAULT_TIMEOUT).await.map(|_| ()).map_err(backend_error) }
+    }
+
+    fn deliveries(&self) -> tokio::sync::broadcast::Receiver<raft_store::state_machine::Delivery> {
+        self.0.subscribe()
+    }
+
+    fn send_signal(&self, signal: api::presence::PeerSignal) {
+        self.0.broadcast_signal(&signal);
+    }
+
+    fn cluster(&self) -> impl std::future::Future<Output = api::ClusterView> + Send {
+        let node = self.0.clone();
+        async move { admin::cluster_view(&node).await }
+    }
+
+    fn raft_gauges(&self) -> api::RaftGauges {
+        let m = self.0.raft.metrics().borrow_watched().clone();
+        api::RaftGauges {
+            term: m.current_term,
+            leader: m.current_leader.unwrap_or(0),
+            committed: m.local_committed.map_or(0, |c| c.index),
+            applied: self.0.applied_index(),
+        }
     }
 }

@@ -53,6 +53,10 @@ pub struct Node {
     pub(crate) applied: watch::Receiver<u64>,
     pub(crate) deliveries: broadcast::Sender<Delivery>,
     pub(crate) proposer: mpsc::Sender<Pending>,
+    /// The ephemeral presence and typing plane.
+    pub presence: Arc<api::presence::Presence>,
+    /// Open WebSocket connections on this node.
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -183,6 +187,22 @@ impl Node {
             Ok(read) => Ok(read.index()),
             Err(RaftError::APIError(e)) => Err(Retry::NotSent(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(Retry::Fatal(e.to_string())),
+        }
+    }
+
+    /// Sends an ephemeral signal to every other member, best-effort: a peer that
+    /// is down misses it, and presence heartbeats repair what was missed.
+    pub fn broadcast_signal(&self, signal: &api::presence::PeerSignal) {
+        let Ok(data) = raft_store::codec::encode(signal) else { return };
+        for (id, (info, _)) in self.members() {
+            if id == self.id {
+                continue;
+            }
+            let Ok(mut client) = self.peers.raft_client(&info.raft_addr) else { continue };
+            let req = self.peers.request(proto::v1::Bytes { data: data.clone() }, Duration::from_secs(1));
+            tokio::spawn(async move {
+                let _ = client.signal(req).await;
+            });
         }
     }
 

@@ -125,6 +125,8 @@ impl RaftRpc for RaftService {
 
     async fn signal(&self, request: Request<Bytes>) -> Result<Response<Empty>, Status> {
         self.node.peers.identity.check_peer(request.metadata())?;
+        let signal = decode(&request.into_inner().data).map_err(bad_payload)?;
+        self.node.presence.receive(signal, Instant::now());
         Ok(Response::new(Empty {}))
     }
 }

@@ -190,3 +190,68 @@ impl TestCluster {
         }
     }
 }
+
+/// A WebSocket chat client for tests.
+pub mod client {
+    use std::time::Duration;
+
+    use futures::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    pub fn http() -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// Registers `name` (if new) and logs in through `base`; returns the token.
+    pub async fn login(base: &str, name: &str) -> String {
+        let creds = json!({ "name": name, "password": "password-1" });
+        let r = http().post(format!("{base}/v1/users")).json(&creds).send().await.unwrap();
+        assert!(r.status() == 201 || r.status() == 409, "register {name}: {}", r.status());
+        let r = http().post(format!("{base}/v1/sessions")).json(&creds).send().await.unwrap();
+        assert_eq!(r.status(), 200, "login {name}");
+        r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn connect(base: &str, token: &str) -> Ws {
+        let url = format!("{}/v1/ws?token={token}", base.replacen("http", "ws", 1));
+        tokio_tungstenite::connect_async(url).await.unwrap().0
+    }
+
+    pub async fn send(ws: &mut Ws, frame: Value) {
+        ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+    }
+
+    /// The next JSON frame, within `secs`.
+    pub async fn next(ws: &mut Ws, secs: u64) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(secs), ws.next()).await.ok()??.ok()?;
+            match msg {
+                Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others (presence, typing…).
+    pub async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+        loop {
+            let f = next(ws, 10).await.unwrap_or_else(|| panic!("no {kind} frame"));
+            if f["type"] == kind {
+                return f;
+            }
+        }
+    }
+
+    pub async fn join(ws: &mut Ws, room: &str, after: Option<u64>) -> Value {
+        let mut f = json!({ "type": "join", "room": room, "req": "j" });
+        if let Some(a) = after {
+            f["after"] = json!(a);
+        }
+        send(ws, f).await;
+        next_of(ws, "joined").await
+    }
+}

@@ -490,6 +490,19 @@ impl ChatReader {
         chat::is_member(self, room, user)
     }
 
+    /// The members of a room, by name.
+    pub fn members(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = chat::key2(room, &[]);
+        let mut out = Vec::new();
+        let cf = self.store.cf(Table::Members.name())?;
+        for item in self.store.db.iterator_cf(cf, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+            let (key, _) = item?;
+            let Some(user) = key.strip_prefix(prefix.as_slice()) else { break };
+            out.push(String::from_utf8_lossy(user).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Every room with its record, by name.
     pub fn rooms(&self) -> Result<Vec<(String, RoomRecord)>, StoreError> {
         let mut out = Vec::new();

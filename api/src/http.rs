@@ -1,0 +1,234 @@
+//! The JSON routes of SPEC §3, and the message operations the WebSocket shares.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use raft_store::chat::{self, Event, Message, Outcome};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::{auth, validate, App, ChatBackend};
+
+/// Largest page of history.
+pub const MAX_PAGE: usize = 1000;
+pub const DEFAULT_PAGE: usize = 50;
+
+pub fn message_json(m: &Message) -> Value {
+    json!({ "type": "message", "room": m.room, "seq": m.seq, "id": m.client_id, "from": m.from, "text": m.text, "ts": m.ts_ms })
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    body.map(|Json(b)| b).map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn bearer<B: ChatBackend>(app: &App<B>, headers: &HeaderMap) -> ApiResult<String> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing Authorization: Bearer token"))?;
+    app.authenticate(token.trim())
+}
+
+pub async fn readyz<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> (StatusCode, &'static str) {
+    if app.backend.ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(Code::NotFound, "no such route")
+}
+
+#[derive(Deserialize)]
+pub struct Credentials {
+    name: String,
+    password: String,
+}
+
+pub async fn register<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    creds: Result<Json<Credentials>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Credentials { name, password } = body(creds)?;
+    validate::user_name(&name)?;
+    validate::password(&password)?;
+    if app.backend.reader().user(&name).ok().flatten().is_some() {
+        return Err(ApiError::new(Code::NameTaken, format!("{name} is taken")));
+    }
+    // argon2 is deliberately slow: keep it off the async workers.
+    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?
+        .map_err(|e| ApiError::new(Code::Unavailable, e))?;
+    match app.backend.propose(Event::UserRegistered { name: name.clone(), password_hash }).await? {
+        Outcome::Registered => Ok((StatusCode::CREATED, Json(json!({ "name": name })))),
+        Outcome::NameTaken => Err(ApiError::new(Code::NameTaken, format!("{name} is taken"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(o: Outcome) -> ApiError {
+    match o {
+        Outcome::Rejected { reason } => ApiError::bad_request(reason),
+        Outcome::NotMember => ApiError::new(Code::NotMember, "not a member of this room"),
+        other => ApiError::new(Code::Unavailable, format!("unexpected outcome {other:?}")),
+    }
+}
+
+pub async fn login<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    creds: Result<Json<Credentials>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Credentials { name, password } = body(creds)?;
+    let denied = || ApiError::new(Code::Unauthorized, "wrong name or password");
+    if validate::user_name(&name).is_err() {
+        return Err(denied());
+    }
+    // A user registered on another node a moment ago must be able to log in here.
+    app.backend.read_barrier().await?;
+    let user = app.backend.reader().user(&name).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    let Some(user) = user else { return Err(denied()) };
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &user.password_hash))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        return Err(denied());
+    }
+    let expires_at = crate::now_ms() + auth::TOKEN_LIFETIME_MS;
+    let token = auth::issue(app.signing_key()?, &name, expires_at)
+        .ok_or_else(|| ApiError::new(Code::Unavailable, "cannot sign a token"))?;
+    Ok(Json(json!({ "token": token, "expires_at": expires_at })))
+}
+
+pub async fn rooms<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let user = bearer(&app, &headers)?;
+    let rooms = app.backend.reader().rooms().map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    let list: Vec<Value> = rooms
+        .into_iter()
+        .filter(|(name, _)| chat::dm_participants(name).is_none_or(|(a, b)| a == user || b == user))
+        .map(|(name, r)| json!({ "name": name, "members": r.members, "last_seq": r.last_seq }))
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Deserialize, Default)]
+pub struct HistoryQuery {
+    pub after: Option<u64>,
+    pub before: Option<u64>,
+    pub limit: Option<usize>,
+    pub consistency: Option<String>,
+}
+
+/// Reads one page of history for `user`, with the asked consistency.
+pub async fn read_history<B: ChatBackend>(app: &App<B>, user: &str, room: &str, q: &HistoryQuery) -> ApiResult<Value> {
+    validate::room_name(room)?;
+    if let Some((a, b)) = chat::dm_participants(room) {
+        if user != a && user != b {
+            return Err(ApiError::new(Code::NotMember, "not your direct-message room"));
+        }
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!("limit is 1-{MAX_PAGE}")));
+    }
+    match q.consistency.as_deref() {
+        None | Some("linearizable") => app.backend.read_barrier().await?,
+        Some("local") => {}
+        Some(other) => return Err(ApiError::bad_request(format!("consistency is linearizable or local, not {other}"))),
+    }
+    let page = app
+        .backend
+        .reader()
+        .history(room, q.after, q.before, limit)
+        .map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    let messages: Vec<Value> = page.messages.iter().map(message_json).collect();
+    Ok(json!({ "room": room, "head": page.head, "messages": messages }))
+}
+
+pub async fn history<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let user = bearer(&app, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(read_history(&app, &user, &room, &q).await?))
+}
+
+/// The acknowledgement of a stored message.
+pub struct Ack {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub duplicate: bool,
+}
+
+/// Posts `text` to `room` as `user` with client id `id`: validates, rate-limits,
+/// commits through the leader and returns once applied on this node.
+pub async fn send_message<B: ChatBackend>(app: &App<B>, user: &str, room: &str, id: &str, text: &str) -> ApiResult<Ack> {
+    validate::room_name(room)?;
+    validate::client_id(id)?;
+    validate::text(text, app.limits.max_message_bytes)?;
+    app.rate.check(user, &app.limits, Instant::now())?;
+    let started = Instant::now();
+    let event = Event::MessagePosted { room: room.into(), from: user.into(), client_id: id.into(), text: text.into() };
+    match app.backend.propose(event).await? {
+        Outcome::Posted { seq, ts_ms, duplicate } => {
+            app.metrics.acked(started.elapsed(), duplicate);
+            Ok(Ack { seq, ts_ms, duplicate })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PostBody {
+    id: Value,
+    text: String,
+}
+
+/// A client id as sent: a string, or a number taken as its decimal text.
+pub fn client_id_text(v: &Value) -> ApiResult<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(ApiError::bad_request("id must be a string or a number")),
+    }
+}
+
+pub async fn post_message<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    post: Result<Json<PostBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let user = bearer(&app, &headers)?;
+    let PostBody { id, text } = body(post)?;
+    let id_text = client_id_text(&id)?;
+    let ack = send_message(&app, &user, &room, &id_text, &text).await?;
+    Ok(Json(json!({ "room": room, "seq": ack.seq, "id": id, "ts": ack.ts_ms, "duplicate": ack.duplicate })))
+}
+
+pub async fn cluster<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> Json<Value> {
+    let view = app.backend.cluster().await;
+    Json(serde_json::to_value(view).unwrap_or(Value::Null))
+}
+
+pub async fn pick<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> ApiResult<Json<Value>> {
+    let view = app.backend.cluster().await;
+    let best = view
+        .members
+        .iter()
+        .filter(|m| m.reachable)
+        .min_by_key(|m| (m.connections, m.id))
+        .ok_or_else(|| ApiError::new(Code::Unavailable, "no reachable member"))?;
+    Ok(Json(json!({ "client_url": best.client_url })))
+}

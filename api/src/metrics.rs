@@ -1,0 +1,91 @@
+//! `/metrics` in the Prometheus text format.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::{App, ChatBackend};
+
+/// The API's own figures; Raft's are read at scrape time.
+pub struct ApiMetrics {
+    registry: Registry,
+    pub messages_committed: Counter,
+    pub duplicates: Counter,
+    pub ack_latency: Histogram,
+    pub deliveries: Counter,
+    pub slow_consumer_closes: Counter,
+    ws_connections: Gauge,
+    raft_term: Gauge,
+    raft_leader: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("chorus");
+        let m = ApiMetrics {
+            messages_committed: Counter::default(),
+            duplicates: Counter::default(),
+            // 0.25 ms .. ~4 s
+            ack_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+            deliveries: Counter::default(),
+            slow_consumer_closes: Counter::default(),
+            ws_connections: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("messages_committed", "Messages stored and acknowledged by this node", m.messages_committed.clone());
+        registry.register("duplicate_sends", "Retried sends answered from the dedup table", m.duplicates.clone());
+        registry.register("ack_latency_seconds", "Time from a send to its acknowledgement", m.ack_latency.clone());
+        registry.register("deliveries", "Message frames queued to WebSocket connections", m.deliveries.clone());
+        registry.register("slow_consumer_closes", "Connections closed because their queue overflowed", m.slow_consumer_closes.clone());
+        registry.register("ws_connections", "Open WebSocket connections", m.ws_connections.clone());
+        registry.register("raft_term", "Current Raft term", m.raft_term.clone());
+        registry.register("raft_leader", "Current leader id (0: none known)", m.raft_leader.clone());
+        registry.register("raft_commit_index", "Last committed log index known here", m.raft_commit_index.clone());
+        registry.register("raft_applied_index", "Last log index applied here", m.raft_applied_index.clone());
+        ApiMetrics { registry, ..m }
+    }
+}
+
+impl ApiMetrics {
+    pub fn acked(&self, latency: Duration, duplicate: bool) {
+        self.ack_latency.observe(latency.as_secs_f64());
+        if duplicate {
+            self.duplicates.inc();
+        } else {
+            self.messages_committed.inc();
+        }
+    }
+}
+
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub async fn serve<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> impl IntoResponse {
+    let m = &app.metrics;
+    let raft = app.backend.raft_gauges();
+    m.raft_term.set(gauge(raft.term));
+    m.raft_leader.set(gauge(raft.leader));
+    m.raft_commit_index.set(gauge(raft.committed));
+    m.raft_applied_index.set(gauge(raft.applied));
+    m.ws_connections.set(gauge(app.connection_count()));
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &m.registry) {
+        out = format!("# encoding failed: {e}\n");
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+}

@@ -1,0 +1,403 @@
+//! The chat API against in-process three-node clusters, with real WebSocket
+//! clients: every route of SPEC §3, the frames of §4, and the error codes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::client::{self, connect, join, login, next, next_of, send};
+use common::TestCluster;
+use serde_json::{json, Value};
+
+fn unlimited(c: &mut node::Config) {
+    c.rate_limit = "0".parse().unwrap();
+}
+
+fn base(c: &TestCluster, id: u64) -> String {
+    format!("http://{}", c.node(id).client_addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_routes_and_errors() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b2) = (base(&c, 1), base(&c, 2));
+    let http = client::http();
+    let creds = json!({ "name": "alice", "password": "password-1" });
+
+    let r = http.post(format!("{b1}/v1/users")).json(&creds).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "name": "alice" }));
+    let r = http.post(format!("{b2}/v1/users")).json(&creds).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "name_taken");
+    for bad in [json!({ "name": "no spaces", "password": "password-1" }), json!({ "name": "bob", "password": "short" }), json!({ "name": 5 })] {
+        let r = http.post(format!("{b1}/v1/users")).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
+    }
+    let r = http.post(format!("{b1}/v1/users")).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Log in on node 2 right after registering on node 1; the token works on node 3.
+    let r = http.post(format!("{b2}/v1/sessions")).json(&creds).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let session: Value = r.json().await.unwrap();
+    let token = session["token"].as_str().unwrap().to_string();
+    assert!(session["expires_at"].as_u64().unwrap() > 0);
+    let wrong = json!({ "name": "alice", "password": "password-2" });
+    let r = http.post(format!("{b1}/v1/sessions")).json(&wrong).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
+
+    let b3 = base(&c, 3);
+    let r = http.get(format!("{b3}/v1/rooms")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no token");
+    let r = http.get(format!("{b3}/v1/rooms")).bearer_auth("forged.token").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Posting needs membership; joining (over WebSocket) gives it.
+    let post = |room: &str, id: Value, text: &str| {
+        http.post(format!("{b3}/v1/rooms/{room}/messages")).bearer_auth(&token).json(&json!({ "id": id, "text": text })).send()
+    };
+    let r = post("general", json!("c1"), "hi").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_member");
+    let mut ws = connect(&b3, &token).await;
+    let joined = join(&mut ws, "general", None).await;
+    assert_eq!(joined["head"], 0);
+    assert_eq!(joined["req"], "j");
+    let r = post("general", json!("c1"), "hi").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ack: Value = r.json().await.unwrap();
+    assert_eq!((ack["room"].clone(), ack["seq"].clone(), ack["id"].clone(), ack["duplicate"].clone()), (json!("general"), json!(1), json!("c1"), json!(false)));
+    let again: Value = post("general", json!("c1"), "hi").await.unwrap().json().await.unwrap();
+    assert_eq!((again["seq"].clone(), again["duplicate"].clone()), (json!(1), json!(true)));
+    let r = post("general", json!(7), &"x".repeat(4097)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
+    post("general", json!(7), "numeric id").await.unwrap();
+
+    // History, both consistencies, on every node.
+    for b in [&b1, &b2, &b3] {
+        for consistency in ["linearizable", "local"] {
+            let url = format!("{b}/v1/rooms/general/messages?consistency={consistency}&limit=10");
+            let page: Value = http.get(url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+            if consistency == "linearizable" {
+                assert_eq!(page["head"], 2, "{b}");
+                let msgs = page["messages"].as_array().unwrap();
+                assert_eq!(msgs[0]["text"], "hi");
+                assert_eq!(msgs[0]["from"], "alice");
+                assert_eq!(msgs[1]["id"], "7");
+            }
+        }
+    }
+    let r = http.get(format!("{b1}/v1/rooms/general/messages?limit=5000")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.get(format!("{b1}/v1/rooms/general/messages?after=x")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let rooms: Value = http.get(format!("{b1}/v1/rooms")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rooms, json!([{ "name": "general", "members": 1, "last_seq": 2 }]));
+
+    // Cluster routes, health, metrics.
+    let cluster: Value = http.get(format!("{b2}/v1/cluster")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cluster["members"].as_array().unwrap().len(), 3);
+    let leader = cluster["leader"].as_u64().unwrap();
+    assert!(cluster["members"].as_array().unwrap().iter().any(|m| m["id"] == leader && m["role"] == "leader"));
+    let on_3 = cluster["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).unwrap().clone();
+    assert_eq!(on_3["connections"], 1, "{cluster}");
+    let pick: Value = http.get(format!("{b3}/v1/cluster/pick")).send().await.unwrap().json().await.unwrap();
+    assert_ne!(pick["client_url"], json!(b3), "node 3 has the one connection");
+    assert_eq!(http.get(format!("{b1}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{b1}/readyz")).send().await.unwrap().status(), 200);
+    let metrics = http.get(format!("{b3}/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in ["chorus_raft_term", "chorus_raft_leader", "chorus_raft_commit_index", "chorus_raft_applied_index", "chorus_ws_connections", "chorus_messages_committed_total", "chorus_ack_latency_seconds_bucket", "chorus_deliveries_total", "chorus_slow_consumer_closes_total"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert_eq!(http.get(format!("{b1}/nope")).send().await.unwrap().status(), 404);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_frames_across_nodes() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b2) = (base(&c, 1), base(&c, 2));
+    let ta = login(&b1, "ann").await;
+    let tb = login(&b2, "ben").await;
+
+    // A bad token gets 401 before the upgrade.
+    let url = format!("{}/v1/ws?token=nope", b1.replacen("http", "ws", 1));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+
+    let mut a = connect(&b1, &ta).await;
+    let mut b = connect(&b2, &tb).await;
+    join(&mut a, "lobby", None).await;
+    let joined = join(&mut b, "lobby", None).await;
+    assert_eq!(joined["online"].as_array().unwrap().iter().filter(|u| *u == "ann").count(), 1, "{joined}");
+
+    send(&mut a, json!({ "type": "send", "room": "lobby", "id": "a1", "text": "hello", "req": 9 })).await;
+    // The sender's own connection gets the ack and the message, in either order.
+    let (mut ack, mut own) = (Value::Null, Value::Null);
+    while ack.is_null() || own.is_null() {
+        let f = next(&mut a, 10).await.expect("ack and message");
+        match f["type"].as_str() {
+            Some("ack") => ack = f,
+            Some("message") => own = f,
+            _ => {}
+        }
+    }
+    assert_eq!(own["seq"], 1);
+    assert_eq!((ack["seq"].clone(), ack["id"].clone(), ack["duplicate"].clone(), ack["req"].clone()), (json!(1), json!("a1"), json!(false), json!(9)));
+    let got = next_of(&mut b, "message").await;
+    assert_eq!((got["room"].clone(), got["seq"].clone(), got["from"].clone(), got["text"].clone()), (json!("lobby"), json!(1), json!("ann"), json!("hello")));
+    assert_eq!(got["ts"], ack["ts"]);
+
+    // A retry (on another node) is acknowledged with the first seq.
+    send(&mut b, json!({ "type": "send", "room": "lobby", "id": "b1", "text": "yo" })).await;
+    let first = next_of(&mut b, "ack").await;
+    let mut b_again = connect(&base(&c, 3), &tb).await;
+    send(&mut b_again, json!({ "type": "send", "room": "lobby", "id": "b1", "text": "yo" })).await;
+    let dup = next_of(&mut b_again, "ack").await;
+    assert_eq!((dup["seq"].clone(), dup["duplicate"].clone()), (first["seq"].clone(), json!(true)));
+
+    // History frame.
+    send(&mut a, json!({ "type": "history", "room": "lobby", "limit": 10, "req": "h" })).await;
+    let h = next_of(&mut a, "history").await;
+    assert_eq!(h["head"], 2);
+    assert_eq!(h["req"], "h");
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2);
+
+    // Typing reaches the other member, on another node.
+    send(&mut a, json!({ "type": "typing", "room": "lobby" })).await;
+    let t = next_of(&mut b, "typing").await;
+    assert_eq!((t["room"].clone(), t["user"].clone()), (json!("lobby"), json!("ann")));
+
+    // A DM reaches every connection of both users without a join.
+    send(&mut a, json!({ "type": "dm", "to": "ben", "id": "d1", "text": "psst" })).await;
+    let ack = next_of(&mut a, "ack").await;
+    assert_eq!(ack["room"], "dm:ann:ben");
+    for ws in [&mut b, &mut b_again] {
+        let m = next_of(ws, "message").await;
+        assert_eq!((m["room"].clone(), m["text"].clone()), (json!("dm:ann:ben"), json!("psst")));
+    }
+
+    // Errors: each answered, none closes the connection.
+    let cases = [
+        (json!("{not json"), "bad_request"),
+        (json!({ "type": "fly" }), "bad_request"),
+        (json!({ "type": "send", "room": "lobby", "id": "x", "text": "y".repeat(5000) }), "too_large"),
+        (json!({ "type": "send", "room": "elsewhere", "id": "x", "text": "y" }), "not_member"),
+        (json!({ "type": "send", "room": "bad room", "id": "x", "text": "y" }), "bad_request"),
+        (json!({ "type": "join", "room": "dm:ben:zed" }), "not_member"),
+        (json!({ "type": "dm", "to": "nobody", "id": "x", "text": "y" }), "bad_request"),
+        (json!({ "type": "history", "room": "lobby", "limit": 0 }), "bad_request"),
+    ];
+    for (frame, code) in cases {
+        let text = match &frame { Value::String(s) => s.clone(), f => f.to_string() };
+        futures::SinkExt::send(&mut a, tokio_tungstenite::tungstenite::Message::Text(text.into())).await.unwrap();
+        let e = next_of(&mut a, "error").await;
+        assert_eq!(e["code"], code, "{frame}");
+    }
+    send(&mut a, json!({ "type": "leave", "room": "lobby", "req": 1 })).await;
+    assert_eq!(next_of(&mut a, "left").await["room"], "lobby");
+
+    // Presence: ben's last connection closing is seen by ann's room-mates.
+    join(&mut a, "lobby", None).await;
+    drop(b);
+    drop(b_again);
+    let p = next_of(&mut a, "presence").await;
+    assert_eq!((p["user"].clone(), p["online"].clone()), (json!("ben"), json!(false)));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resume_on_another_node_gets_every_message_once_in_order() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let ta = login(&base(&c, 1), "ann").await;
+    let tb = login(&base(&c, 2), "ben").await;
+    let mut b = connect(&base(&c, 2), &tb).await;
+    join(&mut b, "r", None).await;
+    let mut a = connect(&base(&c, 1), &ta).await;
+    join(&mut a, "r", None).await;
+    for i in 1..=5 {
+        send(&mut b, json!({ "type": "send", "room": "r", "id": i, "text": format!("m{i}") })).await;
+    }
+    let mut seen = 0;
+    while seen < 5 {
+        let m = next_of(&mut a, "message").await;
+        seen = m["seq"].as_u64().unwrap();
+    }
+    drop(a);
+    // Sent while ann is away; and more keep coming while she rejoins.
+    let sender = tokio::spawn(async move {
+        for i in 6..=60 {
+            send(&mut b, json!({ "type": "send", "room": "r", "id": i, "text": format!("m{i}") })).await;
+            if i == 30 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut acks = 0;
+        while acks < 55 {
+            if next(&mut b, 10).await.unwrap()["type"] == "ack" {
+                acks += 1;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut a = connect(&base(&c, 3), &ta).await;
+    join(&mut a, "r", Some(5)).await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 55 {
+        let m = next_of(&mut a, "message").await;
+        seqs.push(m["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, (6..=60).collect::<Vec<_>>(), "in order, no gap, no duplicate");
+    sender.await.unwrap();
+    assert!(next(&mut a, 1).await.is_none_or(|f| f["type"] != "message"), "nothing more");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acked_messages_survive_a_leader_failover_exactly_once() {
+    let mut c = TestCluster::start_with(3, unlimited).await;
+    let tokens: Vec<String> = futures::future::join_all((1..=3).map(|i| {
+        let b = base(&c, i);
+        async move { login(&b, &format!("u{i}")).await }
+    }))
+    .await;
+    let mut writers = Vec::new();
+    for i in 1..=3u64 {
+        let b = base(&c, i);
+        let others: Vec<String> = (1..=3).filter(|j| *j != i).map(|j| base(&c, j)).collect();
+        let token = tokens[i as usize - 1].clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = BTreeMap::new();
+            let mut ws = connect(&b, &token).await;
+            join(&mut ws, "f", None).await;
+            for n in 0..40 {
+                let id = format!("{i}-{n}");
+                // Retry with the same id until acked, switching node on a dead connection.
+                let mut attempt = 0;
+                loop {
+                    send(&mut ws, json!({ "type": "send", "room": "f", "id": id, "text": id })).await;
+                    match next_ack(&mut ws, &id).await {
+                        Some(seq) => {
+                            acked.insert(id.clone(), seq);
+                            break;
+                        }
+                        None => {
+                            attempt += 1;
+                            let target = &others[attempt % others.len()];
+                            if let Ok((w, _)) = tokio_tungstenite::connect_async(format!("{}/v1/ws?token={token}", target.replacen("http", "ws", 1))).await {
+                                ws = w;
+                            }
+                        }
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = c.wait_leader().await;
+    c.stop(leader).await;
+    let mut acked = BTreeMap::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert_eq!(acked.len(), 120);
+    let survivors: Vec<u64> = c.running().map(|n| n.id).collect();
+    let http = client::http();
+    for id in survivors {
+        let url = format!("{}/v1/rooms/f/messages?limit=1000", base(&c, id));
+        let page: Value = http.get(url).bearer_auth(&tokens[0]).send().await.unwrap().json().await.unwrap();
+        let msgs = page["messages"].as_array().unwrap();
+        let ids: Vec<&str> = msgs.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        let unique: HashSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "node {id}: a message is stored twice");
+        for (cid, seq) in &acked {
+            let m = msgs.iter().find(|m| m["id"] == *cid).unwrap_or_else(|| panic!("node {id} lost acked {cid}"));
+            assert_eq!(m["seq"], *seq);
+        }
+        let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
+    }
+    c.shutdown().await;
+}
+
+/// The ack for `id`, or `None` on `unavailable`, a closed connection or silence.
+async fn next_ack(ws: &mut common::client::Ws, id: &str) -> Option<u64> {
+    loop {
+        let f = next(ws, 8).await?;
+        if f["id"] == id {
+            return match f["type"].as_str() {
+                Some("ack") => f["seq"].as_u64(),
+                _ => None,
+            };
+        }
+    }
+}
+
+fn tight_rate(c: &mut node::Config) {
+    c.rate_limit = "3/60".parse().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limit_and_slow_consumer() {
+    let c = TestCluster::start_with(1, tight_rate).await;
+    let b = base(&c, 1);
+    let t = login(&b, "ann").await;
+    let mut a = connect(&b, &t).await;
+    join(&mut a, "r", None).await;
+    for i in 0..3 {
+        send(&mut a, json!({ "type": "send", "room": "r", "id": i, "text": "x" })).await;
+        next_of(&mut a, "ack").await;
+    }
+    send(&mut a, json!({ "type": "send", "room": "r", "id": 3, "text": "x" })).await;
+    assert_eq!(next_of(&mut a, "error").await["code"], "rate_limited");
+    c.shutdown().await;
+
+    let c = TestCluster::start_with(1, unlimited).await;
+    let b = base(&c, 1);
+    let (ts, tr) = (login(&b, "sender").await, login(&b, "sloth").await);
+    let mut sloth = connect(&b, &tr).await;
+    join(&mut sloth, "big", None).await;
+    let mut sender = connect(&b, &ts).await;
+    join(&mut sender, "big", None).await;
+    // The sloth never reads; its queue and socket buffers fill, then it is closed.
+    let text = "z".repeat(4000);
+    let mut sent = 0;
+    let metrics_url = format!("{b}/metrics");
+    for i in 0..6000 {
+        send(&mut sender, json!({ "type": "send", "room": "big", "id": i, "text": text })).await;
+        sent += 1;
+        if sent % 200 == 0 {
+            while let Some(f) = next(&mut sender, 0).await { let _ = f; }
+            let m = client::http().get(&metrics_url).send().await.unwrap().text().await.unwrap();
+            if m.lines().any(|l| l.starts_with("chorus_slow_consumer_closes_total 1")) {
+                break;
+            }
+        }
+    }
+    // Drain what was queued; the stream must end with a 4008 close, not a gap.
+    let mut last = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut sloth)).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                let f: Value = serde_json::from_str(t.as_str()).unwrap();
+                if f["type"] == "message" {
+                    let seq = f["seq"].as_u64().unwrap();
+                    assert_eq!(seq, last + 1, "gap before the close");
+                    last = seq;
+                }
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4008));
+    c.shutdown().await;
+}
