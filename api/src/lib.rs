@@ -156,11 +156,16 @@ pub struct App<B: ChatBackend> {
     pub metrics: metrics::ApiMetrics,
     /// Open WebSocket connections on this node.
     pub connections: Arc<AtomicU64>,
+    /// Deliveries with their frame serialised once, for every session.
+    pub live: broadcast::Sender<ws::Live>,
     signing_key: OnceLock<Vec<u8>>,
 }
 
 impl<B: ChatBackend> App<B> {
+    /// Must be called inside a Tokio runtime: it starts the delivery relay.
     pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>) -> Self {
+        let (live, _) = broadcast::channel(ws::LIVE_CAPACITY);
+        tokio::spawn(ws::relay(backend.deliveries(), live.clone()));
         App {
             backend,
             limits,
@@ -168,6 +173,7 @@ impl<B: ChatBackend> App<B> {
             rate: RateLimiter::default(),
             metrics: metrics::ApiMetrics::default(),
             connections,
+            live,
             signing_key: OnceLock::new(),
         }
     }

@@ -6,6 +6,9 @@
 //! that do not fit close the connection with 4008 ("slow consumer") rather than
 //! being dropped, so what a client receives has no silent gap.
 //!
+//! Each applied message is serialised once by the [`relay`] and shared by every
+//! session it goes to.
+//!
 //! Gap-free delivery: the session subscribes to the node's deliveries before it
 //! reads anything from storage, and remembers per room the last seq it sent.
 //! A delivery at that seq + 1 is sent; an older one is skipped (already sent from
@@ -16,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
@@ -57,13 +60,47 @@ pub async fn upgrade<B: ChatBackend>(
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
+    // Small buffers: they are per connection, and the defaults (128 KiB each)
+    // would dominate the memory of ten thousand mostly idle connections.
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| session(app, user, socket))
 }
 
 enum Out {
     Frame(String),
+    /// A frame shared by every session it goes to.
+    Shared(Utf8Bytes),
+}
+
+/// How many deliveries the relay buffers for sessions before a slow one lags.
+pub const LIVE_CAPACITY: usize = 8192;
+
+/// A delivery as sessions receive it.
+#[derive(Clone, Debug)]
+pub enum Live {
+    Message { message: Arc<Message>, frame: Utf8Bytes },
+    /// Storage may hold messages that were not delivered one by one.
+    Reset,
+}
+
+/// Serialises each applied message once and hands it to every session. If the
+/// relay itself falls behind, sessions are told to re-read from storage.
+pub async fn relay(mut from: broadcast::Receiver<Delivery>, to: broadcast::Sender<Live>) {
+    loop {
+        let live = match from.recv().await {
+            Ok(Delivery::Message(m)) => {
+                let frame = Utf8Bytes::from(message_json(&m).to_string());
+                Live::Message { message: m, frame }
+            }
+            Ok(Delivery::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => Live::Reset,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        // No receivers is fine: no session is open.
+        let _ = to.send(live);
+    }
 }
 
 /// The bounded queue to the writer task, shared by the session's tasks.
@@ -76,7 +113,11 @@ struct Outbox {
 impl Outbox {
     /// Queues a live frame; on overflow, closes the connection as a slow consumer.
     fn push(&self, frame: String) -> bool {
-        match self.tx.try_send(Out::Frame(frame)) {
+        self.push_out(Out::Frame(frame))
+    }
+
+    fn push_out(&self, out: Out) -> bool {
+        match self.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close_with(SLOW_CONSUMER, "slow consumer");
@@ -150,21 +191,23 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSock
                     }
                     break;
                 }
-                next = rx.recv() => match next {
-                    Some(Out::Frame(text)) => {
-                        if sink.send(WsMessage::Text(text.into())).await.is_err() {
-                            break;
-                        }
+                next = rx.recv() => {
+                    let text = match next {
+                        Some(Out::Frame(text)) => Utf8Bytes::from(text),
+                        Some(Out::Shared(text)) => text,
+                        None => break,
+                    };
+                    if sink.send(WsMessage::Text(text)).await.is_err() {
+                        break;
                     }
-                    None => break,
-                },
+                }
             }
         }
         let _ = sink.close().await;
     });
 
     // Subscribe before anything is read from storage: see the module docs.
-    let mut deliveries = app.backend.deliveries();
+    let mut deliveries = app.live.subscribe();
     let mut signals = app.presence.subscribe();
     app.connections.fetch_add(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.connected(&user) {
@@ -192,8 +235,8 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSock
                 }
             },
             d = deliveries.recv() => match d {
-                Ok(Delivery::Message(m)) => s.deliver(&m).await,
-                Ok(Delivery::Reset) => s.resync().await,
+                Ok(Live::Message { message, frame }) => s.deliver(&message, frame).await,
+                Ok(Live::Reset) => s.resync().await,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     s.out.close_with(SLOW_CONSUMER, "slow consumer");
                     break;
@@ -388,7 +431,7 @@ impl<B: ChatBackend> Session<B> {
     }
 
     /// A message applied on this node.
-    async fn deliver(&mut self, m: &Message) {
+    async fn deliver(&mut self, m: &Message, frame: Utf8Bytes) {
         let last = match self.rooms.get(&m.room) {
             Some(last) => *last,
             None => match chat::dm_participants(&m.room) {
@@ -405,7 +448,7 @@ impl<B: ChatBackend> Session<B> {
             self.rooms.insert(m.room.clone(), filled);
             return;
         }
-        if self.out.push(message_json(m).to_string()) {
+        if self.out.push_out(Out::Shared(frame)) {
             self.app.metrics.deliveries.inc();
             self.rooms.insert(m.room.clone(), m.seq);
         }

@@ -5,6 +5,8 @@
 //! a one-line reason on stderr, 2 bad usage.
 
 mod admin;
+mod bench;
+mod chat;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +41,21 @@ pub enum Command {
     /// Form and change the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// An interactive terminal chat client.
+    Chat {
+        /// Client URL of any node, e.g. http://127.0.0.1:8080
+        #[arg(long, env = "CHORUS_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        user: String,
+        /// Password (or CHORUS_PASSWORD); the user is registered if new.
+        #[arg(long)]
+        password: Option<String>,
+        #[arg(long, default_value = "general")]
+        room: String,
+    },
+    /// Load-test the chat API over WebSocket and print figures.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +96,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Cluster(cmd) => admin::run(&cli, cmd).await,
+        Command::Chat { url, user, password, room } => {
+            chat::run(chat::ChatArgs { url, user, password: password.as_deref(), room }).await
+        }
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

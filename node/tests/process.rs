@@ -94,3 +94,45 @@ fn chorusctl_reports_failures_with_exit_codes() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(2), "bad usage");
     Ok(())
 }
+
+#[test]
+fn chorusctl_chat_sends_lines_and_prints_messages() -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir()?;
+    let client = format!("127.0.0.1:{}", node::procs::free_port()?);
+    let raft = format!("127.0.0.1:{}", node::procs::free_port()?);
+    let mut node = Command::new(node::procs::bin("chorusd")?)
+        .args(["--data-dir", tmp.path().to_str().unwrap(), "--client-addr", &client, "--raft-addr", &raft])
+        .stderr(Stdio::null())
+        .spawn()?;
+    let url = format!("http://{client}");
+    let ready = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&client).is_err() || chorusctl(&["--node", &raft, "cluster", "status"])?.stdout.is_empty() {
+        assert!(Instant::now() < ready, "node did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut chat = Command::new(node::procs::bin("chorusctl")?)
+        .args(["chat", "--url", &url, "--user", "ann", "--password", "password-1", "--room", "lobby"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = chat.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    writeln!(stdin, "hello from the terminal")?;
+    std::thread::sleep(Duration::from_secs(1));
+    writeln!(stdin, "/history")?;
+    std::thread::sleep(Duration::from_secs(1));
+    writeln!(stdin, "/quit")?;
+    let out = chat.wait_with_output()?;
+    let _ = node.kill();
+    let _ = node.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chat failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("joined lobby"), "{stdout}");
+    assert!(stdout.contains("[lobby #1] ann: hello from the terminal"), "{stdout}");
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `chorusctl bench`: load over the public WebSocket API, with printed figures.
+//!
+//! Three phases, each optional:
+//! - **acks**: `--senders` closed-loop senders spread over the nodes, each in a
+//!   room of its own; acked messages/s, ack latency, send→deliver latency.
+//! - **fan-out**: `--subscribers` connections in one room spread over the nodes,
+//!   `--fanout-senders` senders; deliveries/s and send→deliver latency.
+//! - **idle**: `--idle` connections to the first node; its RSS growth per
+//!   connection (needs `--pids`, the chorusd process ids in `--urls` order).
+//!
+//! The cluster should run with `--rate-limit 0`. Send times travel in the message
+//! text, so send→deliver is measured on one clock (this process's).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::chat::{connect, session};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Client URLs of the nodes, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    urls: Vec<String>,
+    #[arg(long, default_value_t = 256)]
+    senders: usize,
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 8)]
+    fanout_senders: usize,
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// chorusd process ids, in --urls order (for RSS figures).
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    #[arg(long, default_value_t = 200)]
+    bytes: usize,
+}
+
+fn micros(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
+}
+
+struct Users {
+    tokens: Vec<String>,
+}
+
+impl Users {
+    async fn new(url: &str, prefix: &str, n: usize) -> anyhow::Result<Self> {
+        let http = reqwest::Client::new();
+        let mut tokens = Vec::new();
+        for i in 0..n {
+            tokens.push(session(&http, url, &format!("{prefix}{i}"), "bench-password").await?);
+        }
+        Ok(Users { tokens })
+    }
+
+    fn token(&self, i: usize) -> &str {
+        &self.tokens[i % self.tokens.len()]
+    }
+}
+
+/// Counts message frames and their send→deliver latency (µs since `start`).
+#[derive(Default)]
+struct Deliveries {
+    count: AtomicU64,
+    latencies: Mutex<Vec<u64>>,
+}
+
+async fn reader(
+    mut rx: futures::stream::SplitStream<crate::chat::Ws>,
+    start: Instant,
+    deliveries: Arc<Deliveries>,
+    acks: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    sample_every: u64,
+) {
+    while let Some(Ok(msg)) = rx.next().await {
+        let Message::Text(t) = msg else { continue };
+        let Ok(f) = serde_json::from_str::<Value>(t.as_str()) else { continue };
+        match f["type"].as_str() {
+            Some("message") => {
+                let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
+                if n % sample_every == 0 {
+                    if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
+                        deliveries.latencies.lock().await.push(micros(start).saturating_sub(sent));
+                    }
+                }
+            }
+            Some("ack") | Some("error") => {
+                if let Some(a) = &acks {
+                    let _ = a.send(());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn join(ws: &mut crate::chat::Ws, room: &str) -> anyhow::Result<()> {
+    ws.send(Message::Text(json!({ "type": "join", "room": room }).to_string().into())).await?;
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(t) = msg? {
+            if t.as_str().contains("\"joined\"") {
+                return Ok(());
+            }
+        }
+    }
+    bail!("closed before joining {room}")
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let urls: Vec<String> = args.urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+    let users = Users::new(&urls[0], "bench", 16).await?;
+    let pad = "x".repeat(args.bytes.saturating_sub(21));
+    println!("chorusctl bench: {} nodes, {}-byte messages, {} s per phase", urls.len(), args.bytes, args.secs);
+
+    if args.senders > 0 {
+        let deliveries = Arc::new(Deliveries::default());
+        let ack_lat = Arc::new(Mutex::new(Vec::new()));
+        let deadline = Instant::now() + Duration::from_secs(args.secs);
+        let mut tasks = Vec::new();
+        for i in 0..args.senders {
+            let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
+            join(&mut ws, &format!("load-{i}")).await?;
+            let (mut tx, rx) = ws.split();
+            let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(reader(rx, start, deliveries.clone(), Some(ack_tx), 1));
+            let (ack_lat, pad) = (ack_lat.clone(), pad.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let sent = micros(start);
+                    let f = json!({ "type": "send", "room": format!("load-{i}"), "id": n, "text": format!("{sent:020} {pad}") });
+                    if tx.send(Message::Text(f.to_string().into())).await.is_err() || ack_rx.recv().await.is_none() {
+                        break;
+                    }
+                    lat.push(micros(start) - sent);
+                    n += 1;
+                }
+                ack_lat.lock().await.extend(lat);
+                let _ = tx.close().await;
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let mut lat = ack_lat.lock().await.clone();
+        lat.sort_unstable();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut dl = deliveries.latencies.lock().await.clone();
+        dl.sort_unstable();
+        println!("acks: {} senders", args.senders);
+        println!("  acked messages/s {:.0}", lat.len() as f64 / args.secs as f64);
+        println!("  ack latency ms   p50 {:.2}  p99 {:.2}  p99.9 {:.2}", pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999));
+        println!("  send→deliver ms  p50 {:.2}  p99 {:.2}", pct(&dl, 0.5), pct(&dl, 0.99));
+    }
+
+    if args.subscribers > 0 {
+        let deliveries = Arc::new(Deliveries::default());
+        let sample = (args.subscribers as u64 / 50).max(1);
+        // Subscribers only read; their sinks are kept so the connections stay open.
+        let mut sinks = Vec::with_capacity(args.subscribers);
+        for i in 0..args.subscribers {
+            let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
+            join(&mut ws, "fanout").await?;
+            let (tx, rx) = ws.split();
+            sinks.push(tx);
+            tokio::spawn(reader(rx, start, deliveries.clone(), None, sample));
+        }
+        let before = deliveries.count.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(args.secs);
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..args.fanout_senders {
+            let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
+            join(&mut ws, "fanout-senders").await?;
+            let (mut tx, rx) = ws.split();
+            let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(reader(rx, start, Arc::new(Deliveries::default()), Some(ack_tx), u64::MAX));
+            let (pad, sent) = (pad.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let t = micros(start);
+                    let f = json!({ "type": "send", "room": "fanout", "id": format!("f{i}-{n}"), "text": format!("{t:020} {pad}") });
+                    if tx.send(Message::Text(f.to_string().into())).await.is_err() || ack_rx.recv().await.is_none() {
+                        break;
+                    }
+                    n += 1;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let got = deliveries.count.load(Ordering::Relaxed) - before;
+        let mut dl = deliveries.latencies.lock().await.clone();
+        dl.sort_unstable();
+        println!("fan-out: {} subscribers, {} senders", args.subscribers, args.fanout_senders);
+        println!("  messages sent    {}", sent.load(Ordering::Relaxed));
+        println!("  deliveries/s     {:.0}", got as f64 / args.secs as f64);
+        println!("  send→deliver ms  p50 {:.2}  p99 {:.2}  (sampled)", pct(&dl, 0.5), pct(&dl, 0.99));
+        drop(sinks);
+    }
+
+    if args.idle > 0 {
+        let pid = args.pids.first().copied().context("--idle needs --pids to read the server's RSS")?;
+        let before = rss_kib(pid)?;
+        let mut conns = Vec::with_capacity(args.idle);
+        for i in 0..args.idle {
+            conns.push(connect(&urls[0], users.token(i)).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(pid)?;
+        println!("idle: {} connections on {}", args.idle, urls[0]);
+        println!("  server RSS {} KiB → {} KiB: {:.1} KiB per connection", before, after, (after.saturating_sub(before)) as f64 / args.idle as f64);
+        drop(conns);
+    }
+    Ok(())
+}
