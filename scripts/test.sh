@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Runs every test of Chorus: unit, property, openraft's storage suite, in-process
-# clusters, and the process-level tests with real chorusd/chorusctl binaries.
-# Installs what a fresh machine is missing first.
+# clusters, process-level tests with real chorusd/chorusctl binaries, and the web
+# page in headless Chromium. Installs what a fresh machine is missing first.
 source "$(dirname "$0")/env.sh"
 cd "$CHORUS_ROOT"
 
 echo "== build (one dev profile for tests and binaries; target: $CARGO_TARGET_DIR)"
 cargo build --workspace --bins --tests --locked
 
-echo "== tests"
+echo "== cargo tests"
 # Integration tests start whole clusters; two at a time keeps a 2-core machine
 # from starving Raft heartbeats.
 cargo test --workspace --locked -- --test-threads=2
+
+echo "== web page in headless Chromium (Debian's chromium, playwright-core from npm)"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing: chromium" >&2
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+(cd e2e && npm ci --no-audit --no-fund --silent)
+CHORUS_BIN="$CHORUS_BIN" node e2e/web.test.mjs

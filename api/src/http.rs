@@ -217,12 +217,15 @@ pub async fn post_message<B: ChatBackend>(
     Ok(Json(json!({ "room": room, "seq": ack.seq, "id": id, "ts": ack.ts_ms, "duplicate": ack.duplicate })))
 }
 
-pub async fn cluster<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> Json<Value> {
+/// Public, and read by web pages served from other members when they fail over.
+const ANY_ORIGIN: [(axum::http::HeaderName, &str); 1] = [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+
+pub async fn cluster<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> impl axum::response::IntoResponse {
     let view = app.backend.cluster().await;
-    Json(serde_json::to_value(view).unwrap_or(Value::Null))
+    (ANY_ORIGIN, Json(serde_json::to_value(view).unwrap_or(Value::Null)))
 }
 
-pub async fn pick<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> ApiResult<Json<Value>> {
+pub async fn pick<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> ApiResult<impl axum::response::IntoResponse> {
     let view = app.backend.cluster().await;
     let best = view
         .members
@@ -230,5 +233,5 @@ pub async fn pick<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> ApiResult<J
         .filter(|m| m.reachable)
         .min_by_key(|m| (m.connections, m.id))
         .ok_or_else(|| ApiError::new(Code::Unavailable, "no reachable member"))?;
-    Ok(Json(json!({ "client_url": best.client_url })))
+    Ok((ANY_ORIGIN, Json(json!({ "client_url": best.client_url }))))
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod presence;
 pub mod validate;
+pub mod web;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -63,6 +64,11 @@ pub struct MemberView {
     pub connections: u64,
     pub applied_index: u64,
     pub reachable: bool,
+    /// Additions to the SPEC's fields, for the cluster view.
+    pub term: u64,
+    pub last_log_index: u64,
+    /// The leader's last log index minus this member's applied index.
+    pub lag: u64,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
@@ -208,6 +214,9 @@ pub(crate) fn now_ms() -> u64 {
 /// The router for the client address.
 pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
     Router::new()
+        .route("/", get(web::chat_page))
+        .route("/cluster", get(web::cluster_page))
+        .route("/assets/{file}", get(web::asset))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(http::readyz::<B>))
         .route("/metrics", get(metrics::serve::<B>))

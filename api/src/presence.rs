@@ -22,6 +22,8 @@ pub enum PeerSignal {
     /// Every user online on `node`, repeated every [`HEARTBEAT`].
     Heartbeat { node: u64, users: Vec<String> },
     Typing { room: String, user: String },
+    /// An online user just joined `room`: its members should see them online.
+    Joined { room: String, user: String },
 }
 
 /// What this node's WebSocket connections are told.
@@ -30,6 +32,8 @@ pub enum LocalSignal {
     /// `user` came online anywhere in the cluster, or went offline everywhere.
     Presence { user: String, online: bool },
     Typing { room: String, user: String },
+    /// `user`, online, joined `room`.
+    Joined { room: String, user: String },
 }
 
 #[derive(Default)]
@@ -112,6 +116,7 @@ impl Presence {
     pub fn receive(&self, signal: PeerSignal, now: Instant) {
         match signal {
             PeerSignal::Typing { room, user } => self.tell(LocalSignal::Typing { room, user }),
+            PeerSignal::Joined { room, user } => self.tell(LocalSignal::Joined { room, user }),
             PeerSignal::Presence { node, user, online } if node != self.node => {
                 let mut inner = self.lock();
                 let before = inner.online(&user);

@@ -319,6 +319,12 @@ impl<B: ChatBackend> Session<B> {
         };
         let online = self.online_members(&room);
         self.out.push(with_req(json!({ "type": "joined", "room": room, "head": head, "online": online }), req));
+        if !self.rooms.contains_key(&room) {
+            // Members already in the room learn that this (online) user is now one of them.
+            let sig = PeerSignal::Joined { room: room.clone(), user: self.user.clone() };
+            self.app.presence.receive(sig.clone(), std::time::Instant::now());
+            self.app.backend.send_signal(sig);
+        }
         // Replay from storage, then go live from where the replay stopped. Without
         // `after`, live delivery starts after the head the client was told.
         let start = after.unwrap_or(head);
@@ -468,6 +474,11 @@ impl<B: ChatBackend> Session<B> {
             LocalSignal::Typing { room, user } => {
                 if user != self.user && self.rooms.contains_key(&room) {
                     self.out.push(json!({ "type": "typing", "room": room, "user": user }).to_string());
+                }
+            }
+            LocalSignal::Joined { room, user } => {
+                if user != self.user && self.rooms.contains_key(&room) {
+                    self.out.push(json!({ "type": "presence", "room": room, "user": user, "online": true }).to_string());
                 }
             }
             LocalSignal::Presence { user, online } => {

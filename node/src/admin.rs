@@ -359,6 +359,10 @@ pub async fn member_infos(node: &Node, timeout: Duration) -> BTreeMap<NodeId, Op
 pub async fn cluster_view(node: &Node) -> api::ClusterView {
     let m = node.raft.metrics().borrow_watched().clone();
     let infos = member_infos(node, Duration::from_secs(1)).await;
+    let leader_last = m
+        .current_leader
+        .and_then(|l| infos.get(&l).cloned().flatten())
+        .map_or(m.last_log_index.unwrap_or(0), |i| i.last_log_index);
     let members = node
         .members()
         .into_iter()
@@ -375,6 +379,9 @@ pub async fn cluster_view(node: &Node) -> api::ClusterView {
                 connections: live.as_ref().map_or(0, |i| i.connections),
                 applied_index: live.as_ref().map_or(0, |i| i.applied_index),
                 reachable: live.is_some(),
+                term: live.as_ref().map_or(0, |i| i.term),
+                last_log_index: live.as_ref().map_or(0, |i| i.last_log_index),
+                lag: live.as_ref().map_or(0, |i| leader_last.saturating_sub(i.applied_index)),
             }
         })
         .collect();

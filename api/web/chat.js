@@ -1,0 +1,286 @@
+// The Chorus web chat. Plain JavaScript, no build step.
+//
+// It talks to one node over WebSocket. When that node goes away it reconnects to
+// another member (from the /v1/cluster list it keeps) and rejoins every room with
+// `after` = the last seq it showed, so nothing is missed and nothing shows twice.
+// Sends carry client ids and are re-sent with the same id after a reconnect, so a
+// retry cannot duplicate a message.
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  user: null, token: null,
+  base: location.origin,          // the node we talk to
+  members: [location.origin],     // client URLs of the cluster, refreshed while connected
+  ws: null, connected: false,
+  rooms: new Map(),               // room → { last, oldest, unread, online:Set, items:Map(seq→li) }
+  current: null,
+  pending: new Map(),             // client id → frame awaiting its ack
+  nextId: 0,
+  lastTyping: 0,
+};
+
+function setConn(kind, text) {
+  const el = $('conn');
+  el.className = `state ${kind}`;
+  el.textContent = text;
+  $('node').textContent = state.base.replace(/^https?:\/\//, '');
+}
+
+async function api(path, body) {
+  const r = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const json = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(json.message || r.statusText);
+  return json;
+}
+
+async function login(register) {
+  const name = $('name').value.trim();
+  const password = $('password').value;
+  $('login-error').textContent = '';
+  try {
+    if (register) await api('/v1/users', { name, password });
+    const s = await api('/v1/sessions', { name, password });
+    state.user = name;
+    state.token = s.token;
+    sessionStorage.setItem('chorus', JSON.stringify({ user: name, token: s.token }));
+    start();
+  } catch (e) {
+    $('login-error').textContent = e.message;
+  }
+}
+
+function start() {
+  $('login').hidden = true;
+  $('chat').hidden = false;
+  const saved = JSON.parse(sessionStorage.getItem('chorus-rooms') || '["general"]');
+  for (const r of saved) room(r);
+  select(saved[0] || 'general');
+  connect();
+  refreshMembers();
+  setInterval(refreshMembers, 5000);
+}
+
+async function refreshMembers() {
+  if (!state.connected) return;
+  try {
+    const c = await (await fetch(`${state.base}/v1/cluster`, { cache: 'no-store' })).json();
+    const urls = c.members.filter((m) => m.reachable).map((m) => m.client_url);
+    if (urls.length) state.members = urls;
+  } catch { /* keep the last list */ }
+}
+
+function room(name) {
+  if (!state.rooms.has(name)) {
+    state.rooms.set(name, { last: null, oldest: null, unread: 0, online: new Set(), items: new Map() });
+    sessionStorage.setItem('chorus-rooms', JSON.stringify([...state.rooms.keys()].filter((r) => !r.startsWith('dm:'))));
+    renderRooms();
+  }
+  return state.rooms.get(name);
+}
+
+function dmRoom(other) {
+  return state.user < other ? `dm:${state.user}:${other}` : `dm:${other}:${state.user}`;
+}
+
+function send(frame) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(frame));
+}
+
+function joinFrame(name, r) {
+  const f = { type: 'join', room: name };
+  if (r.last !== null) f.after = r.last;
+  return f;
+}
+
+function connect() {
+  setConn('wait', 'connecting');
+  const ws = new WebSocket(`${state.base.replace(/^http/, 'ws')}/v1/ws?token=${encodeURIComponent(state.token)}`);
+  state.ws = ws;
+  ws.onopen = () => {
+    state.connected = true;
+    setConn('on', 'online');
+    refreshMembers();
+    for (const [name, r] of state.rooms) send(joinFrame(name, r));
+    for (const f of state.pending.values()) send(f);
+  };
+  ws.onmessage = (ev) => {
+    let f;
+    try { f = JSON.parse(ev.data); } catch { return; }
+    handle(f);
+  };
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.connected = false;
+    setConn('off', 'reconnecting');
+    // Another member, if we know one; this one again otherwise.
+    const others = state.members.filter((u) => u !== state.base);
+    if (others.length) state.base = others[Math.floor(Math.random() * others.length)];
+    setTimeout(connect, 500);
+  };
+}
+
+function handle(f) {
+  switch (f.type) {
+    case 'joined': {
+      const r = room(f.room);
+      r.online = new Set(f.online);
+      if (r.last === null) {
+        // First join: show the latest page, then live from the head on.
+        r.last = f.head;
+        if (f.head > 0) send({ type: 'history', room: f.room, limit: 50, before: f.head + 1 });
+      }
+      if (f.room === state.current) renderOnline();
+      break;
+    }
+    case 'message': {
+      const r = room(f.room);
+      if (r.last === null) r.last = f.seq - 1;
+      if (f.seq <= r.last) return;      // already shown
+      r.last = f.seq;
+      addMessage(f.room, f, false);
+      if (f.room !== state.current) { r.unread += 1; renderRooms(); }
+      break;
+    }
+    case 'history': {
+      const msgs = f.messages.slice().reverse();
+      for (const m of msgs) addMessage(f.room, m, true);
+      break;
+    }
+    case 'ack': state.pending.delete(f.id); break;
+    case 'presence': {
+      const r = room(f.room);
+      if (f.online) r.online.add(f.user); else r.online.delete(f.user);
+      if (f.room === state.current) renderOnline();
+      break;
+    }
+    case 'typing':
+      if (f.room === state.current) {
+        $('typing').textContent = `${f.user} is typing…`;
+        clearTimeout(state.typingTimer);
+        state.typingTimer = setTimeout(() => { $('typing').textContent = ''; }, 3000);
+      }
+      break;
+    case 'error':
+      if (f.id !== undefined && state.pending.has(f.id) && f.code === 'unavailable') {
+        setTimeout(() => send(state.pending.get(f.id)), 1000);   // same id: no duplicate
+      } else {
+        if (f.id !== undefined) state.pending.delete(f.id);
+        $('typing').textContent = `${f.code}: ${f.message}`;
+      }
+      break;
+    default: break;
+  }
+}
+
+function addMessage(name, m, older) {
+  const r = room(name);
+  if (r.items.has(m.seq)) return;
+  const li = document.createElement('li');
+  li.dataset.seq = m.seq;
+  const from = document.createElement('span');
+  from.className = 'from';
+  from.textContent = m.from;
+  const ts = document.createElement('span');
+  ts.className = 'ts';
+  ts.textContent = new Date(m.ts).toLocaleTimeString();
+  li.append(from, document.createTextNode(m.text), ts);
+  r.items.set(m.seq, li);
+  r.oldest = r.oldest === null ? m.seq : Math.min(r.oldest, m.seq);
+  if (name !== state.current) return;
+  const list = $('messages');
+  const after = [...list.children].find((c) => Number(c.dataset.seq) > m.seq);
+  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 30;
+  list.insertBefore(li, after || null);
+  if (!older && atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function select(name) {
+  state.current = name;
+  const r = room(name);
+  r.unread = 0;
+  $('room-title').textContent = name.startsWith('dm:') ? `✉ ${name.split(':').slice(1).filter((u) => u !== state.user)[0]}` : `# ${name}`;
+  const list = $('messages');
+  list.replaceChildren(...[...r.items.entries()].sort((a, b) => a[0] - b[0]).map(([, li]) => li));
+  list.scrollTop = list.scrollHeight;
+  $('typing').textContent = '';
+  renderRooms();
+  renderOnline();
+}
+
+function renderRooms() {
+  $('rooms').replaceChildren(...[...state.rooms.entries()].map(([name, r]) => {
+    const li = document.createElement('li');
+    li.dataset.room = name;
+    li.className = name === state.current ? 'current' : '';
+    const label = document.createElement('span');
+    label.textContent = name.startsWith('dm:') ? `✉ ${name.split(':').slice(1).filter((u) => u !== state.user)[0]}` : `# ${name}`;
+    li.append(label);
+    if (r.unread) {
+      const b = document.createElement('span');
+      b.className = 'unread';
+      b.textContent = r.unread;
+      li.append(b);
+    }
+    li.onclick = () => select(name);
+    return li;
+  }));
+}
+
+function renderOnline() {
+  const r = state.rooms.get(state.current);
+  $('online').replaceChildren(...[...(r ? r.online : [])].sort().map((u) => {
+    const li = document.createElement('li');
+    li.textContent = u;
+    return li;
+  }));
+}
+
+$('login-form').onsubmit = (e) => { e.preventDefault(); login(false); };
+$('register-btn').onclick = () => login(true);
+$('join-form').onsubmit = (e) => {
+  e.preventDefault();
+  const name = $('join-room').value.trim();
+  if (!name) return;
+  $('join-room').value = '';
+  const r = room(name);
+  send(joinFrame(name, r));
+  select(name);
+};
+$('dm-form').onsubmit = (e) => {
+  e.preventDefault();
+  const to = $('dm-user').value.trim();
+  if (!to || to === state.user) return;
+  $('dm-user').value = '';
+  const name = dmRoom(to);
+  send(joinFrame(name, room(name)));
+  select(name);
+};
+$('send-form').onsubmit = (e) => {
+  e.preventDefault();
+  const text = $('text').value;
+  if (!text.trim()) return;
+  $('text').value = '';
+  state.nextId += 1;
+  const id = `${state.user}-${Date.now().toString(36)}-${state.nextId}`;
+  const name = state.current;
+  const frame = name.startsWith('dm:')
+    ? { type: 'dm', to: name.split(':').slice(1).filter((u) => u !== state.user)[0], id, text }
+    : { type: 'send', room: name, id, text };
+  state.pending.set(id, frame);
+  send(frame);
+};
+$('text').oninput = () => {
+  if (Date.now() - state.lastTyping > 2000 && !state.current.startsWith('dm:')) {
+    state.lastTyping = Date.now();
+    send({ type: 'typing', room: state.current });
+  }
+};
+$('messages').onscroll = () => {
+  const r = state.rooms.get(state.current);
+  if ($('messages').scrollTop === 0 && r && r.oldest > 1) {
+    send({ type: 'history', room: state.current, before: r.oldest, limit: 50 });
+  }
+};
+
+const saved = JSON.parse(sessionStorage.getItem('chorus') || 'null');
+if (saved) { state.user = saved.user; state.token = saved.token; start(); } else { setConn('off', 'signed out'); }

@@ -1,0 +1,160 @@
+// End-to-end: a real three-node cluster (chorusd processes formed by chorusctl)
+// and two users in headless Chromium on different nodes.
+//
+//   CHORUS_BIN=<dir with chorusd and chorusctl> node e2e/web.test.mjs
+//
+// Screenshots go to docs/screenshots/.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, openSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+const bin = process.env.CHORUS_BIN || path.join(process.env.HOME, '.cache/chorus-target/debug');
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const shots = path.join(root, 'docs/screenshots');
+const tmp = mkdtempSync(path.join(tmpdir(), 'chorus-e2e-'));
+const base = 20000 + Math.floor(Math.random() * 20000);
+const nodes = [1, 2, 3].map((id) => ({
+  id,
+  client: `127.0.0.1:${base + id}`,
+  raft: `127.0.0.1:${base + 100 + id}`,
+  proc: null,
+}));
+const url = (n) => `http://${n.client}`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function startNode(n) {
+  const log = openSync(path.join(tmp, `node-${n.id}.log`), 'a');
+  n.proc = spawn(path.join(bin, 'chorusd'), [
+    '--id', String(n.id), '--data-dir', path.join(tmp, `node-${n.id}`),
+    '--client-addr', n.client, '--raft-addr', n.raft, '--no-bootstrap',
+    '--heartbeat-ms', '50', '--election-ms', '300',
+  ], { stdio: ['ignore', 'ignore', log] });
+}
+
+function ctl(...args) {
+  return execFileSync(path.join(bin, 'chorusctl'), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+async function waitFor(what, fn, ms = 20000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch { /* not yet */ }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+async function status() {
+  return JSON.parse(ctl('--node', nodes[0].raft, '--json', '--timeout', '2', 'cluster', 'status'));
+}
+
+let browser;
+function cleanup() {
+  for (const n of nodes) if (n.proc) n.proc.kill('SIGKILL');
+  rmSync(tmp, { recursive: true, force: true });
+}
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+async function main() {
+  for (const n of nodes) startNode(n);
+  for (const n of nodes) await waitFor(`node ${n.id}`, () => ctl('--node', n.raft, '--timeout', '1', 'cluster', 'status') !== null);
+  ctl('cluster', 'init', ...nodes.map((n) => n.raft));
+  await waitFor('a leader', async () => (await status()).leader);
+
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const open = async (n, name, viewport) => {
+    const ctx = await browser.newContext({ viewport });
+    const page = await ctx.newPage();
+    page.on('pageerror', (e) => console.error(`page error (${name}):`, e.message));
+    await page.goto(url(n));
+    await page.fill('#name', name);
+    await page.fill('#password', 'password-123');
+    await page.click('#register-btn');
+    await page.waitForSelector('#conn.on');
+    return page;
+  };
+  const ann = await open(nodes[0], 'ann', { width: 1000, height: 700 });
+  const ben = await open(nodes[1], 'ben', { width: 390, height: 740 });   // phone-sized
+
+  // Messages both ways, in room "general".
+  await ann.fill('#text', 'hello from ann');
+  await ann.press('#text', 'Enter');
+  await ben.waitForSelector('#messages li:has-text("hello from ann")');
+  await ben.fill('#text', 'hi ann, ben here');
+  await ben.press('#text', 'Enter');
+  await ann.waitForSelector('#messages li:has-text("ben here")');
+
+  // Presence and typing.
+  await ann.waitForSelector('#online li:has-text("ben")');
+  await ben.type('#text', 'typing…');
+  await ann.waitForSelector('#typing:has-text("ben is typing")');
+  await ben.fill('#text', '');
+
+  // A direct message arrives without a join, with an unread count.
+  await ann.fill('#dm-user', 'ben');
+  await ann.press('#dm-user', 'Enter');
+  await ann.fill('#text', 'psst, just you');
+  await ann.press('#text', 'Enter');
+  await ben.waitForSelector('#rooms li:has-text("ann") .unread');
+  await ben.click('#rooms li:has-text("ann")');
+  await ben.waitForSelector('#messages li:has-text("psst, just you")');
+  await ben.click('#rooms li[data-room="general"]');
+  mkdirSync(shots, { recursive: true });
+  await ann.click('#rooms li[data-room="general"]');
+  await ann.screenshot({ path: path.join(shots, 'chat.png') });
+
+  // Ben's node dies: his page reconnects elsewhere and misses nothing.
+  const benNode = nodes[1];
+  const before = await ben.textContent('#node');
+  benNode.proc.kill('SIGKILL');
+  await ben.waitForSelector('#conn:not(.on)');
+  for (let i = 1; i <= 5; i++) {
+    await ann.fill('#text', `during outage ${i}`);
+    await ann.press('#text', 'Enter');
+    await sleep(100);
+  }
+  await ben.waitForSelector('#conn.on', { timeout: 20000 });
+  assert.notEqual(await ben.textContent('#node'), before, 'ben reconnected to another node');
+  await ben.waitForSelector('#messages li:has-text("during outage 5")', { timeout: 20000 });
+  const texts = await ben.$$eval('#messages li', (lis) => lis.map((li) => li.textContent));
+  for (let i = 1; i <= 5; i++) {
+    assert.equal(texts.filter((t) => t.includes(`during outage ${i}`)).length, 1, `message ${i} exactly once: ${texts}`);
+  }
+  const seqs = await ben.$$eval('#messages li', (lis) => lis.map((li) => Number(li.dataset.seq)));
+  assert.deepEqual(seqs, seqs.map((_, i) => i + 1), `dense and ordered: ${seqs}`);
+
+  // Bring node 2 back, then watch the cluster view follow a leader change.
+  startNode(benNode);
+  await waitFor('node 2 back', async () => (await status()).members.every((m) => m.reachable));
+  let st = await status();
+  const viewer = nodes.find((n) => n.id !== st.leader);
+  const cluster = await (await browser.newContext({ viewport: { width: 1100, height: 400 } })).newPage();
+  await cluster.goto(`${url(viewer)}/cluster`);
+  await cluster.waitForSelector(`#members tr.leader[data-id="${st.leader}"]`);
+  await cluster.screenshot({ path: path.join(shots, 'cluster.png') });
+  const oldLeader = nodes.find((n) => n.id === st.leader);
+  oldLeader.proc.kill('SIGKILL');
+  await cluster.waitForSelector(`#members tr.leader:not([data-id="${oldLeader.id}"])`, { timeout: 20000 });
+  console.log('web e2e: ok');
+}
+
+main()
+  .then(async () => { await browser?.close(); process.exit(0); })
+  .catch(async (e) => {
+    console.error('web e2e FAILED:', e);
+    for (const n of nodes) console.error(`--- node ${n.id} log in ${tmp}`);
+    await browser?.close().catch(() => {});
+    process.exit(1);
+  });
