@@ -13,6 +13,9 @@ echo "== cargo tests"
 # from starving Raft heartbeats.
 cargo test --workspace --locked -- --test-threads=2
 
+echo "== fault injection, short profile (every nemesis; replay with the printed seed)"
+"$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis kill,kill-leader,pause,crash-all --out "$CHORUS_ROOT/jepsen-like-tests/results"
+
 echo "== web page in headless Chromium (Debian's chromium, playwright-core from npm)"
 if [ ! -x /usr/bin/chromium ]; then
   echo "installing: chromium" >&2

@@ -1,0 +1,128 @@
+//! The Chorus fault-injection suite, as a library: the recorded [`history`], the
+//! [`checker`] (one module per guarantee of SPEC §5) and the [`report`].
+//! `chorus-jepsen` (src/main.rs) runs real `chorusd` processes under faults and
+//! feeds what its clients saw to these.
+
+pub mod checker;
+pub mod history;
+pub mod report;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::checker::check_all;
+    use crate::history::{History, Msg, Outcome, ReadOp, SendOp, Subscription};
+
+    fn msg(seq: u64, id: &str, ts: u64) -> Msg {
+        Msg { room: "r".into(), seq, id: id.into(), from: "u".into(), ts }
+    }
+
+    fn send(id: &str, invoke: u64, complete: u64, outcome: Outcome, seq: Option<u64>) -> SendOp {
+        SendOp { client: 0, node: 1, user: "u".into(), room: "r".into(), id: id.into(), invoke_ms: invoke, complete_ms: complete, outcome, seq }
+    }
+
+    /// Two acked sends, in order, on three identical nodes.
+    fn good() -> History {
+        let finals = vec![msg(1, "a", 10), msg(2, "b", 20)];
+        History {
+            sends: vec![send("a", 0, 5, Outcome::Ok, Some(1)), send("b", 6, 9, Outcome::Ok, Some(2))],
+            reads: vec![ReadOp { node: 2, room: "r".into(), linearizable: true, invoke_ms: 10, complete_ms: 11, outcome: Outcome::Ok, seen: vec![("u".into(), "a".into()), ("u".into(), "b".into())] }],
+            subscriptions: vec![Subscription { client: 1, node: 3, room: "r".into(), after: 0, received: finals.clone() }],
+            finals: BTreeMap::from([(1, finals.clone()), (2, finals.clone()), (3, finals)]),
+        }
+    }
+
+    fn failing(h: &History) -> Vec<&'static str> {
+        check_all(h).into_iter().filter(|v| !v.ok).map(|v| v.property).collect()
+    }
+
+    #[test]
+    fn a_clean_history_passes_every_check() {
+        assert!(failing(&good()).is_empty(), "{:?}", check_all(&good()));
+    }
+
+    #[test]
+    fn a_lost_ack_is_reported() {
+        let mut h = good();
+        for f in h.finals.values_mut() {
+            f.pop();
+        }
+        h.subscriptions.clear();
+        h.reads.clear();
+        assert_eq!(failing(&h), vec!["acked messages present exactly once"]);
+    }
+
+    #[test]
+    fn a_duplicate_is_reported() {
+        let mut h = good();
+        for f in h.finals.values_mut() {
+            f.push(msg(3, "b", 30));
+        }
+        let f = failing(&h);
+        assert!(f.contains(&"acked messages present exactly once"), "{f:?}");
+    }
+
+    #[test]
+    fn a_reorder_is_reported() {
+        let mut h = good();
+        h.sends[1].seq = Some(1);
+        h.sends[0].seq = Some(2);
+        for f in h.finals.values_mut() {
+            *f = vec![msg(1, "b", 10), msg(2, "a", 20)];
+        }
+        h.subscriptions.clear();
+        assert!(failing(&h).contains(&"linearizable appends"));
+    }
+
+    #[test]
+    fn a_gap_is_reported() {
+        let mut h = good();
+        for f in h.finals.values_mut() {
+            f[1].seq = 3;
+        }
+        h.sends[1].seq = Some(3);
+        h.subscriptions.clear();
+        assert_eq!(failing(&h), vec!["seq dense from 1"]);
+        let mut h = good();
+        h.subscriptions[0].received.remove(0);
+        assert_eq!(failing(&h), vec!["subscriptions gap-free, duplicate-free, consistent"]);
+    }
+
+    #[test]
+    fn a_stale_linearizable_read_is_reported() {
+        let mut h = good();
+        h.reads[0].seen.pop();
+        assert_eq!(failing(&h), vec!["linearizable reads see every earlier ack"]);
+        // The same read declared local is allowed to lag.
+        h.reads[0].linearizable = false;
+        assert!(failing(&h).is_empty());
+    }
+
+    #[test]
+    fn diverging_nodes_phantoms_and_clock_steps_are_reported() {
+        let mut h = good();
+        h.finals.get_mut(&3).unwrap()[1].id = "z".into();
+        let f = failing(&h);
+        assert!(f.contains(&"every node's final history identical") && f.contains(&"nothing present that was never sent"), "{f:?}");
+        let mut h = good();
+        for f in h.finals.values_mut() {
+            f[1].ts = 1;
+        }
+        h.subscriptions.clear();
+        assert_eq!(failing(&h), vec!["ts never decreases within a room"]);
+    }
+
+    #[test]
+    fn unknown_outcomes_may_be_absent_but_not_doubled() {
+        let mut h = good();
+        h.sends.push(send("c", 10, 20, Outcome::Unknown, None));
+        assert!(failing(&h).is_empty(), "absent is fine");
+        for f in h.finals.values_mut() {
+            f.push(msg(3, "c", 30));
+            f.push(msg(4, "c", 40));
+        }
+        h.subscriptions.clear();
+        assert!(failing(&h).contains(&"unknown outcomes present at most once"));
+    }
+}

@@ -1,0 +1,39 @@
+//! One module per property of SPEC §5. Each returns a [`Verdict`] listing every
+//! anomaly it found; a property holds only when the list is empty.
+
+mod delivery;
+mod durability;
+mod ordering;
+mod reads;
+
+use serde::Serialize;
+
+use crate::history::History;
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub property: &'static str,
+    pub ok: bool,
+    pub anomalies: Vec<String>,
+}
+
+impl Verdict {
+    fn of(property: &'static str, anomalies: Vec<String>) -> Self {
+        Verdict { property, ok: anomalies.is_empty(), anomalies }
+    }
+}
+
+/// Every check, in a fixed order.
+pub fn check_all(h: &History) -> Vec<Verdict> {
+    vec![
+        durability::acked_present_once(h),
+        durability::unknown_at_most_once(h),
+        durability::no_phantoms(h),
+        ordering::finals_identical(h),
+        ordering::seq_dense(h),
+        ordering::ts_monotonic(h),
+        ordering::linearizable_appends(h),
+        reads::linearizable_reads(h),
+        delivery::subscriptions_gap_free(h),
+    ]
+}
