@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ReadPolicy, ServerState};
+use openraft::ReadPolicy;
 use raft_store::chat::{Command, Event, Outcome};
 use raft_store::state_machine::{ChatReader, Delivery};
 use raft_store::types::{NodeId, Raft};
@@ -66,15 +66,16 @@ pub(crate) fn now_ms() -> u64 {
 impl Node {
     /// The leader's id and its node info, as this node currently knows them.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        // Borrowed, not cloned: this runs on every forwarded write.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         let id = m.current_leader?;
         let info = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, info))
     }
 
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
-        m.state == ServerState::Leader
+        self.raft.is_leader()
     }
 
     pub fn applied_index(&self) -> u64 {

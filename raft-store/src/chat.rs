@@ -247,11 +247,23 @@ fn put_record<T: Serialize>(t: &mut impl Tables, table: Table, key: &[u8], value
     Ok(())
 }
 
+/// The cluster clock and, with it, the time of the oldest dedup record (so that
+/// pruning scans only when something has expired).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockRecord {
+    pub now_ms: u64,
+    pub oldest_dedup_ms: Option<u64>,
+}
+
+fn clock_record(t: &impl TablesRead) -> Result<ClockRecord, StoreError> {
+    Ok(get_record(t, Table::Meta, META_CLOCK)?.unwrap_or_default())
+}
+
 /// The cluster clock: the largest `ts_ms` of any applied command. Message
 /// timestamps come from it, so they never decrease, even when a new leader's wall
 /// clock is behind the old one's.
 pub fn clock(t: &impl TablesRead) -> Result<u64, StoreError> {
-    Ok(get_record(t, Table::Meta, META_CLOCK)?.unwrap_or(0))
+    Ok(clock_record(t)?.now_ms)
 }
 
 pub fn cluster(t: &impl TablesRead) -> Result<Option<ClusterRecord>, StoreError> {
@@ -284,9 +296,15 @@ fn rejected(reason: &str) -> Applied {
 /// Folds one command into the state. Deterministic: the same state and command
 /// give the same writes and the same result on every node.
 pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> {
-    let now = clock(t)?.max(cmd.ts_ms);
-    put_record(t, Table::Meta, META_CLOCK, &now)?;
-    prune_dedup(t, now)?;
+    let mut clock = clock_record(t)?;
+    clock.now_ms = clock.now_ms.max(cmd.ts_ms);
+    let now = clock.now_ms;
+    prune_dedup(t, &mut clock)?;
+    if matches!(cmd.event, Event::MessagePosted { .. }) && clock.oldest_dedup_ms.is_none() {
+        // This command may add the first dedup record; it is at `now` either way.
+        clock.oldest_dedup_ms = Some(now);
+    }
+    put_record(t, Table::Meta, META_CLOCK, &clock)?;
 
     match &cmd.event {
         Event::ClusterFormed { cluster_id, signing_key } => {
@@ -372,17 +390,26 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
 }
 
 /// Forgets dedup records older than the retention, oldest first, a few at a time.
-fn prune_dedup(t: &mut impl Tables, now: u64) -> Result<(), StoreError> {
-    let Some(cutoff) = now.checked_sub(DEDUP_RETENTION_MS) else {
+/// Scans only when the oldest record has expired, then notes the new oldest.
+fn prune_dedup(t: &mut impl Tables, clock: &mut ClockRecord) -> Result<(), StoreError> {
+    let Some(cutoff) = clock.now_ms.checked_sub(DEDUP_RETENTION_MS) else {
         return Ok(());
     };
-    let end = cutoff.to_be_bytes();
-    for key in t.keys_below(Table::DedupExpiry, &end, PRUNE_PER_COMMAND)? {
+    if clock.oldest_dedup_ms.is_none_or(|oldest| oldest >= cutoff) {
+        return Ok(());
+    }
+    for key in t.keys_below(Table::DedupExpiry, &cutoff.to_be_bytes(), PRUNE_PER_COMMAND)? {
         t.delete(Table::DedupExpiry, &key);
         if key.len() > 8 {
             t.delete(Table::Dedup, &key[8..]);
         }
     }
+    clock.oldest_dedup_ms = t
+        .keys_below(Table::DedupExpiry, &[0xFF; 9], 1)?
+        .first()
+        .and_then(|k| k.get(..8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
     Ok(())
 }
 
