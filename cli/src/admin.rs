@@ -48,18 +48,17 @@ fn failed(status: tonic::Status) -> anyhow::Error {
 
 pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
     let t = cli.timeout();
-    if let ClusterCommand::Init { addrs } = cmd {
-        // Sent to the first node being formed, not to --node.
-        let first = addrs.first().context("cluster init needs at least one address")?;
-        let mut client = connect(cli, first).await?;
-        let init = InitRequest { raft_addrs: addrs.clone() };
-        let status = client.init(request(cli, init, t.max(std::time::Duration::from_secs(20)))).await.map_err(failed)?;
-        print_status(cli, &status.into_inner());
-        return Ok(());
-    }
-    let mut client = connect(cli, &cli.node).await?;
+    // `init` goes to the first node being formed; everything else to --node.
+    let target = match cmd {
+        ClusterCommand::Init { addrs } => addrs.first().context("cluster init needs at least one address")?,
+        _ => &cli.node,
+    };
+    let mut client = connect(cli, target).await?;
     let status = match cmd {
-        ClusterCommand::Init { .. } => unreachable!("handled above"),
+        ClusterCommand::Init { addrs } => {
+            let init = InitRequest { raft_addrs: addrs.clone() };
+            client.init(request(cli, init, t.max(std::time::Duration::from_secs(20)))).await.map_err(failed)?.into_inner()
+        }
         ClusterCommand::Add { addr, learner } => return add(cli, &mut client, addr, *learner).await,
         ClusterCommand::Promote { id } => client.promote(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner(),
         ClusterCommand::Remove { id } => client.remove(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner(),

@@ -94,42 +94,24 @@ impl AdminService {
     }
 
     async fn status(&self) -> ClusterStatus {
-        let m = self.node.raft.metrics().borrow_watched().clone();
-        let members = self.node.members();
-        let infos = member_infos(&self.node, PEER_ADMIN_TIMEOUT).await;
-        let leader_last = m
-            .current_leader
-            .and_then(|l| infos.get(&l).cloned().flatten())
-            .map_or(m.last_log_index.unwrap_or(0), |i| i.last_log_index);
-        let members = members
+        let view = members_view(&self.node, PEER_ADMIN_TIMEOUT).await;
+        let members = view
+            .rows
             .into_iter()
-            .map(|(id, (info, voter))| {
-                let live = infos.get(&id).cloned().flatten();
-                let role = match &live {
-                    Some(i) if !i.role.is_empty() => i.role.clone(),
-                    _ if voter => "follower".into(),
-                    _ => "learner".into(),
-                };
-                Member {
-                    id,
-                    raft_addr: info.raft_addr,
-                    client_addr: info.client_url,
-                    role,
-                    voter,
-                    term: live.as_ref().map_or(0, |i| i.term),
-                    last_log_index: live.as_ref().map_or(0, |i| i.last_log_index),
-                    applied_index: live.as_ref().map_or(0, |i| i.applied_index),
-                    lag: live.as_ref().map_or(0, |i| leader_last.saturating_sub(i.applied_index)),
-                    reachable: live.is_some(),
-                }
+            .map(|r| Member {
+                id: r.id,
+                raft_addr: r.info.raft_addr,
+                client_addr: r.info.client_url,
+                role: r.role,
+                voter: r.voter,
+                term: r.live.as_ref().map_or(0, |i| i.term),
+                last_log_index: r.live.as_ref().map_or(0, |i| i.last_log_index),
+                applied_index: r.live.as_ref().map_or(0, |i| i.applied_index),
+                lag: r.lag,
+                reachable: r.live.is_some(),
             })
             .collect();
-        ClusterStatus {
-            cluster_id: self.node.peers.identity.cluster_id().unwrap_or_default(),
-            leader: m.current_leader.unwrap_or(0),
-            term: m.current_term,
-            members,
-        }
+        ClusterStatus { cluster_id: view.cluster_id, leader: view.leader.unwrap_or(0), term: view.term, members }
     }
 
     async fn wait_for_leader(&self, want: Option<NodeId>, timeout: Duration) -> Result<NodeId, Status> {
@@ -355,42 +337,70 @@ pub async fn member_infos(node: &Node, timeout: Duration) -> BTreeMap<NodeId, Op
     futures::future::join_all(lookups).await.into_iter().collect()
 }
 
-/// `/v1/cluster`: the members as clients see them.
-pub async fn cluster_view(node: &Node) -> api::ClusterView {
-    let m = node.raft.metrics().borrow_watched().clone();
-    let infos = member_infos(node, Duration::from_secs(1)).await;
-    let leader_last = m
-        .current_leader
-        .and_then(|l| infos.get(&l).cloned().flatten())
-        .map_or(m.last_log_index.unwrap_or(0), |i| i.last_log_index);
-    let members = node
+/// One member as this node sees it, with what it says of itself (`None`: unreachable).
+struct MemberRow {
+    id: NodeId,
+    info: NodeInfo,
+    voter: bool,
+    role: String,
+    live: Option<NodeInfoMsg>,
+    /// The leader's last log index minus this member's applied index.
+    lag: u64,
+}
+
+struct MembersView {
+    cluster_id: String,
+    leader: Option<NodeId>,
+    term: u64,
+    rows: Vec<MemberRow>,
+}
+
+/// Every member, asked about itself in parallel: what `cluster status` and
+/// `/v1/cluster` both show.
+async fn members_view(node: &Node, timeout: Duration) -> MembersView {
+    let (leader, term, own_last) = {
+        let metrics = node.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.current_leader, m.current_term, m.last_log_index.unwrap_or(0))
+    };
+    let infos = member_infos(node, timeout).await;
+    let leader_last = leader.and_then(|l| infos.get(&l).cloned().flatten()).map_or(own_last, |i| i.last_log_index);
+    let rows = node
         .members()
         .into_iter()
         .map(|(id, (info, voter))| {
             let live = infos.get(&id).cloned().flatten();
-            api::MemberView {
-                id,
-                client_url: info.client_url,
-                role: match &live {
-                    Some(i) if !i.role.is_empty() => i.role.clone(),
-                    _ if voter => "follower".into(),
-                    _ => "learner".into(),
-                },
-                connections: live.as_ref().map_or(0, |i| i.connections),
-                applied_index: live.as_ref().map_or(0, |i| i.applied_index),
-                reachable: live.is_some(),
-                term: live.as_ref().map_or(0, |i| i.term),
-                last_log_index: live.as_ref().map_or(0, |i| i.last_log_index),
-                lag: live.as_ref().map_or(0, |i| leader_last.saturating_sub(i.applied_index)),
-            }
+            let role = match &live {
+                Some(i) if !i.role.is_empty() => i.role.clone(),
+                _ if voter => "follower".into(),
+                _ => "learner".into(),
+            };
+            let lag = live.as_ref().map_or(0, |i| leader_last.saturating_sub(i.applied_index));
+            MemberRow { id, info, voter, role, live, lag }
         })
         .collect();
-    api::ClusterView {
-        cluster_id: node.peers.identity.cluster_id().unwrap_or_default(),
-        leader: m.current_leader,
-        term: m.current_term,
-        members,
-    }
+    MembersView { cluster_id: node.peers.identity.cluster_id().unwrap_or_default(), leader, term, rows }
+}
+
+/// `/v1/cluster`: the members as clients see them.
+pub async fn cluster_view(node: &Node) -> api::ClusterView {
+    let view = members_view(node, Duration::from_secs(1)).await;
+    let members = view
+        .rows
+        .into_iter()
+        .map(|r| api::MemberView {
+            id: r.id,
+            client_url: r.info.client_url,
+            role: r.role,
+            connections: r.live.as_ref().map_or(0, |i| i.connections),
+            applied_index: r.live.as_ref().map_or(0, |i| i.applied_index),
+            reachable: r.live.is_some(),
+            term: r.live.as_ref().map_or(0, |i| i.term),
+            last_log_index: r.live.as_ref().map_or(0, |i| i.last_log_index),
+            lag: r.lag,
+        })
+        .collect();
+    api::ClusterView { cluster_id: view.cluster_id, leader: view.leader, term: view.term, members }
 }
 
 impl AdminService {
