@@ -151,6 +151,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     .context("cannot start raft")?;
 
     let proposer = node::Proposer::start(raft.clone());
+    let forwarder = node::Forwarder::start(raft.clone(), peers.clone(), info.raft_addr.clone());
     let node = Arc::new(Node {
         id: config.id,
         raft,
@@ -161,6 +162,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         applied,
         deliveries,
         proposer,
+        forwarder,
         presence: Arc::new(api::presence::Presence::new(config.id)),
         connections: Arc::default(),
     });

@@ -53,6 +53,7 @@ pub struct Node {
     pub(crate) applied: watch::Receiver<u64>,
     pub(crate) deliveries: broadcast::Sender<Delivery>,
     pub(crate) proposer: mpsc::Sender<Pending>,
+    pub(crate) forwarder: mpsc::Sender<Pending>,
     /// The ephemeral presence and typing plane.
     pub presence: Arc<api::presence::Presence>,
     /// Open WebSocket connections on this node.
@@ -117,9 +118,7 @@ impl Node {
                 self.propose_local(event.clone()).await
             } else {
                 match self.leader() {
-                    Some((_, leader)) if leader.raft_addr != self.info.raft_addr => {
-                        crate::rpc::forward_propose(&self.peers, &leader.raft_addr, &event, deadline).await
-                    }
+                    Some((_, leader)) if leader.raft_addr != self.info.raft_addr => self.forward(event.clone(), deadline).await,
                     _ => Err(Retry::NotSent("no leader known".into())),
                 }
             };
@@ -138,6 +137,20 @@ impl Node {
                 Err(Retry::Unknown(why)) => return Err(NodeError::Unavailable(why)),
                 Err(Retry::Fatal(why)) => return Err(NodeError::Fatal(why)),
             }
+        }
+    }
+
+    /// Sends `event` to the leader through the [`Forwarder`], which packs the
+    /// writes of this node's clients into shared RPCs.
+    async fn forward(&self, event: Event, deadline: Instant) -> Result<Committed, Retry> {
+        let (tx, rx) = oneshot::channel();
+        if self.forwarder.send(Pending { event, reply: tx }).await.is_err() {
+            return Err(Retry::Fatal("the forwarder stopped".into()));
+        }
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Retry::Unknown("the forwarded proposal was dropped".into())),
+            Err(_) => Err(Retry::Unknown("no answer from the leader in time".into())),
         }
     }
 
@@ -217,7 +230,7 @@ impl Node {
 }
 
 /// The result of one attempt to reach the leader.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Retry {
     /// Nothing was appended; try again.
     NotSent(String),
@@ -299,6 +312,51 @@ impl Retry {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Retry::NotSent("leader changed".into()),
             RaftError::APIError(e) => Retry::Unknown(e.to_string()),
             RaftError::Fatal(e) => Retry::Fatal(e.to_string()),
+        }
+    }
+}
+
+/// On a follower: gathers the commands its clients send while earlier batches
+/// are in flight and forwards each group to the leader in one `Propose` RPC.
+pub(crate) struct Forwarder;
+
+impl Forwarder {
+    pub(crate) fn start(raft: Raft, peers: Peers, self_addr: String) -> mpsc::Sender<Pending> {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
+        tokio::spawn(Self::run(raft, peers, self_addr, rx));
+        tx
+    }
+
+    async fn run(raft: Raft, peers: Peers, self_addr: String, mut rx: mpsc::Receiver<Pending>) {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let leader = {
+                let metrics = raft.metrics();
+                let m = metrics.borrow_watched();
+                m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.raft_addr.clone()))
+            };
+            let peers = peers.clone();
+            let self_addr = self_addr.clone();
+            tokio::spawn(async move {
+                let (events, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.event, p.reply)).unzip();
+                let results = match leader {
+                    Some(addr) if addr != self_addr => crate::rpc::forward_proposals(&peers, &addr, &events, DEFAULT_TIMEOUT).await,
+                    _ => events.iter().map(|_| Err(Retry::NotSent("no leader known".into()))).collect(),
+                };
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+                drop(slot);
+            });
         }
     }
 }

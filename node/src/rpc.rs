@@ -98,20 +98,26 @@ impl RaftRpc for RaftService {
         reply(&result)
     }
 
+    /// A batch of events forwarded by a follower (or sent by a benchmark); each
+    /// gets its own answer, in order. The leader's Proposer packs them with its
+    /// own clients' commands.
     async fn propose(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         self.node.peers.identity.check_peer(request.metadata())?;
-        let event: Event = decode(&request.into_inner().data).map_err(bad_payload)?;
-        let answer = if !self.node.is_leader() {
-            ProposeReply::NotLeader
-        } else {
+        let events: Vec<Event> = decode(&request.into_inner().data).map_err(bad_payload)?;
+        if !self.node.is_leader() {
+            let answers: Vec<ProposeReply> = events.iter().map(|_| ProposeReply::NotLeader).collect();
+            return reply(&answers);
+        }
+        let answers = futures::future::join_all(events.into_iter().map(|event| async {
             match self.node.propose_local(event).await {
                 Ok(Committed { outcome, index }) => ProposeReply::Committed { outcome, index },
                 Err(Retry::NotSent(_)) => ProposeReply::NotLeader,
                 Err(Retry::Unknown(why)) => ProposeReply::Unknown(why),
                 Err(Retry::Fatal(why)) => ProposeReply::Fatal(why),
             }
-        };
-        reply(&answer)
+        }))
+        .await;
+        reply(&answers)
     }
 
     async fn read_index(&self, request: Request<Empty>) -> Result<Response<ReadIndexReply>, Status> {
@@ -135,24 +141,41 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
 }
 
-/// Sends a proposal to the leader at `addr`.
-pub(crate) async fn forward_propose(peers: &Peers, addr: &str, event: &Event, deadline: Instant) -> Result<Committed, Retry> {
-    let data = encode(event).map_err(|e| Retry::Fatal(e.to_string()))?;
-    let mut client = peers.raft_client(addr).map_err(|e| Retry::NotSent(e.to_string()))?;
-    let reply = match client.propose(peers.request(Bytes { data }, remaining(deadline))).await {
+/// Sends a batch of proposals to the leader at `addr`; one result per event.
+pub(crate) async fn forward_proposals(peers: &Peers, addr: &str, events: &[Event], timeout: Duration) -> Vec<Result<Committed, Retry>> {
+    let all = |r: Retry| events.iter().map(|_| Err(r.clone())).collect::<Vec<_>>();
+    let data = match encode(events) {
+        Ok(d) => d,
+        Err(e) => return all(Retry::Fatal(e.to_string())),
+    };
+    let mut client = match peers.raft_client(addr) {
+        Ok(c) => c,
+        Err(e) => return all(Retry::NotSent(e.to_string())),
+    };
+    let reply = match client.propose(peers.request(Bytes { data }, timeout)).await {
         Ok(r) => r.into_inner(),
         // Refused before the leader looked at it: nothing was proposed.
         Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
-            return Err(Retry::NotSent(s.to_string()))
+            return all(Retry::NotSent(s.to_string()))
         }
-        Err(s) => return Err(Retry::Unknown(format!("leader at {addr}: {}", s.message()))),
+        Err(s) => return all(Retry::Unknown(format!("leader at {addr}: {}", s.message()))),
     };
-    match decode::<ProposeReply>(&reply.data).map_err(|e| Retry::Unknown(e.to_string()))? {
-        ProposeReply::Committed { outcome, index } => Ok(Committed { outcome, index }),
-        ProposeReply::NotLeader => Err(Retry::NotSent(format!("{addr} is no longer the leader"))),
-        ProposeReply::Unknown(why) => Err(Retry::Unknown(why)),
-        ProposeReply::Fatal(why) => Err(Retry::Unknown(format!("leader failed: {why}"))),
+    let answers: Vec<ProposeReply> = match decode(&reply.data) {
+        Ok(a) => a,
+        Err(e) => return all(Retry::Unknown(e.to_string())),
+    };
+    if answers.len() != events.len() {
+        return all(Retry::Unknown(format!("{} answers for {} proposals", answers.len(), events.len())));
     }
+    answers
+        .into_iter()
+        .map(|a| match a {
+            ProposeReply::Committed { outcome, index } => Ok(Committed { outcome, index }),
+            ProposeReply::NotLeader => Err(Retry::NotSent(format!("{addr} is no longer the leader"))),
+            ProposeReply::Unknown(why) => Err(Retry::Unknown(why)),
+            ProposeReply::Fatal(why) => Err(Retry::Unknown(format!("leader failed: {why}"))),
+        })
+        .collect()
 }
 
 /// Asks the leader at `addr` for a read index.
@@ -174,7 +197,7 @@ pub async fn propose_at(
     event: &Event,
     timeout: Duration,
 ) -> Result<ProposeReply, Status> {
-    let data = encode(event).map_err(|e| Status::internal(e.to_string()))?;
+    let data = encode(std::slice::from_ref(event)).map_err(|e| Status::internal(e.to_string()))?;
     let mut req = Request::new(Bytes { data });
     req.set_timeout(timeout);
     let md = req.metadata_mut();
@@ -183,5 +206,6 @@ pub async fn propose_at(
         md.insert(proto::SECRET_HEADER, secret.parse().map_err(|_| Status::invalid_argument("bad secret"))?);
     }
     let reply = client.propose(req).await?.into_inner();
-    decode(&reply.data).map_err(|e| Status::internal(e.to_string()))
+    let answers: Vec<ProposeReply> = decode(&reply.data).map_err(|e| Status::internal(e.to_string()))?;
+    answers.into_iter().next().ok_or_else(|| Status::internal("no answer"))
 }
