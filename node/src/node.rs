@@ -252,6 +252,24 @@ const MAX_BATCH: usize = 512;
 /// Batches in flight at once: while some replicate, the next one gathers.
 const MAX_IN_FLIGHT: usize = 4;
 
+/// Waits for a free in-flight slot and a first command, then takes whatever else
+/// is already queued (up to [`MAX_BATCH`]) without waiting for more. `None` once
+/// the node is gone.
+async fn next_batch(
+    slots: &Arc<Semaphore>,
+    rx: &mut mpsc::Receiver<Pending>,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, Vec<Pending>)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    Some((slot, batch))
+}
+
 /// Gathers the commands that arrive while earlier batches are in flight and
 /// proposes each gathered group as one log entry, stamped with one leader time.
 /// One writer alone gets a batch of one, with no added wait.
@@ -266,16 +284,7 @@ impl Proposer {
 
     async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
+        while let Some((slot, batch)) = next_batch(&slots, &mut rx).await {
             let raft = raft.clone();
             tokio::spawn(async move {
                 let ts_ms = now_ms();
@@ -329,16 +338,7 @@ impl Forwarder {
 
     async fn run(raft: Raft, peers: Peers, self_addr: String, mut rx: mpsc::Receiver<Pending>) {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
+        while let Some((slot, batch)) = next_batch(&slots, &mut rx).await {
             let leader = {
                 let metrics = raft.metrics();
                 let m = metrics.borrow_watched();
