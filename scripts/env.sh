@@ -13,12 +13,20 @@ need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
-if [ "${#need_apt[@]}" -gt 0 ]; then
-  echo "installing: ${need_apt[*]}" >&2
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  else
-    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  fi
-fi
+apt_install() {
+  echo "installing: $*" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+[ "${#need_apt[@]}" -eq 0 ] || apt_install "${need_apt[@]}"
+
+# The fault-injection suite: iptables for partitions and loss inside network
+# namespaces, libfaketime for the clock-skew nemesis.
+fault_tools() {
+  local need=()
+  command -v iptables >/dev/null 2>&1 || need+=(iptables)
+  dpkg -s libfaketime >/dev/null 2>&1 || need+=(faketime)
+  [ "${#need[@]}" -eq 0 ] || apt_install "${need[@]}"
+}
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }

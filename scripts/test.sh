@@ -13,8 +13,15 @@ echo "== cargo tests"
 # from starving Raft heartbeats.
 cargo test --workspace --locked -- --test-threads=2
 
-echo "== fault injection, short profile (every nemesis; replay with the printed seed)"
-"$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis kill,kill-leader,pause,crash-all --out "$CHORUS_ROOT/jepsen-like-tests/results"
+echo "== fault injection, short profile (every nemesis; replay a run with its printed seed)"
+# As root the nodes run in network namespaces (iptables faults); the last
+# schedule forces the TCP-proxy layout that non-root runs fall back to.
+fault_tools
+results="$CHORUS_ROOT/jepsen-like-tests/results"
+"$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis process --out "$results/process"
+"$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis network --out "$results/network"
+"$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis membership,clock-skew,kill-leader,partition-leader --combine 0.5 --out "$results/membership-clock"
+"$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis all --net proxy --out "$results/proxy"
 
 echo "== web page in headless Chromium (Debian's chromium, playwright-core from npm)"
 if [ ! -x /usr/bin/chromium ]; then

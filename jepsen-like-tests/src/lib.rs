@@ -4,8 +4,13 @@
 //! feeds what its clients saw to these.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod netns;
+pub mod proxy;
 pub mod report;
+pub mod workload;
 
 #[cfg(test)]
 mod tests {

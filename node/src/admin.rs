@@ -24,6 +24,10 @@ use crate::node::Node;
 
 /// Deadline of one admin call from node to node.
 const PEER_ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `cluster status` waits for each member's own figures: a member that
+/// does not answer in time is shown unreachable, so status answers within ~1 s
+/// even while a member is partitioned away.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a leadership hand-over may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A learner is promoted once it is this close to the leader's log.
@@ -94,7 +98,7 @@ impl AdminService {
     }
 
     async fn status(&self) -> ClusterStatus {
-        let view = members_view(&self.node, PEER_ADMIN_TIMEOUT).await;
+        let view = members_view(&self.node, STATUS_PROBE_TIMEOUT).await;
         let members = view
             .rows
             .into_iter()
@@ -318,11 +322,16 @@ impl Admin for AdminService {
 /// Asks the node at `addr` about itself.
 pub async fn remote_info(node: &Node, addr: &str, timeout: Duration) -> Result<NodeInfoMsg, Status> {
     let ch = node.peers.channel(addr).map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?;
-    AdminClient::new(ch)
-        .info(node.peers.request(Empty {}, timeout))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| Status::unavailable(format!("cannot reach the node at {addr}: {}", s.message())))
+    // The deadline covers the wait for a connection too: a channel that is
+    // (re)connecting to a partitioned peer holds requests until its connect
+    // timeout, before the request's own timeout starts.
+    let mut client = AdminClient::new(ch);
+    let call = client.info(node.peers.request(Empty {}, timeout));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(Status::unavailable(format!("cannot reach the node at {addr}: {}", s.message()))),
+        Err(_) => Err(Status::unavailable(format!("cannot reach the node at {addr}: no answer in {} ms", timeout.as_millis()))),
+    }
 }
 
 /// Every member's own view of itself, asked in parallel; `None` if unreachable.

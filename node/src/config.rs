@@ -64,6 +64,12 @@ pub struct Config {
     #[arg(long, env = "CHORUS_ADVERTISE_RAFT")]
     pub advertise_raft: Option<String>,
 
+    /// Local IP that outgoing node-to-node connections are made from [default:
+    /// chosen by the OS]. For multi-homed hosts whose peers or firewalls expect
+    /// one source address; the fault-injection suite uses it to tell links apart.
+    #[arg(long, env = "CHORUS_PEER_SOURCE_IP")]
+    pub peer_source_ip: Option<std::net::IpAddr>,
+
     /// On an empty data dir, wait to be added or initialised instead of forming a
     /// single-node cluster.
     #[arg(long, env = "CHORUS_NO_BOOTSTRAP")]

@@ -139,7 +139,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
         client_url: config.advertise_client.clone().unwrap_or_else(|| format!("http://{client_addr}")),
     };
-    let peers = network::Peers::new(identity.clone());
+    let peers = network::Peers::new(identity.clone(), config.peer_source_ip);
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),

@@ -40,11 +40,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     pub identity: Identity,
+    /// The local address outgoing connections are bound to, when configured.
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl Peers {
-    pub fn new(identity: Identity) -> Self {
-        Peers { channels: Arc::default(), identity }
+    pub fn new(identity: Identity, source_ip: Option<std::net::IpAddr>) -> Self {
+        Peers { channels: Arc::default(), identity, source_ip }
     }
 
     /// The channel to `addr`, created on first use and reused after.
@@ -56,6 +58,7 @@ impl Peers {
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .local_address(self.source_ip)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();

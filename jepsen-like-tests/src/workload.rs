@@ -1,0 +1,206 @@
+//! The workload: sending clients that retry with the same id on any node,
+//! subscribers that resume from the last seq they saw, and history reads with
+//! both consistencies. Every operation is recorded with its invocation and
+//! completion time and its outcome (a timeout is unknown, never failed).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::history::{History, Msg, Outcome, ReadOp, SendOp, Subscription};
+
+pub const ROOM: &str = "jepsen";
+
+pub fn ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(client_addr: &str, token: &str) -> Option<Ws> {
+    let url = format!("ws://{client_addr}/v1/ws?token={token}");
+    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(url)).await.ok()?.ok()?;
+    ws.send(Message::Text(json!({ "type": "join", "room": ROOM }).to_string().into())).await.ok()?;
+    loop {
+        let f = next_frame(&mut ws, 5).await?;
+        if f["type"] == "joined" {
+            return Some(ws);
+        }
+    }
+}
+
+async fn next_frame(ws: &mut Ws, secs: u64) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(secs), ws.next()).await.ok()?? {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+pub async fn login(http: &reqwest::Client, client_addr: &str, user: &str) -> anyhow::Result<String> {
+    let creds = json!({ "name": user, "password": "jepsen-password" });
+    for _ in 0..100 {
+        let _ = http.post(format!("http://{client_addr}/v1/users")).json(&creds).send().await;
+        if let Ok(r) = http.post(format!("http://{client_addr}/v1/sessions")).json(&creds).send().await {
+            if r.status().is_success() {
+                let v: Value = r.json().await?;
+                return Ok(v["token"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("cannot log {user} in")
+}
+
+/// One sending client: unique ids, retried with the same id on another node
+/// until acked or out of attempts (then the outcome is unknown).
+pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u64, start: Instant, deadline: Instant, h: Arc<Mutex<History>>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (i as u64 + 1) * 0x9E37_79B9);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let user = format!("c{i}");
+    let mut conn: Option<(u64, Ws)> = None;
+    let mut n = 0;
+    while Instant::now() < deadline {
+        n += 1;
+        if n % 7 == 0 {
+            let (node, addr) = &addrs[rng.random_range(0..addrs.len())];
+            let linearizable = rng.random_bool(0.7);
+            let invoke = ms(start);
+            // The first page carries the consistency; later pages are local reads of
+            // the same node, whose state only moves forward.
+            let (outcome, seen) = match read_room(&http, addr, &token, linearizable).await {
+                Ok(msgs) => (Outcome::Ok, msgs.into_iter().map(|m| (m.from, m.id)).collect()),
+                Err(ReadError::Refused) => (Outcome::Fail, Vec::new()),
+                Err(ReadError::Unknown) => (Outcome::Unknown, Vec::new()),
+            };
+            let op = ReadOp { node: *node, room: ROOM.into(), linearizable, invoke_ms: invoke, complete_ms: ms(start), outcome, seen };
+            h.lock().unwrap_or_else(|p| p.into_inner()).reads.push(op);
+        }
+        let id = format!("{user}-{n}");
+        let invoke = ms(start);
+        let mut outcome = Outcome::Unknown;
+        let mut seq = None;
+        let mut node_used = 0;
+        for _attempt in 0..4 {
+            if conn.is_none() {
+                let (node, addr) = &addrs[rng.random_range(0..addrs.len())];
+                conn = ws_connect(addr, &token).await.map(|ws| (*node, ws));
+            }
+            let Some((node, ws)) = conn.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            node_used = *node;
+            let frame = json!({ "type": "send", "room": ROOM, "id": id, "text": format!("{id} payload") });
+            if ws.send(Message::Text(frame.to_string().into())).await.is_err() {
+                conn = None;
+                continue;
+            }
+            let answer = loop {
+                match next_frame(ws, 6).await {
+                    Some(f) if f["id"] == id.as_str() && (f["type"] == "ack" || f["type"] == "error") => break Some(f),
+                    Some(_) => continue,
+                    None => break None,
+                }
+            };
+            match answer {
+                Some(f) if f["type"] == "ack" => {
+                    outcome = Outcome::Ok;
+                    seq = f["seq"].as_u64();
+                    break;
+                }
+                Some(f) if f["code"] == "unavailable" => {
+                    conn = None;
+                }
+                Some(_) => {
+                    outcome = Outcome::Fail;
+                    break;
+                }
+                None => conn = None,
+            }
+        }
+        let op = SendOp { client: i, node: node_used, user: user.clone(), room: ROOM.into(), id, invoke_ms: invoke, complete_ms: ms(start), outcome, seq };
+        h.lock().unwrap_or_else(|p| p.into_inner()).sends.push(op);
+    }
+}
+
+/// A subscriber: joins with `after`, records what it receives, and on any
+/// disconnect resumes on another node from the last seq it saw.
+pub async fn subscriber(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u64, deadline: Instant, h: Arc<Mutex<History>>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xABCD ^ i as u64);
+    let mut last = 0u64;
+    while Instant::now() < deadline {
+        let (node, addr) = addrs[rng.random_range(0..addrs.len())].clone();
+        let url = format!("ws://{addr}/v1/ws?token={token}");
+        let Ok(Ok((mut ws, _))) = tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(url)).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let join = json!({ "type": "join", "room": ROOM, "after": last });
+        if ws.send(Message::Text(join.to_string().into())).await.is_err() {
+            continue;
+        }
+        let mut sub = Subscription { client: 1000 + i, node, room: ROOM.into(), after: last, received: Vec::new() };
+        while Instant::now() < deadline + Duration::from_secs(2) {
+            match next_frame(&mut ws, 3).await {
+                Some(f) if f["type"] == "message" => {
+                    let m = Msg {
+                        room: ROOM.into(),
+                        seq: f["seq"].as_u64().unwrap_or(0),
+                        id: f["id"].as_str().unwrap_or("").into(),
+                        from: f["from"].as_str().unwrap_or("").into(),
+                        ts: f["ts"].as_u64().unwrap_or(0),
+                    };
+                    last = last.max(m.seq);
+                    sub.received.push(m);
+                }
+                Some(_) => {}
+                None if Instant::now() < deadline => break,
+                None => {}
+            }
+        }
+        h.lock().unwrap_or_else(|p| p.into_inner()).subscriptions.push(sub);
+    }
+}
+
+pub enum ReadError {
+    /// The node answered with a client error: nothing was read.
+    Refused,
+    Unknown,
+}
+
+/// Every message of the room as `addr` serves it, paged; the first page with the
+/// asked consistency.
+pub async fn read_room(http: &reqwest::Client, addr: &str, token: &str, linearizable: bool) -> Result<Vec<Msg>, ReadError> {
+    let mut out: Vec<Msg> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |m| m.seq);
+        let consistency = if linearizable && out.is_empty() { "linearizable" } else { "local" };
+        let url = format!("http://{addr}/v1/rooms/{ROOM}/messages?after={after}&limit=1000&consistency={consistency}");
+        let r = http.get(url).bearer_auth(token).send().await.map_err(|_| ReadError::Unknown)?;
+        if r.status().is_client_error() {
+            return Err(ReadError::Refused);
+        }
+        let v: Value = r.error_for_status().map_err(|_| ReadError::Unknown)?.json().await.map_err(|_| ReadError::Unknown)?;
+        let page = v["messages"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page.iter().map(|m| Msg {
+            room: ROOM.into(),
+            seq: m["seq"].as_u64().unwrap_or(0),
+            id: m["id"].as_str().unwrap_or("").into(),
+            from: m["from"].as_str().unwrap_or("").into(),
+            ts: m["ts"].as_u64().unwrap_or(0),
+        }));
+    }
+}
+
