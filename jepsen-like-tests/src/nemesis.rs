@@ -204,8 +204,16 @@ async fn end(c: &Arc<Cluster>, undo: Undo) -> anyhow::Result<()> {
         }
         Undo::HealNetwork => c.heal_network(),
         Undo::AddBack(id) => {
-            let c = c.clone();
-            blocking(move || c.add(id)).await
+            // Other faults may have left the cluster briefly leaderless: retry.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let c2 = c.clone();
+                match blocking(move || c2.add(id)).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
         }
         Undo::Unskew(id) => c
             .with_node(id, |n| {

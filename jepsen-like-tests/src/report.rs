@@ -1,6 +1,8 @@
 //! `results.json` and a self-contained HTML report: verdicts, counts, and a
 //! latency-over-time plot with the fault windows shaded.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::checker::Verdict;
@@ -23,6 +25,8 @@ pub struct Results<'a> {
     pub verdicts: &'a [Verdict],
     pub sends: Counts,
     pub reads: Counts,
+    /// Faults injected, by kind (a combined step counts for each of its kinds).
+    pub faults_by_kind: BTreeMap<String, usize>,
     pub faults: &'a [Fault],
 }
 
@@ -53,7 +57,25 @@ pub fn results<'a>(seed: u64, duration_ms: u64, h: &History, verdicts: &'a [Verd
         verdicts,
         sends: count(h.sends.iter().map(|o| &o.outcome)),
         reads: count(h.reads.iter().map(|o| &o.outcome)),
+        faults_by_kind: faults.iter().fold(BTreeMap::new(), |mut m, f| {
+            *m.entry(base_kind(&f.kind).to_string()).or_insert(0) += 1;
+            m
+        }),
         faults,
+    }
+}
+
+/// `partition-half (combined)` → `partition-half`.
+fn base_kind(kind: &str) -> &str {
+    kind.split(' ').next().unwrap_or(kind)
+}
+
+/// Shading per family of faults: process, network, cluster changes.
+fn color(kind: &str) -> &'static str {
+    match base_kind(kind) {
+        "kill" | "kill-leader" | "pause" | "crash-all" => "#e63946",
+        "membership" | "clock-skew" => "#2a9d8f",
+        _ => "#457b9d",
     }
 }
 
@@ -71,10 +93,11 @@ pub fn html(r: &Results, h: &History) -> String {
     let mut svg = format!(r#"<svg width="{w}" height="{ht}" xmlns="http://www.w3.org/2000/svg" style="background:#fff">"#);
     for f in r.faults {
         svg += &format!(
-            r##"<rect x="{:.1}" y="0" width="{:.1}" height="{}" fill="#e63946" opacity="0.15"><title>{} {}</title></rect>"##,
+            r##"<rect x="{:.1}" y="0" width="{:.1}" height="{}" fill="{}" opacity="0.18"><title>{} {}</title></rect>"##,
             x(f.start_ms),
             (x(f.end_ms) - x(f.start_ms)).max(1.0),
             ht - 20.0,
+            color(&f.kind),
             esc(&f.kind),
             esc(&f.target)
         );
@@ -108,6 +131,7 @@ pub fn html(r: &Results, h: &History) -> String {
             )
         })
         .collect();
+    let by_kind: String = r.faults_by_kind.iter().map(|(k, n)| format!("{} ×{n}", esc(k))).collect::<Vec<_>>().join(", ");
     let faults: String = r.faults.iter().map(|f| format!("<li>{} {} at {} ms for {} ms</li>", esc(&f.kind), esc(&f.target), f.start_ms, f.end_ms - f.start_ms)).collect();
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>Chorus fault-injection report</title>
@@ -115,8 +139,8 @@ pub fn html(r: &Results, h: &History) -> String {
 <body><h1>Chorus fault-injection run: {}</h1>
 <p>seed <b>{}</b> · {:.1} s · sends ok {} / fail {} / unknown {} · reads ok {} / fail {} / unknown {} · {} faults</p>
 <table>{rows}</table>
-<h2>Send latency over time</h2><p>dots: sends (blue ok, red unknown, yellow fail); shaded: fault windows</p>{svg}
-<h2>Faults</h2><ul>{faults}</ul></body></html>"#,
+<h2>Send latency over time</h2><p>dots: sends (blue ok, red unknown, yellow fail); shaded: fault windows (red process, blue network, green membership and clock; hover for details)</p>{svg}
+<h2>Faults</h2><p>{by_kind}</p><ul>{faults}</ul></body></html>"#,
         if r.valid { "valid" } else { "INVALID" },
         r.seed,
         r.duration_ms as f64 / 1000.0,
