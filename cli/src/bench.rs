@@ -34,6 +34,10 @@ pub struct BenchArgs {
     subscribers: usize,
     #[arg(long, default_value_t = 8)]
     fanout_senders: usize,
+    /// Fan-out messages per second over all its senders, paced (open loop);
+    /// 0: each sender sends its next message when the last is acked.
+    #[arg(long, default_value_t = 0)]
+    fanout_rate: u64,
     #[arg(long, default_value_t = 0)]
     idle: usize,
     /// chorusd process ids, in --urls order (for RSS figures).
@@ -201,27 +205,47 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(reader(rx, start, Arc::new(Deliveries::default()), Some(ack_tx), u64::MAX));
             let (pad, sent) = (pad.clone(), sent.clone());
+            // Paced senders send on a fixed schedule whatever the acks do, so the
+            // latency is measured at a known load rather than at saturation.
+            let period = (args.fanout_rate > 0).then(|| Duration::from_secs_f64(args.fanout_senders as f64 / args.fanout_rate as f64));
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
+                let mut tick = period.map(|p| {
+                    let mut t = tokio::time::interval(p);
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    t
+                });
                 while Instant::now() < deadline {
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
                     let t = micros(start);
                     let f = json!({ "type": "send", "room": "fanout", "id": format!("f{i}-{n}"), "text": format!("{t:020} {pad}") });
-                    if tx.send(Message::Text(f.to_string().into())).await.is_err() || ack_rx.recv().await.is_none() {
+                    if tx.send(Message::Text(f.to_string().into())).await.is_err() {
+                        break;
+                    }
+                    if tick.is_none() && ack_rx.recv().await.is_none() {
                         break;
                     }
                     n += 1;
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
+                // Paced senders never await acks; the reader's unbounded channel
+                // holds them until here.
+                drop(ack_rx);
             }));
         }
         for t in tasks {
             t.await?;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The rate counts what arrived within the window; the extra second only
+        // lets in-flight deliveries add their latency samples.
         let got = deliveries.count.load(Ordering::Relaxed) - before;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let mut dl = deliveries.latencies.lock().await.clone();
         dl.sort_unstable();
-        println!("fan-out: {} subscribers, {} senders", args.subscribers, args.fanout_senders);
+        let pacing = if args.fanout_rate > 0 { format!("paced at {} messages/s", args.fanout_rate) } else { "closed loop".to_string() };
+        println!("fan-out: {} subscribers, {} senders, {pacing}", args.subscribers, args.fanout_senders);
         println!("  messages sent    {}", sent.load(Ordering::Relaxed));
         println!("  deliveries/s     {:.0}", got as f64 / args.secs as f64);
         println!("  send→deliver ms  p50 {:.2}  p99 {:.2}  (sampled)", pct(&dl, 0.5), pct(&dl, 0.99));

@@ -170,7 +170,13 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let mut tasks = Vec::new();
 
     // gRPC: Raft between nodes and the admin service.
+    // A peer behind a slow or lossy link cancels many timed-out heartbeats before
+    // this side accepts them; h2's default limit (20) answers that with GOAWAY,
+    // which drops the whole channel and every append in flight on it. The raft
+    // port faces cluster members, so a higher bound against rapid-reset floods
+    // is enough.
     let grpc = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(256))
         .add_service(
             proto::v1::raft_server::RaftServer::new(rpc::RaftService { node: node.clone() })
                 .max_decoding_message_size(64 << 20)
