@@ -113,6 +113,20 @@ impl NodeProc {
             let lib = faketime_lib().context("libfaketime is not installed")?;
             cmd.env("LD_PRELOAD", lib).env("FAKETIME", skew).env("FAKETIME_DONT_FAKE_MONOTONIC", "1").env("FAKETIME_NO_CACHE", "1");
         }
+        // If this process dies without cleaning up (SIGKILL), the node dies
+        // with it instead of running on as an orphan. The signal follows the
+        // thread that spawned the node: nodes are started from runtime worker
+        // threads or the main thread, which live as long as the run.
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().context("cannot start chorusd")?);
         Ok(())
     }
@@ -148,6 +162,7 @@ pub struct Cluster {
     nodes: Mutex<Vec<NodeProc>>,
     pub layout: Layout,
     faults: Faults,
+    /// The nodes' data directories.
     _tmp: tempfile::TempDir,
 }
 
@@ -375,7 +390,7 @@ impl Cluster {
         }
     }
 
-    /// Stops every process and removes the namespaces.
+    /// Stops every process, removes the namespaces and the nodes' data.
     pub fn shutdown(&self) {
         for n in self.nodes().iter_mut() {
             n.signal("CONT");
@@ -384,6 +399,8 @@ impl Cluster {
         if let Layout::Namespaces(t) = &self.layout {
             t.teardown();
         }
+        // Also on the Ctrl-C path, which exits without running destructors.
+        let _ = std::fs::remove_dir_all(self._tmp.path());
     }
 }
 
