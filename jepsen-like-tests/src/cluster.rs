@@ -325,6 +325,21 @@ impl Cluster {
         self.ctl_via_other(id, &["cluster", "add", &adv]).map(drop)
     }
 
+    /// Moves leadership to node `id` once it answers; gives up after ~10 s.
+    pub fn make_leader(&self, id: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let result = self.ctl_via_other(id, &["cluster", "transfer-leader", &id.to_string()]);
+            if result.is_ok() && self.status_of(id).and_then(|s| s["leader"].as_u64()) == Some(id) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return result.map(drop).and_then(|_| Err(anyhow::anyhow!("node {id} did not take the lead")));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// Drops traffic `from` → `to`.
     pub fn cut(&self, from: u64, to: u64) -> anyhow::Result<()> {
         match &self.layout {

@@ -183,7 +183,12 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
                 n.start()
             })
             .transpose()?;
-            (format!("node {id} clock {skew}"), Undo::Unskew(id))
+            // A restarted leader comes back a follower: hand it the leadership so
+            // its clock is the one stamping messages (best effort).
+            let c2 = c.clone();
+            let led = blocking(move || c2.make_leader(id)).await;
+            let how = if led.is_ok() { "leading" } else { "following" };
+            (format!("node {id} clock {skew}, {how}"), Undo::Unskew(id))
         }
         other => anyhow::bail!("unknown nemesis {other}"),
     })
