@@ -107,11 +107,14 @@ pub struct Config {
     pub snapshot_keep: u64,
 
     /// Raft heartbeat interval in milliseconds.
-    #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 100)]
+    #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
 
     /// Raft election timeout range start in milliseconds (the end is twice it).
-    #[arg(long, env = "CHORUS_ELECTION_MS", default_value_t = 400)]
+    /// A leader's death is noticed after the end of the range (openraft's leader
+    /// lease), and an election usually needs a second timeout: writes resume
+    /// about 3× this after a leader dies. Raise it on slow networks or disks.
+    #[arg(long, env = "CHORUS_ELECTION_MS", default_value_t = 200)]
     pub election_ms: u64,
 }
 

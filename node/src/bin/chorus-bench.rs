@@ -35,6 +35,12 @@ struct Args {
     /// Skip the leader-kill measurement.
     #[arg(long)]
     no_failover: bool,
+    /// The nodes' Raft heartbeat interval (chorusd --heartbeat-ms; same default).
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// The nodes' election timeout floor (chorusd --election-ms; same default).
+    #[arg(long, default_value_t = 200)]
+    election_ms: u64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -112,7 +118,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("unknown benchmark {:?}; try `log`", args.mode);
     }
     let tmp = tempfile::tempdir()?;
-    let mut c = ProcCluster::start(tmp.path(), args.nodes, &["--heartbeat-ms", "50", "--election-ms", "300"])?;
+    let (hb, el) = (args.heartbeat_ms.to_string(), args.election_ms.to_string());
+    let mut c = ProcCluster::start(tmp.path(), args.nodes, &["--heartbeat-ms", &hb, "--election-ms", &el])?;
     let leader = c.leader().context("no leader")?;
     let status = c.status(&c.procs[0].raft_addr)?;
     let cluster_id = status["cluster_id"].as_str().context("no cluster id")?.to_string();
