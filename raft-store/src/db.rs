@@ -34,6 +34,10 @@ fn all_cfs() -> Vec<&'static str> {
 pub struct Store {
     pub(crate) db: Arc<DB>,
     pub(crate) dir: PathBuf,
+    /// Held for writing while a snapshot install wipes and reloads the chat
+    /// tables, and for reading by every read of them, so no reader ever sees
+    /// the tables half-replaced.
+    pub(crate) install_gate: Arc<std::sync::RwLock<()>>,
 }
 
 /// Opens (or creates) the database under `dir`.
@@ -54,7 +58,7 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
     });
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
     std::fs::create_dir_all(dir.join("snapshots"))?;
-    Ok(Store { db: Arc::new(db), dir: dir.to_path_buf() })
+    Ok(Store { db: Arc::new(db), dir: dir.to_path_buf(), install_gate: Arc::default() })
 }
 
 impl Store {

@@ -329,6 +329,8 @@ fn install_blocking(store: &Store, meta: &SnapshotMeta, mut snapshot: SnapshotFi
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     store.db.put_cf_opt(store.cf(CF_SM)?, KEY_INSTALLING, encode(&(meta, &name))?, &wo)?;
+    // Readers wait out the wipe and reload; they see the old state or the new.
+    let _gate = store.install_gate.write().unwrap_or_else(|p| p.into_inner());
     load_snapshot(store, meta, &name)
 }
 
@@ -427,18 +429,31 @@ fn build_blocking(store: &Store, lock: &Mutex<()>) -> Result<Snapshot, StoreErro
 }
 
 /// Read access to the applied chat state, for the API and the admin plane.
-/// Reads see the state as of the last written batch.
+/// Reads see the state as of the last written batch, and never a snapshot
+/// install half done: each read holds the store's install gate. A request that
+/// reads several times may see an install land between two reads; the state
+/// only moves forward (history is append-only), so what it read first is still
+/// true of what it reads next.
 #[derive(Clone)]
 pub struct ChatReader {
     store: Store,
 }
 
+impl ChatReader {
+    /// Not reentrant: a method holding it must not call another that takes it.
+    fn gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.store.install_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl TablesRead for ChatReader {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _gate = self.gate();
         Ok(self.store.db.get_cf(self.store.cf(table.name())?, key)?)
     }
 
     fn keys_below(&self, table: Table, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let _gate = self.gate();
         let mut keys = Vec::new();
         for item in self.store.db.iterator_cf(self.store.cf(table.name())?, IteratorMode::Start) {
             let (key, _) = item?;
@@ -461,6 +476,7 @@ pub struct HistoryPage {
 
 impl ChatReader {
     pub fn applied_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        let _gate = self.gate();
         match self.store.db.get_cf(self.store.cf(CF_SM)?, KEY_APPLIED)? {
             Some(b) => decode(&b),
             None => Ok(None),
@@ -468,6 +484,7 @@ impl ChatReader {
     }
 
     pub fn membership(&self) -> Result<StoredMembership, StoreError> {
+        let _gate = self.gate();
         match self.store.db.get_cf(self.store.cf(CF_SM)?, KEY_MEMBERSHIP)? {
             Some(b) => decode(&b),
             None => Ok(StoredMembership::default()),
@@ -494,6 +511,7 @@ impl ChatReader {
     pub fn members(&self, room: &str) -> Result<Vec<String>, StoreError> {
         let prefix = chat::key2(room, &[]);
         let mut out = Vec::new();
+        let _gate = self.gate();
         let cf = self.store.cf(Table::Members.name())?;
         for item in self.store.db.iterator_cf(cf, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
             let (key, _) = item?;
@@ -505,6 +523,7 @@ impl ChatReader {
 
     /// Every room with its record, by name.
     pub fn rooms(&self) -> Result<Vec<(String, RoomRecord)>, StoreError> {
+        let _gate = self.gate();
         let mut out = Vec::new();
         for item in self.store.db.iterator_cf(self.store.cf(Table::Rooms.name())?, IteratorMode::Start) {
             let (key, value) = item?;
@@ -518,6 +537,9 @@ impl ChatReader {
     /// message (or just before `before`), which is how clients scroll back.
     pub fn history(&self, room: &str, after: Option<u64>, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
         let head = self.room(room)?.map_or(0, |r| r.last_seq);
+        // After `room` released it: the messages up to `head` are there in
+        // this state and in any installed after it.
+        let _gate = self.gate();
         let cf = self.store.cf(Table::Messages.name())?;
         let upper = before.unwrap_or(u64::MAX).min(head.saturating_add(1));
         let mut messages = Vec::new();
@@ -557,6 +579,7 @@ impl ChatReader {
     /// A digest of every chat table: equal on two nodes iff their state is equal.
     pub fn digest(&self) -> Result<String, StoreError> {
         let mut d = StateDigest::default();
+        let _gate = self.gate();
         for table in Table::ALL {
             for item in self.store.db.iterator_cf(self.store.cf(table.name())?, IteratorMode::Start) {
                 let (key, value) = item?;
