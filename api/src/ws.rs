@@ -42,9 +42,6 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 const MAX_IN_FLIGHT: usize = 256;
 /// Close code for a connection whose queue overflowed.
 pub const SLOW_CONSUMER: u16 = 4008;
-/// How long a closing session waits for the client to take its close frame
-/// before the connection is dropped anyway.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Rows read from storage at a time when replaying.
 const REPLAY_PAGE: usize = 500;
 
@@ -181,38 +178,32 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSock
 
     let metrics_app = app.clone();
     let writer = tokio::spawn(async move {
-        let close = loop {
+        loop {
             tokio::select! {
                 biased;
-                close = &mut close_rx => break close.ok(),
+                close = &mut close_rx => {
+                    if let Ok((code, reason)) = close {
+                        if code == SLOW_CONSUMER {
+                            metrics_app.metrics.slow_consumer_closes.inc();
+                        }
+                        let frame = CloseFrame { code, reason: reason.into() };
+                        let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                    }
+                    break;
+                }
                 next = rx.recv() => {
                     let text = match next {
                         Some(Out::Frame(text)) => Utf8Bytes::from(text),
                         Some(Out::Shared(text)) => text,
-                        None => break None,
+                        None => break,
                     };
-                    // A client that stopped reading leaves this send waiting on a
-                    // full socket; a close must still get through. Interrupting
-                    // it is safe: the frame already sits whole in the write
-                    // buffer, and the close frame is queued behind it.
-                    tokio::select! {
-                        biased;
-                        close = &mut close_rx => break close.ok(),
-                        sent = sink.send(WsMessage::Text(text)) => if sent.is_err() { break None },
+                    if sink.send(WsMessage::Text(text)).await.is_err() {
+                        break;
                     }
                 }
             }
-        };
-        if let Some((code, reason)) = close {
-            if code == SLOW_CONSUMER {
-                metrics_app.metrics.slow_consumer_closes.inc();
-            }
-            let frame = CloseFrame { code, reason: reason.into() };
-            // Best effort: a client that does not read in time loses the
-            // connection without the close frame.
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(WsMessage::Close(Some(frame)))).await;
         }
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+        let _ = sink.close().await;
     });
 
     // Subscribe before anything is read from storage: see the module docs.

@@ -371,37 +371,22 @@ async fn rate_limit_and_slow_consumer() {
     let text = "z".repeat(4000);
     let mut sent = 0;
     let metrics_url = format!("{b}/metrics");
-    let closed = || async {
-        let m = client::http().get(&metrics_url).send().await.unwrap().text().await.unwrap();
-        m.lines().any(|l| l.starts_with("chorus_slow_consumer_closes_total 1"))
-    };
     for i in 0..6000 {
         send(&mut sender, json!({ "type": "send", "room": "big", "id": i, "text": text })).await;
         sent += 1;
         if sent % 200 == 0 {
             while let Some(f) = next(&mut sender, 0).await { let _ = f; }
-            if closed().await {
+            let m = client::http().get(&metrics_url).send().await.unwrap().text().await.unwrap();
+            if m.lines().any(|l| l.starts_with("chorus_slow_consumer_closes_total 1")) {
                 break;
             }
         }
     }
-    // On a busy machine the sends can outrun their commits: the sloth's queue
-    // fills only once enough of them are applied. The close is decided (and
-    // counted) without the sloth reading anything.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !closed().await {
-        if std::time::Instant::now() > deadline {
-            let m = client::http().get(&metrics_url).send().await.unwrap().text().await.unwrap();
-            let lines: Vec<&str> = m.lines().filter(|l| l.contains("slow_consumer") || l.contains("messages_committed")).collect();
-            panic!("the sloth was never closed as a slow consumer (sent {sent}): {lines:?}");
-        }
-        while let Some(f) = next(&mut sender, 0).await { let _ = f; }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Drain what was queued; the stream must end with a 4008 close, not a gap.
     let mut last = 0;
     let code = loop {
-        match tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut sloth)).await {
+        // Generous: on a loaded machine the queue fills only as the sends commit.
+        match tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut sloth)).await {
             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
                 let f: Value = serde_json::from_str(t.as_str()).unwrap();
                 if f["type"] == "message" {
