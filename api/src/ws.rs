@@ -6,6 +6,13 @@
 //! that do not fit close the connection with 4008 ("slow consumer") rather than
 //! being dropped, so what a client receives has no silent gap.
 //!
+//! Nothing in a session waits on the client without a bound. The writer races
+//! every socket write against the close request, so a client that stops reading
+//! is closed as soon as its queue overflows, not when it next reads; a replay
+//! that finds the queue full for [`STALL`] closes with 4008 too; and the close
+//! frame itself gets [`CLOSE_GRACE`] to reach the client before the socket is
+//! dropped.
+//!
 //! Each applied message is serialised once by the [`relay`] and shared by every
 //! session it goes to.
 //!
@@ -17,17 +24,20 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use raft_store::chat::{self, Event, Message, Outcome};
 use raft_store::state_machine::Delivery;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::error::{ApiError, Code};
 use crate::http::{client_id_text, message_json, read_history, send_message, HistoryQuery};
@@ -44,6 +54,14 @@ const MAX_IN_FLIGHT: usize = 256;
 pub const SLOW_CONSUMER: u16 = 4008;
 /// Rows read from storage at a time when replaying.
 const REPLAY_PAGE: usize = 500;
+/// How long a replay waits for room in a full queue before the client counts
+/// as a slow consumer: the writer has not got one frame out in that time.
+pub const STALL: Duration = Duration::from_secs(5);
+/// How long the close frame may wait behind unread data before the socket is
+/// dropped without it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// Frames the writer hands to the socket before one flush.
+const WRITE_BATCH: usize = 64;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -75,6 +93,18 @@ enum Out {
     Shared(Utf8Bytes),
 }
 
+impl Out {
+    fn into_message(self) -> WsMessage {
+        match self {
+            Out::Frame(text) => WsMessage::Text(Utf8Bytes::from(text)),
+            Out::Shared(text) => WsMessage::Text(text),
+        }
+    }
+}
+
+/// Why and how a session ends, once decided.
+type Closing = Option<(u16, &'static str)>;
+
 /// How many deliveries the relay buffers for sessions before a slow one lags.
 pub const LIVE_CAPACITY: usize = 8192;
 
@@ -103,11 +133,12 @@ pub async fn relay(mut from: broadcast::Receiver<Delivery>, to: broadcast::Sende
     }
 }
 
-/// The bounded queue to the writer task, shared by the session's tasks.
+/// The bounded queue to the writer task, shared by the session's tasks, and the
+/// session's close request (set once; the first reason wins).
 #[derive(Clone)]
 struct Outbox {
     tx: mpsc::Sender<Out>,
-    close: Arc<Mutex<Option<oneshot::Sender<(u16, &'static str)>>>>,
+    close: Arc<watch::Sender<Closing>>,
 }
 
 impl Outbox {
@@ -127,20 +158,86 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame, waiting for room (replays, which the client asked for).
+    /// Queues a frame, waiting for room (replays, which the client asked for),
+    /// but no longer than [`STALL`]: a client that takes nothing in that time is
+    /// a slow consumer.
     async fn push_wait(&self, frame: String) -> bool {
-        self.tx.send(Out::Frame(frame)).await.is_ok()
-    }
-
-    fn close_with(&self, code: u16, reason: &'static str) {
-        if let Some(tx) = self.close.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = tx.send((code, reason));
+        if self.closed() {
+            return false;
+        }
+        match tokio::time::timeout(STALL, self.tx.send(Out::Frame(frame))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.close_with(SLOW_CONSUMER, "slow consumer");
+                false
+            }
         }
     }
 
-    fn closed(&self) -> bool {
-        self.close.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    fn close_with(&self, code: u16, reason: &'static str) {
+        self.close.send_if_modified(|c| {
+            if c.is_some() {
+                return false;
+            }
+            *c = Some((code, reason));
+            true
+        });
     }
+
+    fn closed(&self) -> bool {
+        self.close.borrow().is_some()
+    }
+}
+
+/// Waits until the session's close has been requested, and says why.
+async fn close_requested(rx: &mut watch::Receiver<Closing>) -> Closing {
+    // An error means the outbox is gone, which only happens as the session ends.
+    rx.wait_for(Option::is_some).await.map_or(None, |c| *c)
+}
+
+/// Hands queued frames to the socket, a batch at a time with one flush per
+/// batch, until the queue ends or a write fails. Any await here may wait on the
+/// client; the writer drops this future when a close is requested.
+async fn pump(sink: &mut SplitSink<WebSocket, WsMessage>, rx: &mut mpsc::Receiver<Out>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        for out in batch.drain(..) {
+            if sink.feed(out.into_message()).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer task: owns the sink until the session closes.
+async fn writer<B: ChatBackend>(
+    app: Arc<App<B>>,
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<Out>,
+    mut close: watch::Receiver<Closing>,
+) {
+    let closing = tokio::select! {
+        biased;
+        c = close_requested(&mut close) => c,
+        () = pump(&mut sink, &mut rx) => None,
+    };
+    // A frame whose write was interrupted is still whole in the socket's buffer,
+    // so the close goes out after it; frames still queued are dropped.
+    drop(rx);
+    if let Some((code, reason)) = closing {
+        if code == SLOW_CONSUMER {
+            app.metrics.slow_consumer_closes.inc();
+        }
+        let frame = CloseFrame { code, reason: reason.into() };
+        if tokio::time::timeout(CLOSE_GRACE, sink.send(WsMessage::Close(Some(frame)))).await.is_err() {
+            tracing::debug!(code, "close frame not taken within the grace period; dropping the socket");
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
 }
 
 fn error_frame(e: &ApiError, id: Option<&Value>, req: Option<&Value>) -> String {
@@ -171,40 +268,12 @@ struct Session<B: ChatBackend> {
 }
 
 async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Out>(OUTBOX_FRAMES);
-    let (close_tx, mut close_rx) = oneshot::channel::<(u16, &'static str)>();
-    let out = Outbox { tx, close: Arc::new(Mutex::new(Some(close_tx))) };
-
-    let metrics_app = app.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                biased;
-                close = &mut close_rx => {
-                    if let Ok((code, reason)) = close {
-                        if code == SLOW_CONSUMER {
-                            metrics_app.metrics.slow_consumer_closes.inc();
-                        }
-                        let frame = CloseFrame { code, reason: reason.into() };
-                        let _ = sink.send(WsMessage::Close(Some(frame))).await;
-                    }
-                    break;
-                }
-                next = rx.recv() => {
-                    let text = match next {
-                        Some(Out::Frame(text)) => Utf8Bytes::from(text),
-                        Some(Out::Shared(text)) => text,
-                        None => break,
-                    };
-                    if sink.send(WsMessage::Text(text)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<Out>(OUTBOX_FRAMES);
+    let (close_tx, close_rx) = watch::channel::<Closing>(None);
+    let out = Outbox { tx, close: Arc::new(close_tx) };
+    let mut closed = close_rx.clone();
+    let writer = tokio::spawn(writer(app.clone(), sink, rx, close_rx));
 
     // Subscribe before anything is read from storage: see the module docs.
     let mut deliveries = app.live.subscribe();
@@ -220,6 +289,8 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSock
             break;
         }
         tokio::select! {
+            // A close requested elsewhere (an ack task's overflow, the writer).
+            _ = close_requested(&mut closed) => break,
             frame = stream.next() => match frame {
                 Some(Ok(WsMessage::Text(text))) => s.client_frame(text.as_str()).await,
                 Some(Ok(WsMessage::Binary(_))) => {

@@ -361,41 +361,36 @@ async fn rate_limit_refuses_the_fourth_message() {
     c.shutdown().await;
 }
 
-/// Ignored until the stall behind it is fixed: under CI load the slow client's
-/// stream sometimes goes silent for 30 s instead of ending with 4008 (the
-/// session writer waits on the client's full socket, and a resync's replay
-/// waits for outbox room, neither giving up). Run it with `--ignored`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "flaky under load: a non-reading client's close can stall (see the session 2 note)"]
-async fn slow_consumer_is_closed_with_4008() {
-    let c = TestCluster::start_with(1, unlimited).await;
-    let b = base(&c, 1);
-    let (ts, tr) = (login(&b, "sender").await, login(&b, "sloth").await);
-    let mut sloth = connect(&b, &tr).await;
-    join(&mut sloth, "big", None).await;
-    let mut sender = connect(&b, &ts).await;
-    join(&mut sender, "big", None).await;
-    // The sloth never reads; its queue and socket buffers fill, then it is closed.
-    let text = "z".repeat(4000);
-    let mut sent = 0;
-    let metrics_url = format!("{b}/metrics");
-    for i in 0..6000 {
-        send(&mut sender, json!({ "type": "send", "room": "big", "id": i, "text": text })).await;
-        sent += 1;
-        if sent % 200 == 0 {
-            while let Some(f) = next(&mut sender, 0).await { let _ = f; }
-            let m = client::http().get(&metrics_url).send().await.unwrap().text().await.unwrap();
-            if m.lines().any(|l| l.starts_with("chorus_slow_consumer_closes_total 1")) {
-                break;
-            }
-        }
-    }
-    // Drain what was queued; the stream must end with a 4008 close, not a gap.
+/// A WebSocket client with a small fixed receive buffer (no autotuning up to
+/// tens of MiB), so a client that does not read fills up after a known amount.
+async fn connect_small(base: &str, token: &str) -> common::client::Ws {
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/v1/ws?token={token}");
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    tokio_tungstenite::client_async(url, stream).await.unwrap().0
+}
+
+/// `chorus_slow_consumer_closes_total` on the node at `base`.
+async fn slow_closes(base: &str) -> u64 {
+    let m = client::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("chorus_slow_consumer_closes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("slow-consumer metric")
+}
+
+/// Reads what reached a client that stopped reading: every message frame must
+/// follow the one before (no gap), and the stream must end with a 4008 close.
+/// Returns the last seq received.
+async fn drain_until_4008(ws: &mut common::client::Ws) -> u64 {
+    use tokio_tungstenite::tungstenite::Message;
     let mut last = 0;
-    let code = loop {
-        // Generous: on a loaded machine the queue fills only as the sends commit.
-        match tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut sloth)).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(ws)).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
                 let f: Value = serde_json::from_str(t.as_str()).unwrap();
                 if f["type"] == "message" {
                     let seq = f["seq"].as_u64().unwrap();
@@ -403,10 +398,103 @@ async fn slow_consumer_is_closed_with_4008() {
                     last = seq;
                 }
             }
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
-            other => panic!("expected a close frame, got {other:?}"),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(4008));
+                return last;
+            }
+            other => panic!("expected frames then a 4008 close, got {other:?} after seq {last}"),
         }
-    };
-    assert_eq!(code, Some(4008));
+    }
+}
+
+/// Sends `count` 4000-byte messages to `room` from `sender`, keeping at most 200
+/// unanswered; with `stop_on_close`, stops once the node has closed a slow
+/// consumer. Returns how many were sent.
+async fn flood(b: &str, sender: common::client::Ws, room: &str, count: u64, stop_on_close: bool) -> u64 {
+    use futures::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let (mut tx, mut rx) = sender.split();
+    // The sender reads everything it is sent, so it never falls behind itself.
+    let answered = Arc::new(AtomicU64::new(0));
+    let counter = answered.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(m)) = rx.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                let f: Value = serde_json::from_str(t.as_str()).unwrap();
+                if f["type"] == "ack" || f["type"] == "error" {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let text = "z".repeat(4000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut sent = 0;
+    while sent < count {
+        assert!(tokio::time::Instant::now() < deadline, "flood stalled after {sent} sends");
+        if sent - answered.load(Ordering::Relaxed) >= 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let frame = json!({ "type": "send", "room": room, "id": sent, "text": text });
+        tx.send(tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into())).await.unwrap();
+        sent += 1;
+        if stop_on_close && sent % 100 == 0 && slow_closes(b).await > 0 {
+            break;
+        }
+    }
+    while answered.load(Ordering::Relaxed) < sent {
+        assert!(tokio::time::Instant::now() < deadline, "acks missing after {sent} sends");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reader.abort();
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_consumer_is_closed_with_4008() {
+    let c = TestCluster::start_with(1, unlimited).await;
+    let b = base(&c, 1);
+    let (ts, tr) = (login(&b, "sender").await, login(&b, "sloth").await);
+    let mut sloth = connect_small(&b, &tr).await;
+    join(&mut sloth, "big", None).await;
+    let mut sender = connect(&b, &ts).await;
+    join(&mut sender, "big", None).await;
+    // The sloth never reads. Once its socket buffers and then its queue are
+    // full, it is closed at once: the metric moves while it is still not reading.
+    let sent = flood(&b, sender, "big", 20_000, true).await;
+    assert_eq!(slow_closes(&b).await, 1, "no slow-consumer close after {sent} messages");
+    // What was written before the close arrives in order, then the 4008.
+    let last = drain_until_4008(&mut sloth).await;
+    assert!(last > 0 && last < sent, "got up to seq {last} of {sent}");
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_to_a_client_that_does_not_read_ends_with_4008() {
+    let c = TestCluster::start_with(1, unlimited).await;
+    let b = base(&c, 1);
+    let (ts, tr) = (login(&b, "writer").await, login(&b, "sloth").await);
+    let mut writer = connect(&b, &ts).await;
+    join(&mut writer, "past", None).await;
+    // More history than the queue and both socket buffers hold.
+    let sent = flood(&b, writer, "past", 3000, false).await;
+    assert_eq!(slow_closes(&b).await, 0);
+    let mut sloth = connect_small(&b, &tr).await;
+    join(&mut sloth, "past", Some(0)).await;
+    // The replay fills everything, finds no room for a while, and gives up.
+    let deadline = tokio::time::Instant::now() + ws_stall_bound();
+    while slow_closes(&b).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "a replay into a full socket never gave up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = drain_until_4008(&mut sloth).await;
+    assert!(last > 0 && last < sent, "got up to seq {last} of {sent}");
+    c.shutdown().await;
+}
+
+/// The replay's stall limit plus slack for a loaded machine.
+fn ws_stall_bound() -> Duration {
+    api::ws::STALL + Duration::from_secs(20)
 }
