@@ -284,13 +284,13 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSock
     }
 
     let mut s = Session { app: app.clone(), user: user.clone(), out: out.clone(), rooms: HashMap::new(), in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) };
+    // One waiter for the whole session, not one per loop turn.
+    let close = close_requested(&mut closed);
+    tokio::pin!(close);
     loop {
-        if s.out.closed() {
-            break;
-        }
         tokio::select! {
-            // A close requested elsewhere (an ack task's overflow, the writer).
-            _ = close_requested(&mut closed) => break,
+            // A close requested here or elsewhere (an ack task's overflow).
+            _ = &mut close => break,
             frame = stream.next() => match frame {
                 Some(Ok(WsMessage::Text(text))) => s.client_frame(text.as_str()).await,
                 Some(Ok(WsMessage::Binary(_))) => {

@@ -211,7 +211,13 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     ));
     let app = api::router(api_app);
     let stop_http = until_stopped(stop_rx.clone());
-    let client = listeners.client;
+    // A delivery is one small write; Nagle's algorithm would hold it back
+    // until the client acks the one before (and the client delays its acks).
+    let client = axum::serve::ListenerExt::tap_io(listeners.client, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a client connection");
+        }
+    });
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(client, app).with_graceful_shutdown(stop_http).await {
             tracing::error!(error = %e, "HTTP server failed");
