@@ -121,6 +121,8 @@ pub enum Live {
 pub async fn relay(mut from: broadcast::Receiver<Delivery>, to: broadcast::Sender<Live>) {
     loop {
         let live = match from.recv().await {
+            // Nobody to serialise for: no session is open on this node.
+            Ok(Delivery::Message(_)) if to.receiver_count() == 0 => continue,
             Ok(Delivery::Message(m)) => {
                 let frame = Utf8Bytes::from(message_json(&m).to_string());
                 Live::Message { message: m, frame }

@@ -5,6 +5,7 @@
 //! - [`config`]: the SPEC §1 flags (`chorusd` parses them, tests build them).
 //! - [`identity`]: the cluster id this node belongs to, and the shared secret.
 //! - [`network`]: openraft's network over gRPC, one channel per peer.
+//! - [`gather`]: batching of concurrent requests (proposer, forwarder, benchmark).
 //! - [`node`]: [`Node`], the running Raft with propose / read-index / wait-applied.
 //! - [`rpc`]: the node-to-node gRPC service (Raft, forwarded writes and reads).
 //! - [`admin`]: the operator gRPC service behind `chorusctl cluster`.
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod gather;
 pub mod identity;
 pub mod network;
 pub mod node;

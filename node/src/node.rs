@@ -13,10 +13,11 @@ use raft_store::chat::{Command, Event, Outcome};
 use raft_store::state_machine::{ChatReader, Delivery};
 use raft_store::types::{NodeId, Raft};
 use raft_store::NodeInfo;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use raft_store::types::Batch;
 
 use crate::config::Config;
+use crate::gather::{self, Gatherer};
 use crate::network::Peers;
 
 /// How long a write or read waits for a leader (and for the local apply) before
@@ -247,29 +248,6 @@ pub(crate) struct Pending {
     reply: oneshot::Sender<Result<Committed, Retry>>,
 }
 
-/// Most commands packed into one log entry.
-const MAX_BATCH: usize = 512;
-/// Batches in flight at once: while some replicate, the next one gathers.
-const MAX_IN_FLIGHT: usize = 4;
-
-/// Waits for a free in-flight slot and a first command, then takes whatever else
-/// is already queued (up to [`MAX_BATCH`]) without waiting for more. `None` once
-/// the node is gone.
-async fn next_batch(
-    slots: &Arc<Semaphore>,
-    rx: &mut mpsc::Receiver<Pending>,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, Vec<Pending>)> {
-    let slot = slots.clone().acquire_owned().await.ok()?;
-    let mut batch = vec![rx.recv().await?];
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(p) => batch.push(p),
-            Err(_) => break,
-        }
-    }
-    Some((slot, batch))
-}
-
 /// Gathers the commands that arrive while earlier batches are in flight and
 /// proposes each gathered group as one log entry, stamped with one leader time.
 /// One writer alone gets a batch of one, with no added wait.
@@ -277,14 +255,13 @@ pub(crate) struct Proposer;
 
 impl Proposer {
     pub(crate) fn start(raft: Raft) -> mpsc::Sender<Pending> {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
-        tokio::spawn(Self::run(raft, rx));
+        let (tx, gatherer) = gather::channel();
+        tokio::spawn(Self::run(raft, gatherer));
         tx
     }
 
-    async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        while let Some((slot, batch)) = next_batch(&slots, &mut rx).await {
+    async fn run(raft: Raft, mut gatherer: Gatherer<Pending>) {
+        while let Some((slot, batch)) = gatherer.next_batch().await {
             let raft = raft.clone();
             tokio::spawn(async move {
                 let ts_ms = now_ms();
@@ -331,14 +308,13 @@ pub(crate) struct Forwarder;
 
 impl Forwarder {
     pub(crate) fn start(raft: Raft, peers: Peers, self_addr: String) -> mpsc::Sender<Pending> {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
-        tokio::spawn(Self::run(raft, peers, self_addr, rx));
+        let (tx, gatherer) = gather::channel();
+        tokio::spawn(Self::run(raft, peers, self_addr, gatherer));
         tx
     }
 
-    async fn run(raft: Raft, peers: Peers, self_addr: String, mut rx: mpsc::Receiver<Pending>) {
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        while let Some((slot, batch)) = next_batch(&slots, &mut rx).await {
+    async fn run(raft: Raft, peers: Peers, self_addr: String, mut gatherer: Gatherer<Pending>) {
+        while let Some((slot, batch)) = gatherer.next_batch().await {
             let leader = {
                 let metrics = raft.metrics();
                 let m = metrics.borrow_watched();

@@ -197,7 +197,20 @@ pub async fn propose_at(
     event: &Event,
     timeout: Duration,
 ) -> Result<ProposeReply, Status> {
-    let data = encode(std::slice::from_ref(event)).map_err(|e| Status::internal(e.to_string()))?;
+    let answers = propose_batch_at(client, cluster_id, secret, std::slice::from_ref(event), timeout).await?;
+    answers.into_iter().next().ok_or_else(|| Status::internal("no answer"))
+}
+
+/// [`propose_at`] for several events in one RPC: each is proposed on its own
+/// and gets its own answer, in order.
+pub async fn propose_batch_at(
+    client: &mut proto::v1::raft_client::RaftClient<tonic::transport::Channel>,
+    cluster_id: &str,
+    secret: Option<&str>,
+    events: &[Event],
+    timeout: Duration,
+) -> Result<Vec<ProposeReply>, Status> {
+    let data = encode(events).map_err(|e| Status::internal(e.to_string()))?;
     let mut req = Request::new(Bytes { data });
     req.set_timeout(timeout);
     let md = req.metadata_mut();
@@ -207,5 +220,8 @@ pub async fn propose_at(
     }
     let reply = client.propose(req).await?.into_inner();
     let answers: Vec<ProposeReply> = decode(&reply.data).map_err(|e| Status::internal(e.to_string()))?;
-    answers.into_iter().next().ok_or_else(|| Status::internal("no answer"))
+    if answers.len() != events.len() {
+        return Err(Status::internal(format!("{} answers for {} proposals", answers.len(), events.len())));
+    }
+    Ok(answers)
 }

@@ -54,6 +54,16 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let mut cf = Options::default();
         cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
         cf.set_write_buffer_size(16 << 20);
+        // Applying a message looks up keys that mostly do not exist yet (its
+        // dedup record) or sit among many others (its room's members). Bloom
+        // filters over whole keys, in the memtable and in every table file,
+        // answer those without walking the skiplist or reading blocks.
+        cf.set_memtable_whole_key_filtering(true);
+        cf.set_memtable_prefix_bloom_ratio(0.1);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_whole_key_filtering(true);
+        cf.set_block_based_table_factory(&table);
         ColumnFamilyDescriptor::new(name, cf)
     });
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;

@@ -4,10 +4,18 @@
 //! successful write.
 //!
 //! ```text
-//! chorus-bench log [--writers 1,16,256] [--secs 10] [--nodes 3] [--bytes 200]
+//! chorus-bench log [--writers 1,16,256] [--secs 10] [--nodes 3] [--bytes 200] [--client unary|gathered|both]
 //! ```
 //! Each writer is closed-loop: it sends one `MessagePosted` to the leader over the
-//! node-to-node `Propose` RPC, waits for the commit, and sends the next.
+//! node-to-node `Propose` RPC, waits for its commit, and sends the next. Every
+//! event is its own proposal with its own answer. Two clients are measured
+//! (`--client`):
+//!
+//! - `unary`: one `Propose` RPC per write.
+//! - `gathered`: writes that are waiting at the same moment on one connection
+//!   travel together in one `Propose` RPC, the way a follower forwards its
+//!   clients' writes ([`node::gather`]). The events inside are still proposed
+//!   and answered one by one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use node::procs::ProcCluster;
-use node::rpc::{propose_at, ProposeReply};
+use node::gather;
+use node::rpc::{propose_at, propose_batch_at, ProposeReply};
 use proto::v1::raft_client::RaftClient;
 use raft_store::chat::Event;
 use tonic::transport::Channel;
@@ -32,6 +41,9 @@ struct Args {
     nodes: u64,
     #[arg(long, default_value_t = 200)]
     bytes: usize,
+    /// Which client to measure: unary, gathered or both.
+    #[arg(long, default_value = "both")]
+    client: String,
     /// Skip the leader-kill measurement.
     #[arg(long)]
     no_failover: bool,
@@ -41,6 +53,22 @@ struct Args {
     /// The nodes' election timeout floor (chorusd --election-ms; same default).
     #[arg(long, default_value_t = 200)]
     election_ms: u64,
+}
+
+/// CPU time (user + system) the node processes have used so far, from
+/// `/proc/PID/stat`; `None` where that is not readable.
+fn nodes_cpu(c: &ProcCluster) -> Option<Duration> {
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let mut ticks = 0u64;
+    for p in &c.procs {
+        let pid = p.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_secs_f64(ticks as f64 / ticks_per_sec))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -72,9 +100,59 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// A write waiting in a gathering client, and where its answer goes.
+type Waiting = (Event, tokio::sync::oneshot::Sender<Result<ProposeReply, String>>);
+
+/// A client that sends the writes queued at the same moment in one RPC.
+fn gathering_client(client: RaftClient<Channel>, cluster_id: Arc<str>) -> tokio::sync::mpsc::Sender<Waiting> {
+    let (tx, mut gatherer) = gather::channel::<Waiting>();
+    tokio::spawn(async move {
+        while let Some((slot, batch)) = gatherer.next_batch().await {
+            let (mut client, cluster_id) = (client.clone(), cluster_id.clone());
+            tokio::spawn(async move {
+                let (events, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                match propose_batch_at(&mut client, &cluster_id, None, &events, Duration::from_secs(5)).await {
+                    Ok(answers) => {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(Ok(answer));
+                        }
+                    }
+                    Err(s) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(s.to_string()));
+                        }
+                    }
+                }
+                drop(slot);
+            });
+        }
+    });
+    tx
+}
+
+/// One write through either client.
+enum Writer {
+    Unary(RaftClient<Channel>),
+    Gathered(tokio::sync::mpsc::Sender<Waiting>),
+}
+
+impl Writer {
+    async fn write(&mut self, cluster_id: &str, ev: Event) -> anyhow::Result<ProposeReply> {
+        match self {
+            Writer::Unary(client) => Ok(propose_at(client, cluster_id, None, &ev, Duration::from_secs(5)).await?),
+            Writer::Gathered(tx) => {
+                let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+                tx.send((ev, reply_tx)).await.map_err(|_| anyhow::anyhow!("gathering client stopped"))?;
+                reply_rx.await?.map_err(|s| anyhow::anyhow!(s))
+            }
+        }
+    }
+}
+
 async fn run_load(
     leader_addr: &str,
     cluster_id: &str,
+    gathered: bool,
     writers: usize,
     secs: u64,
     bytes: usize,
@@ -83,9 +161,13 @@ async fn run_load(
     let conns = clients(leader_addr, writers.clamp(1, 8)).await?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let cluster_id: Arc<str> = cluster_id.into();
+    let gatherers: Vec<_> = if gathered { conns.iter().map(|c| gathering_client(c.clone(), cluster_id.clone())).collect() } else { Vec::new() };
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let mut client = conns[w % conns.len()].clone();
+        let mut writer = match gathered {
+            true => Writer::Gathered(gatherers[w % gatherers.len()].clone()),
+            false => Writer::Unary(conns[w % conns.len()].clone()),
+        };
         let cluster_id = cluster_id.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -93,10 +175,10 @@ async fn run_load(
             while Instant::now() < deadline {
                 let ev = message(w, i, bytes);
                 let t = Instant::now();
-                match propose_at(&mut client, &cluster_id, None, &ev, Duration::from_secs(5)).await {
+                match writer.write(&cluster_id, ev).await {
                     Ok(ProposeReply::Committed { .. }) => lat.push(t.elapsed()),
                     Ok(other) => return Err(anyhow::anyhow!("write refused: {other:?}")),
-                    Err(s) => return Err(anyhow::anyhow!("write failed: {s}")),
+                    Err(e) => return Err(anyhow::anyhow!("write failed: {e}")),
                 }
                 i += 1;
             }
@@ -128,19 +210,35 @@ async fn main() -> anyhow::Result<()> {
     let join = Event::RoomJoined { room: "bench".into(), user: "bench".into() };
     propose_at(&mut client, &cluster_id, None, &join, Duration::from_secs(5)).await?;
 
+    let modes: &[(&str, bool)] = match args.client.as_str() {
+        "unary" => &[("unary", false)],
+        "gathered" => &[("gathered", true)],
+        "both" => &[("unary", false), ("gathered", true)],
+        other => bail!("unknown client {other:?}; try unary, gathered or both"),
+    };
     println!("chorus-bench log: {} nodes, {}-byte messages, {} s per step, fsync on every commit", args.nodes, args.bytes, args.secs);
-    println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "writers", "entries/s", "p50 ms", "p99 ms", "max ms");
-    for &w in &args.writers {
-        let (n, lat) = run_load(&leader_addr, &cluster_id, w, args.secs, args.bytes).await?;
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!(
-            "{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2}",
-            w,
-            n as f64 / args.secs as f64,
-            ms(percentile(&lat, 0.50)),
-            ms(percentile(&lat, 0.99)),
-            ms(lat.last().copied().unwrap_or_default()),
-        );
+    println!("{:>9} {:>8} {:>12} {:>10} {:>10} {:>10} {:>14}", "client", "writers", "entries/s", "p50 ms", "p99 ms", "max ms", "node CPU µs/e");
+    for &(name, gathered) in modes {
+        for &w in &args.writers {
+            let cpu_before = nodes_cpu(&c);
+            let (n, lat) = run_load(&leader_addr, &cluster_id, gathered, w, args.secs, args.bytes).await?;
+            // All three nodes' CPU per committed entry: steadier than the rate.
+            let cpu = match (cpu_before, nodes_cpu(&c)) {
+                (Some(a), Some(b)) if n > 0 => format!("{:.0}", (b - a).as_secs_f64() * 1e6 / n as f64),
+                _ => "-".to_string(),
+            };
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "{:>9} {:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>14}",
+                name,
+                w,
+                n as f64 / args.secs as f64,
+                ms(percentile(&lat, 0.50)),
+                ms(percentile(&lat, 0.99)),
+                ms(lat.last().copied().unwrap_or_default()),
+                cpu,
+            );
+        }
     }
 
     if !args.no_failover {
