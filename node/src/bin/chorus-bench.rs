@@ -11,8 +11,8 @@
 //! event is its own proposal with its own answer. Two clients are measured
 //! (`--client`):
 //!
-//! - `unary`: one `Propose` RPC per write.
-//! - `gathered`: writes that are waiting at the same moment on one connection
+//! - `unary`: one `Propose` RPC per write, over up to 8 connections.
+//! - `gathered`: one connection; writes that are waiting at the same moment
 //!   travel together in one `Propose` RPC, the way a follower forwards its
 //!   clients' writes ([`node::gather`]). The events inside are still proposed
 //!   and answered one by one.
@@ -157,8 +157,11 @@ async fn run_load(
     secs: u64,
     bytes: usize,
 ) -> anyhow::Result<(u64, Vec<Duration>)> {
-    // Several HTTP/2 connections, as many clients would open.
-    let conns = clients(leader_addr, writers.clamp(1, 8)).await?;
+    // Unary writers spread over several HTTP/2 connections, as many clients
+    // would open. The gathering client uses one, as a follower forwards all of
+    // its clients' writes over its one channel to the leader.
+    let n_conns = if gathered { 1 } else { writers.clamp(1, 8) };
+    let conns = clients(leader_addr, n_conns).await?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let cluster_id: Arc<str> = cluster_id.into();
     let gatherers: Vec<_> = if gathered { conns.iter().map(|c| gathering_client(c.clone(), cluster_id.clone())).collect() } else { Vec::new() };
