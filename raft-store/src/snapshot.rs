@@ -45,18 +45,37 @@ pub struct SnapshotWriter {
     out: BufWriter<File>,
     hash: Sha256,
     count: u64,
+    /// Bytes written since the file was last synced.
+    unsynced: usize,
 }
+
+/// A snapshot file is synced every this many bytes as it is written. One sync
+/// of the whole file at the end would hand the disk tens of MiB at once, and
+/// the WAL fsync that every commit waits for could queue behind it.
+const SYNC_EVERY: usize = 4 << 20;
 
 impl SnapshotWriter {
     pub fn create(path: &Path) -> io::Result<Self> {
-        let mut w = SnapshotWriter { out: BufWriter::with_capacity(256 << 10, File::create(path)?), hash: Sha256::new(), count: 0 };
+        let mut w = SnapshotWriter {
+            out: BufWriter::with_capacity(256 << 10, File::create(path)?),
+            hash: Sha256::new(),
+            count: 0,
+            unsynced: 0,
+        };
         w.write_hashed(MAGIC)?;
         Ok(w)
     }
 
     fn write_hashed(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.hash.update(bytes);
-        self.out.write_all(bytes)
+        self.out.write_all(bytes)?;
+        self.unsynced += bytes.len();
+        if self.unsynced >= SYNC_EVERY {
+            self.out.flush()?;
+            self.out.get_ref().sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(())
     }
 
     pub fn record(&mut self, table: Table, key: &[u8], value: &[u8]) -> io::Result<()> {
