@@ -50,11 +50,6 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
     // Keep memory modest: many small nodes run on one machine in tests.
     opts.set_write_buffer_size(16 << 20);
     opts.set_max_background_jobs(2);
-    // Write back flushed and compacted table files (and the WAL) as they are
-    // written, 1 MiB at a time, so the WAL fsync a commit waits for does not
-    // queue behind tens of MiB of a memtable flush's dirty pages.
-    opts.set_bytes_per_sync(1 << 20);
-    opts.set_wal_bytes_per_sync(1 << 20);
     let cfs = all_cfs().into_iter().map(|name| {
         let mut cf = Options::default();
         cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
