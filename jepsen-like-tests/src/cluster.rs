@@ -49,8 +49,14 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free loopback ports, with the listeners that hold them. Held
+/// together, no two can be the same port; picking them one at a time (bind,
+/// read the port, release) could hand out one port twice, and two nodes would
+/// then answer on one address.
+fn reserve_ports(n: usize) -> anyhow::Result<(Vec<u16>, Vec<std::net::TcpListener>)> {
+    let held = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let ports = held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?;
+    Ok((ports, held))
 }
 
 /// libfaketime, for the clock-skew nemesis.
@@ -185,7 +191,13 @@ impl Cluster {
         let tmp = tempfile::tempdir()?;
         std::fs::create_dir_all(logs)?;
         let faults = Faults::default();
-        let mut nodes = Vec::new();
+        // Proxy layout: every node's two ports are reserved, and every proxy
+        // bound, before any reservation is let go for its node to take.
+        let (ports, held) = match &layout {
+            Layout::Proxy => reserve_ports(2 * n as usize)?,
+            Layout::Namespaces(_) => (Vec::new(), Vec::new()),
+        };
+        let mut planned = Vec::new();
         for id in 1..=n {
             let dir = tmp.path().join(format!("node-{id}"));
             let (client, raft, proxy_listen, netns, source_ip) = match &layout {
@@ -197,8 +209,8 @@ impl Cluster {
                     None,
                 ),
                 Layout::Proxy => (
-                    format!("127.0.0.1:{}", free_port()?),
-                    format!("127.0.0.1:{}", free_port()?),
+                    format!("127.0.0.1:{}", ports[2 * (id as usize - 1)]),
+                    format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1]),
                     SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
                     None,
                     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8))),
@@ -213,7 +225,11 @@ impl Cluster {
             proxy::spawn(listener, id, raft.parse()?, identify, faults.clone());
             let log = logs.join(format!("node-{id}.log"));
             let _ = std::fs::remove_file(&log);
-            let mut p = NodeProc { id, client, raft, advertised, dir, log, netns, source_ip, skew: None, child: None };
+            planned.push(NodeProc { id, client, raft, advertised, dir, log, netns, source_ip, skew: None, child: None });
+        }
+        drop(held);
+        let mut nodes = Vec::new();
+        for mut p in planned {
             p.start()?;
             nodes.push(p);
         }
