@@ -1,17 +1,18 @@
 //! One WebSocket session (SPEC §4).
 //!
-//! A session has three parts: the reader loop here, which handles client frames
-//! and fans in deliveries and presence signals; a writer task that owns the
-//! socket's sink; and the [`Outbox`] between them, a bounded queue. Live frames
-//! that do not fit close the connection with 4008 ("slow consumer") rather than
-//! being dropped, so what a client receives has no silent gap.
+//! A session is one task that owns its socket whole: it reads client frames,
+//! takes deliveries and presence signals, and writes to the socket, polling the
+//! write side without ever waiting on it. Frames the socket cannot take yet wait
+//! in the session's bounded queue (`pending`); a live frame that does not fit
+//! closes the connection with 4008 ("slow consumer") rather than being dropped,
+//! so what a client receives has no silent gap.
 //!
-//! Nothing in a session waits on the client without a bound. The writer races
-//! every socket write against the close request, so a client that stops reading
-//! is closed as soon as its queue overflows, not when it next reads; a replay
-//! that finds the queue full for [`STALL`] closes with 4008 too; and the close
-//! frame itself gets [`CLOSE_GRACE`] to reach the client before the socket is
-//! dropped.
+//! Nothing in a session waits on the client without a bound. A client that
+//! stops reading is closed as soon as its queue overflows, not when it next
+//! reads; a replay that finds the queue full for [`STALL`] closes with 4008 too;
+//! and the close frame itself gets [`CLOSE_GRACE`] to reach the client before the
+//! socket is dropped. Sends are committed in tasks of their own, which hand
+//! their ack back through a channel, so a slow commit holds up nothing else.
 //!
 //! Each applied message is serialised once by the [`relay`] and shared by every
 //! session it goes to.
@@ -22,22 +23,22 @@
 //! storage); a newer one means something was missed (a snapshot install), and
 //! the gap is filled from storage first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use raft_store::chat::{self, Event, Message, Outcome};
 use raft_store::state_machine::Delivery;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use crate::error::{ApiError, Code};
 use crate::http::{client_id_text, message_json, read_history, send_message, HistoryQuery};
@@ -55,12 +56,12 @@ pub const SLOW_CONSUMER: u16 = 4008;
 /// Rows read from storage at a time when replaying.
 const REPLAY_PAGE: usize = 500;
 /// How long a replay waits for room in a full queue before the client counts
-/// as a slow consumer: the writer has not got one frame out in that time.
+/// as a slow consumer: the socket has not taken one frame in that time.
 pub const STALL: Duration = Duration::from_secs(5);
 /// How long the close frame may wait behind unread data before the socket is
 /// dropped without it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
-/// Frames the writer hands to the socket before one flush.
+/// Deliveries a session takes in one turn before it writes them with one flush.
 const WRITE_BATCH: usize = 64;
 
 #[derive(Deserialize)]
@@ -88,21 +89,6 @@ pub async fn upgrade<B: ChatBackend>(
         .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| session(app, user, socket))
-}
-
-enum Out {
-    Frame(String),
-    /// A frame shared by every session it goes to.
-    Shared(Utf8Bytes),
-}
-
-impl Out {
-    fn into_message(self) -> WsMessage {
-        match self {
-            Out::Frame(text) => WsMessage::Text(Utf8Bytes::from(text)),
-            Out::Shared(text) => WsMessage::Text(text),
-        }
-    }
 }
 
 /// Why and how a session ends, once decided.
@@ -138,111 +124,13 @@ pub async fn relay(mut from: broadcast::Receiver<Delivery>, to: broadcast::Sende
     }
 }
 
-/// The bounded queue to the writer task, shared by the session's tasks, and the
-/// session's close request (set once; the first reason wins).
-#[derive(Clone)]
-struct Outbox {
-    tx: mpsc::Sender<Out>,
-    close: Arc<watch::Sender<Closing>>,
-}
-
-impl Outbox {
-    /// Queues a live frame; on overflow, closes the connection as a slow consumer.
-    fn push(&self, frame: String) -> bool {
-        self.push_out(Out::Frame(frame))
-    }
-
-    fn push_out(&self, out: Out) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close_with(SLOW_CONSUMER, "slow consumer");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Queues a frame, waiting for room (replays, which the client asked for),
-    /// but no longer than [`STALL`]: a client that takes nothing in that time is
-    /// a slow consumer.
-    async fn push_wait(&self, frame: String) -> bool {
-        if self.closed() {
-            return false;
-        }
-        match tokio::time::timeout(STALL, self.tx.send(Out::Frame(frame))).await {
-            Ok(sent) => sent.is_ok(),
-            Err(_) => {
-                self.close_with(SLOW_CONSUMER, "slow consumer");
-                false
-            }
-        }
-    }
-
-    fn close_with(&self, code: u16, reason: &'static str) {
-        self.close.send_if_modified(|c| {
-            if c.is_some() {
-                return false;
-            }
-            *c = Some((code, reason));
-            true
-        });
-    }
-
-    fn closed(&self) -> bool {
-        self.close.borrow().is_some()
-    }
-}
-
-/// Waits until the session's close has been requested, and says why.
-async fn close_requested(rx: &mut watch::Receiver<Closing>) -> Closing {
-    // An error means the outbox is gone, which only happens as the session ends.
-    rx.wait_for(Option::is_some).await.map_or(None, |c| *c)
-}
-
-/// Hands queued frames to the socket, a batch at a time with one flush per
-/// batch, until the queue ends or a write fails. Any await here may wait on the
-/// client; the writer drops this future when a close is requested.
-async fn pump(sink: &mut SplitSink<WebSocket, WsMessage>, rx: &mut mpsc::Receiver<Out>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        for out in batch.drain(..) {
-            if sink.feed(out.into_message()).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The writer task: owns the sink until the session closes.
-async fn writer<B: ChatBackend>(
-    app: Arc<App<B>>,
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: mpsc::Receiver<Out>,
-    mut close: watch::Receiver<Closing>,
-) {
-    let closing = tokio::select! {
-        biased;
-        c = close_requested(&mut close) => c,
-        () = pump(&mut sink, &mut rx) => None,
-    };
-    // A frame whose write was interrupted is still whole in the socket's buffer,
-    // so the close goes out after it; frames still queued are dropped.
-    drop(rx);
-    if let Some((code, reason)) = closing {
-        if code == SLOW_CONSUMER {
-            app.metrics.slow_consumer_closes.inc();
-        }
-        let frame = CloseFrame { code, reason: reason.into() };
-        if tokio::time::timeout(CLOSE_GRACE, sink.send(WsMessage::Close(Some(frame)))).await.is_err() {
-            tracing::debug!(code, "close frame not taken within the grace period; dropping the socket");
-            return;
-        }
-    }
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+/// What the socket did, as seen by the session loop.
+enum SocketEvent {
+    Frame(WsMessage),
+    /// The client closed, or a read or write failed: nothing more can be sent.
+    Gone,
+    /// A protocol-level read error (oversized or malformed frame).
+    Invalid(String),
 }
 
 fn error_frame(e: &ApiError, id: Option<&Value>, req: Option<&Value>) -> String {
@@ -266,72 +154,105 @@ fn with_req(mut v: Value, req: Option<&Value>) -> String {
 struct Session<B: ChatBackend> {
     app: Arc<App<B>>,
     user: String,
-    out: Outbox,
+    ws: WebSocket,
+    /// Frames waiting for the socket, oldest first; at most [`OUTBOX_FRAMES`].
+    pending: VecDeque<WsMessage>,
+    /// Frames handed to the socket since its last flush.
+    unflushed: bool,
+    /// Set once; the first reason wins.
+    closing: Closing,
+    /// The socket can take nothing more (the client left or a write failed).
+    gone: bool,
     /// Subscribed rooms (and DM rooms seen) → last seq sent.
     rooms: HashMap<String, u64>,
     in_flight: Arc<Semaphore>,
+    /// Acks and errors from this session's send tasks.
+    acks: mpsc::Sender<String>,
+    /// Send tasks whose answer has not come through `acks` yet.
+    awaiting: usize,
 }
 
-async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSocket) {
-    let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel::<Out>(OUTBOX_FRAMES);
-    let (close_tx, close_rx) = watch::channel::<Closing>(None);
-    let out = Outbox { tx, close: Arc::new(close_tx) };
-    let mut closed = close_rx.clone();
-    let writer = tokio::spawn(writer(app.clone(), sink, rx, close_rx));
-
+async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, ws: WebSocket) {
     // Subscribe before anything is read from storage: see the module docs.
     let mut deliveries = app.live.subscribe();
     let mut signals = app.presence.subscribe();
+    let (acks, mut acked) = mpsc::channel(MAX_IN_FLIGHT);
     app.connections.fetch_add(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.connected(&user) {
         app.backend.send_signal(sig);
     }
 
-    let mut s = Session { app: app.clone(), user: user.clone(), out: out.clone(), rooms: HashMap::new(), in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) };
-    // One waiter for the whole session, not one per loop turn.
-    let close = close_requested(&mut closed);
-    tokio::pin!(close);
-    loop {
+    let mut s = Session {
+        app: app.clone(),
+        user: user.clone(),
+        ws,
+        pending: VecDeque::new(),
+        unflushed: false,
+        closing: None,
+        gone: false,
+        rooms: HashMap::new(),
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        acks,
+        awaiting: 0,
+    };
+    while s.closing.is_none() && !s.gone {
         tokio::select! {
-            // A close requested here or elsewhere (an ack task's overflow).
-            _ = &mut close => break,
-            frame = stream.next() => match frame {
-                Some(Ok(WsMessage::Text(text))) => s.client_frame(text.as_str()).await,
-                Some(Ok(WsMessage::Binary(_))) => {
-                    s.out.push(error_frame(&ApiError::bad_request("frames are JSON text"), None, None));
+            ev = poll_fn(|cx| s.poll_socket(cx)) => match ev {
+                SocketEvent::Frame(WsMessage::Text(text)) => s.client_frame(text.as_str()).await,
+                SocketEvent::Frame(WsMessage::Binary(_)) => {
+                    s.fail(ApiError::bad_request("frames are JSON text"), None, None);
                 }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                Some(Ok(WsMessage::Close(_))) | None => break,
-                Some(Err(e)) => {
+                SocketEvent::Frame(WsMessage::Ping(_) | WsMessage::Pong(_)) => {}
+                // The close reply (queued by the protocol layer) still goes out.
+                SocketEvent::Frame(WsMessage::Close(_)) => s.close_with(1000, "bye"),
+                SocketEvent::Gone => s.gone = true,
+                SocketEvent::Invalid(e) => {
                     // Oversized or malformed at the protocol level: say so, then close.
                     tracing::debug!(user = %s.user, error = %e, "websocket read failed");
-                    s.out.close_with(1009, "frame too large or malformed");
-                    break;
+                    s.close_with(1009, "frame too large or malformed");
                 }
             },
-            d = deliveries.recv() => match d {
-                Ok(Live::Message { message, frame }) => s.deliver(&message, frame).await,
-                Ok(Live::Reset) => s.resync().await,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    s.out.close_with(SLOW_CONSUMER, "slow consumer");
-                    break;
+            d = deliveries.recv() => {
+                // Take what else is already waiting, so one flush carries it all.
+                let mut next = Some(d);
+                let mut taken = 0;
+                while let Some(d) = next.take() {
+                    match d {
+                        Ok(Live::Message { message, frame }) => s.deliver(&message, frame).await,
+                        Ok(Live::Reset) => s.resync().await,
+                        Err(broadcast::error::RecvError::Lagged(_)) => s.close_with(SLOW_CONSUMER, "slow consumer"),
+                        Err(broadcast::error::RecvError::Closed) => s.close_with(1001, "node shutting down"),
+                    }
+                    taken += 1;
+                    if taken < WRITE_BATCH && s.closing.is_none() {
+                        next = match deliveries.try_recv() {
+                            Ok(d) => Some(Ok(d)),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(broadcast::error::RecvError::Lagged(n))),
+                            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => None,
+                        };
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+            }
             sig = signals.recv() => match sig {
                 Ok(sig) => s.signal(sig),
                 // Presence and typing are best-effort; a lagging receiver skips some.
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => break,
+                Err(broadcast::error::RecvError::Closed) => s.close_with(1001, "node shutting down"),
             },
+            // Polled only while a send awaits its answer: an empty channel still costs a poll per turn.
+            Some(frame) = acked.recv(), if s.awaiting > 0 => {
+                s.awaiting -= 1;
+                s.push(frame);
+            }
         }
+        // Hand whatever the turn queued to the socket now, without waiting on it.
+        poll_fn(|cx| {
+            s.poll_write(cx);
+            Poll::Ready(())
+        })
+        .await;
     }
-
-    out.close_with(1000, "bye");
-    drop(s);
-    drop(out);
-    let _ = writer.await;
+    s.finish().await;
     app.connections.fetch_sub(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.disconnected(&user) {
         app.backend.send_signal(sig);
@@ -339,6 +260,114 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, socket: WebSock
 }
 
 impl<B: ChatBackend> Session<B> {
+    /// Drives queued frames into the socket as far as it takes them without
+    /// waiting, then reads the next client frame if there is one. Never waits on
+    /// the client for a write: a full socket leaves frames in `pending`.
+    fn poll_socket(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
+        self.poll_write(cx);
+        if self.gone {
+            return Poll::Ready(SocketEvent::Gone);
+        }
+        match self.ws.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(m))) => Poll::Ready(SocketEvent::Frame(m)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(SocketEvent::Invalid(e.to_string())),
+            Poll::Ready(None) => Poll::Ready(SocketEvent::Gone),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Hands pending frames to the socket and flushes them, as far as it goes
+    /// without blocking; the task is woken when the socket can take more.
+    fn poll_write(&mut self, cx: &mut Context<'_>) {
+        while !self.gone && !self.pending.is_empty() {
+            match self.ws.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => self.gone = true,
+                Poll::Pending => break,
+            }
+            if let Some(frame) = self.pending.pop_front() {
+                if self.ws.start_send_unpin(frame).is_err() {
+                    self.gone = true;
+                }
+                self.unflushed = true;
+            }
+        }
+        if self.unflushed && !self.gone {
+            match self.ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => self.gone = true,
+                Poll::Pending => {}
+            }
+        }
+    }
+
+    /// Queues a frame; on overflow, closes the connection as a slow consumer.
+    fn queue(&mut self, frame: WsMessage) -> bool {
+        if self.closing.is_some() || self.gone {
+            return false;
+        }
+        if self.pending.len() >= OUTBOX_FRAMES {
+            self.close_with(SLOW_CONSUMER, "slow consumer");
+            return false;
+        }
+        self.pending.push_back(frame);
+        true
+    }
+
+    fn push(&mut self, frame: String) -> bool {
+        self.queue(WsMessage::Text(frame.into()))
+    }
+
+    /// Queues a frame, waiting for room (replays, which the client asked for),
+    /// but no longer than [`STALL`]: a client that takes nothing in that time is
+    /// a slow consumer.
+    async fn push_wait(&mut self, frame: String) -> bool {
+        if self.closing.is_some() || self.gone {
+            return false;
+        }
+        if self.pending.len() >= OUTBOX_FRAMES {
+            let room = poll_fn(|cx| {
+                self.poll_write(cx);
+                if self.gone || self.pending.len() < OUTBOX_FRAMES {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            if tokio::time::timeout(STALL, room).await.is_err() {
+                self.close_with(SLOW_CONSUMER, "slow consumer");
+                return false;
+            }
+        }
+        self.push(frame)
+    }
+
+    fn close_with(&mut self, code: u16, reason: &'static str) {
+        if self.closing.is_none() {
+            self.closing = Some((code, reason));
+        }
+    }
+
+    /// Ends the session: frames already handed to the socket go out whole and in
+    /// order, then the close frame, which gets [`CLOSE_GRACE`] to reach a client
+    /// that is not reading; frames still pending are dropped.
+    async fn finish(mut self) {
+        self.pending.clear();
+        if self.gone {
+            return;
+        }
+        let (code, reason) = self.closing.unwrap_or((1000, "bye"));
+        if code == SLOW_CONSUMER {
+            self.app.metrics.slow_consumer_closes.inc();
+        }
+        let frame = CloseFrame { code, reason: reason.into() };
+        if tokio::time::timeout(CLOSE_GRACE, self.ws.send(WsMessage::Close(Some(frame)))).await.is_err() {
+            tracing::debug!(code, "close frame not taken within the grace period; dropping the socket");
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.close()).await;
+    }
+
     async fn client_frame(&mut self, text: &str) {
         let frame: Value = match serde_json::from_str(text) {
             Ok(v @ Value::Object(_)) => v,
@@ -362,8 +391,8 @@ impl<B: ChatBackend> Session<B> {
         }
     }
 
-    fn fail(&self, e: ApiError, id: Option<&Value>, req: Option<&Value>) {
-        self.out.push(error_frame(&e, id, req));
+    fn fail(&mut self, e: ApiError, id: Option<&Value>, req: Option<&Value>) {
+        self.push(error_frame(&e, id, req));
     }
 
     fn room_of(frame: &Value) -> Result<String, ApiError> {
@@ -394,7 +423,7 @@ impl<B: ChatBackend> Session<B> {
             }
         };
         let online = self.online_members(&room);
-        self.out.push(with_req(json!({ "type": "joined", "room": room, "head": head, "online": online }), req));
+        self.push(with_req(json!({ "type": "joined", "room": room, "head": head, "online": online }), req));
         if !self.rooms.contains_key(&room) {
             // Members already in the room learn that this (online) user is now one of them.
             let sig = PeerSignal::Joined { room: room.clone(), user: self.user.clone() };
@@ -410,7 +439,7 @@ impl<B: ChatBackend> Session<B> {
     }
 
     /// Sends every stored message of `room` after `after`; returns the last seq sent.
-    async fn replay(&self, room: &str, after: u64) -> u64 {
+    async fn replay(&mut self, room: &str, after: u64) -> u64 {
         let mut last = after;
         loop {
             let page = match self.app.backend.reader().history(room, Some(last), None, REPLAY_PAGE) {
@@ -424,7 +453,7 @@ impl<B: ChatBackend> Session<B> {
                 return last;
             }
             for m in &page.messages {
-                if !self.out.push_wait(message_json(m).to_string()).await {
+                if !self.push_wait(message_json(m).to_string()).await {
                     return last;
                 }
                 self.app.metrics.deliveries.inc();
@@ -446,13 +475,13 @@ impl<B: ChatBackend> Session<B> {
         if chat::dm_participants(&room).is_none() {
             self.app.backend.propose(Event::RoomLeft { room: room.clone(), user: self.user.clone() }).await?;
         }
-        self.out.push(with_req(json!({ "type": "left", "room": room }), req));
+        self.push(with_req(json!({ "type": "left", "room": room }), req));
         Ok(())
     }
 
     /// `send` and `dm`: committed in a task of their own, so a slow commit does not
     /// hold up this connection's other frames; the ack comes when it is applied.
-    fn send(&self, frame: &Value, req: Option<Value>, dm: bool) -> Result<(), ApiError> {
+    fn send(&mut self, frame: &Value, req: Option<Value>, dm: bool) -> Result<(), ApiError> {
         let id = frame.get("id").cloned().ok_or_else(|| ApiError::bad_request("\"id\" is required"))?;
         let id_text = client_id_text(&id)?;
         let text = frame.get("text").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("\"text\" is required"))?;
@@ -472,7 +501,8 @@ impl<B: ChatBackend> Session<B> {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             return Err(ApiError::new(Code::Overloaded, format!("more than {MAX_IN_FLIGHT} sends awaiting their ack")));
         };
-        let (app, user, out, text) = (self.app.clone(), self.user.clone(), self.out.clone(), text.to_string());
+        let (app, user, acks, text) = (self.app.clone(), self.user.clone(), self.acks.clone(), text.to_string());
+        self.awaiting += 1;
         tokio::spawn(async move {
             let frame = match send_message(&app, &user, &room, &id_text, &text).await {
                 Ok(ack) => with_req(
@@ -481,13 +511,14 @@ impl<B: ChatBackend> Session<B> {
                 ),
                 Err(e) => error_frame(&e, Some(&id), req.as_ref()),
             };
-            out.push(frame);
+            // The session may be gone; then nobody is waiting for the ack.
+            let _ = acks.send(frame).await;
             drop(permit);
         });
         Ok(())
     }
 
-    async fn history(&self, frame: &Value, req: Option<&Value>) -> Result<(), ApiError> {
+    async fn history(&mut self, frame: &Value, req: Option<&Value>) -> Result<(), ApiError> {
         let room = Self::room_of(frame)?;
         let q = HistoryQuery {
             after: Self::seq_field(frame, "after")?,
@@ -497,7 +528,7 @@ impl<B: ChatBackend> Session<B> {
         };
         let mut page = read_history(&self.app, &self.user, &room, &q).await?;
         page["type"] = json!("history");
-        self.out.push(with_req(page, req));
+        self.push(with_req(page, req));
         Ok(())
     }
 
@@ -530,9 +561,14 @@ impl<B: ChatBackend> Session<B> {
             self.rooms.insert(m.room.clone(), filled);
             return;
         }
-        if self.out.push_out(Out::Shared(frame)) {
+        if self.queue(WsMessage::Text(frame)) {
             self.app.metrics.deliveries.inc();
-            self.rooms.insert(m.room.clone(), m.seq);
+            match self.rooms.get_mut(&m.room) {
+                Some(l) => *l = m.seq,
+                None => {
+                    self.rooms.insert(m.room.clone(), m.seq);
+                }
+            }
         }
     }
 
@@ -545,16 +581,16 @@ impl<B: ChatBackend> Session<B> {
         }
     }
 
-    fn signal(&self, sig: LocalSignal) {
+    fn signal(&mut self, sig: LocalSignal) {
         match sig {
             LocalSignal::Typing { room, user } => {
                 if user != self.user && self.rooms.contains_key(&room) {
-                    self.out.push(json!({ "type": "typing", "room": room, "user": user }).to_string());
+                    self.push(json!({ "type": "typing", "room": room, "user": user }).to_string());
                 }
             }
             LocalSignal::Joined { room, user } => {
                 if user != self.user && self.rooms.contains_key(&room) {
-                    self.out.push(json!({ "type": "presence", "room": room, "user": user, "online": true }).to_string());
+                    self.push(json!({ "type": "presence", "room": room, "user": user, "online": true }).to_string());
                 }
             }
             LocalSignal::Presence { user, online } => {
@@ -562,10 +598,9 @@ impl<B: ChatBackend> Session<B> {
                     return;
                 }
                 let reader = self.app.backend.reader();
-                for room in self.rooms.keys() {
-                    if reader.is_member(room, &user).unwrap_or(false) {
-                        self.out.push(json!({ "type": "presence", "room": room, "user": user, "online": online }).to_string());
-                    }
+                let rooms: Vec<String> = self.rooms.keys().filter(|room| reader.is_member(room, &user).unwrap_or(false)).cloned().collect();
+                for room in rooms {
+                    self.push(json!({ "type": "presence", "room": room, "user": user, "online": online }).to_string());
                 }
             }
         }

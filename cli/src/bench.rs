@@ -92,13 +92,15 @@ struct Deliveries {
     latencies: Mutex<Vec<u64>>,
 }
 
-async fn reader(
-    mut rx: futures::stream::SplitStream<crate::chat::Ws>,
+async fn reader<S>(
+    mut rx: S,
     start: Instant,
     deliveries: Arc<Deliveries>,
     acks: Option<tokio::sync::mpsc::UnboundedSender<()>>,
     sample_every: u64,
-) {
+) where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     while let Some(Ok(msg)) = rx.next().await {
         let Message::Text(t) = msg else { continue };
         // Thousands of subscribers share this machine's cores with the nodes: a
@@ -198,14 +200,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.subscribers > 0 {
         let deliveries = Arc::new(Deliveries::default());
         let sample = (args.subscribers as u64 / 50).max(1);
-        // Subscribers only read; their sinks are kept so the connections stay open.
-        let mut sinks = Vec::with_capacity(args.subscribers);
+        // Subscribers only read, so each reader owns its whole connection (no
+        // split, no lock shared with an idle writer).
+        let mut subscribers = Vec::with_capacity(args.subscribers);
         for i in 0..args.subscribers {
             let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
             join(&mut ws, "fanout").await?;
-            let (tx, rx) = ws.split();
-            sinks.push(tx);
-            tokio::spawn(reader(rx, start, deliveries.clone(), None, sample));
+            subscribers.push(tokio::spawn(reader(ws, start, deliveries.clone(), None, sample)));
         }
         let before = deliveries.count.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(args.secs);
@@ -262,7 +263,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("  messages sent    {}", sent.load(Ordering::Relaxed));
         println!("  deliveries/s     {:.0}", got as f64 / args.secs as f64);
         println!("  send→deliver ms  p50 {:.2}  p99 {:.2}  (sampled)", pct(&dl, 0.5), pct(&dl, 0.99));
-        drop(sinks);
+        // Dropping a reader closes its connection.
+        subscribers.iter().for_each(tokio::task::JoinHandle::abort);
     }
 
     if args.idle > 0 {

@@ -48,9 +48,10 @@ async fn error_text(r: reqwest::Response) -> String {
 
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
     let ws_url = format!("{}/v1/ws?token={token}", url.replacen("http", "ws", 1));
-    // tungstenite's default 128 KiB read buffer is zeroed on every read; chat
-    // frames are small, and the bench holds thousands of these connections.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+    // tungstenite's default 128 KiB read buffer is zeroed on every read attempt;
+    // chat frames are a few hundred bytes, and the bench holds thousands of these
+    // connections, each read once per frame.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(2 * 1024);
     Ok(tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true)
         .await
         .with_context(|| format!("cannot open a WebSocket to {url}"))?
