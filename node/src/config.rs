@@ -102,6 +102,14 @@ pub struct Config {
     #[arg(long, env = "CHORUS_SNAPSHOT_EVERY", default_value_t = 50_000)]
     pub snapshot_every: u64,
 
+    /// A snapshot copies the whole state, which grows with the chat history, so
+    /// one also waits until the entries since the last snapshot number at least
+    /// this fraction of the log index the last one covered: the copying then
+    /// stays in proportion to the writes. 0 snapshots strictly every
+    /// `--snapshot-every`.
+    #[arg(long, env = "CHORUS_SNAPSHOT_RATIO", default_value_t = 0.5)]
+    pub snapshot_ratio: f64,
+
     /// Log entries kept behind a snapshot, for followers that lag a little.
     #[arg(long, env = "CHORUS_SNAPSHOT_KEEP", default_value_t = 5_000)]
     pub snapshot_keep: u64,

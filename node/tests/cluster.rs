@@ -75,6 +75,7 @@ async fn a_restarted_follower_catches_up_and_keeps_its_data() {
 
 fn small_snapshots(c: &mut node::Config) {
     c.snapshot_every = 40;
+    c.snapshot_ratio = 0.0;
     c.snapshot_keep = 5;
 }
 
@@ -166,5 +167,56 @@ async fn admin_refuses_bad_requests_clearly() {
     assert!(e.members.is_empty(), "an unformed node has no members");
     c.stop(2).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
+    c.shutdown().await;
+}
+
+fn growing_snapshots(c: &mut node::Config) {
+    c.snapshot_every = 40;
+    c.snapshot_ratio = 2.0;
+    c.snapshot_keep = 5;
+}
+
+/// The index of the leader's latest snapshot once it has not moved for 1.5 s
+/// (the policy looks every 0.5 s).
+async fn settled_snapshot(c: &TestCluster, id: u64) -> u64 {
+    let index = || c.handle(id).node.raft.metrics().borrow_watched().snapshot.map_or(0, |s| s.index);
+    let mut last = index();
+    let mut still_since = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while still_since.elapsed() < Duration::from_millis(1500) {
+        assert!(std::time::Instant::now() < deadline, "the snapshot index kept moving");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = index();
+        if now != last {
+            (last, still_since) = (now, std::time::Instant::now());
+        }
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_intervals_grow_with_the_log() {
+    let c = TestCluster::start_with(3, growing_snapshots).await;
+    let leader = c.wait_leader().await;
+    let mut last = 0;
+    while last < 60 {
+        last = c.post(leader, "grow", "a", &format!("a{last}")).await.index;
+    }
+    // 40 entries is the floor, and the first snapshot only needs that.
+    let first = settled_snapshot(&c, leader).await;
+    assert!(first >= 40, "no first snapshot: {first}");
+    // Another 40 entries reach the floor but not twice the first snapshot's index.
+    let target = last + 40;
+    while last < target {
+        last = c.post(leader, "grow", "a", &format!("b{last}")).await.index;
+    }
+    assert!(last - first < 2 * first, "test arithmetic: {last} {first}");
+    assert_eq!(settled_snapshot(&c, leader).await, first, "snapshot taken before the interval grew");
+    // Past twice the first snapshot's index, the next one comes.
+    while last < first * 3 + 1 {
+        last = c.post(leader, "grow", "a", &format!("c{last}")).await.index;
+    }
+    let second = settled_snapshot(&c, leader).await;
+    assert!(second >= first * 3, "no second snapshot: first {first}, second {second}, applied {last}");
     c.shutdown().await;
 }
