@@ -175,7 +175,9 @@ struct Session<B: ChatBackend> {
 async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, ws: WebSocket) {
     // Subscribe before anything is read from storage: see the module docs.
     let mut deliveries = app.live.subscribe();
-    let mut signals = app.presence.subscribe();
+    // Presence and typing are rare next to deliveries; a stream keeps its one
+    // pending receive across turns instead of re-registering it on every one.
+    let mut signals = tokio_stream::wrappers::BroadcastStream::new(app.presence.subscribe());
     let (acks, mut acked) = mpsc::channel(MAX_IN_FLIGHT);
     app.connections.fetch_add(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.connected(&user) {
@@ -233,11 +235,11 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, ws: WebSocket) 
                     }
                 }
             }
-            sig = signals.recv() => match sig {
-                Ok(sig) => s.signal(sig),
+            sig = signals.next() => match sig {
+                Some(Ok(sig)) => s.signal(sig),
                 // Presence and typing are best-effort; a lagging receiver skips some.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => s.close_with(1001, "node shutting down"),
+                Some(Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(_))) => {}
+                None => s.close_with(1001, "node shutting down"),
             },
             // Polled only while a send awaits its answer: an empty channel still costs a poll per turn.
             Some(frame) = acked.recv(), if s.awaiting > 0 => {
