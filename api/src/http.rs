@@ -221,17 +221,11 @@ pub async fn post_message<B: ChatBackend>(
 const ANY_ORIGIN: [(axum::http::HeaderName, &str); 1] = [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
 
 pub async fn cluster<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> impl axum::response::IntoResponse {
-    let view = app.backend.cluster().await;
+    let view = app.cluster_view().await;
     (ANY_ORIGIN, Json(serde_json::to_value(view).unwrap_or(Value::Null)))
 }
 
 pub async fn pick<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> ApiResult<impl axum::response::IntoResponse> {
-    let view = app.backend.cluster().await;
-    let best = view
-        .members
-        .iter()
-        .filter(|m| m.reachable)
-        .min_by_key(|m| (m.connections, m.id))
-        .ok_or_else(|| ApiError::new(Code::Unavailable, "no reachable member"))?;
+    let best = app.pick_member().await.ok_or_else(|| ApiError::new(Code::Unavailable, "no reachable member"))?;
     Ok((ANY_ORIGIN, Json(json!({ "client_url": best.client_url }))))
 }

@@ -165,6 +165,22 @@ pub struct App<B: ChatBackend> {
     /// Deliveries with their frame serialised once, for every session.
     pub live: broadcast::Sender<ws::Live>,
     signing_key: OnceLock<Vec<u8>>,
+    /// The members as last probed, shared by `/v1/cluster` and `/v1/cluster/pick`.
+    cluster_view: tokio::sync::Mutex<Option<CachedView>>,
+}
+
+/// How long a probe of the members answers `/v1/cluster` and `/v1/cluster/pick`.
+/// Each probe asks every member over gRPC; a burst of clients picking a node
+/// would otherwise send one probe per client to every member.
+pub const CLUSTER_VIEW_TTL: std::time::Duration = std::time::Duration::from_millis(250);
+
+struct CachedView {
+    at: std::time::Instant,
+    view: ClusterView,
+    /// Clients sent to each member by `pick` since the probe: they count as its
+    /// connections, so a burst is spread instead of all sent to the member that
+    /// had the fewest when probed.
+    picked: HashMap<u64, u64>,
 }
 
 impl<B: ChatBackend> App<B> {
@@ -181,7 +197,48 @@ impl<B: ChatBackend> App<B> {
             connections,
             live,
             signing_key: OnceLock::new(),
+            cluster_view: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The members, probed at most once per [`CLUSTER_VIEW_TTL`]; callers that
+    /// arrive during a probe wait for it rather than starting their own.
+    pub async fn cluster_view(&self) -> ClusterView {
+        self.cached_view(|_| {}).await
+    }
+
+    /// The reachable member with the fewest connections (counting the clients
+    /// already sent to it since the last probe), and counts this one.
+    pub async fn pick_member(&self) -> Option<MemberView> {
+        let mut chosen = None;
+        self.cached_view(|c| {
+            let best = c
+                .view
+                .members
+                .iter()
+                .filter(|m| m.reachable)
+                .min_by_key(|m| (m.connections + c.picked.get(&m.id).copied().unwrap_or(0), m.id))
+                .cloned();
+            if let Some(m) = &best {
+                *c.picked.entry(m.id).or_default() += 1;
+            }
+            chosen = best;
+        })
+        .await;
+        chosen
+    }
+
+    async fn cached_view(&self, mut with: impl FnMut(&mut CachedView)) -> ClusterView {
+        let mut cache = self.cluster_view.lock().await;
+        let c = match cache.take().filter(|c| c.at.elapsed() < CLUSTER_VIEW_TTL) {
+            Some(c) => cache.insert(c),
+            None => {
+                let view = self.backend.cluster().await;
+                cache.insert(CachedView { at: std::time::Instant::now(), view, picked: HashMap::new() })
+            }
+        };
+        with(c);
+        c.view.clone()
     }
 
     /// The cluster's token key, replicated at formation.

@@ -108,6 +108,15 @@ async fn http_routes_and_errors() {
     assert_eq!(on_3["connections"], 1, "{cluster}");
     let pick: Value = http.get(format!("{b3}/v1/cluster/pick")).send().await.unwrap().json().await.unwrap();
     assert_ne!(pick["client_url"], json!(b3), "node 3 has the one connection");
+    // A burst of clients picking at once is spread over the members, not all
+    // sent to the one that had the fewest connections when probed.
+    let burst = futures::future::join_all((0..6).map(|_| {
+        let (http, url) = (http.clone(), format!("{b1}/v1/cluster/pick"));
+        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap()["client_url"].clone() }
+    }))
+    .await;
+    let distinct: std::collections::BTreeSet<String> = burst.iter().map(|u| u.to_string()).collect();
+    assert!(distinct.len() >= 2, "a burst of picks all went to one member: {burst:?}");
     assert_eq!(http.get(format!("{b1}/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{b1}/readyz")).send().await.unwrap().status(), 200);
     let metrics = http.get(format!("{b3}/metrics")).send().await.unwrap().text().await.unwrap();
