@@ -11,7 +11,11 @@ n="${CHORUS_NODES:-3}"
 data="${CHORUS_DATA:-$CHORUS_ROOT/chorus-data}"
 mkdir -p "$data"
 pids=()
+stopped=0
 stop() {
+  # Runs on Ctrl-C and again on exit; stop the nodes once.
+  [ "$stopped" = 1 ] && return
+  stopped=1
   echo; echo "stopping nodes..."
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
