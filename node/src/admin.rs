@@ -305,16 +305,9 @@ impl Admin for AdminService {
         self.node.peers.identity.check_secret(request.metadata())?;
         let target = self.node.applied_index();
         self.node.raft.trigger().snapshot().await.map_err(raft_status)?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let snap = self.node.raft.metrics().borrow_watched().snapshot.map_or(0, |s| s.index);
-            if snap >= target {
-                return Ok(Response::new(SnapshotReply { index: snap }));
-            }
-            if Instant::now() >= deadline {
-                return Err(Status::deadline_exceeded("the snapshot did not finish in time"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match self.node.snapshot_covering(target, Duration::from_secs(120)).await {
+            Some(index) => Ok(Response::new(SnapshotReply { index })),
+            None => Err(Status::deadline_exceeded("the snapshot did not finish in time")),
         }
     }
 }

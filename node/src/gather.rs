@@ -72,7 +72,7 @@ mod tests {
         }
         tx.send(99).await.unwrap();
         let blocked = tokio::time::timeout(std::time::Duration::from_millis(50), g.next_batch()).await;
-        assert!(blocked.is_err(), "a fifth batch went out while four were in flight");
+        assert!(blocked.is_err(), "a batch went out while every slot was in flight");
         held.pop();
         assert_eq!(g.next_batch().await.unwrap().1, vec![99]);
     }

@@ -310,7 +310,8 @@ async fn compaction_policy(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
         }
         let (applied, snapshot) = {
-            let m = node.raft.metrics().borrow_watched().clone();
+            let m = node.raft.metrics();
+            let m = m.borrow_watched();
             (m.last_applied.map_or(0, |l| l.index), m.snapshot.map_or(0, |l| l.index))
         };
         let since = applied.saturating_sub(snapshot);
@@ -323,15 +324,12 @@ async fn compaction_policy(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         // Wait for it, so that it is not asked for again while it is built.
-        let deadline = tokio::time::Instant::now() + SNAPSHOT_PATIENCE;
-        while node.raft.metrics().borrow_watched().snapshot.map_or(0, |l| l.index) < applied {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(applied, "a snapshot did not finish in time; asking again");
-                break;
-            }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            done = node.snapshot_covering(applied, SNAPSHOT_PATIENCE) => {
+                if done.is_none() {
+                    tracing::warn!(applied, "a snapshot did not finish in time; asking again");
+                }
             }
         }
     }

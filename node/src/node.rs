@@ -84,6 +84,22 @@ impl Node {
         *self.applied.borrow()
     }
 
+    /// Waits until this node's latest snapshot covers `index`; its index, or
+    /// `None` if that takes longer than `timeout`.
+    pub async fn snapshot_covering(&self, index: u64, timeout: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let snap = self.raft.metrics().borrow_watched().snapshot.map_or(0, |s| s.index);
+            if snap >= index {
+                return Some(snap);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Subscribes to the state machine's deliveries on this node.
     pub fn subscribe(&self) -> broadcast::Receiver<Delivery> {
         self.deliveries.subscribe()
