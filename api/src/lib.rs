@@ -187,13 +187,14 @@ impl<B: ChatBackend> App<B> {
     /// Must be called inside a Tokio runtime: it starts the delivery relay.
     pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>) -> Self {
         let (live, _) = broadcast::channel(ws::LIVE_CAPACITY);
-        tokio::spawn(ws::relay(backend.deliveries(), live.clone()));
+        let metrics = metrics::ApiMetrics::default();
+        tokio::spawn(ws::relay(backend.deliveries(), live.clone(), metrics.delivery_lag.clone()));
         App {
             backend,
             limits,
             presence,
             rate: RateLimiter::default(),
-            metrics: metrics::ApiMetrics::default(),
+            metrics,
             connections,
             live,
             signing_key: OnceLock::new(),

@@ -20,6 +20,7 @@ pub struct ApiMetrics {
     pub messages_committed: Counter,
     pub duplicates: Counter,
     pub ack_latency: Histogram,
+    pub delivery_lag: Histogram,
     pub deliveries: Counter,
     pub slow_consumer_closes: Counter,
     ws_connections: Gauge,
@@ -37,6 +38,7 @@ impl Default for ApiMetrics {
             duplicates: Counter::default(),
             // 0.25 ms .. ~4 s
             ack_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
+            delivery_lag: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             deliveries: Counter::default(),
             slow_consumer_closes: Counter::default(),
             ws_connections: Gauge::default(),
@@ -49,6 +51,11 @@ impl Default for ApiMetrics {
         registry.register("messages_committed", "Messages stored and acknowledged by this node", m.messages_committed.clone());
         registry.register("duplicate_sends", "Retried sends answered from the dedup table", m.duplicates.clone());
         registry.register("ack_latency_seconds", "Time from a send to its acknowledgement", m.ack_latency.clone());
+        registry.register(
+            "delivery_lag_seconds",
+            "Time from the leader stamping a message to this node handing it to its sessions (ms resolution; includes any clock difference between the nodes)",
+            m.delivery_lag.clone(),
+        );
         registry.register("deliveries", "Message frames queued to WebSocket connections", m.deliveries.clone());
         registry.register("slow_consumer_closes", "Connections closed because their queue overflowed", m.slow_consumer_closes.clone());
         registry.register("ws_connections", "Open WebSocket connections", m.ws_connections.clone());

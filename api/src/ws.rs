@@ -34,6 +34,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
+use prometheus_client::metrics::histogram::Histogram;
 use raft_store::chat::{self, Event, Message, Outcome};
 use raft_store::state_machine::Delivery;
 use serde::Deserialize;
@@ -107,12 +108,13 @@ pub enum Live {
 
 /// Serialises each applied message once and hands it to every session. If the
 /// relay itself falls behind, sessions are told to re-read from storage.
-pub async fn relay(mut from: broadcast::Receiver<Delivery>, to: broadcast::Sender<Live>) {
+pub async fn relay(mut from: broadcast::Receiver<Delivery>, to: broadcast::Sender<Live>, lag: Histogram) {
     loop {
         let live = match from.recv().await {
             // Nobody to serialise for: no session is open on this node.
             Ok(Delivery::Message(_)) if to.receiver_count() == 0 => continue,
             Ok(Delivery::Message(m)) => {
+                lag.observe(crate::now_ms().saturating_sub(m.ts_ms) as f64 / 1000.0);
                 let frame = Utf8Bytes::from(message_json(&m).to_string());
                 Live::Message { message: m, frame }
             }

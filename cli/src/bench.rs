@@ -47,6 +47,10 @@ pub struct BenchArgs {
     secs: u64,
     #[arg(long, default_value_t = 200)]
     bytes: usize,
+    /// Also print the fan-out's send→deliver latency per 250 ms of send time,
+    /// to tell a steady queue from a few stalls.
+    #[arg(long)]
+    timeline: bool,
 }
 
 fn micros(start: Instant) -> u64 {
@@ -90,6 +94,16 @@ impl Users {
 struct Deliveries {
     count: AtomicU64,
     latencies: Mutex<Vec<u64>>,
+    /// (send time, latency) in µs, for the timeline.
+    samples: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Deliveries {
+    async fn record(&self, sent: u64, start: Instant) {
+        let lat = micros(start).saturating_sub(sent);
+        self.latencies.lock().await.push(lat);
+        self.samples.lock().await.push((sent, lat));
+    }
 }
 
 async fn reader<S>(
@@ -111,7 +125,7 @@ async fn reader<S>(
             if n % sample_every == 0 {
                 let f = serde_json::from_str::<Value>(t.as_str()).unwrap_or_default();
                 if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
-                    deliveries.latencies.lock().await.push(micros(start).saturating_sub(sent));
+                    deliveries.record(sent, start).await;
                 }
             }
             continue;
@@ -122,17 +136,35 @@ async fn reader<S>(
                 let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
                 if n % sample_every == 0 {
                     if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
-                        deliveries.latencies.lock().await.push(micros(start).saturating_sub(sent));
+                        deliveries.record(sent, start).await;
                     }
                 }
             }
             Some("ack") | Some("error") => {
+                // Fan-out senders put their send time last in the id.
+                if let Some(sent) = f["id"].as_str().and_then(|id| id.rsplit('-').next()).and_then(|t| t.parse::<u64>().ok()) {
+                    deliveries.record(sent, start).await;
+                }
                 if let Some(a) = &acks {
                     let _ = a.send(());
                 }
             }
             _ => {}
         }
+    }
+}
+
+/// send→deliver per 250 ms of send time: p50, p99, max and the sample count.
+fn print_timeline(samples: &[(u64, u64)]) {
+    let mut buckets = std::collections::BTreeMap::<u64, Vec<u64>>::new();
+    for &(sent, lat) in samples {
+        buckets.entry(sent / 250_000).or_default().push(lat);
+    }
+    println!("  timeline (send time s: send→deliver ms p50 / p99 / max, samples)");
+    for (b, mut lat) in buckets {
+        lat.sort_unstable();
+        let max = lat.last().copied().unwrap_or(0) as f64 / 1000.0;
+        println!("    {:7.2}: {:7.1} / {:7.1} / {:7.1}  {}", b as f64 / 4.0, pct(&lat, 0.5), pct(&lat, 0.99), max, lat.len());
     }
 }
 
@@ -211,13 +243,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let before = deliveries.count.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(args.secs);
         let sent = Arc::new(AtomicU64::new(0));
+        // The fan-out senders' acks: their latency is the commit part of send→deliver.
+        let fan_acks = Arc::new(Deliveries::default());
         let mut tasks = Vec::new();
         for i in 0..args.fanout_senders {
             let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
             join(&mut ws, "fanout-senders").await?;
             let (mut tx, rx) = ws.split();
             let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(reader(rx, start, Arc::new(Deliveries::default()), Some(ack_tx), u64::MAX));
+            tokio::spawn(reader(rx, start, fan_acks.clone(), Some(ack_tx), u64::MAX));
             let (pad, sent) = (pad.clone(), sent.clone());
             // Paced senders send on a fixed schedule whatever the acks do, so the
             // latency is measured at a known load rather than at saturation.
@@ -234,7 +268,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         t.tick().await;
                     }
                     let t = micros(start);
-                    let f = json!({ "type": "send", "room": "fanout", "id": format!("f{i}-{n}"), "text": format!("{t:020} {pad}") });
+                    let f = json!({ "type": "send", "room": "fanout", "id": format!("f{i}-{n}-{t}"), "text": format!("{t:020} {pad}") });
                     if tx.send(Message::Text(f.to_string().into())).await.is_err() {
                         break;
                     }
@@ -263,6 +297,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("  messages sent    {}", sent.load(Ordering::Relaxed));
         println!("  deliveries/s     {:.0}", got as f64 / args.secs as f64);
         println!("  send→deliver ms  p50 {:.2}  p99 {:.2}  (sampled)", pct(&dl, 0.5), pct(&dl, 0.99));
+        let mut al = fan_acks.latencies.lock().await.clone();
+        al.sort_unstable();
+        println!("  ack latency ms   p50 {:.2}  p99 {:.2}  (fan-out senders)", pct(&al, 0.5), pct(&al, 0.99));
+        if args.timeline {
+            print_timeline(&deliveries.samples.lock().await);
+        }
         // Dropping a reader closes its connection.
         subscribers.iter().for_each(tokio::task::JoinHandle::abort);
     }

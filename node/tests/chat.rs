@@ -120,9 +120,11 @@ async fn http_routes_and_errors() {
     assert_eq!(http.get(format!("{b1}/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{b1}/readyz")).send().await.unwrap().status(), 200);
     let metrics = http.get(format!("{b3}/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in ["chorus_raft_term", "chorus_raft_leader", "chorus_raft_commit_index", "chorus_raft_applied_index", "chorus_ws_connections", "chorus_messages_committed_total", "chorus_ack_latency_seconds_bucket", "chorus_deliveries_total", "chorus_slow_consumer_closes_total"] {
+    for name in ["chorus_raft_term", "chorus_raft_leader", "chorus_raft_commit_index", "chorus_raft_applied_index", "chorus_ws_connections", "chorus_messages_committed_total", "chorus_ack_latency_seconds_bucket", "chorus_delivery_lag_seconds_bucket", "chorus_deliveries_total", "chorus_slow_consumer_closes_total"] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    // Both messages were applied on node 3 while a session was open there.
+    assert!(metrics.contains("chorus_delivery_lag_seconds_count 2"), "{metrics}");
     assert_eq!(http.get(format!("{b1}/nope")).send().await.unwrap().status(), 404);
     c.shutdown().await;
 }
