@@ -147,7 +147,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
-        network::NetworkFactory { peers: peers.clone() },
+        network::NetworkFactory { id: config.id, peers: peers.clone() },
         log_store,
         sm,
     )

@@ -10,8 +10,8 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
@@ -32,6 +32,9 @@ use crate::identity::Identity;
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// How long a whole snapshot transfer may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The least deadline of an AppendEntries call that carries entries: see
+/// [`append_deadline`].
+const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connect timeout for a peer channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -82,6 +85,8 @@ impl Peers {
 /// Builds one [`PeerNetwork`] per replication target for openraft.
 #[derive(Clone)]
 pub struct NetworkFactory {
+    /// This node's id.
+    pub id: NodeId,
     pub peers: Peers,
 }
 
@@ -89,15 +94,29 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
-        PeerNetwork { target, addr: node.raft_addr.clone(), peers: self.peers.clone() }
+        PeerNetwork { id: self.id, target, addr: node.raft_addr.clone(), peers: self.peers.clone() }
     }
 }
 
 /// The connection to one peer, as openraft uses it.
 pub struct PeerNetwork {
+    id: NodeId,
     target: NodeId,
     addr: String,
     peers: Peers,
+}
+
+/// The deadline of an AppendEntries call. openraft offers the heartbeat interval
+/// (50 ms by default) for every call, which suits a heartbeat; but a follower
+/// answers an append that carries entries only once it has synced them, and one
+/// slow sync of the shared disk would then fail the call. So those get at least
+/// [`APPEND_TIMEOUT`].
+fn append_deadline(carries_entries: bool, option: &RPCOption) -> Duration {
+    if carries_entries {
+        option.hard_ttl().max(APPEND_TIMEOUT)
+    } else {
+        option.hard_ttl()
+    }
 }
 
 fn unreachable<E: std::error::Error + 'static>(e: &E) -> RPCError<TypeConfig> {
@@ -113,8 +132,27 @@ fn status_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// A failed call as openraft should see it. A call whose deadline passed (the
+/// client cancels it: `Cancelled`; or the server gave up: `DeadlineExceeded`)
+/// is a timeout: the peer is slow, not gone. openraft pauses replication to a
+/// peer for 200 ms after a single unreachable error, but only after several
+/// timeouts in a row; with timeouts reported as unreachable, one slow sync on
+/// both followers stalled every write for a quarter of a second.
+fn call_error(status: &tonic::Status, timeout: Timeout<TypeConfig>) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(timeout),
+        _ => status_error(status),
+    }
+}
+
 impl PeerNetwork {
-    async fn call<Req, Resp, F, Fut>(&self, req: &Req, timeout: Duration, f: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        timeout: Duration,
+        f: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -123,7 +161,9 @@ impl PeerNetwork {
     {
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let client = self.peers.raft_client(&self.addr).map_err(|e| unreachable(&e))?;
-        let reply = f(client, self.peers.request(Bytes { data }, timeout)).await.map_err(|s| status_error(&s))?;
+        let reply = f(client, self.peers.request(Bytes { data }, timeout))
+            .await
+            .map_err(|s| call_error(&s, Timeout { action, id: self.id, target: self.target, timeout }))?;
         // The peer answers with its own Raft's result; its errors (shutting down,
         // fatal storage) mean it cannot serve: unreachable, for now.
         let result: Result<Resp, String> =
@@ -140,7 +180,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.hard_ttl(), |mut c, r| async move { c.append(r).await }).await
+        let deadline = append_deadline(!rpc.entries.is_empty(), &option);
+        self.call(RPCTypes::AppendEntries, &rpc, deadline, |mut c, r| async move { c.append(r).await }).await
     }
 
     async fn vote(
@@ -148,7 +189,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
+        self.call(RPCTypes::Vote, &rpc, option.hard_ttl(), |mut c, r| async move { c.vote(r).await }).await
     }
 
     async fn transfer_leader(
@@ -156,7 +197,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&req, option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await }).await
+        self.call(RPCTypes::TransferLeader, &req, option.hard_ttl(), |mut c, r| async move { c.transfer_leader(r).await })
+            .await
     }
 
     async fn full_snapshot(
@@ -219,5 +261,33 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             tracing::warn!(target, error = %msg, "peer refused the snapshot");
             StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout() -> Timeout<TypeConfig> {
+        Timeout { action: RPCTypes::AppendEntries, id: 1, target: 2, timeout: Duration::from_millis(50) }
+    }
+
+    #[test]
+    fn a_passed_deadline_is_a_timeout_and_a_dead_peer_is_unreachable() {
+        // tonic's client reports its own deadline as Cancelled ("Timeout expired").
+        for status in [tonic::Status::cancelled("Timeout expired"), tonic::Status::deadline_exceeded("late")] {
+            assert!(matches!(call_error(&status, timeout()), RPCError::Timeout(_)), "{status:?}");
+        }
+        assert!(matches!(call_error(&tonic::Status::unavailable("refused"), timeout()), RPCError::Unreachable(_)));
+        assert!(matches!(call_error(&tonic::Status::internal("bug"), timeout()), RPCError::Network(_)));
+    }
+
+    #[test]
+    fn appends_with_entries_wait_for_a_slow_sync_and_heartbeats_do_not() {
+        let option = RPCOption::new(Duration::from_millis(50));
+        assert_eq!(append_deadline(false, &option), Duration::from_millis(50));
+        assert_eq!(append_deadline(true, &option), APPEND_TIMEOUT);
+        let long = RPCOption::new(Duration::from_secs(5));
+        assert_eq!(append_deadline(true, &long), Duration::from_secs(5));
     }
 }
