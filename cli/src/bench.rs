@@ -89,20 +89,24 @@ impl Users {
     }
 }
 
-/// Counts message frames and their send→deliver latency (µs since `start`).
+/// Counts message frames and samples their send→deliver latency.
 #[derive(Default)]
 struct Deliveries {
     count: AtomicU64,
-    latencies: Mutex<Vec<u64>>,
-    /// (send time, latency) in µs, for the timeline.
+    /// (send time, latency) in µs since `start`.
     samples: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Deliveries {
     async fn record(&self, sent: u64, start: Instant) {
-        let lat = micros(start).saturating_sub(sent);
-        self.latencies.lock().await.push(lat);
-        self.samples.lock().await.push((sent, lat));
+        self.samples.lock().await.push((sent, micros(start).saturating_sub(sent)));
+    }
+
+    /// The sampled latencies, sorted.
+    async fn latencies(&self) -> Vec<u64> {
+        let mut lat: Vec<u64> = self.samples.lock().await.iter().map(|&(_, lat)| lat).collect();
+        lat.sort_unstable();
+        lat
     }
 }
 
@@ -221,8 +225,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut lat = ack_lat.lock().await.clone();
         lat.sort_unstable();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut dl = deliveries.latencies.lock().await.clone();
-        dl.sort_unstable();
+        let dl = deliveries.latencies().await;
         println!("acks: {} senders", args.senders);
         println!("  acked messages/s {:.0}", lat.len() as f64 / args.secs as f64);
         println!("  ack latency ms   p50 {:.2}  p99 {:.2}  p99.9 {:.2}", pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999));
@@ -290,15 +293,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // lets in-flight deliveries add their latency samples.
         let got = deliveries.count.load(Ordering::Relaxed) - before;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut dl = deliveries.latencies.lock().await.clone();
-        dl.sort_unstable();
+        let dl = deliveries.latencies().await;
         let pacing = if args.fanout_rate > 0 { format!("paced at {} messages/s", args.fanout_rate) } else { "closed loop".to_string() };
         println!("fan-out: {} subscribers, {} senders, {pacing}", args.subscribers, args.fanout_senders);
         println!("  messages sent    {}", sent.load(Ordering::Relaxed));
         println!("  deliveries/s     {:.0}", got as f64 / args.secs as f64);
         println!("  send→deliver ms  p50 {:.2}  p99 {:.2}  (sampled)", pct(&dl, 0.5), pct(&dl, 0.99));
-        let mut al = fan_acks.latencies.lock().await.clone();
-        al.sort_unstable();
+        let al = fan_acks.latencies().await;
         println!("  ack latency ms   p50 {:.2}  p99 {:.2}  (fan-out senders)", pct(&al, 0.5), pct(&al, 0.99));
         if args.timeline {
             print_timeline(&deliveries.samples.lock().await);
