@@ -309,11 +309,7 @@ async fn compaction_policy(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        let (applied, snapshot) = {
-            let m = node.raft.metrics();
-            let m = m.borrow_watched();
-            (m.last_applied.map_or(0, |l| l.index), m.snapshot.map_or(0, |l| l.index))
-        };
+        let (applied, snapshot) = (node.applied_index(), node.snapshot_index());
         let since = applied.saturating_sub(snapshot);
         if since < every || (since as f64) < snapshot as f64 * ratio {
             continue;

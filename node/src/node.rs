@@ -84,12 +84,17 @@ impl Node {
         *self.applied.borrow()
     }
 
+    /// The log index this node's latest snapshot covers (0: none yet).
+    pub fn snapshot_index(&self) -> u64 {
+        self.raft.metrics().borrow_watched().snapshot.map_or(0, |s| s.index)
+    }
+
     /// Waits until this node's latest snapshot covers `index`; its index, or
     /// `None` if that takes longer than `timeout`.
     pub async fn snapshot_covering(&self, index: u64, timeout: Duration) -> Option<u64> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let snap = self.raft.metrics().borrow_watched().snapshot.map_or(0, |s| s.index);
+            let snap = self.snapshot_index();
             if snap >= index {
                 return Some(snap);
             }

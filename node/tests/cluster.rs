@@ -179,7 +179,7 @@ fn growing_snapshots(c: &mut node::Config) {
 /// The index of the leader's latest snapshot once it has not moved for 1.5 s
 /// (the policy looks every 0.5 s).
 async fn settled_snapshot(c: &TestCluster, id: u64) -> u64 {
-    let index = || c.handle(id).node.raft.metrics().borrow_watched().snapshot.map_or(0, |s| s.index);
+    let index = || c.handle(id).node.snapshot_index();
     let mut last = index();
     let mut still_since = std::time::Instant::now();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
