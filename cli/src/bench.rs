@@ -82,9 +82,10 @@ fn cpu_secs(pid: &str) -> Option<f64> {
 /// The machine's (busy, total) CPU time so far in ticks, from `/proc/stat`.
 fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal; the guest columns after
+    // them are already counted in user and nice.
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).take(8).filter_map(|t| t.parse().ok()).collect();
     let total: u64 = ticks.iter().sum();
-    // idle and iowait are the 4th and 5th.
     let idle = ticks.get(3)? + ticks.get(4)?;
     Some((total - idle, total))
 }
