@@ -94,6 +94,7 @@ fn machine_ticks() -> Option<(u64, u64)> {
 /// of work: on a machine the nodes and the load generator share, this is the
 /// figure that tells how near the cores are to full.
 struct CpuMeter {
+    pids: Vec<u32>,
     nodes: Option<f64>,
     me: Option<f64>,
     machine: Option<(u64, u64)>,
@@ -101,7 +102,7 @@ struct CpuMeter {
 
 impl CpuMeter {
     fn start(pids: &[u32]) -> Self {
-        CpuMeter { nodes: Self::nodes(pids), me: cpu_secs("self"), machine: machine_ticks() }
+        CpuMeter { pids: pids.to_vec(), nodes: Self::nodes(pids), me: cpu_secs("self"), machine: machine_ticks() }
     }
 
     fn nodes(pids: &[u32]) -> Option<f64> {
@@ -112,7 +113,7 @@ impl CpuMeter {
     }
 
     /// "nodes 8.1 µs, load generator 4.2 µs per delivery; machine 97 % busy".
-    fn report(&self, pids: &[u32], units: u64, unit: &str) -> String {
+    fn report(&self, units: u64, unit: &str) -> String {
         let per = |before: Option<f64>, now: Option<f64>| match (before, now) {
             (Some(b), Some(n)) if units > 0 => format!("{:.1} µs", (n - b) * 1e6 / units as f64),
             _ => "n/a".to_string(),
@@ -123,7 +124,7 @@ impl CpuMeter {
         };
         format!(
             "nodes {}, load generator {} per {unit}; machine {busy} busy",
-            per(self.nodes, Self::nodes(pids)),
+            per(self.nodes, Self::nodes(&self.pids)),
             per(self.me, cpu_secs("self"))
         )
     }
@@ -290,7 +291,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let mut lat = ack_lat.lock().await.clone();
         lat.sort_unstable();
-        let cpu = cpu.report(&args.pids, lat.len() as u64, "acked message");
+        let cpu = cpu.report(lat.len() as u64, "acked message");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let dl = deliveries.latencies().await;
         println!("acks: {} senders", args.senders);
@@ -361,7 +362,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // The rate counts what arrived within the window; the extra second only
         // lets in-flight deliveries add their latency samples.
         let got = deliveries.count.load(Ordering::Relaxed) - before;
-        let cpu = cpu.report(&args.pids, got, "delivery");
+        let cpu = cpu.report(got, "delivery");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let dl = deliveries.latencies().await;
         let pacing = if args.fanout_rate > 0 { format!("paced at {} messages/s", args.fanout_rate) } else { "closed loop".to_string() };
