@@ -8,15 +8,19 @@
 //! - [`App`]: the shared state of one node's API: backend, limits, rate limiter,
 //!   metrics. [`router`] serves it.
 //! - [`http`]: the JSON routes. [`ws`]: one WebSocket session.
+//!   [`fanout`]: the thread that writes live messages to the sockets.
+//!   [`serve`]: the client listener (hyper, so an upgrade keeps its socket).
 //! - [`auth`]: password hashes and signed tokens. [`validate`]: input rules.
 //! - [`presence`]: the ephemeral online/typing plane.
 //! - [`error`]: the SPEC's error codes. [`metrics`]: `/metrics`.
 
 pub mod auth;
 pub mod error;
+pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod presence;
+pub mod serve;
 pub mod validate;
 pub mod web;
 pub mod ws;
@@ -162,8 +166,8 @@ pub struct App<B: ChatBackend> {
     pub metrics: metrics::ApiMetrics,
     /// Open WebSocket connections on this node.
     pub connections: Arc<AtomicU64>,
-    /// Deliveries with their frame serialised once, for every session.
-    pub live: broadcast::Sender<ws::Live>,
+    /// This node's connections by room and user, for the fan-out.
+    pub registry: Arc<fanout::Registry>,
     signing_key: OnceLock<Vec<u8>>,
     /// The members as last probed, shared by `/v1/cluster` and `/v1/cluster/pick`.
     cluster_view: tokio::sync::Mutex<Option<CachedView>>,
@@ -184,22 +188,23 @@ struct CachedView {
 }
 
 impl<B: ChatBackend> App<B> {
-    /// Must be called inside a Tokio runtime: it starts the delivery relay.
-    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>) -> Self {
-        let (live, _) = broadcast::channel(ws::LIVE_CAPACITY);
+    /// Starts the node's fan-out thread, which ends with the backend's deliveries.
+    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>) -> std::io::Result<Self> {
         let metrics = metrics::ApiMetrics::default();
-        tokio::spawn(ws::relay(backend.deliveries(), live.clone(), metrics.delivery_lag.clone()));
-        App {
+        let registry = Arc::new(fanout::Registry::default());
+        let figures = fanout::FanoutMetrics { deliveries: metrics.deliveries.clone(), lag: metrics.delivery_lag.clone() };
+        fanout::start(backend.deliveries(), registry.clone(), figures)?;
+        Ok(App {
             backend,
             limits,
             presence,
             rate: RateLimiter::default(),
             metrics,
             connections,
-            live,
+            registry,
             signing_key: OnceLock::new(),
             cluster_view: tokio::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// The members, probed at most once per [`CLUSTER_VIEW_TTL`]; callers that

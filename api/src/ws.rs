@@ -1,59 +1,55 @@
 //! One WebSocket session (SPEC §4).
 //!
-//! A session is one task that owns its socket whole: it reads client frames,
-//! takes deliveries and presence signals, and writes to the socket, polling the
-//! write side without ever waiting on it. Frames the socket cannot take yet wait
-//! in the session's bounded queue (`pending`); a live frame that does not fit
-//! closes the connection with 4008 ("slow consumer") rather than being dropped,
-//! so what a client receives has no silent gap.
+//! A session is one task per connection: it reads client frames, answers them,
+//! passes on presence signals, and replays rooms from storage. Live messages do
+//! not go through it: the node's fan-out thread writes them to the socket
+//! itself ([`crate::fanout`]), and everything written to a connection goes
+//! through its [`Outbox`], in order and whole. The session drains what the
+//! socket could not take at once, and acts on what the fan-out leaves it: a
+//! room to fill from storage, or a close.
 //!
 //! Nothing in a session waits on the client without a bound. A client that
-//! stops reading is closed as soon as its queue overflows, not when it next
-//! reads; a replay that finds the queue full for [`STALL`] closes with 4008 too;
-//! and the close frame itself gets [`CLOSE_GRACE`] to reach the client before the
-//! socket is dropped. Sends are committed in tasks of their own, which hand
-//! their ack back through a channel, so a slow commit holds up nothing else.
-//!
-//! Each applied message is serialised once by the [`relay`] and shared by every
-//! session it goes to.
-//!
-//! Gap-free delivery: the session subscribes to the node's deliveries before it
-//! reads anything from storage, and remembers per room the last seq it sent.
-//! A delivery at that seq + 1 is sent; an older one is skipped (already sent from
-//! storage); a newer one means something was missed (a snapshot install), and
-//! the gap is filled from storage first.
+//! stops reading is closed with 4008 ("slow consumer") as soon as its queue
+//! overflows, not when it next reads; a replay that finds the queue full for
+//! [`STALL`] closes with 4008 too; and the close frame itself gets
+//! [`CLOSE_GRACE`] to reach the client before the socket is dropped. Sends are
+//! committed in tasks of their own, which hand their ack back through a
+//! channel, so a slow commit holds up nothing else.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use prometheus_client::metrics::histogram::Histogram;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use raft_store::chat::{self, Event, Message, Outcome};
-use raft_store::state_machine::Delivery;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::error::{ApiError, Code};
+use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SLOW_CONSUMER};
 use crate::http::{client_id_text, message_json, read_history, send_message, HistoryQuery};
 use crate::presence::{LocalSignal, PeerSignal};
 use crate::{validate, App, ChatBackend};
 
-/// Frames queued to one connection before it counts as a slow consumer.
-pub const OUTBOX_FRAMES: usize = 1024;
+pub use crate::fanout::OUTBOX_FRAMES;
+
 /// Largest client frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Sends one connection may have awaiting their ack.
 const MAX_IN_FLIGHT: usize = 256;
-/// Close code for a connection whose queue overflowed.
-pub const SLOW_CONSUMER: u16 = 4008;
 /// Rows read from storage at a time when replaying.
 const REPLAY_PAGE: usize = 500;
 /// How long a replay waits for room in a full queue before the client counts
@@ -62,77 +58,77 @@ pub const STALL: Duration = Duration::from_secs(5);
 /// How long the close frame may wait behind unread data before the socket is
 /// dropped without it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
-/// Deliveries a session takes in one turn before it writes them with one flush.
-const WRITE_BATCH: usize = 64;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
 }
 
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The upgrade request (RFC 6455 §4.2): checked first, then the token (a bad
+/// one gets 401 before any upgrade), then the socket is taken over from HTTP.
 pub async fn upgrade<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
+    if req.method() != Method::GET {
+        return (StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade is a GET").into_response();
+    }
+    let headers = req.headers();
+    if !header_has(headers, header::CONNECTION, "upgrade") || !header_has(headers, header::UPGRADE, "websocket") {
+        return ApiError::bad_request("this route only speaks WebSocket: Connection: upgrade, Upgrade: websocket").into_response();
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        let mut r = ApiError::bad_request("Sec-WebSocket-Version must be 13").into_response();
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return ApiError::bad_request("Sec-WebSocket-Key is missing").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
     let user = match app.authenticate(&token) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    // Small buffers: they are per connection, and the defaults (128 KiB each)
-    // would dominate the memory of ten thousand mostly idle connections. The
-    // read buffer is also zero-filled on every read attempt, and the session
-    // polls its socket once per delivery: 1 KiB keeps that cheap. Client
-    // frames are small; a large one just takes more reads.
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| session(app, user, socket))
-}
-
-/// Why and how a session ends, once decided.
-type Closing = Option<(u16, &'static str)>;
-
-/// How many deliveries the relay buffers for sessions before a slow one lags.
-pub const LIVE_CAPACITY: usize = 8192;
-
-/// A delivery as sessions receive it.
-#[derive(Clone, Debug)]
-pub enum Live {
-    Message { message: Arc<Message>, frame: Utf8Bytes },
-    /// Storage may hold messages that were not delivered one by one.
-    Reset,
-}
-
-/// Serialises each applied message once and hands it to every session. If the
-/// relay itself falls behind, sessions are told to re-read from storage.
-pub async fn relay(mut from: broadcast::Receiver<Delivery>, to: broadcast::Sender<Live>, lag: Histogram) {
-    loop {
-        let live = match from.recv().await {
-            // Nobody to serialise for: no session is open on this node.
-            Ok(Delivery::Message(_)) if to.receiver_count() == 0 => continue,
-            Ok(Delivery::Message(m)) => {
-                lag.observe(crate::now_ms().saturating_sub(m.ts_ms) as f64 / 1000.0);
-                let frame = Utf8Bytes::from(message_json(&m).to_string());
-                Live::Message { message: m, frame }
-            }
-            Ok(Delivery::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => Live::Reset,
-            Err(broadcast::error::RecvError::Closed) => return,
+    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
+        return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded").into_response();
+    };
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(error = %e, "WebSocket upgrade failed"),
         };
-        // No receivers is fine: no session is open.
-        let _ = to.send(live);
+        // The client listener serves plain TCP (see `serve`); anything else
+        // has no socket to hand to the fan-out.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => session(app, user, parts.io.into_inner(), parts.read_buf).await,
+            Err(_) => tracing::error!("an upgraded connection is not a TCP stream; is the API served by api::serve?"),
+        }
+    });
+    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    match HeaderValue::from_str(&accept) {
+        Ok(v) => {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        // Base64 is always a valid header value.
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
-}
-
-/// What the socket did, as seen by the session loop.
-enum SocketEvent {
-    Frame(WsMessage),
-    /// The client closed, or a read or write failed: nothing more can be sent.
-    Gone,
-    /// A protocol-level read error (oversized or malformed frame).
-    Invalid(String),
+    r
 }
 
 fn error_frame(e: &ApiError, id: Option<&Value>, req: Option<&Value>) -> String {
@@ -156,17 +152,11 @@ fn with_req(mut v: Value, req: Option<&Value>) -> String {
 struct Session<B: ChatBackend> {
     app: Arc<App<B>>,
     user: String,
-    ws: WebSocket,
-    /// Frames waiting for the socket, oldest first; at most [`OUTBOX_FRAMES`].
-    pending: VecDeque<WsMessage>,
-    /// Frames handed to the socket since its last flush.
-    unflushed: bool,
-    /// Set once; the first reason wins.
-    closing: Closing,
-    /// The socket can take nothing more (the client left or a write failed).
+    /// Client frames in; control frames (pongs, close) out through `out`.
+    ws: WebSocketStream<ConnIo>,
+    out: Arc<Outbox>,
+    /// The client's side has ended: nothing more can be read or sent.
     gone: bool,
-    /// Subscribed rooms (and DM rooms seen) → last seq sent.
-    rooms: HashMap<String, u64>,
     in_flight: Arc<Semaphore>,
     /// Acks and errors from this session's send tasks.
     acks: mpsc::Sender<String>,
@@ -174,11 +164,28 @@ struct Session<B: ChatBackend> {
     awaiting: usize,
 }
 
-async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, ws: WebSocket) {
-    // Subscribe before anything is read from storage: see the module docs.
-    let mut deliveries = app.live.subscribe();
-    // Presence and typing are rare next to deliveries; a stream keeps its one
-    // pending receive across turns instead of re-registering it on every one.
+async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStream, read_buf: Bytes) {
+    let out = Outbox::new(stream, user.clone());
+    // A small read buffer: it is per connection, and the default (128 KiB)
+    // would dominate the memory of ten thousand mostly idle connections.
+    // Client frames are small; a large one just takes more reads. Writes are
+    // not buffered by tungstenite: they are control frames, and go to `out`.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .read_buffer_size(1024)
+        .write_buffer_size(0);
+    let io = ConnIo(out.clone());
+    let ws = if read_buf.is_empty() {
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+    } else {
+        // The client's first bytes came in with the upgrade request.
+        WebSocketStream::from_partially_read(io, read_buf.to_vec(), Role::Server, Some(config)).await
+    };
+    // From here on, direct messages to this user reach this connection.
+    app.registry.connect(&out);
+    // Presence and typing are rare; a stream keeps its one pending receive
+    // across turns instead of re-registering it on every one.
     let mut signals = tokio_stream::wrappers::BroadcastStream::new(app.presence.subscribe());
     let (acks, mut acked) = mpsc::channel(MAX_IN_FLIGHT);
     app.connections.fetch_add(1, Ordering::Relaxed);
@@ -190,53 +197,36 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, ws: WebSocket) 
         app: app.clone(),
         user: user.clone(),
         ws,
-        pending: VecDeque::new(),
-        unflushed: false,
-        closing: None,
+        out,
         gone: false,
-        rooms: HashMap::new(),
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         acks,
         awaiting: 0,
     };
-    while s.closing.is_none() && !s.gone {
+    while !s.gone && s.out.closing().is_none() {
         tokio::select! {
-            ev = poll_fn(|cx| s.poll_socket(cx)) => match ev {
-                SocketEvent::Frame(WsMessage::Text(text)) => s.client_frame(text.as_str()).await,
-                SocketEvent::Frame(WsMessage::Binary(_)) => {
-                    s.fail(ApiError::bad_request("frames are JSON text"), None, None);
-                }
-                SocketEvent::Frame(WsMessage::Ping(_) | WsMessage::Pong(_)) => {}
+            frame = s.ws.next() => match frame {
+                Some(Ok(WsMessage::Text(text))) => s.client_frame(text.as_str()).await,
+                Some(Ok(WsMessage::Binary(_))) => s.fail(ApiError::bad_request("frames are JSON text"), None, None),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
                 // The close reply (queued by the protocol layer) still goes out.
-                SocketEvent::Frame(WsMessage::Close(_)) => s.close_with(1000, "bye"),
-                SocketEvent::Gone => s.gone = true,
-                SocketEvent::Invalid(e) => {
-                    // Oversized or malformed at the protocol level: say so, then close.
+                Some(Ok(WsMessage::Close(_))) => s.close_with(1000, "bye"),
+                Some(Err(e)) => {
+                    // Oversized or malformed at the protocol level, or the socket failed: say so, then close.
                     tracing::debug!(user = %s.user, error = %e, "websocket read failed");
                     s.close_with(1009, "frame too large or malformed");
                 }
+                None => s.gone = true,
             },
-            d = deliveries.recv() => {
-                // Take what else is already waiting, so one flush carries it all.
-                let mut next = Some(d);
-                let mut taken = 0;
-                while let Some(d) = next.take() {
-                    match d {
-                        Ok(Live::Message { message, frame }) => s.deliver(&message, frame).await,
-                        Ok(Live::Reset) => s.resync().await,
-                        Err(broadcast::error::RecvError::Lagged(_)) => s.close_with(SLOW_CONSUMER, "slow consumer"),
-                        Err(broadcast::error::RecvError::Closed) => s.close_with(1001, "node shutting down"),
-                    }
-                    taken += 1;
-                    if taken < WRITE_BATCH && s.closing.is_none() {
-                        next = match deliveries.try_recv() {
-                            Ok(d) => Some(Ok(d)),
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(broadcast::error::RecvError::Lagged(n))),
-                            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => None,
-                        };
+            event = poll_fn(|cx| s.out.poll_event(cx)) => match event {
+                OutboxEvent::Gone => s.gone = true,
+                OutboxEvent::Closing(..) => {}
+                OutboxEvent::Stale => {
+                    for room in s.out.stale_rooms() {
+                        s.catch_up(&room).await;
                     }
                 }
-            }
+            },
             sig = signals.next() => match sig {
                 Some(Ok(sig)) => s.signal(sig),
                 // Presence and typing are best-effort; a lagging receiver skips some.
@@ -249,12 +239,6 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, ws: WebSocket) 
                 s.push(frame);
             }
         }
-        // Hand whatever the turn queued to the socket now, without waiting on it.
-        poll_fn(|cx| {
-            s.poll_write(cx);
-            Poll::Ready(())
-        })
-        .await;
     }
     s.finish().await;
     app.connections.fetch_sub(1, Ordering::Relaxed);
@@ -264,112 +248,47 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, ws: WebSocket) 
 }
 
 impl<B: ChatBackend> Session<B> {
-    /// Drives queued frames into the socket as far as it takes them without
-    /// waiting, then reads the next client frame if there is one. Never waits on
-    /// the client for a write: a full socket leaves frames in `pending`.
-    fn poll_socket(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
-        self.poll_write(cx);
-        if self.gone {
-            return Poll::Ready(SocketEvent::Gone);
-        }
-        match self.ws.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(m))) => Poll::Ready(SocketEvent::Frame(m)),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(SocketEvent::Invalid(e.to_string())),
-            Poll::Ready(None) => Poll::Ready(SocketEvent::Gone),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// Hands pending frames to the socket and flushes them, as far as it goes
-    /// without blocking; the task is woken when the socket can take more.
-    fn poll_write(&mut self, cx: &mut Context<'_>) {
-        while !self.gone && !self.pending.is_empty() {
-            match self.ws.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => self.gone = true,
-                Poll::Pending => break,
-            }
-            if let Some(frame) = self.pending.pop_front() {
-                if self.ws.start_send_unpin(frame).is_err() {
-                    self.gone = true;
-                }
-                self.unflushed = true;
-            }
-        }
-        if self.unflushed && !self.gone {
-            match self.ws.poll_flush_unpin(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(_)) => self.gone = true,
-                Poll::Pending => {}
-            }
-        }
-    }
-
     /// Queues a frame; on overflow, closes the connection as a slow consumer.
-    fn queue(&mut self, frame: WsMessage) -> bool {
-        if self.closing.is_some() || self.gone {
-            return false;
-        }
-        if self.pending.len() >= OUTBOX_FRAMES {
+    fn push(&mut self, frame: String) -> bool {
+        self.out.push(text_frame(frame))
+    }
+
+    /// Sends a replayed message (which the client asked for), waiting for room
+    /// in the queue, but no longer than [`STALL`]: a client that takes nothing
+    /// in that time is a slow consumer.
+    async fn push_replayed(&mut self, room: &str, m: &Message) -> bool {
+        if tokio::time::timeout(STALL, poll_fn(|cx| self.out.poll_room(cx))).await.is_err() {
             self.close_with(SLOW_CONSUMER, "slow consumer");
             return false;
         }
-        self.pending.push_back(frame);
-        true
-    }
-
-    fn push(&mut self, frame: String) -> bool {
-        self.queue(WsMessage::Text(frame.into()))
-    }
-
-    /// Queues a frame, waiting for room (replays, which the client asked for),
-    /// but no longer than [`STALL`]: a client that takes nothing in that time is
-    /// a slow consumer.
-    async fn push_wait(&mut self, frame: String) -> bool {
-        if self.closing.is_some() || self.gone {
-            return false;
-        }
-        if self.pending.len() >= OUTBOX_FRAMES {
-            let room = poll_fn(|cx| {
-                self.poll_write(cx);
-                if self.gone || self.pending.len() < OUTBOX_FRAMES {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            });
-            if tokio::time::timeout(STALL, room).await.is_err() {
-                self.close_with(SLOW_CONSUMER, "slow consumer");
-                return false;
-            }
-        }
-        self.push(frame)
+        self.out.push_replayed(room, m.seq, text_frame(message_json(m).to_string()))
     }
 
     fn close_with(&mut self, code: u16, reason: &'static str) {
-        if self.closing.is_none() {
-            self.closing = Some((code, reason));
-        }
+        self.out.close_with(code, reason);
     }
 
-    /// Ends the session: frames already handed to the socket go out whole and in
-    /// order, then the close frame, which gets [`CLOSE_GRACE`] to reach a client
-    /// that is not reading; frames still pending are dropped.
+    /// Ends the session: the fan-out stops writing to it, a frame already
+    /// partly written goes out whole, then the close frame, which gets
+    /// [`CLOSE_GRACE`] to reach a client that is not reading; frames still
+    /// queued are dropped.
     async fn finish(mut self) {
-        self.pending.clear();
-        if self.gone {
+        let (code, reason) = self.out.closing().unwrap_or((1000, "bye"));
+        self.out.close_with(code, reason);
+        self.app.registry.disconnect(&self.out, &self.out.rooms());
+        self.out.wind_down();
+        if self.gone || self.out.is_gone() {
             return;
         }
-        let (code, reason) = self.closing.unwrap_or((1000, "bye"));
         if code == SLOW_CONSUMER {
             self.app.metrics.slow_consumer_closes.inc();
         }
-        let frame = CloseFrame { code, reason: reason.into() };
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
         if tokio::time::timeout(CLOSE_GRACE, self.ws.send(WsMessage::Close(Some(frame)))).await.is_err() {
             tracing::debug!(code, "close frame not taken within the grace period; dropping the socket");
             return;
         }
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.close()).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.close(None)).await;
     }
 
     async fn client_frame(&mut self, text: &str) {
@@ -428,7 +347,7 @@ impl<B: ChatBackend> Session<B> {
         };
         let online = self.online_members(&room);
         self.push(with_req(json!({ "type": "joined", "room": room, "head": head, "online": online }), req));
-        if !self.rooms.contains_key(&room) {
+        if self.out.cursor(&room).is_none() {
             // Members already in the room learn that this (online) user is now one of them.
             let sig = PeerSignal::Joined { room: room.clone(), user: self.user.clone() };
             self.app.presence.receive(sig.clone(), std::time::Instant::now());
@@ -436,34 +355,49 @@ impl<B: ChatBackend> Session<B> {
         }
         // Replay from storage, then go live from where the replay stopped. Without
         // `after`, live delivery starts after the head the client was told.
-        let start = after.unwrap_or(head);
-        let last = self.replay(&room, start).await;
-        self.rooms.insert(room, last);
+        self.out.start_room(&room, after.unwrap_or(head));
+        if chat::dm_participants(&room).is_none() {
+            // Direct messages reach both users' connections without this.
+            self.app.registry.join(&room, &self.out);
+        }
+        self.catch_up(&room).await;
         Ok(())
     }
 
-    /// Sends every stored message of `room` after `after`; returns the last seq sent.
-    async fn replay(&mut self, room: &str, after: u64) -> u64 {
-        let mut last = after;
+    /// Sends the stored messages of `room` after its cursor, then makes the
+    /// cursor live (see [`crate::fanout`] for why nothing is lost or repeated).
+    async fn catch_up(&mut self, room: &str) {
         loop {
-            let page = match self.app.backend.reader().history(room, Some(last), None, REPLAY_PAGE) {
+            let Some(cursor) = self.out.cursor(room) else { return };
+            if cursor.live {
+                return;
+            }
+            let reader = self.app.backend.reader();
+            let page = match reader.history(room, Some(cursor.last), None, REPLAY_PAGE) {
                 Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(room, error = %e, "history read failed during replay");
-                    return last;
-                }
+                Err(e) => return self.storage_failed(room, &e),
             };
             if page.messages.is_empty() {
-                return last;
+                match self.out.go_live(room, |last| reader.history(room, Some(last), None, 1).map(|p| p.messages.is_empty())) {
+                    Ok(true) => return,
+                    Ok(false) => continue,
+                    Err(e) => return self.storage_failed(room, &e),
+                }
             }
             for m in &page.messages {
-                if !self.push_wait(message_json(m).to_string()).await {
-                    return last;
+                if !self.push_replayed(room, m).await {
+                    return;
                 }
                 self.app.metrics.deliveries.inc();
-                last = m.seq;
             }
         }
+    }
+
+    /// A room cannot be read: the client is told to come back (with `after`)
+    /// rather than left with a room that silently stopped.
+    fn storage_failed(&mut self, room: &str, e: &dyn std::fmt::Display) {
+        tracing::warn!(room, error = %e, "history read failed during replay");
+        self.close_with(1011, "storage error");
     }
 
     fn online_members(&self, room: &str) -> Vec<String> {
@@ -475,7 +409,8 @@ impl<B: ChatBackend> Session<B> {
 
     async fn leave(&mut self, frame: &Value, req: Option<&Value>) -> Result<(), ApiError> {
         let room = Self::room_of(frame)?;
-        self.rooms.remove(&room);
+        self.out.leave_room(&room);
+        self.app.registry.leave(&room, &self.out);
         if chat::dm_participants(&room).is_none() {
             self.app.backend.propose(Event::RoomLeft { room: room.clone(), user: self.user.clone() }).await?;
         }
@@ -538,7 +473,7 @@ impl<B: ChatBackend> Session<B> {
 
     fn typing(&self, frame: &Value) -> Result<(), ApiError> {
         let room = Self::room_of(frame)?;
-        if !self.rooms.contains_key(&room) {
+        if self.out.cursor(&room).is_none() {
             return Err(ApiError::new(Code::NotMember, "join the room first"));
         }
         let sig = PeerSignal::Typing { room, user: self.user.clone() };
@@ -547,53 +482,15 @@ impl<B: ChatBackend> Session<B> {
         Ok(())
     }
 
-    /// A message applied on this node.
-    async fn deliver(&mut self, m: &Message, frame: Utf8Bytes) {
-        let last = match self.rooms.get(&m.room) {
-            Some(last) => *last,
-            None => match chat::dm_participants(&m.room) {
-                // DMs reach both users without a join: start at this message.
-                Some((a, b)) if a == self.user || b == self.user => m.seq.saturating_sub(1),
-                _ => return,
-            },
-        };
-        if m.seq <= last {
-            return;
-        }
-        if m.seq > last + 1 {
-            let filled = self.replay(&m.room, last).await;
-            self.rooms.insert(m.room.clone(), filled);
-            return;
-        }
-        if self.queue(WsMessage::Text(frame)) {
-            self.app.metrics.deliveries.inc();
-            match self.rooms.get_mut(&m.room) {
-                Some(l) => *l = m.seq,
-                None => {
-                    self.rooms.insert(m.room.clone(), m.seq);
-                }
-            }
-        }
-    }
-
-    /// The state was replaced by a snapshot: fill every room from storage.
-    async fn resync(&mut self) {
-        let rooms: Vec<(String, u64)> = self.rooms.iter().map(|(r, l)| (r.clone(), *l)).collect();
-        for (room, last) in rooms {
-            let filled = self.replay(&room, last).await;
-            self.rooms.insert(room, filled);
-        }
-    }
-
     fn signal(&mut self, sig: LocalSignal) {
         match sig {
             LocalSignal::Typing { room, user } => {
-                if user != self.user && self.rooms.contains_key(&room) {
+                if user != self.user && self.out.cursor(&room).is_some() {
                     self.push(json!({ "type": "typing", "room": room, "user": user }).to_string());
                 }
             }
             LocalSignal::Joined { room, user } => {
-                if user != self.user && self.rooms.contains_key(&room) {
+                if user != self.user && self.out.cursor(&room).is_some() {
                     self.push(json!({ "type": "presence", "room": room, "user": user, "online": true }).to_string());
                 }
             }
@@ -602,7 +499,7 @@ impl<B: ChatBackend> Session<B> {
                     return;
                 }
                 let reader = self.app.backend.reader();
-                let rooms: Vec<String> = self.rooms.keys().filter(|room| reader.is_member(room, &user).unwrap_or(false)).cloned().collect();
+                let rooms: Vec<String> = self.out.rooms().into_iter().filter(|room| reader.is_member(room, &user).unwrap_or(false)).collect();
                 for room in rooms {
                     self.push(json!({ "type": "presence", "room": room, "user": user, "online": online }).to_string());
                 }

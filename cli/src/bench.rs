@@ -4,7 +4,9 @@
 //! - **acks**: `--senders` closed-loop senders spread over the nodes, each in a
 //!   room of its own; acked messages/s, ack latency, send→deliver latency.
 //! - **fan-out**: `--subscribers` connections in one room spread over the nodes,
-//!   `--fanout-senders` senders; deliveries/s and send→deliver latency.
+//!   `--fanout-senders` senders; deliveries/s and send→deliver latency. The
+//!   subscribers are read by one OS thread polling their sockets with mio (see
+//!   [`SubscriberReader`]), not by a tokio task each.
 //! - **idle**: `--idle` connections to the first node; its RSS growth per
 //!   connection (needs `--pids`, the chorusd process ids in `--urls` order).
 //!
@@ -15,15 +17,23 @@
 //! The cluster should run with `--rate-limit 0`. Send times travel in the message
 //! text, so send→deliver is measured on one clock (this process's).
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
+use mio::unix::SourceFd;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::HandshakeError;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::chat::{connect, session};
 
@@ -156,23 +166,72 @@ impl Users {
 }
 
 /// Counts message frames and samples their send→deliver latency.
+///
+/// A std mutex, not tokio's: the fan-out subscribers record from a plain thread
+/// ([`SubscriberReader`]), and no one holds the lock across an await.
 #[derive(Default)]
 struct Deliveries {
     count: AtomicU64,
     /// (send time, latency) in µs since `start`.
-    samples: Mutex<Vec<(u64, u64)>>,
+    samples: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl Deliveries {
-    async fn record(&self, sent: u64, start: Instant) {
-        self.samples.lock().await.push((sent, micros(start).saturating_sub(sent)));
+    fn record(&self, sent: u64, start: Instant) {
+        let lat = micros(start).saturating_sub(sent);
+        self.samples().push((sent, lat));
+    }
+
+    /// The samples so far. A thread that panicked while pushing left nothing
+    /// half-done, so a poisoned lock is taken as is.
+    fn samples(&self) -> MutexGuard<'_, Vec<(u64, u64)>> {
+        self.samples.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The sampled latencies, sorted.
-    async fn latencies(&self) -> Vec<u64> {
-        let mut lat: Vec<u64> = self.samples.lock().await.iter().map(|&(_, lat)| lat).collect();
+    fn latencies(&self) -> Vec<u64> {
+        let mut lat: Vec<u64> = self.samples().iter().map(|&(_, lat)| lat).collect();
         lat.sort_unstable();
         lat
+    }
+}
+
+/// Counts and samples one text frame: a delivery, or (with `acks`, for senders)
+/// an ack or error, passed on to the sender.
+fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Option<&tokio::sync::mpsc::UnboundedSender<()>>, sample_every: u64) {
+    // Thousands of subscribers share this machine's cores with the nodes: a
+    // subscriber's frame is only parsed when it is sampled, so the load
+    // generator's own queueing adds as little as it can to the latency.
+    if acks.is_none() && t.contains(r#""type":"message""#) {
+        let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
+        if n % sample_every == 0 {
+            let f = serde_json::from_str::<Value>(t).unwrap_or_default();
+            if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
+                deliveries.record(sent, start);
+            }
+        }
+        return;
+    }
+    let Ok(f) = serde_json::from_str::<Value>(t) else { return };
+    match f["type"].as_str() {
+        Some("message") => {
+            let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
+            if n % sample_every == 0 {
+                if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
+                    deliveries.record(sent, start);
+                }
+            }
+        }
+        Some("ack") | Some("error") => {
+            // Fan-out senders put their send time last in the id.
+            if let Some(sent) = f["id"].as_str().and_then(|id| id.rsplit('-').next()).and_then(|t| t.parse::<u64>().ok()) {
+                deliveries.record(sent, start);
+            }
+            if let Some(a) = acks {
+                let _ = a.send(());
+            }
+        }
+        _ => {}
     }
 }
 
@@ -187,40 +246,249 @@ async fn reader<S>(
 {
     while let Some(Ok(msg)) = rx.next().await {
         let Message::Text(t) = msg else { continue };
-        // Thousands of subscribers share this machine's cores with the nodes: a
-        // subscriber's frame is only parsed when it is sampled, so the load
-        // generator's own queueing adds as little as it can to the latency.
-        if acks.is_none() && t.as_str().contains(r#""type":"message""#) {
-            let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
-            if n % sample_every == 0 {
-                let f = serde_json::from_str::<Value>(t.as_str()).unwrap_or_default();
-                if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
-                    deliveries.record(sent, start).await;
-                }
-            }
-            continue;
+        on_text(t.as_str(), start, &deliveries, acks.as_ref(), sample_every);
+    }
+}
+
+/// A fan-out subscriber's socket, under sync tungstenite.
+///
+/// Once non-blocking (`drained` is `Some`), a read that fills less than its
+/// buffer has emptied the socket, so the next read answers WouldBlock without
+/// a system call until the poller reports new data (tokio does the same):
+/// draining a subscriber then costs one read(2), not a second one that only
+/// finds EAGAIN.
+struct SubSocket {
+    tcp: TcpStream,
+    /// `None` while blocking (handshake and join); then whether a read found
+    /// the socket empty since its last readiness event.
+    drained: Option<bool>,
+}
+
+impl Read for SubSocket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.drained == Some(true) {
+            return Err(ErrorKind::WouldBlock.into());
         }
-        let Ok(f) = serde_json::from_str::<Value>(t.as_str()) else { continue };
-        match f["type"].as_str() {
-            Some("message") => {
-                let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
-                if n % sample_every == 0 {
-                    if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
-                        deliveries.record(sent, start).await;
+        let r = self.tcp.read(buf);
+        if let Some(drained) = self.drained.as_mut() {
+            *drained = match &r {
+                Ok(n) => *n < buf.len(),
+                Err(e) => e.kind() == ErrorKind::WouldBlock,
+            };
+        }
+        r
+    }
+}
+
+impl Write for SubSocket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A fan-out subscriber's connection: sync tungstenite over a std socket,
+/// non-blocking once it has joined.
+type SyncWs = tungstenite::WebSocket<SubSocket>;
+
+/// Opens a fan-out subscriber's WebSocket and joins "fanout", with blocking std
+/// I/O (run it off the async runtime). It matches `chat::connect` and [`join`]:
+/// the same URL, a 2 KiB read buffer, TCP_NODELAY (as
+/// `connect_async_with_config(.., true)` sets), the same join frames. The
+/// socket is left non-blocking, for [`SubscriberReader`].
+fn subscribe(url: &str, token: &str) -> anyhow::Result<SyncWs> {
+    let ws_url = format!("{}/v1/ws?token={token}", url.replacen("http", "ws", 1));
+    let request = ws_url.as_str().into_client_request().with_context(|| format!("bad node URL {url}"))?;
+    if request.uri().scheme_str() != Some("ws") {
+        bail!("the bench's subscribers speak plain ws:// only, not to {url}");
+    }
+    let host = request.uri().host().with_context(|| format!("no host in {url}"))?;
+    // An IPv6 literal comes bracketed.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = request.uri().port_u16().unwrap_or(80);
+    let tcp = TcpStream::connect((host, port)).with_context(|| format!("cannot connect to {url}"))?;
+    tcp.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(2 * 1024);
+    let (mut ws, _) = tungstenite::client::client_with_config(request, SubSocket { tcp, drained: None }, Some(config))
+        .map_err(|e| match e {
+            HandshakeError::Failure(e) => anyhow::Error::from(e),
+            HandshakeError::Interrupted(_) => anyhow!("a blocking WebSocket handshake was interrupted"),
+        })
+        .with_context(|| format!("cannot open a WebSocket to {url}"))?;
+    ws.send(Message::Text(json!({ "type": "join", "room": "fanout" }).to_string().into()))?;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) if t.as_str().contains("\"joined\"") => break,
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => bail!("closed before joining fanout"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let sock = ws.get_mut();
+    sock.tcp.set_nonblocking(true).context("cannot make a subscriber's socket non-blocking")?;
+    sock.drained = Some(false);
+    Ok(ws)
+}
+
+/// The poll token of [`SubscriberReader`]'s waker; a subscriber's token is its slot.
+const WAKE: mio::Token = mio::Token(usize::MAX);
+
+/// Reads every fan-out subscriber from one OS thread, which polls their sockets
+/// with mio and reads each with sync tungstenite until it would block.
+///
+/// Why one thread: the load generator shares this machine's cores with the
+/// nodes, so every µs of its CPU per delivery is taken from them and shows up
+/// in the latency it measures. A tokio task per subscriber cost ~1.5 µs of this
+/// process's own code per delivery (task wakeups, the async WebSocket adapters);
+/// here there are no tasks to wake, one `epoll_wait` reports many subscribers,
+/// and a delivery costs its share of that, one read(2) (see [`SubSocket`]) and
+/// tungstenite's framing.
+///
+/// Subscribers are handed over as they join, so none goes unread while the
+/// rest connect; dropping the reader (or [`SubscriberReader::finish`]) stops
+/// the thread, which drops, and so closes, every subscriber's connection.
+struct SubscriberReader {
+    /// New subscribers; dropped to tell the thread to stop.
+    new: Option<mpsc::Sender<SyncWs>>,
+    /// Wakes the thread to take new subscribers or stop.
+    waker: mio::Waker,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl SubscriberReader {
+    fn spawn(start: Instant, deliveries: Arc<Deliveries>, sample_every: u64) -> anyhow::Result<Self> {
+        let poll = mio::Poll::new().context("cannot create a poller for the subscribers")?;
+        let waker = mio::Waker::new(poll.registry(), WAKE).context("cannot create the subscriber reader's waker")?;
+        let (new, joined) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-subscribers".to_string())
+            .spawn(move || read_subscribers(poll, joined, start, &deliveries, sample_every))
+            .context("cannot start the subscriber reader thread")?;
+        Ok(SubscriberReader { new: Some(new), waker, thread: Some(thread) })
+    }
+
+    /// Hands a joined subscriber ([`subscribe`]) to the thread.
+    fn add(&mut self, ws: SyncWs) -> anyhow::Result<()> {
+        if self.new.as_ref().is_none_or(|new| new.send(ws).is_err()) {
+            // The thread has ended: say why.
+            self.finish()?;
+            bail!("the subscriber reader thread has stopped");
+        }
+        self.waker.wake().context("cannot wake the subscriber reader thread")
+    }
+
+    /// Stops the thread, closing every subscriber's connection, and returns
+    /// the error it ended with, if any.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.new = None;
+        let Some(thread) = self.thread.take() else { return Ok(()) };
+        self.waker.wake().context("cannot wake the subscriber reader thread")?;
+        thread.join().map_err(|_| anyhow!("the subscriber reader thread panicked"))?
+    }
+}
+
+impl Drop for SubscriberReader {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A subscriber on the reader thread, with its socket's descriptor for mio.
+struct Subscriber {
+    fd: RawFd,
+    ws: SyncWs,
+}
+
+/// The body of [`SubscriberReader`]'s thread: takes subscribers from `joined`
+/// until its sender is dropped, and counts what they receive as the async
+/// [`reader`] does.
+fn read_subscribers(
+    mut poll: mio::Poll,
+    joined: mpsc::Receiver<SyncWs>,
+    start: Instant,
+    deliveries: &Deliveries,
+    sample_every: u64,
+) -> anyhow::Result<()> {
+    let mut events = mio::Events::with_capacity(1024);
+    // Slot i holds the subscriber registered with token i; `free` lists the
+    // slots of closed ones.
+    let mut subs: Vec<Option<Subscriber>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    loop {
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("cannot poll the subscribers"),
+        }
+        for event in &events {
+            let registry = poll.registry();
+            if event.token() == WAKE {
+                loop {
+                    let ws = match joined.try_recv() {
+                        Ok(ws) => ws,
+                        Err(TryRecvError::Empty) => break,
+                        // Dropping the sockets closes them.
+                        Err(TryRecvError::Disconnected) => return Ok(()),
+                    };
+                    let mut sub = Subscriber { fd: ws.get_ref().tcp.as_raw_fd(), ws };
+                    let slot = free.pop().unwrap_or(subs.len());
+                    registry
+                        .register(&mut SourceFd(&sub.fd), mio::Token(slot), mio::Interest::READABLE)
+                        .context("cannot register a subscriber's socket")?;
+                    // Frames that came with the join answer wait in tungstenite's
+                    // buffer, where no readiness event will announce them.
+                    if !drain(&mut sub.ws, start, deliveries, sample_every) {
+                        let _ = registry.deregister(&mut SourceFd(&sub.fd));
+                        free.push(slot);
+                        continue;
+                    }
+                    if slot == subs.len() {
+                        subs.push(Some(sub));
+                    } else {
+                        subs[slot] = Some(sub);
                     }
                 }
+                continue;
             }
-            Some("ack") | Some("error") => {
-                // Fan-out senders put their send time last in the id.
-                if let Some(sent) = f["id"].as_str().and_then(|id| id.rsplit('-').next()).and_then(|t| t.parse::<u64>().ok()) {
-                    deliveries.record(sent, start).await;
-                }
-                if let Some(a) = &acks {
-                    let _ = a.send(());
-                }
+            let slot = event.token().0;
+            let Some(sub) = subs.get_mut(slot).and_then(Option::as_mut) else { continue };
+            sub.ws.get_mut().drained = Some(false);
+            if !drain(&mut sub.ws, start, deliveries, sample_every) {
+                let _ = registry.deregister(&mut SourceFd(&sub.fd));
+                subs[slot] = None;
+                free.push(slot);
             }
-            _ => {}
         }
+    }
+}
+
+/// Reads and counts every frame a subscriber has, until its socket would
+/// block; `false` once the connection is over (a close frame or an error).
+fn drain(ws: &mut SyncWs, start: Instant, deliveries: &Deliveries, sample_every: u64) -> bool {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => on_text(t.as_str(), start, deliveries, None, sample_every),
+            Ok(Message::Close(_)) => {
+                // Send the close reply tungstenite queued, if the socket takes it.
+                let _ = ws.flush();
+                return false;
+            }
+            // tungstenite queues the pong to a ping itself.
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    // Pongs go out with the next read too; this sends them now if the socket
+    // takes them (a flush with nothing queued makes no system call).
+    match ws.flush() {
+        Ok(()) => true,
+        Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => true,
+        Err(_) => false,
     }
 }
 
@@ -293,7 +561,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         lat.sort_unstable();
         let cpu = cpu.report(lat.len() as u64, "acked message");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let dl = deliveries.latencies().await;
+        let dl = deliveries.latencies();
         println!("acks: {} senders", args.senders);
         println!("  acked messages/s {:.0}", lat.len() as f64 / args.secs as f64);
         println!("  ack latency ms   p50 {:.2}  p99 {:.2}  p99.9 {:.2}", pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999));
@@ -304,13 +572,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.subscribers > 0 {
         let deliveries = Arc::new(Deliveries::default());
         let sample = (args.subscribers as u64 / 50).max(1);
-        // Subscribers only read, so each reader owns its whole connection (no
-        // split, no lock shared with an idle writer).
-        let mut subscribers = Vec::with_capacity(args.subscribers);
+        // One thread reads every subscriber (see `SubscriberReader`); each is
+        // connected and joined with blocking I/O off the runtime, then handed over.
+        let mut subscribers = SubscriberReader::spawn(start, deliveries.clone(), sample)?;
         for i in 0..args.subscribers {
-            let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
-            join(&mut ws, "fanout").await?;
-            subscribers.push(tokio::spawn(reader(ws, start, deliveries.clone(), None, sample)));
+            let (url, token) = (urls[i % urls.len()].clone(), users.token(i).to_string());
+            subscribers.add(tokio::task::spawn_blocking(move || subscribe(&url, &token)).await??)?;
         }
         let before = deliveries.count.load(Ordering::Relaxed);
         let cpu = CpuMeter::start(&args.pids);
@@ -364,20 +631,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let got = deliveries.count.load(Ordering::Relaxed) - before;
         let cpu = cpu.report(got, "delivery");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let dl = deliveries.latencies().await;
+        let dl = deliveries.latencies();
         let pacing = if args.fanout_rate > 0 { format!("paced at {} messages/s", args.fanout_rate) } else { "closed loop".to_string() };
         println!("fan-out: {} subscribers, {} senders, {pacing}", args.subscribers, args.fanout_senders);
         println!("  messages sent    {}", sent.load(Ordering::Relaxed));
         println!("  deliveries/s     {:.0}", got as f64 / args.secs as f64);
         println!("  send→deliver ms  p50 {:.2}  p99 {:.2}  (sampled)", pct(&dl, 0.5), pct(&dl, 0.99));
-        let al = fan_acks.latencies().await;
+        let al = fan_acks.latencies();
         println!("  ack latency ms   p50 {:.2}  p99 {:.2}  (fan-out senders)", pct(&al, 0.5), pct(&al, 0.99));
         println!("  CPU              {cpu}");
         if args.timeline {
-            print_timeline(&deliveries.samples.lock().await);
+            print_timeline(&deliveries.samples());
         }
-        // Dropping a reader closes its connection.
-        subscribers.iter().for_each(tokio::task::JoinHandle::abort);
+        // Stopping the reader thread closes every subscriber's connection.
+        subscribers.finish()?;
     }
 
     if args.idle > 0 {

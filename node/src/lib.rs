@@ -207,26 +207,13 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         rate_messages: config.rate_limit.messages,
         rate_window: config.rate_limit.window,
     };
-    let api_app = Arc::new(api::App::new(
-        Arc::new(Backend(node.clone())),
-        limits,
-        node.presence.clone(),
-        node.connections.clone(),
-    ));
+    let api_app = Arc::new(
+        api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone())
+            .context("cannot start the fan-out thread")?,
+    );
     let app = api::router(api_app);
     let stop_http = until_stopped(stop_rx.clone());
-    // A delivery is one small write; Nagle's algorithm would hold it back
-    // until the client acks the one before (and the client delays its acks).
-    let client = axum::serve::ListenerExt::tap_io(listeners.client, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set on a client connection");
-        }
-    });
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(client, app).with_graceful_shutdown(stop_http).await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }));
+    tasks.push(tokio::spawn(api::serve::serve(listeners.client, app, stop_http)));
 
     if !config.no_bootstrap && identity.cluster_id().is_none() && !node.raft.is_initialized().await? {
         let cluster_id = new_cluster_id();

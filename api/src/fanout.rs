@@ -1,0 +1,671 @@
+//! Live delivery: one thread per node writes each applied message to the
+//! sockets of every local connection that should get it.
+//!
+//! A room with a thousand local subscribers costs a thousand socket writes per
+//! delivery round; what this module saves is everything around them. Each
+//! message is serialised and framed once, and the fan-out thread writes the
+//! same bytes to each socket itself, instead of waking a thousand session tasks
+//! that would each take the message from a channel, frame it and write it.
+//!
+//! Deliveries go out in rounds. A round takes every message applied since the
+//! last one, and writes each connection what it gets of them with one write, so
+//! a connection in a busy room gets several frames per TCP segment. Rounds
+//! start at most every [`ROUND_INTERVAL`]: a message applied while the cluster
+//! is quiet goes out at once, and under sustained load each message waits at
+//! most that long for its round. The per-segment cost (the system call, and on
+//! loopback the receiver's TCP processing, all on this thread) is most of the
+//! cost of a delivery, so batching is what lets one room reach a few thousand
+//! subscribers at tens of messages per second on a small machine.
+//!
+//! Each connection's outgoing side is an [`Outbox`]: its socket, the frames the
+//! socket has not taken yet, and per room the last seq it was sent. Everything
+//! that writes to a connection (the fan-out thread, the session task, and
+//! tungstenite's control frames through [`ConnIo`]) holds the outbox lock for
+//! the whole frame, so frames never interleave and go out in the order they
+//! were written. A frame is written straight to the socket when nothing is
+//! queued ahead of it; otherwise it waits in the queue, which the session task
+//! drains when the socket is writable. The queue is bounded: a live frame that
+//! does not fit closes the connection with 4008 ("slow consumer").
+//!
+//! Gap-free delivery rests on each room's [`Cursor`]. The fan-out writes a
+//! message only to a cursor that is live and whose `last` is the seq just
+//! before it; an older seq was already sent; a newer one means something was
+//! missed (a snapshot was installed, or the fan-out lagged), so the cursor goes
+//! stale and the session fills the gap from storage. A session replaying a room
+//! from storage keeps the cursor not live and advances `last` as it sends; it
+//! makes the cursor live only under the outbox lock and only after seeing, under
+//! that lock, that storage holds nothing after `last`. Messages reach storage
+//! before they reach the fan-out, so any message the fan-out skipped while the
+//! cursor was not live was in storage by then, and so was found by the replay.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use raft_store::chat::{self, Message};
+use raft_store::state_machine::Delivery;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+use crate::http::message_json;
+
+/// Frames queued to one connection before it counts as a slow consumer.
+pub const OUTBOX_FRAMES: usize = 1024;
+/// Close code for a connection whose queue overflowed.
+pub const SLOW_CONSUMER: u16 = 4008;
+
+/// Why and how a session ends, once decided: close code and reason.
+pub type Closing = Option<(u16, &'static str)>;
+
+/// Where a connection stands in one room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last seq sent on this connection.
+    pub last: u64,
+    /// The fan-out may send the next seq; otherwise the session is replaying
+    /// the room from storage.
+    pub live: bool,
+}
+
+/// What the session task has to act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutboxEvent {
+    /// The socket can take nothing more: the client left or a write failed.
+    Gone,
+    /// The connection is to be closed with this code and reason.
+    Closing(u16, &'static str),
+    /// Rooms whose cursor went stale: replay them from storage.
+    Stale,
+}
+
+/// The outgoing side of one WebSocket connection.
+pub struct Outbox {
+    stream: TcpStream,
+    /// The user the connection belongs to.
+    pub user: String,
+    state: Mutex<OutState>,
+    /// The session task, woken when the fan-out leaves it something to do.
+    session: AtomicWaker,
+}
+
+#[derive(Default)]
+struct OutState {
+    /// Chunks of whole frames (at the front, maybe the rest of one), with how
+    /// many frames each holds, that the socket has not taken.
+    queue: VecDeque<(Bytes, usize)>,
+    /// Bytes of the front chunk already written.
+    written: usize,
+    /// Frames in `queue`, held to [`OUTBOX_FRAMES`].
+    frames: usize,
+    rooms: HashMap<String, Cursor>,
+    /// Some cursor went stale since the session last looked.
+    stale: bool,
+    /// Set once; the first reason wins.
+    closing: Closing,
+    gone: bool,
+}
+
+/// What became of a frame handed to the outbox.
+#[derive(PartialEq, Eq)]
+enum Written {
+    /// The socket took all of it.
+    Sent,
+    /// Some or all of it waits in the queue.
+    Queued,
+    /// The socket is unusable.
+    Gone,
+}
+
+impl OutState {
+    fn close_with(&mut self, code: u16, reason: &'static str) {
+        if self.closing.is_none() {
+            self.closing = Some((code, reason));
+        }
+    }
+}
+
+impl Outbox {
+    pub fn new(stream: TcpStream, user: String) -> Arc<Self> {
+        Arc::new(Outbox { stream, user, state: Mutex::new(OutState::default()), session: AtomicWaker::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        // A panic while holding the lock leaves the state usable: every update
+        // under it is a single field write or a queue push.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `chunk` (`frames` whole frames) now if nothing is queued ahead of
+    /// it, else queues it.
+    fn write(&self, st: &mut OutState, chunk: Bytes, frames: usize) -> Written {
+        if st.gone {
+            return Written::Gone;
+        }
+        if !st.queue.is_empty() {
+            st.queue.push_back((chunk, frames));
+            st.frames += frames;
+            return Written::Queued;
+        }
+        let frame = chunk;
+        let mut done = 0;
+        while done < frame.len() {
+            match self.stream.try_write(&frame[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    st.gone = true;
+                    return Written::Gone;
+                }
+            }
+        }
+        if done == frame.len() {
+            return Written::Sent;
+        }
+        st.queue.push_back((frame, frames));
+        st.frames += frames;
+        st.written = done;
+        Written::Queued
+    }
+
+    /// Drives queued frames into the socket until it is empty (ready) or
+    /// would block (pending, woken when the socket is writable).
+    fn poll_drain(&self, st: &mut OutState, cx: &mut Context<'_>) -> Poll<()> {
+        while !st.gone {
+            let Some((front, frames)) = st.queue.front() else { return Poll::Ready(()) };
+            let frames = *frames;
+            if self.stream.poll_write_ready(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match self.stream.try_write(&front[st.written..]) {
+                Ok(n) if n > 0 => {
+                    st.written += n;
+                    if st.written == front.len() {
+                        st.queue.pop_front();
+                        st.written = 0;
+                        st.frames -= frames;
+                    }
+                }
+                Ok(_) => return Poll::Pending,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => st.gone = true,
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// For the session task: drains the queue as far as the socket allows and
+    /// reports what needs acting on; pending (and woken) while nothing does.
+    pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<OutboxEvent> {
+        self.session.register(cx.waker());
+        let mut st = self.lock();
+        let _ = self.poll_drain(&mut st, cx);
+        if st.gone {
+            return Poll::Ready(OutboxEvent::Gone);
+        }
+        if let Some((code, reason)) = st.closing {
+            return Poll::Ready(OutboxEvent::Closing(code, reason));
+        }
+        if std::mem::take(&mut st.stale) {
+            return Poll::Ready(OutboxEvent::Stale);
+        }
+        Poll::Pending
+    }
+
+    /// Queues a frame from the session (an answer, a presence signal). A full
+    /// queue closes the connection as a slow consumer; false if it is closing.
+    pub fn push(&self, frame: Bytes) -> bool {
+        let mut st = self.lock();
+        self.push_locked(&mut st, frame)
+    }
+
+    fn push_locked(&self, st: &mut OutState, frame: Bytes) -> bool {
+        if st.closing.is_some() || st.gone {
+            return false;
+        }
+        if st.frames >= OUTBOX_FRAMES {
+            st.close_with(SLOW_CONSUMER, "slow consumer");
+            return false;
+        }
+        self.write(st, frame, 1) != Written::Gone
+    }
+
+    /// Whether the queue has room for another frame; if not, registers the
+    /// task to be woken when the socket can take more.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.lock();
+        let _ = self.poll_drain(&mut st, cx);
+        if st.gone || st.closing.is_some() || st.frames < OUTBOX_FRAMES {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Sends a replayed message of `room` and moves its cursor to `seq`.
+    pub fn push_replayed(&self, room: &str, seq: u64, frame: Bytes) -> bool {
+        let mut st = self.lock();
+        if !st.rooms.contains_key(room) || !self.push_locked(&mut st, frame) {
+            return false;
+        }
+        if let Some(c) = st.rooms.get_mut(room) {
+            c.last = seq;
+        }
+        true
+    }
+
+    /// Delivers what this connection gets of `group`, a run of messages of one
+    /// room applied on this node, with one write. `dm_participant`: the
+    /// connection's user is one of the two users of this direct-message room,
+    /// which reaches them without a join. Returns the frames written.
+    fn deliver(&self, group: &Group, dm_participant: bool) -> u64 {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.closing.is_some() || st.gone {
+            return 0;
+        }
+        let cursor = match st.rooms.get(&group.room) {
+            Some(c) => *c,
+            None if dm_participant => Cursor { last: group.first - 1, live: true },
+            None => return 0,
+        };
+        if !cursor.live || cursor.last >= group.last() {
+            return 0;
+        }
+        if cursor.last + 1 < group.first {
+            st.rooms.insert(group.room.clone(), Cursor { live: false, ..cursor });
+            st.stale = true;
+            drop(guard);
+            self.session.wake();
+            return 0;
+        }
+        // Frames already sent (from storage, by a replay) are skipped.
+        let skip = (cursor.last + 1 - group.first) as usize;
+        let frames = group.starts.len() - skip;
+        if !st.queue.is_empty() && st.frames + frames > OUTBOX_FRAMES {
+            st.close_with(SLOW_CONSUMER, "slow consumer");
+            drop(guard);
+            self.session.wake();
+            return 0;
+        }
+        st.rooms.insert(group.room.clone(), Cursor { last: group.last(), live: true });
+        let was_empty = st.queue.is_empty();
+        let written = self.write(st, group.bytes.slice(group.starts[skip]..), frames);
+        drop(guard);
+        // The session drains a queue it knows about; it learns of a new one here.
+        if written == Written::Gone || (written == Written::Queued && was_empty) {
+            self.session.wake();
+        }
+        if written == Written::Gone {
+            0
+        } else {
+            frames as u64
+        }
+    }
+
+    /// Every room's cursor goes stale: storage may hold messages that were
+    /// never delivered one by one.
+    fn reset(&self) {
+        let mut st = self.lock();
+        if st.rooms.is_empty() {
+            return;
+        }
+        st.rooms.values_mut().for_each(|c| c.live = false);
+        st.stale = true;
+        drop(st);
+        self.session.wake();
+    }
+
+    pub fn close_with(&self, code: u16, reason: &'static str) {
+        self.lock().close_with(code, reason);
+        self.session.wake();
+    }
+
+    pub fn closing(&self) -> Closing {
+        self.lock().closing
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.lock().gone
+    }
+
+    /// The cursor of `room`, if the connection is in it.
+    pub fn cursor(&self, room: &str) -> Option<Cursor> {
+        self.lock().rooms.get(room).copied()
+    }
+
+    /// Starts (or restarts) a room at `last`, not live: the session replays it.
+    pub fn start_room(&self, room: &str, last: u64) {
+        self.lock().rooms.insert(room.to_string(), Cursor { last, live: false });
+    }
+
+    pub fn leave_room(&self, room: &str) {
+        self.lock().rooms.remove(room);
+    }
+
+    pub fn rooms(&self) -> Vec<String> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+
+    /// Rooms whose cursor is not live.
+    pub fn stale_rooms(&self) -> Vec<String> {
+        self.lock().rooms.iter().filter(|(_, c)| !c.live).map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Makes `room` live if `nothing_after(last)` holds, checked under the
+    /// outbox lock so that no delivery can slip between the check and the
+    /// switch. Returns whether it went live, or the check's error.
+    pub fn go_live<E>(&self, room: &str, nothing_after: impl FnOnce(u64) -> Result<bool, E>) -> Result<bool, E> {
+        let mut st = self.lock();
+        let Some(c) = st.rooms.get_mut(room) else { return Ok(true) };
+        if c.live {
+            return Ok(true);
+        }
+        if nothing_after(c.last)? {
+            c.live = true;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// For the end of a session: drops every cursor and every queued frame but
+    /// the one partly written, which must go out whole for the close frame
+    /// after it to be read as a frame.
+    pub fn wind_down(&self) {
+        let mut st = self.lock();
+        st.rooms.clear();
+        let keep = usize::from(st.written > 0);
+        st.queue.truncate(keep);
+        st.frames = st.queue.iter().map(|(_, n)| n).sum();
+    }
+}
+
+/// The connection as tungstenite sees it: reads come from the socket, writes
+/// (control frames: pongs, close) go through the outbox, in order with
+/// everything else written to the connection.
+pub struct ConnIo(pub Arc<Outbox>);
+
+impl AsyncRead for ConnIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.stream.poll_read_ready(cx))?;
+            match self.0.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let mut st = self.0.lock();
+        // Control frames are not held to the queue bound: they are few, and
+        // the close frame must get through after a slow-consumer overflow.
+        match self.0.write(&mut st, Bytes::copy_from_slice(data), 0) {
+            Written::Gone => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Written::Sent | Written::Queued => Poll::Ready(Ok(data.len())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.0.lock();
+        ready!(self.0.poll_drain(&mut st, cx));
+        if st.gone {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket closes when the session drops its outbox.
+        self.poll_flush(cx)
+    }
+}
+
+/// A text frame as a server sends it (unmasked), ready for any connection.
+pub fn text_frame(text: String) -> Bytes {
+    let frame = Frame::message(Bytes::from(text), OpCode::Data(Data::Text), true);
+    let mut out = Vec::with_capacity(frame.len());
+    // Formatting into a Vec cannot fail: it only writes to memory.
+    if let Err(e) = frame.format(&mut out) {
+        tracing::error!(error = %e, "cannot format a WebSocket frame");
+    }
+    Bytes::from(out)
+}
+
+/// The connections of one node, by room and by user.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Members>,
+}
+
+/// Lists are replaced, not edited, so the fan-out takes one by cloning an Arc
+/// and writes to its sockets without holding the registry lock.
+#[derive(Default)]
+struct Members {
+    rooms: HashMap<String, Arc<Vec<Arc<Outbox>>>>,
+    users: HashMap<String, Arc<Vec<Arc<Outbox>>>>,
+}
+
+fn add(lists: &mut HashMap<String, Arc<Vec<Arc<Outbox>>>>, key: &str, o: &Arc<Outbox>) {
+    let list = lists.entry(key.to_string()).or_default();
+    if list.iter().any(|x| Arc::ptr_eq(x, o)) {
+        return;
+    }
+    let mut next = Vec::with_capacity(list.len() + 1);
+    next.extend(list.iter().cloned());
+    next.push(o.clone());
+    *list = Arc::new(next);
+}
+
+fn remove(lists: &mut HashMap<String, Arc<Vec<Arc<Outbox>>>>, key: &str, o: &Arc<Outbox>) {
+    let Some(list) = lists.get_mut(key) else { return };
+    let next: Vec<Arc<Outbox>> = list.iter().filter(|x| !Arc::ptr_eq(x, o)).cloned().collect();
+    if next.is_empty() {
+        lists.remove(key);
+    } else {
+        *list = Arc::new(next);
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Members> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn connect(&self, o: &Arc<Outbox>) {
+        add(&mut self.lock().users, &o.user, o);
+    }
+
+    pub fn join(&self, room: &str, o: &Arc<Outbox>) {
+        add(&mut self.lock().rooms, room, o);
+    }
+
+    pub fn leave(&self, room: &str, o: &Arc<Outbox>) {
+        remove(&mut self.lock().rooms, room, o);
+    }
+
+    /// Forgets a connection: its user's list and each room in `rooms`.
+    pub fn disconnect(&self, o: &Arc<Outbox>, rooms: &[String]) {
+        let mut m = self.lock();
+        remove(&mut m.users, &o.user, o);
+        for room in rooms {
+            remove(&mut m.rooms, room, o);
+        }
+    }
+
+    fn room(&self, room: &str) -> Option<Arc<Vec<Arc<Outbox>>>> {
+        self.lock().rooms.get(room).cloned()
+    }
+
+    fn user(&self, user: &str) -> Option<Arc<Vec<Arc<Outbox>>>> {
+        self.lock().users.get(user).cloned()
+    }
+
+    /// Whether any connection is open.
+    fn any(&self) -> bool {
+        !self.lock().users.is_empty()
+    }
+
+    fn all(&self) -> Vec<Arc<Outbox>> {
+        self.lock().users.values().flat_map(|l| l.iter().cloned()).collect()
+    }
+}
+
+/// Figures the fan-out keeps.
+#[derive(Clone)]
+pub struct FanoutMetrics {
+    pub deliveries: Counter,
+    pub lag: Histogram,
+}
+
+/// Consecutive messages of one room, framed once and laid end to end.
+struct Group {
+    room: String,
+    /// The seq of the first; the others follow without a gap.
+    first: u64,
+    bytes: Bytes,
+    /// Where each message's frame starts in `bytes`.
+    starts: Vec<usize>,
+}
+
+impl Group {
+    fn last(&self) -> u64 {
+        self.first + self.starts.len() as u64 - 1
+    }
+}
+
+/// Cuts a round's messages (in apply order) into runs of one room with
+/// consecutive seqs, each framed once.
+fn groups(messages: &[Arc<Message>]) -> Vec<Group> {
+    let mut runs: Vec<(String, u64, Vec<u8>, Vec<usize>)> = Vec::new();
+    // The open run of each room, by index into `runs`.
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for m in messages {
+        let frame = text_frame(message_json(m).to_string());
+        let run = open.get(m.room.as_str()).copied().filter(|&i| runs[i].1 + runs[i].3.len() as u64 == m.seq);
+        let i = match run {
+            Some(i) => i,
+            None => {
+                runs.push((m.room.clone(), m.seq, Vec::new(), Vec::new()));
+                open.insert(&m.room, runs.len() - 1);
+                runs.len() - 1
+            }
+        };
+        let (_, _, bytes, starts) = &mut runs[i];
+        starts.push(bytes.len());
+        bytes.extend_from_slice(&frame);
+    }
+    runs.into_iter().map(|(room, first, bytes, starts)| Group { room, first, bytes: Bytes::from(bytes), starts }).collect()
+}
+
+/// Rounds of deliveries start at most this often under load; see the module docs.
+pub const ROUND_INTERVAL: Duration = Duration::from_millis(40);
+
+/// Starts the fan-out thread of a node. It ends, closing every connection
+/// with 1001, when the node's deliveries end.
+pub fn start(deliveries: broadcast::Receiver<Delivery>, registry: Arc<Registry>, metrics: FanoutMetrics) -> io::Result<()> {
+    std::thread::Builder::new().name("chorus-fanout".into()).spawn(move || run(deliveries, &registry, &metrics))?;
+    Ok(())
+}
+
+/// What one round has to do, in apply order.
+enum Step {
+    Deliver(Vec<Arc<Message>>),
+    /// Storage may now hold messages that were not delivered one by one.
+    Reset,
+}
+
+fn run(mut from: broadcast::Receiver<Delivery>, registry: &Registry, metrics: &FanoutMetrics) {
+    let mut last_round: Option<Instant> = None;
+    let mut closed = false;
+    while !closed {
+        let first = from.blocking_recv();
+        if let Some(at) = last_round {
+            let next = at + ROUND_INTERVAL;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+        }
+        last_round = Some(Instant::now());
+        // The round: everything applied up to now.
+        let mut steps: Vec<Step> = Vec::new();
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            match d {
+                Ok(Delivery::Message(m)) => match steps.last_mut() {
+                    Some(Step::Deliver(ms)) => ms.push(m),
+                    _ => steps.push(Step::Deliver(vec![m])),
+                },
+                Ok(Delivery::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => steps.push(Step::Reset),
+                Err(broadcast::error::RecvError::Closed) => closed = true,
+            }
+            next = match from.try_recv() {
+                Ok(d) => Some(Ok(d)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(broadcast::error::RecvError::Lagged(n))),
+                Err(broadcast::error::TryRecvError::Closed) => Some(Err(broadcast::error::RecvError::Closed)),
+                Err(broadcast::error::TryRecvError::Empty) => None,
+            };
+            if closed {
+                next = None;
+            }
+        }
+        for step in steps {
+            match step {
+                Step::Deliver(messages) => deliver_round(&messages, registry, metrics),
+                Step::Reset => registry.all().iter().for_each(|o| o.reset()),
+            }
+        }
+    }
+    registry.all().iter().for_each(|o| o.close_with(1001, "node shutting down"));
+}
+
+fn deliver_round(messages: &[Arc<Message>], registry: &Registry, metrics: &FanoutMetrics) {
+    if !registry.any() {
+        // Nobody to deliver to on this node, and no lag to speak of.
+        return;
+    }
+    let now = crate::now_ms();
+    for m in messages {
+        metrics.lag.observe(now.saturating_sub(m.ts_ms) as f64 / 1000.0);
+    }
+    // Each room's connections, and the messages someone here is to get.
+    let mut targets: HashMap<&str, Vec<Arc<Vec<Arc<Outbox>>>>> = HashMap::new();
+    let mut wanted = Vec::with_capacity(messages.len());
+    for m in messages {
+        let lists = targets.entry(m.room.as_str()).or_insert_with(|| match chat::dm_participants(&m.room) {
+            // Both users' connections, joined or not; a DM room has no others.
+            Some((a, b)) => [registry.user(a), registry.user(b)].into_iter().flatten().collect(),
+            None => registry.room(&m.room).into_iter().collect(),
+        });
+        if !lists.is_empty() {
+            wanted.push(m.clone());
+        }
+    }
+    let mut sent = 0;
+    for group in groups(&wanted) {
+        let dm = chat::dm_participants(&group.room).is_some();
+        let Some(lists) = targets.get(group.room.as_str()) else { continue };
+        for o in lists.iter().flat_map(|l| l.iter()) {
+            sent += o.deliver(&group, dm);
+        }
+    }
+    metrics.deliveries.inc_by(sent);
+}

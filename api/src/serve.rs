@@ -1,0 +1,79 @@
+//! The client listener.
+//!
+//! Connections are served as HTTP/1.1 by hyper directly rather than through
+//! `axum::serve`, whose connections go through hyper-util's protocol sniffing:
+//! that wraps each socket in a private type, so an upgraded connection could not
+//! be turned back into its `TcpStream`. The WebSocket sessions need the socket
+//! itself (see [`crate::ws`]): the fan-out writes each delivery to it directly.
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long requests in progress get to finish once the node stops.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets requests
+/// in progress finish (for at most [`DRAIN`]). Upgraded WebSocket connections
+/// have left hyper by then; their sessions end with the node's deliveries.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "cannot accept a client connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
+        // A delivery is one small write; Nagle's algorithm would hold it back
+        // until the client acks the one before (and the client delays its acks).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a client connection");
+        }
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let mut conn = pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => return log_end(result),
+                _ = stop.wait_for(|stopping| *stopping) => conn.as_mut().graceful_shutdown(),
+            }
+            log_end(conn.await);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::debug!(left = connections.len(), "client connections still busy at shutdown; dropping them");
+    }
+}
+
+fn log_end(result: hyper::Result<()>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
