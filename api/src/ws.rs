@@ -176,11 +176,14 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
         .read_buffer_size(1024)
         .write_buffer_size(0);
     let io = ConnIo(out.clone());
-    let ws = if read_buf.is_empty() {
-        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
-    } else {
+    // `read_buf` shares hyper's whole read buffer (kilobytes) even when empty:
+    // copy out what it holds and let the buffer go, not keep it for the session.
+    let early = (!read_buf.is_empty()).then(|| read_buf.to_vec());
+    drop(read_buf);
+    let ws = match early {
+        None => WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
         // The client's first bytes came in with the upgrade request.
-        WebSocketStream::from_partially_read(io, read_buf.to_vec(), Role::Server, Some(config)).await
+        Some(bytes) => WebSocketStream::from_partially_read(io, bytes, Role::Server, Some(config)).await,
     };
     // From here on, direct messages to this user reach this connection.
     app.registry.connect(&out);
