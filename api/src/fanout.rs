@@ -151,6 +151,12 @@ impl Outbox {
         if st.gone {
             return Written::Gone;
         }
+        // Whoever writes also moves the queue on, so it drains even while the
+        // session task is busy elsewhere (awaiting a commit, say).
+        self.try_drain(st);
+        if st.gone {
+            return Written::Gone;
+        }
         if !st.queue.is_empty() {
             st.queue.push_back((chunk, frames));
             st.frames += frames;
@@ -177,6 +183,31 @@ impl Outbox {
         st.frames += frames;
         st.written = done;
         Written::Queued
+    }
+
+    /// Writes queued chunks as far as the socket takes them now, without
+    /// registering for its readiness (the fan-out thread has no task to wake).
+    fn try_drain(&self, st: &mut OutState) {
+        while let Some((front, frames)) = st.queue.front() {
+            let frames = *frames;
+            match self.stream.try_write(&front[st.written..]) {
+                Ok(0) => return,
+                Ok(n) => {
+                    st.written += n;
+                    if st.written == front.len() {
+                        st.queue.pop_front();
+                        st.written = 0;
+                        st.frames -= frames;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    st.gone = true;
+                    return;
+                }
+            }
+        }
     }
 
     /// Drives queued frames into the socket until it is empty (ready) or
@@ -300,11 +331,12 @@ impl Outbox {
             return 0;
         }
         st.rooms.insert(group.room.clone(), Cursor { last: group.last(), live: true });
-        let was_empty = st.queue.is_empty();
         let written = self.write(st, group.bytes.slice(group.starts[skip]..), frames);
+        // The session drains a queue it knows about (it waits for the socket to
+        // be writable); it learns of a new one here.
+        let newly_queued = written == Written::Queued && st.queue.len() == 1;
         drop(guard);
-        // The session drains a queue it knows about; it learns of a new one here.
-        if written == Written::Gone || (written == Written::Queued && was_empty) {
+        if written == Written::Gone || newly_queued {
             self.session.wake();
         }
         if written == Written::Gone {
@@ -345,9 +377,22 @@ impl Outbox {
         self.lock().rooms.get(room).copied()
     }
 
-    /// Starts (or restarts) a room at `last`, not live: the session replays it.
-    pub fn start_room(&self, room: &str, last: u64) {
-        self.lock().rooms.insert(room.to_string(), Cursor { last, live: false });
+    /// Sends `joined` and starts (or restarts) `room` at `last`, not live (the
+    /// session replays it), under one lock: no live frame of the room can come
+    /// between the two. False if the connection is closing.
+    pub fn start_room(&self, room: &str, last: u64, joined: Bytes) -> bool {
+        let mut st = self.lock();
+        if !self.push_locked(&mut st, joined) {
+            return false;
+        }
+        st.rooms.insert(room.to_string(), Cursor { last, live: false });
+        true
+    }
+
+    /// Ready once everything queued has gone to the socket (or it failed).
+    pub fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.lock();
+        self.poll_drain(&mut st, cx)
     }
 
     pub fn leave_room(&self, room: &str) {
@@ -413,10 +458,15 @@ impl AsyncRead for ConnIo {
 }
 
 impl AsyncWrite for ConnIo {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let mut st = self.0.lock();
-        // Control frames are not held to the queue bound: they are few, and
-        // the close frame must get through after a slow-consumer overflow.
+        // Control frames are not counted against the queue bound (the close
+        // frame must get through after a slow-consumer overflow), so they wait
+        // for an empty queue instead: tungstenite then keeps at most one pong
+        // pending, however many pings a client that does not read sends.
+        if self.0.poll_drain(&mut st, cx).is_pending() {
+            return Poll::Pending;
+        }
         match self.0.write(&mut st, Bytes::copy_from_slice(data), 0) {
             Written::Gone => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             Written::Sent | Written::Queued => Poll::Ready(Ok(data.len())),

@@ -25,7 +25,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets requests
 /// in progress finish (for at most [`DRAIN`]). Upgraded WebSocket connections
-/// have left hyper by then; their sessions end with the node's deliveries.
+/// have left hyper by then and are not waited for.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();

@@ -250,6 +250,15 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
     }
 }
 
+impl<B: ChatBackend> Drop for Session<B> {
+    /// The fan-out forgets the connection however the session ends, even by a
+    /// panic, so the socket closes instead of taking deliveries forever.
+    fn drop(&mut self) {
+        self.out.close_with(1011, "session ended");
+        self.app.registry.disconnect(&self.out, &self.out.rooms());
+    }
+}
+
 impl<B: ChatBackend> Session<B> {
     /// Queues a frame; on overflow, closes the connection as a slow consumer.
     fn push(&mut self, frame: String) -> bool {
@@ -292,6 +301,9 @@ impl<B: ChatBackend> Session<B> {
             return;
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.close(None)).await;
+        // tungstenite may have left its reply to the client's close queued in
+        // the outbox without waiting for it: send it before the socket drops.
+        let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| self.out.poll_flushed(cx))).await;
     }
 
     async fn client_frame(&mut self, text: &str) {
@@ -349,16 +361,19 @@ impl<B: ChatBackend> Session<B> {
             }
         };
         let online = self.online_members(&room);
-        self.push(with_req(json!({ "type": "joined", "room": room, "head": head, "online": online }), req));
-        if self.out.cursor(&room).is_none() {
+        let fresh = self.out.cursor(&room).is_none();
+        let joined = with_req(json!({ "type": "joined", "room": room, "head": head, "online": online }), req);
+        // Replay from storage, then go live from where the replay stopped. Without
+        // `after`, live delivery starts after the head the client was told.
+        if !self.out.start_room(&room, after.unwrap_or(head), text_frame(joined)) {
+            return Ok(());
+        }
+        if fresh {
             // Members already in the room learn that this (online) user is now one of them.
             let sig = PeerSignal::Joined { room: room.clone(), user: self.user.clone() };
             self.app.presence.receive(sig.clone(), std::time::Instant::now());
             self.app.backend.send_signal(sig);
         }
-        // Replay from storage, then go live from where the replay stopped. Without
-        // `after`, live delivery starts after the head the client was told.
-        self.out.start_room(&room, after.unwrap_or(head));
         if chat::dm_participants(&room).is_none() {
             // Direct messages reach both users' connections without this.
             self.app.registry.join(&room, &self.out);
