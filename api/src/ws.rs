@@ -44,8 +44,6 @@ use crate::http::{client_id_text, message_json, read_history, send_message, Hist
 use crate::presence::{LocalSignal, PeerSignal};
 use crate::{validate, App, ChatBackend};
 
-pub use crate::fanout::OUTBOX_FRAMES;
-
 /// Largest client frame accepted.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Sends one connection may have awaiting their ack.
