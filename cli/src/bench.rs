@@ -5,8 +5,8 @@
 //!   room of its own; acked messages/s, ack latency, send→deliver latency.
 //! - **fan-out**: `--subscribers` connections in one room spread over the nodes,
 //!   `--fanout-senders` senders; deliveries/s and send→deliver latency. The
-//!   subscribers are read by one OS thread polling their sockets with mio (see
-//!   [`SubscriberReader`]), not by a tokio task each.
+//!   subscribers are read by `--reader-threads` OS threads polling their
+//!   sockets with mio (see [`SubscriberReader`]), not by a tokio task each.
 //! - **idle**: `--idle` connections to the first node; its RSS growth per
 //!   connection (needs `--pids`, the chorusd process ids in `--urls` order).
 //!
@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// 0: each sender sends its next message when the last is acked.
     #[arg(long, default_value_t = 0)]
     fanout_rate: u64,
+    /// Threads reading the fan-out subscribers' sockets. One is the default:
+    /// on a 2-core machine that also runs the nodes, two measured no better
+    /// (docs/PERFORMANCE.md, session 8); on a bigger load machine, use more.
+    #[arg(long, default_value_t = 1)]
+    reader_threads: usize,
     #[arg(long, default_value_t = 0)]
     idle: usize,
     /// chorusd process ids, in --urls order (for RSS and CPU figures).
@@ -336,21 +341,32 @@ fn subscribe(url: &str, token: &str) -> anyhow::Result<SyncWs> {
 /// The poll token of [`SubscriberReader`]'s waker; a subscriber's token is its slot.
 const WAKE: mio::Token = mio::Token(usize::MAX);
 
-/// Reads every fan-out subscriber from one OS thread, which polls their sockets
-/// with mio and reads each with sync tungstenite until it would block.
+/// Reads every fan-out subscriber from a few OS threads (`--reader-threads`),
+/// each polling its share of the sockets with mio and reading each with sync
+/// tungstenite until it would block.
 ///
-/// Why one thread: the load generator shares this machine's cores with the
-/// nodes, so every µs of its CPU per delivery is taken from them and shows up
-/// in the latency it measures. A tokio task per subscriber cost ~1.5 µs of this
-/// process's own code per delivery (task wakeups, the async WebSocket adapters);
-/// here there are no tasks to wake, one `epoll_wait` reports many subscribers,
-/// and a delivery costs its share of that, one read(2) (see [`SubSocket`]) and
-/// tungstenite's framing.
+/// Why threads and not tasks: the load generator shares this machine's cores
+/// with the nodes, so every µs of its CPU per delivery is taken from them and
+/// shows up in the latency it measures. A tokio task per subscriber cost ~1.5 µs
+/// of this process's own code per delivery (task wakeups, the async WebSocket
+/// adapters); here there are no tasks to wake, one `epoll_wait` reports many
+/// subscribers, and a delivery costs its share of that, one read(2) (see
+/// [`SubSocket`]) and tungstenite's framing. Why more than one, when the
+/// cores allow: a node writes a message to all its subscribers at once, and
+/// one thread reading 3,000 sockets in turn makes the last of them wait for
+/// the other 2,999, which a client on its own machine never would.
 ///
-/// Subscribers are handed over as they join, so none goes unread while the
-/// rest connect; dropping the reader (or [`SubscriberReader::finish`]) stops
-/// the thread, which drops, and so closes, every subscriber's connection.
+/// Subscribers are handed over as they join, round robin, so none goes unread
+/// while the rest connect; dropping the reader (or [`SubscriberReader::finish`])
+/// stops the threads, which drop, and so close, every subscriber's connection.
 struct SubscriberReader {
+    threads: Vec<ReaderThread>,
+    /// The thread the next subscriber goes to.
+    next: usize,
+}
+
+/// One of [`SubscriberReader`]'s threads.
+struct ReaderThread {
     /// New subscribers; dropped to tell the thread to stop.
     new: Option<mpsc::Sender<SyncWs>>,
     /// Wakes the thread to take new subscribers or stop.
@@ -359,34 +375,55 @@ struct SubscriberReader {
 }
 
 impl SubscriberReader {
-    fn spawn(start: Instant, deliveries: Arc<Deliveries>, sample_every: u64) -> anyhow::Result<Self> {
-        let poll = mio::Poll::new().context("cannot create a poller for the subscribers")?;
-        let waker = mio::Waker::new(poll.registry(), WAKE).context("cannot create the subscriber reader's waker")?;
-        let (new, joined) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("bench-subscribers".to_string())
-            .spawn(move || read_subscribers(poll, joined, start, &deliveries, sample_every))
-            .context("cannot start the subscriber reader thread")?;
-        Ok(SubscriberReader { new: Some(new), waker, thread: Some(thread) })
+    fn spawn(threads: usize, start: Instant, deliveries: Arc<Deliveries>, sample_every: u64) -> anyhow::Result<Self> {
+        let threads = (0..threads.max(1))
+            .map(|i| {
+                let poll = mio::Poll::new().context("cannot create a poller for the subscribers")?;
+                let waker = mio::Waker::new(poll.registry(), WAKE).context("cannot create the subscriber reader's waker")?;
+                let (new, joined) = mpsc::channel();
+                let deliveries = deliveries.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("bench-subs-{i}"))
+                    .spawn(move || read_subscribers(poll, joined, start, &deliveries, sample_every))
+                    .context("cannot start a subscriber reader thread")?;
+                Ok(ReaderThread { new: Some(new), waker, thread: Some(thread) })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(SubscriberReader { threads, next: 0 })
     }
 
-    /// Hands a joined subscriber ([`subscribe`]) to the thread.
+    /// Hands a joined subscriber ([`subscribe`]) to the next thread.
     fn add(&mut self, ws: SyncWs) -> anyhow::Result<()> {
-        if self.new.as_ref().is_none_or(|new| new.send(ws).is_err()) {
+        let i = self.next % self.threads.len();
+        self.next = i + 1;
+        let t = &mut self.threads[i];
+        if t.new.as_ref().is_none_or(|new| new.send(ws).is_err()) {
             // The thread has ended: say why.
             self.finish()?;
-            bail!("the subscriber reader thread has stopped");
+            bail!("a subscriber reader thread has stopped");
         }
-        self.waker.wake().context("cannot wake the subscriber reader thread")
+        t.waker.wake().context("cannot wake a subscriber reader thread")
     }
 
-    /// Stops the thread, closing every subscriber's connection, and returns
-    /// the error it ended with, if any.
+    /// Stops the threads, closing every subscriber's connection, and returns
+    /// the first error one ended with, if any.
     fn finish(&mut self) -> anyhow::Result<()> {
-        self.new = None;
-        let Some(thread) = self.thread.take() else { return Ok(()) };
-        self.waker.wake().context("cannot wake the subscriber reader thread")?;
-        thread.join().map_err(|_| anyhow!("the subscriber reader thread panicked"))?
+        for t in &mut self.threads {
+            t.new = None;
+        }
+        let mut result = Ok(());
+        for t in &mut self.threads {
+            let Some(thread) = t.thread.take() else { continue };
+            let ended = t
+                .waker
+                .wake()
+                .context("cannot wake a subscriber reader thread")
+                .and_then(|()| thread.join().map_err(|_| anyhow!("a subscriber reader thread panicked"))?);
+            if result.is_ok() {
+                result = ended;
+            }
+        }
+        result
     }
 }
 
@@ -572,9 +609,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.subscribers > 0 {
         let deliveries = Arc::new(Deliveries::default());
         let sample = (args.subscribers as u64 / 50).max(1);
-        // One thread reads every subscriber (see `SubscriberReader`); each is
+        // A few threads read the subscribers (see `SubscriberReader`); each is
         // connected and joined with blocking I/O off the runtime, then handed over.
-        let mut subscribers = SubscriberReader::spawn(start, deliveries.clone(), sample)?;
+        let mut subscribers = SubscriberReader::spawn(args.reader_threads, start, deliveries.clone(), sample)?;
         for i in 0..args.subscribers {
             let (url, token) = (urls[i % urls.len()].clone(), users.token(i).to_string());
             subscribers.add(tokio::task::spawn_blocking(move || subscribe(&url, &token)).await??)?;
