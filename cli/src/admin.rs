@@ -140,7 +140,7 @@ fn print_status(cli: &Cli, s: &ClusterStatus) {
         return;
     }
     println!("cluster {}  leader {}  term {}", s.cluster_id, if s.leader == 0 { "none".into() } else { s.leader.to_string() }, s.term);
-    println!("{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {}", "ID", "RAFT", "CLIENT", "ROLE", "TERM", "LAST_LOG", "APPLIED", "LAG", "REACHABLE");
+    println!("{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  REACHABLE", "ID", "RAFT", "CLIENT", "ROLE", "TERM", "LAST_LOG", "APPLIED", "LAG");
     for m in &s.members {
         println!(
             "{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {}",

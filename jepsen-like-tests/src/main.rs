@@ -116,8 +116,8 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.time);
     let mut tasks = Vec::new();
-    for i in 0..args.clients {
-        tasks.push(tokio::spawn(sender(i, addrs.clone(), tokens[i].clone(), seed, start, deadline, history.clone())));
+    for (i, token) in tokens.iter().take(args.clients).enumerate() {
+        tasks.push(tokio::spawn(sender(i, addrs.clone(), token.clone(), seed, start, deadline, history.clone())));
     }
     for j in 0..2 {
         tasks.push(tokio::spawn(subscriber(j, addrs.clone(), tokens[args.clients + j].clone(), seed, deadline, history.clone())));

@@ -63,7 +63,7 @@ pub async fn login(http: &reqwest::Client, client_addr: &str, user: &str) -> any
 /// One sending client: unique ids, retried with the same id on another node
 /// until acked or out of attempts (then the outcome is unknown).
 pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u64, start: Instant, deadline: Instant, h: Arc<Mutex<History>>) {
-    let mut rng = StdRng::seed_from_u64(seed ^ (i as u64 + 1) * 0x9E37_79B9);
+    let mut rng = StdRng::seed_from_u64(seed ^ ((i as u64 + 1) * 0x9E37_79B9));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let user = format!("c{i}");
     let mut conn: Option<(u64, Ws)> = None;

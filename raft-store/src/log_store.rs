@@ -118,7 +118,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogId> = self.get_meta(KEY_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged.clone());
+        let last_log_id = self.last_entry_log_id()?.or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id })
     }
 

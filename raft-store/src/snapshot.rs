@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 
 use crate::chat::Table;
 
+/// One snapshot record: its table, key and value.
+pub type Record = (Table, Vec<u8>, Vec<u8>);
+
 const MAGIC: &[u8] = b"CHORUSSNAP1\n";
 const END_TAG: u8 = 0xFF;
 /// No key or value in the chat tables comes near this; a larger length means a
@@ -147,7 +150,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next record, or `None` at a verified end.
-    pub fn next_record(&mut self) -> io::Result<Option<(Table, Vec<u8>, Vec<u8>)>> {
+    pub fn next_record(&mut self) -> io::Result<Option<Record>> {
         if self.done {
             return Ok(None);
         }

@@ -11,8 +11,7 @@ pub fn subscriptions_gap_free(h: &History) -> Verdict {
         h.finals.values().next().map(|msgs| msgs.iter().map(|m| (m.seq, m)).collect()).unwrap_or_default();
     let mut anomalies = Vec::new();
     for s in &h.subscriptions {
-        let mut expect = s.after + 1;
-        for m in &s.received {
+        for (expect, m) in (s.after + 1..).zip(&s.received) {
             if m.seq != expect {
                 anomalies.push(format!(
                     "client {} on node {}: expected seq {expect}, got {} ({})",
@@ -28,7 +27,6 @@ pub fn subscriptions_gap_free(h: &History) -> Verdict {
                     anomalies.push(format!("client {}: seq {} was {}/{} but is {}/{} in the final history", s.client, m.seq, m.from, m.id, f.from, f.id));
                 }
             }
-            expect += 1;
         }
     }
     Verdict::of("subscriptions gap-free, duplicate-free, consistent", anomalies)
