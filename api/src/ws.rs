@@ -87,7 +87,9 @@ pub async fn upgrade<B: ChatBackend>(
         return ApiError::bad_request("this route only speaks WebSocket: Connection: upgrade, Upgrade: websocket").into_response();
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        // RFC 6455 §4.4: 426 Upgrade Required, naming the version this node speaks.
         let mut r = ApiError::bad_request("Sec-WebSocket-Version must be 13").into_response();
+        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
         r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return r;
     }

@@ -151,6 +151,19 @@ async fn websocket_frames_across_nodes() {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {other:?}"),
     }
+    // A WebSocket version the node does not speak gets 426 and the version it
+    // does (RFC 6455 §4.4).
+    let r = reqwest::Client::new()
+        .get(format!("{b1}/v1/ws?token={ta}"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers().get("sec-websocket-version").map(|v| v.as_bytes()), Some(&b"13"[..]));
 
     let mut a = connect(&b1, &ta).await;
     let mut b = connect(&b2, &tb).await;
