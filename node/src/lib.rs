@@ -57,6 +57,10 @@ impl Listeners {
     }
 }
 
+/// How long [`NodeHandle::shutdown`] waits for WebSocket sessions to finish
+/// their close handshake.
+pub const GOODBYE: Duration = Duration::from_secs(2);
+
 /// A started node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     pub node: Arc<Node>,
@@ -68,7 +72,8 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     /// Stops serving, shuts Raft down and waits for every task, so the data
-    /// directory can be reopened once this returns.
+    /// directory can be reopened once this returns. WebSocket connections are
+    /// closed with 1001; this waits up to [`GOODBYE`] for them to finish.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.node.raft.shutdown().await {
@@ -76,6 +81,13 @@ impl NodeHandle {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Raft's shutdown dropped the state machine and with it the delivery
+        // channel, so the fan-out is closing every connection with 1001. A
+        // process that exits right after this should have said so first.
+        let deadline = tokio::time::Instant::now() + GOODBYE;
+        while self.node.connections.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -136,7 +148,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let sm = StateMachine::open(store.clone())?;
     let reader = sm.reader();
     let applied = sm.applied_watch();
-    let deliveries = sm.deliveries();
+    let deliveries = sm.deliveries().downgrade();
     let log_store = LogStore::new(store.clone());
 
     let info = NodeInfo {

@@ -52,7 +52,10 @@ pub struct Node {
     pub info: NodeInfo,
     pub config: Config,
     pub(crate) applied: watch::Receiver<u64>,
-    pub(crate) deliveries: broadcast::Sender<Delivery>,
+    /// Weak, so that only the state machine keeps the channel open: when Raft
+    /// shuts down and drops it, the fan-out sees the channel close, closes this
+    /// node's WebSocket connections with 1001 and ends.
+    pub(crate) deliveries: broadcast::WeakSender<Delivery>,
     pub(crate) proposer: mpsc::Sender<Pending>,
     pub(crate) forwarder: mpsc::Sender<Pending>,
     /// The ephemeral presence and typing plane.
@@ -105,9 +108,13 @@ impl Node {
         }
     }
 
-    /// Subscribes to the state machine's deliveries on this node.
+    /// Subscribes to the state machine's deliveries on this node; once the
+    /// node has shut down, the receiver is already closed.
     pub fn subscribe(&self) -> broadcast::Receiver<Delivery> {
-        self.deliveries.subscribe()
+        match self.deliveries.upgrade() {
+            Some(sender) => sender.subscribe(),
+            None => broadcast::channel(1).1,
+        }
     }
 
     /// The members of the cluster as this node knows them: id → (info, voter).

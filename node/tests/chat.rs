@@ -535,3 +535,26 @@ async fn a_replay_to_a_client_that_does_not_read_ends_with_4008() {
 fn ws_stall_bound() -> Duration {
     api::ws::STALL + Duration::from_secs(20)
 }
+
+/// A node that shuts down closes its WebSocket connections with 1001 ("going
+/// away"), instead of leaving them open with nothing left to write to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_shutting_down_closes_its_connections_with_1001() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut c = TestCluster::start_with(1, unlimited).await;
+    let b = base(&c, 1);
+    let t = login(&b, "ann").await;
+    let mut ws = connect(&b, &t).await;
+    join(&mut ws, "lobby", None).await;
+    c.stop(1).await;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    c.shutdown().await;
+}
