@@ -153,7 +153,7 @@ async fn websocket_frames_across_nodes() {
     }
     // A WebSocket version the node does not speak gets 426 and the version it
     // does (RFC 6455 §4.4).
-    let r = reqwest::Client::new()
+    let r = client::http()
         .get(format!("{b1}/v1/ws?token={ta}"))
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
