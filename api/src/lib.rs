@@ -192,7 +192,11 @@ impl<B: ChatBackend> App<B> {
     pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>) -> std::io::Result<Self> {
         let metrics = metrics::ApiMetrics::default();
         let registry = Arc::new(fanout::Registry::default());
-        let figures = fanout::FanoutMetrics { deliveries: metrics.deliveries.clone(), lag: metrics.delivery_lag.clone() };
+        let figures = fanout::FanoutMetrics {
+            deliveries: metrics.deliveries.clone(),
+            lag: metrics.delivery_lag.clone(),
+            late: metrics.late_messages.clone(),
+        };
         fanout::start(backend.deliveries(), registry.clone(), figures)?;
         Ok(App {
             backend,

@@ -22,6 +22,7 @@ pub struct ApiMetrics {
     pub ack_latency: Histogram,
     pub delivery_lag: Histogram,
     pub deliveries: Counter,
+    pub late_messages: Counter,
     pub slow_consumer_closes: Counter,
     ws_connections: Gauge,
     raft_term: Gauge,
@@ -40,6 +41,7 @@ impl Default for ApiMetrics {
             ack_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             delivery_lag: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             deliveries: Counter::default(),
+            late_messages: Counter::default(),
             slow_consumer_closes: Counter::default(),
             ws_connections: Gauge::default(),
             raft_term: Gauge::default(),
@@ -57,6 +59,11 @@ impl Default for ApiMetrics {
             m.delivery_lag.clone(),
         );
         registry.register("deliveries", "Message frames queued to WebSocket connections", m.deliveries.clone());
+        registry.register(
+            "fanout_late_messages",
+            "Messages applied while a delivery round was writing: they reach the round's remaining connections at once and the others in the next round",
+            m.late_messages.clone(),
+        );
         registry.register("slow_consumer_closes", "Connections closed because their queue overflowed", m.slow_consumer_closes.clone());
         registry.register("ws_connections", "Open WebSocket connections", m.ws_connections.clone());
         registry.register("raft_term", "Current Raft term", m.raft_term.clone());
