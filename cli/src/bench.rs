@@ -616,6 +616,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let (url, token) = (urls[i % urls.len()].clone(), users.token(i).to_string());
             subscribers.add(tokio::task::spawn_blocking(move || subscribe(&url, &token)).await??)?;
         }
+        // The senders connect before the window opens, so that the first of
+        // them do not send while the others are still connecting and joining.
+        let mut senders = Vec::with_capacity(args.fanout_senders);
+        for i in 0..args.fanout_senders {
+            let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
+            join(&mut ws, "fanout-senders").await?;
+            senders.push(ws);
+        }
         let before = deliveries.count.load(Ordering::Relaxed);
         let cpu = CpuMeter::start(&args.pids);
         let deadline = Instant::now() + Duration::from_secs(args.secs);
@@ -623,9 +631,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // The fan-out senders' acks: their latency is the commit part of send→deliver.
         let fan_acks = Arc::new(Deliveries::default());
         let mut tasks = Vec::new();
-        for i in 0..args.fanout_senders {
-            let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
-            join(&mut ws, "fanout-senders").await?;
+        let senders_n = senders.len();
+        for (i, ws) in senders.into_iter().enumerate() {
             let (mut tx, rx) = ws.split();
             let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(reader(rx, start, fan_acks.clone(), Some(ack_tx), u64::MAX));
@@ -636,7 +643,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 let mut tick = period.map(|p| {
-                    let mut t = tokio::time::interval(p);
+                    // Sender i starts i/n of a period in, so that together they
+                    // send at an even rate rather than in bursts of n.
+                    let offset = p.mul_f64(i as f64 / senders_n as f64);
+                    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, p);
                     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                     t
                 });
