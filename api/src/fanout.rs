@@ -793,13 +793,15 @@ impl Fanout<'_> {
     /// taking in new ones as it goes.
     fn deliver_round(&mut self) {
         self.owed = false;
+        // Every room is visited from `self.rooms`; only rooms new during the
+        // round are taken from here.
+        self.new_rooms.clear();
         if !self.registry.any() {
             // Nobody to deliver to on this node.
             return;
         }
         let round = self.round;
         let mut visit: Vec<String> = self.rooms.keys().cloned().collect();
-        self.new_rooms.clear();
         self.took = Instant::now();
         let mut sent = 0;
         let mut next = 0;
