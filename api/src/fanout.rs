@@ -9,11 +9,14 @@
 //!
 //! Deliveries go out in rounds, and each round writes each connection what it
 //! lacks with one write, so a connection in a busy room gets several frames
-//! per TCP segment. Rounds start at most every [`ROUND_INTERVAL`]: a message
-//! applied while the cluster is quiet goes out at once, and under sustained
-//! load a connection gets one write per interval. The per-segment cost (the
-//! system call, and on loopback the receiver's TCP processing, all on this
-//! thread) is most of the cost of a delivery, so batching is what lets one room
+//! per TCP segment. A message applied while the cluster is quiet goes out at
+//! once; under sustained load rounds start every [`ROUND_INTERVAL`] (never
+//! closer than half of it), so a connection gets one write per interval. Those
+//! rounds keep to a grid of the node's own, offset from the other nodes' (see
+//! [`round_delay`]), so nodes that share a machine take turns at its cores.
+//! The per-segment cost (the system call, and on loopback the receiver's TCP
+//! processing, all on this thread) is most of the cost of a delivery, so
+//! batching is what lets one room
 //! reach a few thousand subscribers at tens of messages per second on a small
 //! machine.
 //!
@@ -53,7 +56,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -600,6 +603,8 @@ pub struct FanoutMetrics {
     pub lag: Histogram,
     /// Messages taken in while a round was writing.
     pub late: Counter,
+    /// Each round's wall time, in seconds.
+    pub rounds: Histogram,
 }
 
 /// Consecutive messages of one room, framed once and laid end to end.
@@ -672,11 +677,64 @@ pub const ROUND_INTERVAL: Duration = Duration::from_millis(40);
 const TAKE_EVERY: usize = 16;
 const TAKE_GAP: Duration = Duration::from_millis(1);
 
-/// Starts the fan-out thread of a node. It ends, closing every connection
-/// with 1001, when the node's deliveries end.
-pub fn start(deliveries: broadcast::Receiver<Delivery>, registry: Arc<Registry>, metrics: FanoutMetrics) -> io::Result<()> {
+/// Microseconds since the Unix epoch: the clock that every process on a
+/// machine reads alike, so nodes sharing it can keep their rounds apart.
+fn wall_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Where in each [`ROUND_INTERVAL`] node `node`'s rounds start under load, in
+/// µs: the fractional part of `node` times the golden ratio, which spreads
+/// any run of node ids fairly evenly over the interval (1, 2, 3 land at 25,
+/// 9 and 34 ms of 40).
+fn round_phase(node: u64) -> u64 {
+    let golden = 0.618_033_988_749_895_f64;
+    ((node as f64 * golden).fract() * ROUND_INTERVAL.as_micros() as f64) as u64
+}
+
+/// How long to wait before a round, at wall time `now` (µs), when the last
+/// one started at `last`: nothing after a quiet spell of a whole interval (a
+/// message to a quiet cluster goes out at once); otherwise until the first
+/// start on this node's grid (`phase` into each interval) that is at least
+/// half an interval after the last round. Under load that is exactly one
+/// interval after it, on the grid.
+///
+/// Why a grid: the nodes of a cluster apply each message at about the same
+/// moment, so rounds timed only from their messages start together on every
+/// node. Where nodes share a machine's cores (a local cluster, a test), their
+/// rounds then share the cores for their whole length, and every round's last
+/// connection is written late; with the nodes' rounds spread over the
+/// interval, each round has the cores more to itself and ends sooner. Nodes
+/// on machines of their own lose nothing: their rounds just start on a grid.
+/// The wait never exceeds one and a half intervals, whatever the wall clock does.
+fn round_delay(now: u64, last: Option<u64>, phase: u64) -> Duration {
+    let interval = ROUND_INTERVAL.as_micros() as u64;
+    let Some(last) = last else { return Duration::ZERO };
+    if now >= last.saturating_add(interval) {
+        return Duration::ZERO;
+    }
+    let earliest = now.max(last + interval / 2);
+    // The first time at or after `earliest` that is `phase` into an interval.
+    let start = earliest + (phase % interval + interval - earliest % interval) % interval;
+    Duration::from_micros((start - now).min(interval + interval / 2))
+}
+
+/// Starts the fan-out thread of node `node`. It ends, closing every
+/// connection with 1001, when the node's deliveries end.
+pub fn start(node: u64, deliveries: broadcast::Receiver<Delivery>, registry: Arc<Registry>, metrics: FanoutMetrics) -> io::Result<()> {
     std::thread::Builder::new().name("chorus-fanout".into()).spawn(move || {
-        let mut fanout = Fanout { from: deliveries, registry: &registry, metrics: &metrics, round: 0, rooms: HashMap::new(), owed: false, closed: false, new_rooms: Vec::new(), took: Instant::now() };
+        let mut fanout = Fanout {
+            from: deliveries,
+            registry: &registry,
+            metrics: &metrics,
+            phase: round_phase(node),
+            round: 0,
+            rooms: HashMap::new(),
+            owed: false,
+            closed: false,
+            new_rooms: Vec::new(),
+            took: Instant::now(),
+        };
         fanout.run();
     })?;
     Ok(())
@@ -687,6 +745,9 @@ struct Fanout<'a> {
     from: broadcast::Receiver<Delivery>,
     registry: &'a Registry,
     metrics: &'a FanoutMetrics,
+    /// Where in each interval this node's rounds start under load, in µs
+    /// ([`round_delay`]).
+    phase: u64,
     /// Rounds so far.
     round: u64,
     /// Rooms with messages this round or the last.
@@ -704,7 +765,8 @@ struct Fanout<'a> {
 
 impl Fanout<'_> {
     fn run(&mut self) {
-        let mut last_round: Option<Instant> = None;
+        // When the last round started, in µs of wall time.
+        let mut last_round: Option<u64> = None;
         while !self.closed {
             let mut first = None;
             if !self.owed {
@@ -718,14 +780,11 @@ impl Fanout<'_> {
                     continue;
                 }
             }
-            if let Some(at) = last_round {
-                let next = at + ROUND_INTERVAL;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                }
+            let delay = round_delay(wall_micros(), last_round, self.phase);
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
             }
-            last_round = Some(Instant::now());
+            last_round = Some(wall_micros());
             self.round += 1;
             let round = self.round;
             // Last round's messages stay one more round, for the connections
@@ -742,7 +801,10 @@ impl Fanout<'_> {
                 self.offer(m);
             }
             self.take(None);
-            self.deliver_round();
+            let began = Instant::now();
+            if self.deliver_round() {
+                self.metrics.rounds.observe(began.elapsed().as_secs_f64());
+            }
         }
         self.registry.all().iter().for_each(|o| o.close_with(1001, "node shutting down"));
     }
@@ -790,15 +852,16 @@ impl Fanout<'_> {
     }
 
     /// Writes each connection what it lacks of the rooms' recent messages,
-    /// taking in new ones as it goes.
-    fn deliver_round(&mut self) {
+    /// taking in new ones as it goes. False if the node had no connection to
+    /// write to.
+    fn deliver_round(&mut self) -> bool {
         self.owed = false;
         // Every room is visited from `self.rooms`; only rooms new during the
         // round are taken from here.
         self.new_rooms.clear();
         if !self.registry.any() {
             // Nobody to deliver to on this node.
-            return;
+            return false;
         }
         let round = self.round;
         let mut visit: Vec<String> = self.rooms.keys().cloned().collect();
@@ -837,6 +900,7 @@ impl Fanout<'_> {
             }
         }
         self.metrics.deliveries.inc_by(sent);
+        true
     }
 }
 
@@ -881,6 +945,32 @@ mod tests {
     /// Messages keep coming while rounds write to many connections, so many
     /// come mid-round: each connection must still get every message, once, in
     /// order, whether it was written before or after one came.
+    #[test]
+    fn rounds_keep_to_the_node_grid_under_load_and_go_at_once_after_a_quiet_spell() {
+        let interval = ROUND_INTERVAL.as_micros() as u64;
+        let phase = round_phase(2);
+        assert!(phase < interval);
+        // Phases of neighbouring ids are spread out.
+        let mut phases: Vec<u64> = (1..=3).map(round_phase).collect();
+        phases.sort_unstable();
+        assert!(phases.windows(2).all(|p| p[1] - p[0] >= interval / 5), "{phases:?}");
+        let grid = 1_000 * interval + phase;
+        // The first round, and any after a quiet interval, start at once.
+        assert_eq!(round_delay(grid + 7, None, phase), Duration::ZERO);
+        assert_eq!(round_delay(grid + interval, Some(grid), phase), Duration::ZERO);
+        // Under load, a round on the grid is followed one interval later.
+        assert_eq!(round_delay(grid + 1, Some(grid), phase), Duration::from_micros(interval - 1));
+        assert_eq!(round_delay(grid + interval - 1, Some(grid), phase), Duration::from_micros(1));
+        // An off-grid round (after a quiet spell) is followed by the first
+        // grid point at least half an interval later.
+        let off = grid + 3 * interval / 4;
+        let next = round_delay(off + 1, Some(off), phase).as_micros() as u64 + off + 1;
+        assert_eq!(next % interval, phase);
+        assert!(next >= off + interval / 2 && next < off + interval / 2 + interval, "{next} after {off}");
+        // A wall clock that stepped back never makes a round wait long.
+        assert_eq!(round_delay(grid - 10 * interval, Some(grid), phase), ROUND_INTERVAL * 3 / 2);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_that_come_mid_round_reach_every_connection_once_in_order() -> io::Result<()> {
         const CONNECTIONS: usize = 300;
@@ -906,8 +996,9 @@ mod tests {
             deliveries: Counter::default(),
             lag: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
             late: Counter::default(),
+            rounds: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
         };
-        start(rx, registry.clone(), metrics.clone())?;
+        start(1, rx, registry.clone(), metrics.clone())?;
         let text = |seq: u64| format!("m{seq}");
         for seq in 1..=MESSAGES {
             let m = Message { room: "r".into(), seq, client_id: format!("{seq}"), from: "s".into(), text: text(seq), ts_ms: crate::now_ms() };

@@ -196,8 +196,9 @@ impl<B: ChatBackend> App<B> {
             deliveries: metrics.deliveries.clone(),
             lag: metrics.delivery_lag.clone(),
             late: metrics.late_messages.clone(),
+            rounds: metrics.fanout_rounds.clone(),
         };
-        fanout::start(backend.deliveries(), registry.clone(), figures)?;
+        fanout::start(backend.node_id(), backend.deliveries(), registry.clone(), figures)?;
         Ok(App {
             backend,
             limits,

@@ -23,6 +23,7 @@ pub struct ApiMetrics {
     pub delivery_lag: Histogram,
     pub deliveries: Counter,
     pub late_messages: Counter,
+    pub fanout_rounds: Histogram,
     pub slow_consumer_closes: Counter,
     ws_connections: Gauge,
     raft_term: Gauge,
@@ -42,6 +43,8 @@ impl Default for ApiMetrics {
             delivery_lag: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             deliveries: Counter::default(),
             late_messages: Counter::default(),
+            // 0.5 ms .. ~0.5 s: a round near the 40 ms interval is at capacity.
+            fanout_rounds: Histogram::new(exponential_buckets(0.000_5, 2.0, 11)),
             slow_consumer_closes: Counter::default(),
             ws_connections: Gauge::default(),
             raft_term: Gauge::default(),
@@ -63,6 +66,11 @@ impl Default for ApiMetrics {
             "fanout_late_messages",
             "Messages applied while a delivery round was writing: they reach the round's remaining connections at once and the others in the next round",
             m.late_messages.clone(),
+        );
+        registry.register(
+            "fanout_round_seconds",
+            "Wall time of each delivery round of the fan-out thread, from its start to its last write",
+            m.fanout_rounds.clone(),
         );
         registry.register("slow_consumer_closes", "Connections closed because their queue overflowed", m.slow_consumer_closes.clone());
         registry.register("ws_connections", "Open WebSocket connections", m.ws_connections.clone());

@@ -124,7 +124,7 @@ async fn http_routes_and_errors() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     // Both messages were applied on node 3 while a session was open there. The
-    // second may still be waiting for its delivery round (at most 40 ms).
+    // second may still be waiting for its delivery round (at most 60 ms).
     let mut metrics = metrics;
     for _ in 0..50 {
         if metrics.contains("chorus_delivery_lag_seconds_count 2") {
@@ -134,6 +134,9 @@ async fn http_routes_and_errors() {
         metrics = http.get(format!("{b3}/metrics")).send().await.unwrap().text().await.unwrap();
     }
     assert!(metrics.contains("chorus_delivery_lag_seconds_count 2"), "{metrics}");
+    // The delivery rounds that wrote them were timed.
+    assert!(metrics.contains("chorus_fanout_round_seconds_count"), "{metrics}");
+    assert!(!metrics.contains("chorus_fanout_round_seconds_count 0\n"), "{metrics}");
     assert_eq!(http.get(format!("{b1}/nope")).send().await.unwrap().status(), 404);
     c.shutdown().await;
 }
