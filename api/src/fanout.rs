@@ -297,6 +297,38 @@ impl Outbox {
         }
     }
 
+    /// Writes `frames` (each a signal for the members of its room), those of
+    /// rooms the connection is in, with one write (so none goes ahead of its
+    /// room's `joined`); wakes the session if that leaves it something to do.
+    /// A queue that cannot take them all closes the connection as a slow
+    /// consumer, as a delivery would.
+    pub fn push_signals(&self, frames: &[(String, Bytes)]) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.closing.is_some() || st.gone {
+            return;
+        }
+        let mine: Vec<&Bytes> = frames.iter().filter(|(room, _)| st.rooms.contains_key(room)).map(|(_, f)| f).collect();
+        if mine.is_empty() {
+            return;
+        }
+        let was_queued = !st.queue.is_empty();
+        if was_queued && st.frames + mine.len() > OUTBOX_FRAMES {
+            st.close_with(SLOW_CONSUMER, "slow consumer");
+        } else {
+            let chunk = match mine.as_slice() {
+                [one] => (*one).clone(),
+                many => Bytes::from(many.iter().flat_map(|f| f.iter().copied()).collect::<Vec<u8>>()),
+            };
+            self.write(st, chunk, mine.len());
+        }
+        let wake = st.closing.is_some() || st.gone || (!was_queued && !st.queue.is_empty());
+        drop(guard);
+        if wake {
+            self.session.wake();
+        }
+    }
+
     /// Sends a replayed message of `room` and moves its cursor to `seq`.
     pub fn push_replayed(&self, room: &str, seq: u64, frame: Bytes) -> bool {
         let mut st = self.lock();
@@ -576,6 +608,25 @@ impl Registry {
         for room in rooms {
             remove(&mut m.rooms, room, o);
         }
+    }
+
+    /// The connections that get what is sent to `room`: the room's list, or
+    /// for a direct-message room, which has none, the two users' connections.
+    pub fn targets(&self, room: &str) -> Vec<Arc<Vec<Arc<Outbox>>>> {
+        match chat::dm_participants(room) {
+            Some((a, b)) => [self.user(a), self.user(b)].into_iter().flatten().collect(),
+            None => self.room(room).into_iter().collect(),
+        }
+    }
+
+    /// The rooms with a connection here (direct-message rooms aside).
+    pub fn rooms(&self) -> Vec<String> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+
+    /// Each user with a connection here, and their connections.
+    pub fn users(&self) -> Vec<(String, Arc<Vec<Arc<Outbox>>>)> {
+        self.lock().users.iter().map(|(u, l)| (u.clone(), l.clone())).collect()
     }
 
     fn room(&self, room: &str) -> Option<Arc<Vec<Arc<Outbox>>>> {
@@ -871,11 +922,8 @@ impl Fanout<'_> {
         while let Some(room) = visit.get(next).cloned() {
             next += 1;
             let dm = chat::dm_participants(&room);
-            let lists: Vec<Arc<Vec<Arc<Outbox>>>> = match dm {
-                // Both users' connections, joined or not; a DM room has no others.
-                Some((a, b)) => [self.registry.user(a), self.registry.user(b)].into_iter().flatten().collect(),
-                None => self.registry.room(&room).into_iter().collect(),
-            };
+            // For a DM room, both users' connections, joined or not.
+            let lists = self.registry.targets(&room);
             let Some(w) = self.rooms.get_mut(&room) else { continue };
             let mut groups = w.groups(&room);
             let mut dm_from = dm.map(|_| w.fresh_from(round));
@@ -942,9 +990,29 @@ mod tests {
         Ok(texts)
     }
 
-    /// Messages keep coming while rounds write to many connections, so many
-    /// come mid-round: each connection must still get every message, once, in
-    /// order, whether it was written before or after one came.
+    #[tokio::test]
+    async fn a_batch_of_signals_is_one_chunk_in_order_and_only_for_rooms_the_connection_is_in() -> io::Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        client.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let (server, _) = listener.accept()?;
+        server.set_nonblocking(true)?;
+        let o = Outbox::new(TcpStream::from_std(server)?, "ann".into());
+        // Before the connection is in a room, its signals are dropped.
+        o.push_signals(&[("a".into(), text_frame("early".into()))]);
+        assert!(o.start_room("a", 0, text_frame("joined a".into())));
+        let frames: Vec<(String, Bytes)> =
+            [("a", "one"), ("b", "not in b"), ("a", "two"), ("a", "three")].iter().map(|(r, t)| (r.to_string(), text_frame(t.to_string()))).collect();
+        let queued = o.lock().queue.len();
+        o.push_signals(&frames);
+        assert!(o.lock().queue.len() <= queued + 1, "the batch was split");
+        // What the socket did not take at once, the session drains.
+        std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
+        let texts = tokio::task::spawn_blocking(move || read_texts(client, 4)).await.map_err(io::Error::other)??;
+        assert_eq!(texts, ["joined a", "one", "two", "three"]);
+        Ok(())
+    }
+
     #[test]
     fn rounds_keep_to_the_node_grid_under_load_and_go_at_once_after_a_quiet_spell() {
         let interval = ROUND_INTERVAL.as_micros() as u64;
@@ -971,6 +1039,9 @@ mod tests {
         assert_eq!(round_delay(grid - 10 * interval, Some(grid), phase), ROUND_INTERVAL * 3 / 2);
     }
 
+    /// Messages keep coming while rounds write to many connections, so many
+    /// come mid-round: each connection must still get every message, once, in
+    /// order, whether it was written before or after one came.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_that_come_mid_round_reach_every_connection_once_in_order() -> io::Result<()> {
         const CONNECTIONS: usize = 300;

@@ -12,6 +12,7 @@
 //!   [`serve`]: the client listener (hyper, so an upgrade keeps its socket).
 //! - [`auth`]: password hashes and signed tokens. [`validate`]: input rules.
 //! - [`presence`]: the ephemeral online/typing plane.
+//! - [`relay`]: writes presence and typing frames to the connections that should see them.
 //! - [`error`]: the SPEC's error codes. [`metrics`]: `/metrics`.
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod presence;
+pub mod relay;
 pub mod serve;
 pub mod validate;
 pub mod web;

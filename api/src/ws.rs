@@ -1,9 +1,10 @@
 //! One WebSocket session (SPEC §4).
 //!
 //! A session is one task per connection: it reads client frames, answers them,
-//! passes on presence signals, and replays rooms from storage. Live messages do
-//! not go through it: the node's fan-out thread writes them to the socket
-//! itself ([`crate::fanout`]), and everything written to a connection goes
+//! and replays rooms from storage. Live messages do not go through it: the
+//! node's fan-out thread writes them to the socket itself ([`crate::fanout`]),
+//! presence and typing frames come from the node's signal relay
+//! ([`crate::relay`]), and everything written to a connection goes
 //! through its [`Outbox`], in order and whole. The session drains what the
 //! socket could not take at once, and acts on what the fan-out leaves it: a
 //! room to fill from storage, or a close.
@@ -41,7 +42,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::error::{ApiError, Code};
 use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SLOW_CONSUMER};
 use crate::http::{client_id_text, message_json, read_history, send_message, HistoryQuery};
-use crate::presence::{LocalSignal, PeerSignal};
+use crate::presence::PeerSignal;
 use crate::{validate, App, ChatBackend};
 
 /// Largest client frame accepted.
@@ -187,9 +188,6 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
     };
     // From here on, direct messages to this user reach this connection.
     app.registry.connect(&out);
-    // Presence and typing are rare; a stream keeps its one pending receive
-    // across turns instead of re-registering it on every one.
-    let mut signals = tokio_stream::wrappers::BroadcastStream::new(app.presence.subscribe());
     let (acks, mut acked) = mpsc::channel(MAX_IN_FLIGHT);
     app.connections.fetch_add(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.connected(&user) {
@@ -229,12 +227,6 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
                         s.catch_up(&room).await;
                     }
                 }
-            },
-            sig = signals.next() => match sig {
-                Some(Ok(sig)) => s.signal(sig),
-                // Presence and typing are best-effort; a lagging receiver skips some.
-                Some(Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(_))) => {}
-                None => s.close_with(1001, "node shutting down"),
             },
             // Polled only while a send awaits its answer: an empty channel still costs a poll per turn.
             Some(frame) = acked.recv(), if s.awaiting > 0 => {
@@ -498,30 +490,5 @@ impl<B: ChatBackend> Session<B> {
         self.app.presence.receive(sig.clone(), std::time::Instant::now());
         self.app.backend.send_signal(sig);
         Ok(())
-    }
-
-    fn signal(&mut self, sig: LocalSignal) {
-        match sig {
-            LocalSignal::Typing { room, user } => {
-                if user != self.user && self.out.cursor(&room).is_some() {
-                    self.push(json!({ "type": "typing", "room": room, "user": user }).to_string());
-                }
-            }
-            LocalSignal::Joined { room, user } => {
-                if user != self.user && self.out.cursor(&room).is_some() {
-                    self.push(json!({ "type": "presence", "room": room, "user": user, "online": true }).to_string());
-                }
-            }
-            LocalSignal::Presence { user, online } => {
-                if user == self.user {
-                    return;
-                }
-                let reader = self.app.backend.reader();
-                let rooms: Vec<String> = self.out.rooms().into_iter().filter(|room| reader.is_member(room, &user).unwrap_or(false)).collect();
-                for room in rooms {
-                    self.push(json!({ "type": "presence", "room": room, "user": user, "online": online }).to_string());
-                }
-            }
-        }
     }
 }

@@ -223,6 +223,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone())
             .context("cannot start the fan-out thread")?,
     );
+    api::relay::start(&api_app);
     let app = api::router(api_app);
     let stop_http = until_stopped(stop_rx.clone());
     tasks.push(tokio::spawn(api::serve::serve(listeners.client, app, stop_http)));

@@ -223,6 +223,12 @@ async fn websocket_frames_across_nodes() {
         }
         assert_eq!((m["room"].clone(), m["text"].clone()), (json!("dm:ann:ben"), json!("psst")));
     }
+    // Having had a DM, ben may type in that room, and ann (on another node),
+    // once hers has come too, sees it.
+    while next_of(&mut a, "message").await["room"] != "dm:ann:ben" {}
+    send(&mut b, json!({ "type": "typing", "room": "dm:ann:ben" })).await;
+    let t = next_of(&mut a, "typing").await;
+    assert_eq!((t["room"].clone(), t["user"].clone()), (json!("dm:ann:ben"), json!("ben")));
 
     // Errors: each answered, none closes the connection.
     let cases = [

@@ -1,0 +1,143 @@
+//! The signal relay: one task per node that writes presence and typing frames
+//! ([`LocalSignal`]) to the connections that should see them.
+//!
+//! A signal concerns one room, or the rooms a user belongs to, so the relay
+//! looks its connections up in the fan-out's [`Registry`](crate::fanout::Registry)
+//! instead of waking every session to ask. A user's presence costs one
+//! membership read per room with connections on this node, not one per
+//! connection.
+//!
+//! Signals go out in batches, like messages (see [`crate::fanout`]): a signal
+//! to a quiet node goes out at once; under a stream of them, the relay writes
+//! at most every [`RELAY_INTERVAL`], and each connection gets all of a batch's
+//! frames for it with one write. That is what keeps a burst of joins to a big
+//! room affordable. Each join tells every member already there, so 3,000
+//! members joining one after the other make about 4.5 million presence frames
+//! in all; written one per system call, they held both cores of a small
+//! machine for most of a minute. Presence has seconds to arrive (SPEC §4), so
+//! waiting part of an interval costs nothing a user would see.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft_store::chat;
+use serde_json::json;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::time::Instant;
+
+use crate::fanout::{text_frame, Outbox};
+use crate::presence::LocalSignal;
+use crate::{App, ChatBackend};
+
+/// Batches of signals are written at most this often while signals keep coming.
+pub const RELAY_INTERVAL: Duration = Duration::from_millis(40);
+
+/// Starts the node's signal relay. It ends with the node's presence plane, or
+/// with the last other handle on `app`.
+pub fn start<B: ChatBackend>(app: &Arc<App<B>>) {
+    let mut signals = app.presence.subscribe();
+    let app = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut last_batch: Option<Instant> = None;
+        loop {
+            let first = match signals.recv().await {
+                Ok(sig) => sig,
+                // Presence and typing are best-effort: a relay that fell behind skips some.
+                Err(RecvError::Lagged(skipped)) => {
+                    tracing::debug!(skipped, "the signal relay fell behind");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if let Some(at) = last_batch {
+                tokio::time::sleep_until(at + RELAY_INTERVAL).await;
+            }
+            last_batch = Some(Instant::now());
+            let mut batch = vec![first];
+            loop {
+                match signals.try_recv() {
+                    Ok(sig) => batch.push(sig),
+                    Err(TryRecvError::Lagged(skipped)) => tracing::debug!(skipped, "the signal relay fell behind"),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+            let Some(app) = app.upgrade() else { return };
+            let mut frames = Frames::default();
+            for sig in batch {
+                frames.add(&app, sig);
+            }
+            frames.write();
+        }
+    });
+}
+
+/// Frames for one connection: (room, frame), in the order of their signals.
+type ConnFrames = (Arc<Outbox>, Vec<(String, Bytes)>);
+
+/// A batch's frames, by connection.
+#[derive(Default)]
+struct Frames {
+    /// Keyed by the connection's address, which its `Arc` keeps unique.
+    by_conn: HashMap<usize, ConnFrames>,
+}
+
+impl Frames {
+    fn for_conn(&mut self, o: &Arc<Outbox>, room: &str, frame: &Bytes) {
+        let key = Arc::as_ptr(o) as usize;
+        self.by_conn.entry(key).or_insert_with(|| (o.clone(), Vec::new())).1.push((room.to_string(), frame.clone()));
+    }
+
+    /// Every connection in `room` but those of `except`.
+    fn for_room<B: ChatBackend>(&mut self, app: &App<B>, room: &str, except: &str, frame: &Bytes) {
+        for o in app.registry.targets(room).iter().flat_map(|l| l.iter()) {
+            if o.user != except {
+                self.for_conn(o, room, frame);
+            }
+        }
+    }
+
+    /// Adds the frames of one signal. Whether each connection is in the room
+    /// is checked when it is written ([`Outbox::push_signals`]).
+    fn add<B: ChatBackend>(&mut self, app: &App<B>, sig: LocalSignal) {
+        match sig {
+            LocalSignal::Typing { room, user } => {
+                let frame = text_frame(json!({ "type": "typing", "room": room, "user": user }).to_string());
+                self.for_room(app, &room, &user, &frame);
+            }
+            LocalSignal::Joined { room, user } => {
+                let frame = text_frame(json!({ "type": "presence", "room": room, "user": user, "online": true }).to_string());
+                self.for_room(app, &room, &user, &frame);
+            }
+            LocalSignal::Presence { user, online } => {
+                let frame = |room: &str| text_frame(json!({ "type": "presence", "room": room, "user": user, "online": online }).to_string());
+                let reader = app.backend.reader();
+                for room in app.registry.rooms() {
+                    if reader.is_member(&room, &user).unwrap_or(false) {
+                        self.for_room(app, &room, &user, &frame(&room));
+                    }
+                }
+                // Direct-message rooms have no room list: each other user's
+                // connections that have their room with `user` open.
+                for (other, conns) in app.registry.users() {
+                    if other == user {
+                        continue;
+                    }
+                    let dm = chat::dm_room(&user, &other);
+                    let mut dm_frame = None;
+                    for o in conns.iter().filter(|o| o.cursor(&dm).is_some()) {
+                        let f = dm_frame.get_or_insert_with(|| frame(&dm)).clone();
+                        self.for_conn(o, &dm, &f);
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(self) {
+        for (o, frames) in self.by_conn.into_values() {
+            o.push_signals(&frames);
+        }
+    }
+}
