@@ -16,9 +16,8 @@
 //! [`round_delay`]), so nodes that share a machine take turns at its cores.
 //! The per-segment cost (the system call, and on loopback the receiver's TCP
 //! processing, all on this thread) is most of the cost of a delivery, so
-//! batching is what lets one room
-//! reach a few thousand subscribers at tens of messages per second on a small
-//! machine.
+//! batching is what lets one room reach a few thousand subscribers at tens of
+//! messages per second on a small machine.
 //!
 //! A round over a thousand connections takes a good part of the interval, so
 //! it keeps taking in messages as it goes (every [`TAKE_EVERY`] connections,
