@@ -301,13 +301,13 @@ impl Outbox {
     /// room's `joined`); wakes the session if that leaves it something to do.
     /// A queue that cannot take them all closes the connection as a slow
     /// consumer, as a delivery would.
-    pub fn push_signals(&self, frames: &[(String, Bytes)]) {
+    pub fn push_signals(&self, frames: &[(Arc<str>, Bytes)]) {
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.closing.is_some() || st.gone {
             return;
         }
-        let mine: Vec<&Bytes> = frames.iter().filter(|(room, _)| st.rooms.contains_key(room)).map(|(_, f)| f).collect();
+        let mine: Vec<&Bytes> = frames.iter().filter(|(room, _)| st.rooms.contains_key(&**room)).map(|(_, f)| f).collect();
         if mine.is_empty() {
             return;
         }
@@ -1000,8 +1000,8 @@ mod tests {
         // Before the connection is in a room, its signals are dropped.
         o.push_signals(&[("a".into(), text_frame("early".into()))]);
         assert!(o.start_room("a", 0, text_frame("joined a".into())));
-        let frames: Vec<(String, Bytes)> =
-            [("a", "one"), ("b", "not in b"), ("a", "two"), ("a", "three")].iter().map(|(r, t)| (r.to_string(), text_frame(t.to_string()))).collect();
+        let frames: Vec<(Arc<str>, Bytes)> =
+            [("a", "one"), ("b", "not in b"), ("a", "two"), ("a", "three")].iter().map(|(r, t)| ((*r).into(), text_frame(t.to_string()))).collect();
         let queued = o.lock().queue.len();
         o.push_signals(&frames);
         assert!(o.lock().queue.len() <= queued + 1, "the batch was split");

@@ -74,7 +74,7 @@ pub fn start<B: ChatBackend>(app: &Arc<App<B>>) {
 }
 
 /// Frames for one connection: (room, frame), in the order of their signals.
-type ConnFrames = (Arc<Outbox>, Vec<(String, Bytes)>);
+type ConnFrames = (Arc<Outbox>, Vec<(Arc<str>, Bytes)>);
 
 /// A batch's frames, by connection.
 #[derive(Default)]
@@ -84,16 +84,18 @@ struct Frames {
 }
 
 impl Frames {
-    fn for_conn(&mut self, o: &Arc<Outbox>, room: &str, frame: &Bytes) {
+    fn for_conn(&mut self, o: &Arc<Outbox>, room: &Arc<str>, frame: &Bytes) {
         let key = Arc::as_ptr(o) as usize;
-        self.by_conn.entry(key).or_insert_with(|| (o.clone(), Vec::new())).1.push((room.to_string(), frame.clone()));
+        self.by_conn.entry(key).or_insert_with(|| (o.clone(), Vec::new())).1.push((room.clone(), frame.clone()));
     }
 
     /// Every connection in `room` but those of `except`.
     fn for_room<B: ChatBackend>(&mut self, app: &App<B>, room: &str, except: &str, frame: &Bytes) {
+        // One name shared by the room's connections, not a copy each.
+        let name: Arc<str> = room.into();
         for o in app.registry.targets(room).iter().flat_map(|l| l.iter()) {
             if o.user != except {
-                self.for_conn(o, room, frame);
+                self.for_conn(o, &name, frame);
             }
         }
     }
@@ -124,7 +126,7 @@ impl Frames {
                     if other == user {
                         continue;
                     }
-                    let dm = chat::dm_room(&user, &other);
+                    let dm: Arc<str> = chat::dm_room(&user, &other).into();
                     let mut dm_frame = None;
                     for o in conns.iter().filter(|o| o.cursor(&dm).is_some()) {
                         let f = dm_frame.get_or_insert_with(|| frame(&dm)).clone();
