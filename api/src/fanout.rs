@@ -721,7 +721,7 @@ impl Window {
 }
 
 /// Rounds of deliveries start at most this often under load; see the module docs.
-pub const ROUND_INTERVAL: Duration = Duration::from_millis(40);
+pub const ROUND_INTERVAL: Duration = Duration::from_millis(50);
 /// Within a round, messages applied meanwhile are taken in after every this
 /// many connections of a room, if [`TAKE_GAP`] has passed since the last look.
 const TAKE_EVERY: usize = 16;
@@ -735,8 +735,8 @@ fn wall_micros() -> u64 {
 
 /// Where in each [`ROUND_INTERVAL`] node `node`'s rounds start under load, in
 /// µs: the fractional part of `node` times the golden ratio, which spreads
-/// any run of node ids fairly evenly over the interval (1, 2, 3 land at 25,
-/// 9 and 34 ms of 40).
+/// any run of node ids fairly evenly over the interval (1, 2, 3 land at 30,
+/// 11 and 42 ms of 50).
 fn round_phase(node: u64) -> u64 {
     let golden = 0.618_033_988_749_895_f64;
     ((node as f64 * golden).fract() * ROUND_INTERVAL.as_micros() as f64) as u64

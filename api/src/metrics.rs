@@ -43,7 +43,7 @@ impl Default for ApiMetrics {
             delivery_lag: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             deliveries: Counter::default(),
             late_messages: Counter::default(),
-            // 0.5 ms .. ~0.5 s: a round near the 40 ms interval is at capacity.
+            // 0.5 ms .. ~0.5 s: a round near the 50 ms interval is at capacity.
             fanout_rounds: Histogram::new(exponential_buckets(0.000_5, 2.0, 11)),
             slow_consumer_closes: Counter::default(),
             ws_connections: Gauge::default(),

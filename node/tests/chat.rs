@@ -124,7 +124,7 @@ async fn http_routes_and_errors() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     // Both messages were applied on node 3 while a session was open there. The
-    // second may still be waiting for its delivery round (at most 60 ms).
+    // second may still be waiting for its delivery round (at most 75 ms).
     let mut metrics = metrics;
     for _ in 0..50 {
         if metrics.contains("chorus_delivery_lag_seconds_count 2") {
