@@ -554,8 +554,11 @@ pub struct Registry {
     inner: Mutex<Members>,
 }
 
-/// Lists are replaced, not edited, so the fan-out takes one by cloning an Arc
-/// and writes to its sockets without holding the registry lock.
+/// The fan-out (and the relay) take a list by cloning its Arc and write to its
+/// sockets without holding the registry lock. A change edits a list in place
+/// when nobody holds it ([`Arc::make_mut`]) and copies it otherwise, so that a
+/// round always sees the list as it was when the round took it, and a burst of
+/// n joins or disconnects in one room costs n scans of the list, not n copies.
 #[derive(Default)]
 struct Members {
     rooms: HashMap<String, Arc<Vec<Arc<Outbox>>>>,
@@ -567,19 +570,17 @@ fn add(lists: &mut HashMap<String, Arc<Vec<Arc<Outbox>>>>, key: &str, o: &Arc<Ou
     if list.iter().any(|x| Arc::ptr_eq(x, o)) {
         return;
     }
-    let mut next = Vec::with_capacity(list.len() + 1);
-    next.extend(list.iter().cloned());
-    next.push(o.clone());
-    *list = Arc::new(next);
+    Arc::make_mut(list).push(o.clone());
 }
 
 fn remove(lists: &mut HashMap<String, Arc<Vec<Arc<Outbox>>>>, key: &str, o: &Arc<Outbox>) {
     let Some(list) = lists.get_mut(key) else { return };
-    let next: Vec<Arc<Outbox>> = list.iter().filter(|x| !Arc::ptr_eq(x, o)).cloned().collect();
-    if next.is_empty() {
+    let Some(at) = list.iter().position(|x| Arc::ptr_eq(x, o)) else { return };
+    if list.len() == 1 {
         lists.remove(key);
     } else {
-        *list = Arc::new(next);
+        // The order of a list is of no consequence.
+        Arc::make_mut(list).swap_remove(at);
     }
 }
 
@@ -1009,6 +1010,49 @@ mod tests {
         std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
         let texts = tokio::task::spawn_blocking(move || read_texts(client, 4)).await.map_err(io::Error::other)??;
         assert_eq!(texts, ["joined a", "one", "two", "three"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_list_taken_for_a_round_stays_as_it_was_while_connections_come_and_go() -> io::Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let mut outboxes = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..3 {
+            clients.push(std::net::TcpStream::connect(listener.local_addr()?)?);
+            let (server, _) = listener.accept()?;
+            server.set_nonblocking(true)?;
+            outboxes.push(Outbox::new(TcpStream::from_std(server)?, format!("u{i}")));
+        }
+        let (a, b, c) = (&outboxes[0], &outboxes[1], &outboxes[2]);
+        let ptrs = |lists: Vec<Arc<Vec<Arc<Outbox>>>>| {
+            let mut p: Vec<*const Outbox> = lists.iter().flat_map(|l| l.iter().map(Arc::as_ptr)).collect();
+            p.sort_unstable();
+            p
+        };
+        let sorted = |mut p: Vec<*const Outbox>| {
+            p.sort_unstable();
+            p
+        };
+        let registry = Registry::default();
+        registry.join("r", a);
+        registry.join("r", b);
+        registry.join("r", b);
+        let taken = registry.targets("r");
+        registry.join("r", c);
+        registry.leave("r", a);
+        // The round goes on with the list it took; the registry has moved on.
+        assert_eq!(ptrs(taken), sorted(vec![Arc::as_ptr(a), Arc::as_ptr(b)]));
+        assert_eq!(ptrs(registry.targets("r")), sorted(vec![Arc::as_ptr(b), Arc::as_ptr(c)]));
+        // Nobody holds the list now: edits are made in place.
+        let before = registry.room("r").map(|l| Arc::as_ptr(&l));
+        registry.join("r", a);
+        assert_eq!(registry.room("r").map(|l| Arc::as_ptr(&l)), before);
+        registry.disconnect(b, &["r".to_string()]);
+        registry.leave("r", c);
+        registry.leave("r", a);
+        assert!(registry.targets("r").is_empty());
+        assert!(registry.rooms().is_empty());
         Ok(())
     }
 

@@ -5,7 +5,8 @@
 //! looks its connections up in the fan-out's [`Registry`](crate::fanout::Registry)
 //! instead of waking every session to ask. A user's presence costs one
 //! membership read per room with connections on this node, not one per
-//! connection.
+//! connection, and a look-up in an index of open direct-message rooms that
+//! each batch builds once, not a pass over every local user.
 //!
 //! Signals go out in batches, like messages (see [`crate::fanout`]): a signal
 //! to a quiet node goes out at once; under a stream of them, the relay writes
@@ -81,6 +82,29 @@ type ConnFrames = (Arc<Outbox>, Vec<(Arc<str>, Bytes)>);
 struct Frames {
     /// Keyed by the connection's address, which its `Arc` keeps unique.
     by_conn: HashMap<usize, ConnFrames>,
+    /// For presence, looked up once per batch: the rooms with a connection
+    /// here, and the open direct-message rooms ([`DmIndex`]).
+    local: Option<(Vec<String>, DmIndex)>,
+}
+
+/// Connections here that have a direct-message room open, by the room's other
+/// user: where that user's presence goes.
+type DmIndex = HashMap<String, Vec<(Arc<str>, Arc<Outbox>)>>;
+
+fn dm_index<B: ChatBackend>(app: &App<B>) -> DmIndex {
+    let mut index = DmIndex::new();
+    for (user, conns) in app.registry.users() {
+        for o in conns.iter() {
+            for room in o.rooms() {
+                let Some((a, b)) = chat::dm_participants(&room) else { continue };
+                let other = if a == user { b } else { a };
+                if other != user {
+                    index.entry(other.to_string()).or_default().push((room.as_str().into(), o.clone()));
+                }
+            }
+        }
+    }
+    index
 }
 
 impl Frames {
@@ -114,25 +138,21 @@ impl Frames {
             }
             LocalSignal::Presence { user, online } => {
                 let frame = |room: &str| text_frame(json!({ "type": "presence", "room": room, "user": user, "online": online }).to_string());
+                let (rooms, dms) = self.local.take().unwrap_or_else(|| (app.registry.rooms(), dm_index(app)));
                 let reader = app.backend.reader();
-                for room in app.registry.rooms() {
-                    if reader.is_member(&room, &user).unwrap_or(false) {
-                        self.for_room(app, &room, &user, &frame(&room));
+                for room in &rooms {
+                    if reader.is_member(room, &user).unwrap_or(false) {
+                        self.for_room(app, room, &user, &frame(room));
                     }
                 }
-                // Direct-message rooms have no room list: each other user's
+                // Direct-message rooms have no room list: the other users'
                 // connections that have their room with `user` open.
-                for (other, conns) in app.registry.users() {
-                    if other == user {
-                        continue;
-                    }
-                    let dm: Arc<str> = chat::dm_room(&user, &other).into();
-                    let mut dm_frame = None;
-                    for o in conns.iter().filter(|o| o.cursor(&dm).is_some()) {
-                        let f = dm_frame.get_or_insert_with(|| frame(&dm)).clone();
-                        self.for_conn(o, &dm, &f);
-                    }
+                let mut dm_frames: HashMap<&str, Bytes> = HashMap::new();
+                for (dm, o) in dms.get(&user).into_iter().flatten() {
+                    let f = dm_frames.entry(&**dm).or_insert_with(|| frame(dm)).clone();
+                    self.for_conn(o, dm, &f);
                 }
+                self.local = Some((rooms, dms));
             }
         }
     }
