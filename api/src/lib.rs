@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use axum::Router;
+use prometheus_client::metrics::histogram::Histogram;
 use raft_store::chat::{Event, Outcome};
 use raft_store::state_machine::{ChatReader, Delivery};
 use serde::Serialize;
@@ -191,8 +192,10 @@ struct CachedView {
 
 impl<B: ChatBackend> App<B> {
     /// Starts the node's fan-out thread, which ends with the backend's deliveries.
-    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>) -> std::io::Result<Self> {
-        let metrics = metrics::ApiMetrics::default();
+    /// `wal_syncs`: the log store's fsync histogram
+    /// ([`metrics::wal_sync_histogram`]), exported with the API's own figures.
+    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>, wal_syncs: Histogram) -> std::io::Result<Self> {
+        let metrics = metrics::ApiMetrics::new(wal_syncs);
         let registry = Arc::new(fanout::Registry::default());
         let figures = fanout::FanoutMetrics {
             deliveries: metrics.deliveries.clone(),

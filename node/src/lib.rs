@@ -149,7 +149,11 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let reader = sm.reader();
     let applied = sm.applied_watch();
     let deliveries = sm.deliveries().downgrade();
-    let log_store = LogStore::new(store.clone());
+    let wal_syncs = api::metrics::wal_sync_histogram();
+    let log_store = {
+        let h = wal_syncs.clone();
+        LogStore::observed(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())))
+    };
 
     let info = NodeInfo {
         raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
@@ -220,7 +224,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         rate_window: config.rate_limit.window,
     };
     let api_app = Arc::new(
-        api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone())
+        api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), wal_syncs)
             .context("cannot start the fan-out thread")?,
     );
     api::relay::start(&api_app);

@@ -120,9 +120,12 @@ async fn http_routes_and_errors() {
     assert_eq!(http.get(format!("{b1}/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{b1}/readyz")).send().await.unwrap().status(), 200);
     let metrics = http.get(format!("{b3}/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in ["chorus_raft_term", "chorus_raft_leader", "chorus_raft_commit_index", "chorus_raft_applied_index", "chorus_ws_connections", "chorus_messages_committed_total", "chorus_ack_latency_seconds_bucket", "chorus_delivery_lag_seconds_bucket", "chorus_deliveries_total", "chorus_slow_consumer_closes_total"] {
+    for name in ["chorus_raft_term", "chorus_raft_leader", "chorus_raft_commit_index", "chorus_raft_applied_index", "chorus_ws_connections", "chorus_messages_committed_total", "chorus_ack_latency_seconds_bucket", "chorus_delivery_lag_seconds_bucket", "chorus_deliveries_total", "chorus_slow_consumer_closes_total", "chorus_log_sync_seconds_bucket"] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    // Node 3 synced its log for them (every node syncs what it appends).
+    let syncs = metrics.lines().find_map(|l| l.strip_prefix("chorus_log_sync_seconds_count ")).and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(syncs.is_some_and(|n| n > 0), "no log syncs counted: {syncs:?}");
     // Both messages were applied on node 3 while a session was open there. The
     // second may still be waiting for its delivery round (at most 75 ms).
     let mut metrics = metrics;

@@ -19,6 +19,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -49,9 +50,17 @@ pub struct LogStore {
     syncer: Arc<WalSyncer>,
 }
 
+/// Told the wall time of each fsync of the write-ahead log (for metrics).
+pub type SyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
 impl LogStore {
     pub fn new(store: Store) -> Self {
-        let syncer = Arc::new(WalSyncer::start(store.clone()));
+        Self::observed(store, Arc::new(|_| {}))
+    }
+
+    /// A log store that reports each WAL fsync's duration to `on_sync`.
+    pub fn observed(store: Store, on_sync: SyncObserver) -> Self {
+        let syncer = Arc::new(WalSyncer::start(store.clone(), on_sync));
         LogStore { store, syncer }
     }
 
@@ -186,7 +195,7 @@ pub struct WalSyncer {
 }
 
 impl WalSyncer {
-    fn start(store: Store) -> Self {
+    fn start(store: Store, on_sync: SyncObserver) -> Self {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         std::thread::Builder::new()
             .name("chorus-wal-sync".into())
@@ -195,7 +204,9 @@ impl WalSyncer {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     // One fsync covers every write made before it.
+                    let began = Instant::now();
                     let result = store.db.flush_wal(true);
+                    on_sync(began.elapsed());
                     for callback in waiting {
                         let r = match &result {
                             Ok(()) => Ok(()),
