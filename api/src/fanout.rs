@@ -43,11 +43,16 @@
 //! before it; an older seq was already sent; a newer one means something was
 //! missed (a snapshot was installed, or the fan-out lagged), so the cursor goes
 //! stale and the session fills the gap from storage. A session replaying a room
-//! from storage keeps the cursor not live and advances `last` as it sends; it
-//! makes the cursor live only under the outbox lock and only after seeing, under
-//! that lock, that storage holds nothing after `last`. Messages reach storage
-//! before they reach the fan-out, so any message the fan-out skipped while the
-//! cursor was not live was in storage by then, and so was found by the replay.
+//! from storage keeps the cursor not live and advances `last` as it sends.
+//! While the cursor is not live, the fan-out marks it `skipped` whenever it
+//! passes over a newer message (or loses messages). Before each read of
+//! storage the session clears that mark ([`Outbox::replay_from`]); when a read
+//! finds nothing after `last`, it makes the cursor live, under the outbox lock,
+//! only if the mark is still clear ([`Outbox::go_live`]), and reads again
+//! otherwise. Messages reach storage before they reach the fan-out, so a
+//! message the read missed reached the fan-out after the mark was cleared: if
+//! the fan-out passed over it before the switch, the mark stops the switch; if
+//! after, the cursor was live and got it. Storage is never read under the lock.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -87,6 +92,10 @@ pub struct Cursor {
     /// The fan-out may send the next seq; otherwise the session is replaying
     /// the room from storage.
     pub live: bool,
+    /// While not live: the fan-out passed over a newer message (or lost some)
+    /// since the session last started a read of storage, which therefore may
+    /// not hold it ([`Outbox::replay_from`], [`Outbox::go_live`]).
+    skipped: bool,
 }
 
 /// What the session task has to act on.
@@ -356,11 +365,19 @@ impl Outbox {
         let cursor = match st.rooms.get(&group.room) {
             Some(c) => *c,
             None => match dm_from {
-                Some(from) => Cursor { last: from.max(group.first) - 1, live: true },
+                Some(from) => Cursor { last: from.max(group.first) - 1, live: true, skipped: false },
                 None => return 0,
             },
         };
-        if !cursor.live || cursor.last >= group.last() {
+        if cursor.last >= group.last() {
+            return 0;
+        }
+        if !cursor.live {
+            // The session is replaying the room: it must read storage again
+            // before it goes live.
+            if let Some(c) = st.rooms.get_mut(&group.room) {
+                c.skipped = true;
+            }
             return 0;
         }
         if cursor.last + 1 < group.first {
@@ -379,7 +396,7 @@ impl Outbox {
             self.session.wake();
             return 0;
         }
-        st.rooms.insert(group.room.clone(), Cursor { last: group.last(), live: true });
+        st.rooms.insert(group.room.clone(), Cursor { last: group.last(), live: true, skipped: false });
         let written = self.write(st, group.bytes.slice(group.starts[skip]..), frames);
         // The session drains a queue it knows about (it waits for the socket to
         // be writable); it learns of a new one here.
@@ -402,7 +419,10 @@ impl Outbox {
         if st.rooms.is_empty() {
             return;
         }
-        st.rooms.values_mut().for_each(|c| c.live = false);
+        st.rooms.values_mut().for_each(|c| {
+            c.live = false;
+            c.skipped = true;
+        });
         st.stale = true;
         drop(st);
         self.session.wake();
@@ -434,7 +454,7 @@ impl Outbox {
         if !self.push_locked(&mut st, joined) {
             return false;
         }
-        st.rooms.insert(room.to_string(), Cursor { last, live: false });
+        st.rooms.insert(room.to_string(), Cursor { last, live: false, skipped: false });
         true
     }
 
@@ -457,20 +477,32 @@ impl Outbox {
         self.lock().rooms.iter().filter(|(_, c)| !c.live).map(|(r, _)| r.clone()).collect()
     }
 
-    /// Makes `room` live if `nothing_after(last)` holds, checked under the
-    /// outbox lock so that no delivery can slip between the check and the
-    /// switch. Returns whether it went live, or the check's error.
-    pub fn go_live<E>(&self, room: &str, nothing_after: impl FnOnce(u64) -> Result<bool, E>) -> Result<bool, E> {
+    /// The cursor of `room`, for a replay that is about to read storage after
+    /// `last`: from here on, the fan-out records any newer message it passes
+    /// over (see [`Outbox::go_live`]).
+    pub fn replay_from(&self, room: &str) -> Option<Cursor> {
         let mut st = self.lock();
-        let Some(c) = st.rooms.get_mut(room) else { return Ok(true) };
+        let c = st.rooms.get_mut(room)?;
+        c.skipped = false;
+        Some(*c)
+    }
+
+    /// Makes `room` live, once a read of storage begun after
+    /// [`Outbox::replay_from`] found nothing after `last`, unless the fan-out
+    /// has passed over a newer message since: that one may have reached
+    /// storage after the read, so the replay must read again. Storage is not
+    /// read under the lock. Returns whether the room is live.
+    pub fn go_live(&self, room: &str, last: u64) -> bool {
+        let mut st = self.lock();
+        let Some(c) = st.rooms.get_mut(room) else { return true };
         if c.live {
-            return Ok(true);
+            return true;
         }
-        if nothing_after(c.last)? {
-            c.live = true;
-            return Ok(true);
+        if c.skipped || c.last != last {
+            return false;
         }
-        Ok(false)
+        c.live = true;
+        true
     }
 
     /// For the end of a session: drops every cursor and every queued frame but
@@ -1013,6 +1045,50 @@ mod tests {
         Ok(())
     }
 
+    /// Messages `seqs` of `room` as the fan-out groups them; message n reads "mn".
+    fn group(room: &str, seqs: std::ops::RangeInclusive<u64>) -> Group {
+        let (first, mut bytes, mut starts) = (*seqs.start(), Vec::new(), Vec::new());
+        for seq in seqs {
+            starts.push(bytes.len());
+            bytes.extend_from_slice(&text_frame(format!("m{seq}")));
+        }
+        Group { first, bytes: Bytes::from(bytes), starts, room: room.into() }
+    }
+
+    #[tokio::test]
+    async fn a_replay_goes_live_only_if_the_fan_out_passed_nothing_over_since_its_read() -> io::Result<()> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        client.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let (server, _) = listener.accept()?;
+        server.set_nonblocking(true)?;
+        let o = Outbox::new(TcpStream::from_std(server)?, "ann".into());
+        assert!(o.start_room("r", 5, text_frame("joined r".into())));
+        // A read of storage begins; meanwhile message 6 is applied, and the
+        // fan-out passes it over.
+        assert_eq!(o.replay_from("r").map(|c| (c.last, c.live)), Some((5, false)));
+        assert_eq!(o.deliver(&group("r", 6..=6), None), 0);
+        // The read found nothing after 5, but 6 may have reached storage after it began.
+        assert!(!o.go_live("r", 5), "went live past a message it never sent");
+        // The next read finds 6. A group it already has is no skip.
+        assert_eq!(o.replay_from("r").map(|c| c.last), Some(5));
+        assert!(o.push_replayed("r", 6, text_frame("m6".into())));
+        assert_eq!(o.deliver(&group("r", 5..=6), None), 0);
+        assert!(o.go_live("r", 6));
+        assert_eq!(o.deliver(&group("r", 7..=7), None), 1);
+        // A fan-out that lost messages sends the room back to storage, and a
+        // replay that read before that must read again.
+        assert_eq!(o.replay_from("r").map(|c| (c.last, c.live)), Some((7, true)));
+        o.reset();
+        assert!(!o.go_live("r", 7));
+        assert_eq!(o.replay_from("r").map(|c| (c.last, c.live)), Some((7, false)));
+        assert!(o.go_live("r", 7));
+        std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
+        let texts = tokio::task::spawn_blocking(move || read_texts(client, 3)).await.map_err(io::Error::other)??;
+        assert_eq!(texts, ["joined r", "m6", "m7"]);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_list_taken_for_a_round_stays_as_it_was_while_connections_come_and_go() -> io::Result<()> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -1100,7 +1176,8 @@ mod tests {
             server.set_nonblocking(true)?;
             let o = Outbox::new(TcpStream::from_std(server)?, format!("u{i}"));
             assert!(o.start_room("r", 0, text_frame("joined".into())));
-            assert_eq!(o.go_live("r", |_| Ok::<_, ()>(true)), Ok(true));
+            assert_eq!(o.replay_from("r").map(|c| c.last), Some(0));
+            assert!(o.go_live("r", 0));
             registry.connect(&o);
             registry.join("r", &o);
             readers.push((o, std::thread::spawn(move || read_texts(client, 1 + MESSAGES as usize))));

@@ -378,21 +378,19 @@ impl<B: ChatBackend> Session<B> {
     /// cursor live (see [`crate::fanout`] for why nothing is lost or repeated).
     async fn catch_up(&mut self, room: &str) {
         loop {
-            let Some(cursor) = self.out.cursor(room) else { return };
+            let Some(cursor) = self.out.replay_from(room) else { return };
             if cursor.live {
                 return;
             }
-            let reader = self.app.backend.reader();
-            let page = match reader.history(room, Some(cursor.last), None, REPLAY_PAGE) {
+            let page = match self.app.backend.reader().history(room, Some(cursor.last), None, REPLAY_PAGE) {
                 Ok(p) => p,
                 Err(e) => return self.storage_failed(room, &e),
             };
             if page.messages.is_empty() {
-                match self.out.go_live(room, |last| reader.history(room, Some(last), None, 1).map(|p| p.messages.is_empty())) {
-                    Ok(true) => return,
-                    Ok(false) => continue,
-                    Err(e) => return self.storage_failed(room, &e),
+                if self.out.go_live(room, cursor.last) {
+                    return;
                 }
+                continue;
             }
             for m in &page.messages {
                 if !self.push_replayed(room, m).await {
