@@ -1022,14 +1022,20 @@ mod tests {
         Ok(texts)
     }
 
-    #[tokio::test]
-    async fn a_batch_of_signals_is_one_chunk_in_order_and_only_for_rooms_the_connection_is_in() -> io::Result<()> {
+    /// An outbox of `user` over one end of a loopback connection, and the
+    /// client's end, which gives up reading after 10 s.
+    fn connection(user: &str) -> io::Result<(Arc<Outbox>, std::net::TcpStream)> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let client = std::net::TcpStream::connect(listener.local_addr()?)?;
         client.set_read_timeout(Some(Duration::from_secs(10)))?;
         let (server, _) = listener.accept()?;
         server.set_nonblocking(true)?;
-        let o = Outbox::new(TcpStream::from_std(server)?, "ann".into());
+        Ok((Outbox::new(TcpStream::from_std(server)?, user.into()), client))
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_signals_is_one_chunk_in_order_and_only_for_rooms_the_connection_is_in() -> io::Result<()> {
+        let (o, client) = connection("ann")?;
         // Before the connection is in a room, its signals are dropped.
         o.push_signals(&[("a".into(), text_frame("early".into()))]);
         assert!(o.start_room("a", 0, text_frame("joined a".into())));
@@ -1057,12 +1063,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replay_goes_live_only_if_the_fan_out_passed_nothing_over_since_its_read() -> io::Result<()> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
-        client.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let (server, _) = listener.accept()?;
-        server.set_nonblocking(true)?;
-        let o = Outbox::new(TcpStream::from_std(server)?, "ann".into());
+        let (o, client) = connection("ann")?;
         assert!(o.start_room("r", 5, text_frame("joined r".into())));
         // A read of storage begins; meanwhile message 6 is applied, and the
         // fan-out passes it over.
@@ -1091,16 +1092,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_list_taken_for_a_round_stays_as_it_was_while_connections_come_and_go() -> io::Result<()> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let mut outboxes = Vec::new();
-        let mut clients = Vec::new();
-        for i in 0..3 {
-            clients.push(std::net::TcpStream::connect(listener.local_addr()?)?);
-            let (server, _) = listener.accept()?;
-            server.set_nonblocking(true)?;
-            outboxes.push(Outbox::new(TcpStream::from_std(server)?, format!("u{i}")));
-        }
-        let (a, b, c) = (&outboxes[0], &outboxes[1], &outboxes[2]);
+        let ((a, _ca), (b, _cb), (c, _cc)) = (connection("u0")?, connection("u1")?, connection("u2")?);
+        let (a, b, c) = (&a, &b, &c);
         let ptrs = |lists: Vec<Arc<Vec<Arc<Outbox>>>>| {
             let mut p: Vec<*const Outbox> = lists.iter().flat_map(|l| l.iter().map(Arc::as_ptr)).collect();
             p.sort_unstable();
