@@ -11,8 +11,11 @@
 //!   connection (needs `--pids`, the chorusd process ids in `--urls` order).
 //!
 //! The acks and fan-out phases also print the CPU time the nodes (with
-//! `--pids`) and this process used per acked message or delivery, and how busy
-//! the machine was.
+//! `--pids`) and this process used per acked message or delivery, how busy
+//! the machine was, and each node's Raft log fsyncs in the window (from its
+//! `chorus_log_sync_seconds`): how many, how many took over 25 ms, and a bound
+//! on the slowest. A stalled disk shows there rather than as a mystery in the
+//! latency figures.
 //!
 //! The cluster should run with `--rate-limit 0`. Send times travel in the message
 //! text, so send→deliver is measured on one clock (this process's).
@@ -149,6 +152,58 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
     Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
+}
+
+/// One node's `chorus_log_sync_seconds` buckets: (upper bound in seconds,
+/// cumulative count), in the order of the exposition.
+type SyncBuckets = Vec<(f64, u64)>;
+
+/// Scrapes each node's log-sync histogram; `None` for a node that did not answer.
+async fn sync_buckets(http: &reqwest::Client, urls: &[String]) -> Vec<Option<SyncBuckets>> {
+    let mut all = Vec::with_capacity(urls.len());
+    for url in urls {
+        let text = match http.get(format!("{url}/metrics")).send().await {
+            Ok(r) => r.text().await.ok(),
+            Err(_) => None,
+        };
+        let buckets: Option<SyncBuckets> = text.map(|t| {
+            t.lines()
+                .filter_map(|l| {
+                    let (le, count) = l.strip_prefix("chorus_log_sync_seconds_bucket{le=\"")?.split_once("\"} ")?;
+                    let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                    Some((le, count.trim().parse().ok()?))
+                })
+                .collect()
+        });
+        all.push(buckets.filter(|b| !b.is_empty()));
+    }
+    all
+}
+
+/// Per node, the log syncs between two scrapes: how many, how many over
+/// 25.6 ms, and the smallest bucket bound that holds them all.
+fn sync_report(before: &[Option<SyncBuckets>], after: &[Option<SyncBuckets>]) -> String {
+    const SLOW: f64 = 0.0256;
+    let nodes: Vec<String> = before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(i, pair)| {
+            let (Some(b), Some(a)) = pair else { return format!("node {}: not scraped", i + 1) };
+            // Cumulative counts in the window, by bucket bound.
+            let window: Vec<(f64, u64)> = a.iter().zip(b).map(|((le, n), (_, m))| (*le, n.saturating_sub(*m))).collect();
+            let total = window.last().map_or(0, |(_, n)| *n);
+            if total == 0 {
+                return format!("node {}: none", i + 1);
+            }
+            let fast = window.iter().find(|(le, _)| *le >= SLOW).map_or(0, |(_, n)| *n);
+            let worst = window.iter().find(|(_, n)| *n == total).map_or(f64::INFINITY, |(le, _)| *le);
+            let top = window.iter().rev().map(|(le, _)| *le).find(|le| le.is_finite()).unwrap_or(0.0);
+            let worst = if worst.is_finite() { format!("≤ {:.1} ms", worst * 1000.0) } else { format!("over {:.0} ms", top * 1000.0) };
+            format!("node {}: {total}, {} over 25.6 ms, slowest {worst}", i + 1, total - fast)
+        })
+        .collect();
+    nodes.join("; ")
 }
 
 struct Users {
@@ -559,6 +614,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let urls: Vec<String> = args.urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
     let users = Users::new(&urls[0], "bench", 16).await?;
+    let http = reqwest::Client::new();
     let pad = "x".repeat(args.bytes.saturating_sub(21));
     println!("chorusctl bench: {} nodes, {}-byte messages, {} s per phase", urls.len(), args.bytes, args.secs);
 
@@ -567,6 +623,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let ack_lat = Arc::new(Mutex::new(Vec::new()));
         let deadline = Instant::now() + Duration::from_secs(args.secs);
         let cpu = CpuMeter::start(&args.pids);
+        let syncs = sync_buckets(&http, &urls).await;
         let mut tasks = Vec::new();
         for i in 0..args.senders {
             let mut ws = connect(&urls[i % urls.len()], users.token(i)).await?;
@@ -597,6 +654,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let mut lat = ack_lat.lock().await.clone();
         lat.sort_unstable();
         let cpu = cpu.report(lat.len() as u64, "acked message");
+        let syncs = sync_report(&syncs, &sync_buckets(&http, &urls).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let dl = deliveries.latencies();
         println!("acks: {} senders", args.senders);
@@ -604,6 +662,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("  ack latency ms   p50 {:.2}  p99 {:.2}  p99.9 {:.2}", pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999));
         println!("  send→deliver ms  p50 {:.2}  p99 {:.2}", pct(&dl, 0.5), pct(&dl, 0.99));
         println!("  CPU              {cpu}");
+        println!("  log syncs        {syncs}");
     }
 
     if args.subscribers > 0 {
@@ -626,6 +685,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let before = deliveries.count.load(Ordering::Relaxed);
         let cpu = CpuMeter::start(&args.pids);
+        let syncs = sync_buckets(&http, &urls).await;
         let deadline = Instant::now() + Duration::from_secs(args.secs);
         let sent = Arc::new(AtomicU64::new(0));
         // The fan-out senders' acks: their latency is the commit part of send→deliver.
@@ -677,6 +737,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // lets in-flight deliveries add their latency samples.
         let got = deliveries.count.load(Ordering::Relaxed) - before;
         let cpu = cpu.report(got, "delivery");
+        let syncs = sync_report(&syncs, &sync_buckets(&http, &urls).await);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let dl = deliveries.latencies();
         let pacing = if args.fanout_rate > 0 { format!("paced at {} messages/s", args.fanout_rate) } else { "closed loop".to_string() };
@@ -687,6 +748,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let al = fan_acks.latencies();
         println!("  ack latency ms   p50 {:.2}  p99 {:.2}  (fan-out senders)", pct(&al, 0.5), pct(&al, 0.99));
         println!("  CPU              {cpu}");
+        println!("  log syncs        {syncs}");
         if args.timeline {
             print_timeline(&deliveries.samples());
         }
@@ -708,4 +770,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         drop(conns);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_report_counts_the_window_s_slow_syncs_and_bounds_the_slowest() {
+        let buckets = |counts: [u64; 4]| Some(vec![(0.0128, counts[0]), (0.0256, counts[1]), (0.0512, counts[2]), (f64::INFINITY, counts[3])]);
+        let before = [buckets([10, 10, 10, 10]), buckets([5, 5, 5, 5]), buckets([0, 0, 0, 0]), None];
+        let after = [buckets([20, 21, 23, 23]), buckets([5, 5, 5, 6]), buckets([0, 0, 0, 0]), buckets([1, 1, 1, 1])];
+        assert_eq!(
+            sync_report(&before, &after),
+            "node 1: 13, 2 over 25.6 ms, slowest ≤ 51.2 ms; node 2: 1, 1 over 25.6 ms, slowest over 51 ms; node 3: none; node 4: not scraped"
+        );
+    }
 }

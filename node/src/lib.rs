@@ -68,6 +68,7 @@ pub struct NodeHandle {
     pub raft_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    store: raft_store::Store,
 }
 
 impl NodeHandle {
@@ -88,6 +89,12 @@ impl NodeHandle {
         let deadline = tokio::time::Instant::now() + GOODBYE;
         while self.node.connections.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Last, so nothing writes any more: no flush or compaction may still
+        // run when the process exits.
+        let store = self.store;
+        if tokio::task::spawn_blocking(move || store.stop_background_work()).await.is_err() {
+            tracing::warn!("stopping the store's background work failed");
         }
     }
 }
@@ -246,7 +253,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx)));
 
     tracing::info!(id = config.id, %client_addr, %raft_addr, "node started");
-    Ok(NodeHandle { node, client_addr, raft_addr, stop, tasks })
+    Ok(NodeHandle { node, client_addr, raft_addr, stop, tasks, store })
 }
 
 async fn until_stopped(mut rx: watch::Receiver<bool>) {
