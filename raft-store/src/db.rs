@@ -72,11 +72,11 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
 }
 
 impl Store {
-    /// Stops RocksDB's flushes and compactions, waiting for any under way.
-    /// For a node that is going away: a process that exits while one runs
-    /// can abort in RocksDB ("pthread lock: Invalid argument") as its static
-    /// objects are torn down under the running job. Nothing is lost by
-    /// stopping: every write is in the write-ahead log.
+    /// Stops RocksDB's background work: cancels its periodic tasks, flushes
+    /// the memtables, and waits for any flush or compaction under way. For a
+    /// node that is going away: a process that exits while such work runs can
+    /// abort in RocksDB ("pthread lock: Invalid argument") as its static
+    /// objects are torn down under it. The store must not be written after.
     pub fn stop_background_work(&self) {
         self.db.cancel_all_background_work(true);
     }
