@@ -131,6 +131,13 @@ struct OutState {
     rooms: HashMap<String, Cursor>,
     /// Some cursor went stale since the session last looked.
     stale: bool,
+    /// Direct messages stamped (`ts`) at or after this reach the connection
+    /// in DM rooms it has no cursor in: the cluster clock read once the
+    /// connection was registered ([`Outbox::receive_dms_since`]); `None` before.
+    dm_since: Option<u64>,
+    /// The fan-out lost messages since the session last looked, so a DM room
+    /// this connection has no cursor in may hold some it never got.
+    dm_lost: bool,
     /// Set once; the first reason wins.
     closing: Closing,
     gone: bool,
@@ -350,13 +357,12 @@ impl Outbox {
     }
 
     /// Delivers what this connection lacks of `group`, a run of messages of
-    /// one room applied on this node, with one write. `dm_from`: the
-    /// connection's user is one of the two users of this direct-message room,
-    /// which reaches them without a join; without a cursor in the room, the
-    /// connection gets the group from that seq on (what is new this round: an
-    /// older message may have reached it before it left the room). Returns the
-    /// frames written.
-    fn deliver(&self, group: &Group, dm_from: Option<u64>) -> u64 {
+    /// one room applied on this node, with one write. `dm`: the connection's
+    /// user is one of the two users of this direct-message room, which
+    /// reaches them without a join; without a cursor in the room, the
+    /// connection gets the messages stamped since it was registered (see
+    /// [`Outbox::receive_dms_since`]). Returns the frames written.
+    fn deliver(&self, group: &Group, dm: bool) -> u64 {
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.closing.is_some() || st.gone {
@@ -364,10 +370,14 @@ impl Outbox {
         }
         let cursor = match st.rooms.get(&group.room) {
             Some(c) => *c,
-            None => match dm_from {
-                Some(from) => Cursor { last: from.max(group.first) - 1, live: true, skipped: false },
-                None => return 0,
-            },
+            None if dm => {
+                // `ts` never decreases within a room, so these are the
+                // group's tail: the cursor starts just before it.
+                let Some(since) = st.dm_since else { return 0 };
+                let Some(i) = group.ts.iter().position(|&ts| ts >= since) else { return 0 };
+                Cursor { last: group.first + i as u64 - 1, live: true, skipped: false }
+            }
+            None => return 0,
         };
         if cursor.last >= group.last() {
             return 0;
@@ -413,10 +423,12 @@ impl Outbox {
     }
 
     /// Every room's cursor goes stale: storage may hold messages that were
-    /// never delivered one by one.
+    /// never delivered one by one. So may a DM room the connection has no
+    /// cursor in, which the session looks for ([`Outbox::take_dm_lost`]).
     fn reset(&self) {
         let mut st = self.lock();
-        if st.rooms.is_empty() {
+        st.dm_lost = st.dm_since.is_some();
+        if st.rooms.is_empty() && !st.dm_lost {
             return;
         }
         st.rooms.values_mut().for_each(|c| {
@@ -426,6 +438,39 @@ impl Outbox {
         st.stale = true;
         drop(st);
         self.session.wake();
+    }
+
+    /// From now on, direct messages stamped at or after `since` reach this
+    /// connection in DM rooms it has no cursor in. The session calls this
+    /// once the connection is registered with the fan-out, with the cluster
+    /// clock it then reads: every message applied after that read is stamped
+    /// at or after it (the clock never goes back), and the fan-out offers
+    /// each message in its round and the next, so none applied after the
+    /// read can pass this connection by.
+    pub fn receive_dms_since(&self, since: u64) {
+        self.lock().dm_since = Some(since);
+    }
+
+    /// Whether the fan-out lost messages since the last call, with the stamp
+    /// from which direct messages reach this connection: the session then
+    /// opens each DM room of its user that holds messages from then on and
+    /// has no cursor here ([`Outbox::open_dm`]).
+    pub fn take_dm_lost(&self) -> Option<u64> {
+        let mut st = self.lock();
+        let lost = std::mem::take(&mut st.dm_lost);
+        st.dm_since.filter(|_| lost)
+    }
+
+    /// Gives direct-message room `room` a cursor after `last`, for a replay
+    /// from storage, unless it has one (the fan-out may have delivered to it
+    /// since the session read storage). Returns whether it made one.
+    pub fn open_dm(&self, room: &str, last: u64) -> bool {
+        let mut st = self.lock();
+        if st.closing.is_some() || st.gone || st.rooms.contains_key(room) {
+            return false;
+        }
+        st.rooms.insert(room.to_string(), Cursor { last, live: false, skipped: true });
+        true
     }
 
     pub fn close_with(&self, code: u16, reason: &'static str) {
@@ -697,6 +742,8 @@ struct Group {
     bytes: Bytes,
     /// Where each message's frame starts in `bytes`.
     starts: Vec<usize>,
+    /// Each message's `ts`.
+    ts: Vec<u64>,
     room: String,
 }
 
@@ -711,6 +758,7 @@ struct Recent {
     /// The round that first offered it.
     round: u64,
     seq: u64,
+    ts: u64,
     frame: Bytes,
 }
 
@@ -727,29 +775,26 @@ impl Window {
         if let Some(g) = &self.groups {
             return g.clone();
         }
-        // Runs of consecutive seqs: (first, bytes, starts).
-        let mut runs: Vec<(u64, Vec<u8>, Vec<usize>)> = Vec::new();
+        // Runs of consecutive seqs: (first, bytes, starts, ts).
+        let mut runs: Vec<(u64, Vec<u8>, Vec<usize>, Vec<u64>)> = Vec::new();
         for m in &self.messages {
-            let follows = runs.last().is_some_and(|(first, _, starts)| first + starts.len() as u64 == m.seq);
+            let follows = runs.last().is_some_and(|(first, _, starts, _)| first + starts.len() as u64 == m.seq);
             if !follows {
-                runs.push((m.seq, Vec::new(), Vec::new()));
+                runs.push((m.seq, Vec::new(), Vec::new(), Vec::new()));
             }
-            if let Some((_, bytes, starts)) = runs.last_mut() {
+            if let Some((_, bytes, starts, ts)) = runs.last_mut() {
                 starts.push(bytes.len());
                 bytes.extend_from_slice(&m.frame);
+                ts.push(m.ts);
             }
         }
-        let groups: Vec<Group> =
-            runs.into_iter().map(|(first, bytes, starts)| Group { first, bytes: Bytes::from(bytes), starts, room: room.to_string() }).collect();
+        let groups: Vec<Group> = runs
+            .into_iter()
+            .map(|(first, bytes, starts, ts)| Group { first, bytes: Bytes::from(bytes), starts, ts, room: room.to_string() })
+            .collect();
         let groups = Arc::new(groups);
         self.groups = Some(groups.clone());
         groups
-    }
-
-    /// The first seq this round offers, for direct-message connections that
-    /// have no cursor in the room.
-    fn fresh_from(&self, round: u64) -> u64 {
-        self.messages.iter().find(|m| m.round == round).map_or(u64::MAX, |m| m.seq)
     }
 }
 
@@ -911,7 +956,7 @@ impl Fanout<'_> {
                 e.insert(Window::default())
             }
         };
-        w.messages.push(Recent { round: self.round, seq: m.seq, frame });
+        w.messages.push(Recent { round: self.round, seq: m.seq, ts: m.ts_ms, frame });
         w.groups = None;
     }
 
@@ -946,19 +991,17 @@ impl Fanout<'_> {
             // Nobody to deliver to on this node.
             return false;
         }
-        let round = self.round;
         let mut visit: Vec<String> = self.rooms.keys().cloned().collect();
         self.took = Instant::now();
         let mut sent = 0;
         let mut next = 0;
         while let Some(room) = visit.get(next).cloned() {
             next += 1;
-            let dm = chat::dm_participants(&room);
+            let dm = chat::dm_participants(&room).is_some();
             // For a DM room, both users' connections, joined or not.
             let lists = self.registry.targets(&room);
             let Some(w) = self.rooms.get_mut(&room) else { continue };
             let mut groups = w.groups(&room);
-            let mut dm_from = dm.map(|_| w.fresh_from(round));
             for (n, o) in lists.iter().flat_map(|l| l.iter()).enumerate() {
                 if n % TAKE_EVERY == TAKE_EVERY - 1 && self.took.elapsed() >= TAKE_GAP {
                     self.took = Instant::now();
@@ -969,13 +1012,12 @@ impl Fanout<'_> {
                     if here {
                         if let Some(w) = self.rooms.get_mut(&room) {
                             groups = w.groups(&room);
-                            dm_from = dm.map(|_| w.fresh_from(round));
                         }
                     }
                     visit.append(&mut self.new_rooms);
                 }
                 for g in groups.iter() {
-                    sent += o.deliver(g, dm_from);
+                    sent += o.deliver(g, dm);
                 }
             }
         }
@@ -1051,14 +1093,46 @@ mod tests {
         Ok(())
     }
 
-    /// Messages `seqs` of `room` as the fan-out groups them; message n reads "mn".
+    /// Messages `seqs` of `room` as the fan-out groups them; message n reads
+    /// "mn" and is stamped 10 n.
     fn group(room: &str, seqs: std::ops::RangeInclusive<u64>) -> Group {
         let (first, mut bytes, mut starts) = (*seqs.start(), Vec::new(), Vec::new());
-        for seq in seqs {
+        for seq in seqs.clone() {
             starts.push(bytes.len());
             bytes.extend_from_slice(&text_frame(format!("m{seq}")));
         }
-        Group { first, bytes: Bytes::from(bytes), starts, room: room.into() }
+        Group { first, bytes: Bytes::from(bytes), starts, ts: seqs.map(|s| 10 * s).collect(), room: room.into() }
+    }
+
+    #[tokio::test]
+    async fn a_connection_gets_the_direct_messages_stamped_since_it_was_registered() -> io::Result<()> {
+        let (o, client) = connection("ann")?;
+        let dm = "dm:ann:bob";
+        // Until the session has read the clock, no direct message goes out.
+        assert_eq!(o.deliver(&group(dm, 1..=3), true), 0);
+        o.receive_dms_since(20);
+        // Messages 2 and 3 are stamped 20 and 30: the connection gets them,
+        // and from then on has a cursor in the room.
+        assert_eq!(o.deliver(&group(dm, 1..=3), true), 2);
+        assert_eq!(o.deliver(&group(dm, 2..=4), true), 1);
+        assert_eq!(o.cursor(dm).map(|c| (c.last, c.live)), Some((4, true)));
+        // Rooms the connection is not one of the two users of stay shut.
+        assert_eq!(o.deliver(&group("r", 1..=1), false), 0);
+        // Lost messages: the session is told to look for DM rooms to replay,
+        // once, and opens only those without a cursor.
+        assert_eq!(o.take_dm_lost(), None);
+        o.reset();
+        assert_eq!(o.take_dm_lost(), Some(20));
+        assert_eq!(o.take_dm_lost(), None);
+        assert!(!o.open_dm(dm, 0), "a room with a cursor was opened again");
+        assert!(o.open_dm("dm:ann:cy", 7));
+        assert_eq!(o.replay_from("dm:ann:cy").map(|c| (c.last, c.live)), Some((7, false)));
+        // A room to be replayed takes nothing from the fan-out until it is live.
+        assert_eq!(o.deliver(&group("dm:ann:cy", 9..=9), true), 0);
+        std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
+        let texts = tokio::task::spawn_blocking(move || read_texts(client, 3)).await.map_err(io::Error::other)??;
+        assert_eq!(texts, ["m2", "m3", "m4"]);
+        Ok(())
     }
 
     #[tokio::test]
@@ -1068,15 +1142,15 @@ mod tests {
         // A read of storage begins; meanwhile message 6 is applied, and the
         // fan-out passes it over.
         assert_eq!(o.replay_from("r").map(|c| (c.last, c.live)), Some((5, false)));
-        assert_eq!(o.deliver(&group("r", 6..=6), None), 0);
+        assert_eq!(o.deliver(&group("r", 6..=6), false), 0);
         // The read found nothing after 5, but 6 may have reached storage after it began.
         assert!(!o.go_live("r", 5), "went live past a message it never sent");
         // The next read finds 6. A group it already has is no skip.
         assert_eq!(o.replay_from("r").map(|c| c.last), Some(5));
         assert!(o.push_replayed("r", 6, text_frame("m6".into())));
-        assert_eq!(o.deliver(&group("r", 5..=6), None), 0);
+        assert_eq!(o.deliver(&group("r", 5..=6), false), 0);
         assert!(o.go_live("r", 6));
-        assert_eq!(o.deliver(&group("r", 7..=7), None), 1);
+        assert_eq!(o.deliver(&group("r", 7..=7), false), 1);
         // A fan-out that lost messages sends the room back to storage, and a
         // replay that read before that must read again.
         assert_eq!(o.replay_from("r").map(|c| (c.last, c.live)), Some((7, true)));
@@ -1199,6 +1273,82 @@ mod tests {
             assert_eq!(seqs, (1..=MESSAGES).collect::<Vec<_>>(), "connection {i}");
         }
         assert_eq!(metrics.deliveries.get(), CONNECTIONS as u64 * MESSAGES);
+        assert!(metrics.late.get() > 0, "no message came mid-round, so the test did not test that");
+        drop(tx);
+        Ok(())
+    }
+    /// Direct messages keep coming, many of them mid-round, while connections
+    /// of one of the two users keep opening, none of them joined: each gets
+    /// every message applied after it was registered, once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_opening_while_direct_messages_flow_get_every_later_one_once_in_order() -> io::Result<()> {
+        const CONNECTIONS: usize = 120;
+        const MESSAGES: u64 = 600;
+        let room = chat::dm_room("ann", "bob");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let registry = Arc::new(Registry::default());
+        let (tx, rx) = broadcast::channel(1 << 16);
+        let metrics = FanoutMetrics {
+            deliveries: Counter::default(),
+            lag: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
+            late: Counter::default(),
+            rounds: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
+        };
+        start(1, rx, registry.clone(), metrics.clone())?;
+        // Reads frames until message MESSAGES; returns their seqs.
+        let read_until_last = |mut sock: std::net::TcpStream| -> io::Result<Vec<u64>> {
+            let (mut buf, mut seqs, mut chunk) = (Vec::new(), Vec::new(), [0u8; 8192]);
+            while seqs.last() != Some(&MESSAGES) {
+                let n = sock.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while buf.len() >= 2 {
+                    let (len, header) = match buf[1] {
+                        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                        n if n < 126 => (n as usize, 2),
+                        _ => break,
+                    };
+                    if buf.len() < header + len {
+                        break;
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&buf[header..header + len]).map_err(io::Error::other)?;
+                    seqs.push(v["seq"].as_u64().unwrap_or(0));
+                    buf.drain(..header + len);
+                }
+            }
+            Ok(seqs)
+        };
+        // (outbox, reader, the last seq sent before the connection was registered)
+        let mut readers = Vec::new();
+        let mut sent = 0;
+        while sent < MESSAGES {
+            if sent % (MESSAGES / CONNECTIONS as u64) == 0 && readers.len() < CONNECTIONS {
+                let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+                client.set_read_timeout(Some(Duration::from_secs(20)))?;
+                let (server, _) = listener.accept()?;
+                server.set_nonblocking(true)?;
+                let o = Outbox::new(TcpStream::from_std(server)?, "ann".into());
+                registry.connect(&o);
+                // What a session does next: read the clock, here the stamp of
+                // the last message applied (message n is stamped n).
+                o.receive_dms_since(sent);
+                readers.push((o, std::thread::spawn(move || read_until_last(client)), sent));
+            }
+            sent += 1;
+            let m = Message { room: room.clone(), seq: sent, client_id: format!("{sent}"), from: "bob".into(), text: "hi".into(), ts_ms: sent };
+            tx.send(Delivery::Message(Arc::new(m))).map_err(|_| io::Error::other("the fan-out has stopped"))?;
+            tokio::time::sleep(Duration::from_micros(250)).await;
+        }
+        for (i, (_outbox, reader, before)) in readers.into_iter().enumerate() {
+            let seqs = tokio::task::spawn_blocking(move || reader.join()).await.map_err(io::Error::other)?.map_err(|_| io::Error::other("reader panicked"))??;
+            // Message `before` was applied before the registration, but is
+            // stamped with the clock read after it: it may come or not.
+            let from = seqs.first().copied().unwrap_or(0);
+            assert!(from <= before + 1 && from + 1 >= before.max(1), "connection {i} registered after {before} began at {from}");
+            assert_eq!(seqs, (from..=MESSAGES).collect::<Vec<_>>(), "connection {i}");
+        }
         assert!(metrics.late.get() > 0, "no message came mid-round, so the test did not test that");
         drop(tx);
         Ok(())

@@ -186,8 +186,17 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
         // The client's first bytes came in with the upgrade request.
         Some(bytes) => WebSocketStream::from_partially_read(io, bytes, Role::Server, Some(config)).await,
     };
-    // From here on, direct messages to this user reach this connection.
+    // From here on, direct messages to this user reach this connection: the
+    // fan-out sees it, and then learns from when (see `receive_dms_since`).
     app.registry.connect(&out);
+    match chat::clock(app.backend.reader()) {
+        Ok(clock) => out.receive_dms_since(clock),
+        Err(e) => {
+            // Every direct message the fan-out still holds, then.
+            tracing::warn!(user = %user, error = %e, "cannot read the cluster clock");
+            out.receive_dms_since(0);
+        }
+    }
     let (acks, mut acked) = mpsc::channel(MAX_IN_FLIGHT);
     app.connections.fetch_add(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.connected(&user) {
@@ -223,6 +232,9 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
                 OutboxEvent::Gone => s.gone = true,
                 OutboxEvent::Closing(..) => {}
                 OutboxEvent::Stale => {
+                    if let Some(since) = s.out.take_dm_lost() {
+                        s.open_lost_dms(since);
+                    }
                     for room in s.out.stale_rooms() {
                         s.catch_up(&room).await;
                     }
@@ -401,6 +413,33 @@ impl<B: ChatBackend> Session<B> {
         }
     }
 
+    /// The fan-out lost messages, so a direct-message room this connection has
+    /// no cursor in may hold some stamped at or after `since` that it never
+    /// got: each such room gets a cursor just before them, and is replayed
+    /// with the other stale rooms. Lost messages are rare (a snapshot was
+    /// installed, or the fan-out fell behind), which pays for the scan of
+    /// every room.
+    fn open_lost_dms(&mut self, since: u64) {
+        let reader = self.app.backend.reader();
+        let rooms = match reader.rooms() {
+            Ok(rooms) => rooms,
+            Err(e) => return self.storage_failed("(all)", &e),
+        };
+        for (room, record) in rooms {
+            let mine = chat::dm_participants(&room).is_some_and(|(a, b)| a == self.user || b == self.user);
+            if !mine || record.last_seq == 0 || self.out.cursor(&room).is_some() {
+                continue;
+            }
+            match last_stamped_before(reader, &room, since, record.last_seq) {
+                Ok(Some(last)) => {
+                    self.out.open_dm(&room, last);
+                }
+                Ok(None) => {}
+                Err(e) => return self.storage_failed(&room, &e),
+            }
+        }
+    }
+
     /// A room cannot be read: the client is told to come back (with `after`)
     /// rather than left with a room that silently stopped.
     fn storage_failed(&mut self, room: &str, e: &dyn std::fmt::Display) {
@@ -415,12 +454,16 @@ impl<B: ChatBackend> Session<B> {
         }
     }
 
+    /// Leaving a room ends the user's membership, then this connection's
+    /// subscription; if the leave is not committed, both stay. A direct-message
+    /// room cannot be left: its messages reach both users' connections whatever
+    /// they do, so `left` changes nothing there.
     async fn leave(&mut self, frame: &Value, req: Option<&Value>) -> Result<(), ApiError> {
         let room = Self::room_of(frame)?;
-        self.out.leave_room(&room);
-        self.app.registry.leave(&room, &self.out);
         if chat::dm_participants(&room).is_none() {
             self.app.backend.propose(Event::RoomLeft { room: room.clone(), user: self.user.clone() }).await?;
+            self.out.leave_room(&room);
+            self.app.registry.leave(&room, &self.out);
         }
         self.push(with_req(json!({ "type": "left", "room": room }), req));
         Ok(())
@@ -488,5 +531,21 @@ impl<B: ChatBackend> Session<B> {
         self.app.presence.receive(sig.clone(), std::time::Instant::now());
         self.app.backend.send_signal(sig);
         Ok(())
+    }
+}
+
+/// The last seq of `room` (whose head is `head`) stamped before `since`, or 0
+/// if none is; `None` if the newest message is stamped before `since`, so
+/// that none in the room is at or after it. Reads back from the head a page
+/// at a time: `ts` never decreases within a room.
+fn last_stamped_before(reader: &raft_store::state_machine::ChatReader, room: &str, since: u64, head: u64) -> Result<Option<u64>, raft_store::StoreError> {
+    let mut before = head.saturating_add(1);
+    loop {
+        let page = reader.history(room, None, Some(before), REPLAY_PAGE)?;
+        let Some(first) = page.messages.first() else { return Ok(Some(0)) };
+        if let Some(m) = page.messages.iter().rev().find(|m| m.ts_ms < since) {
+            return Ok((m.seq != head).then_some(m.seq));
+        }
+        before = first.seq;
     }
 }
