@@ -16,6 +16,7 @@ pub enum Code {
     Overloaded,
     NameTaken,
     NotFound,
+    MethodNotAllowed,
 }
 
 impl Code {
@@ -30,6 +31,7 @@ impl Code {
             Code::Overloaded => "overloaded",
             Code::NameTaken => "name_taken",
             Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -44,6 +46,7 @@ impl Code {
             Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Code::NameTaken => StatusCode::CONFLICT,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 }

@@ -776,7 +776,8 @@ impl Window {
             return g.clone();
         }
         // Runs of consecutive seqs: (first, bytes, starts, ts).
-        let mut runs: Vec<(u64, Vec<u8>, Vec<usize>, Vec<u64>)> = Vec::new();
+        type Run = (u64, Vec<u8>, Vec<usize>, Vec<u64>);
+        let mut runs: Vec<Run> = Vec::new();
         for m in &self.messages {
             let follows = runs.last().is_some_and(|(first, _, starts, _)| first + starts.len() as u64 == m.seq);
             if !follows {

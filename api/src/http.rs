@@ -23,7 +23,10 @@ pub fn message_json(m: &Message) -> Value {
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    body.map(|Json(b)| b).map_err(|e| ApiError::bad_request(e.body_text()))
+    body.map(|Json(b)| b).map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(Code::TooLarge, e.body_text()),
+        _ => ApiError::bad_request(e.body_text()),
+    })
 }
 
 fn bearer<B: ChatBackend>(app: &App<B>, headers: &HeaderMap) -> ApiResult<String> {
@@ -45,6 +48,11 @@ pub async fn readyz<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> (StatusCo
 
 pub async fn not_found() -> ApiError {
     ApiError::new(Code::NotFound, "no such route")
+}
+
+/// A route that exists, asked with a method it does not serve.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(Code::MethodNotAllowed, format!("{} does not take {method}", uri.path()))
 }
 
 #[derive(Deserialize)]
@@ -114,7 +122,11 @@ pub async fn rooms<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: Head
     let list: Vec<Value> = rooms
         .into_iter()
         .filter(|(name, _)| chat::dm_participants(name).is_none_or(|(a, b)| a == user || b == user))
-        .map(|(name, r)| json!({ "name": name, "members": r.members, "last_seq": r.last_seq }))
+        .map(|(name, r)| {
+            // A DM room's members are its two users, with no membership stored.
+            let members = if chat::dm_participants(&name).is_some() { 2 } else { r.members };
+            json!({ "name": name, "members": members, "last_seq": r.last_seq })
+        })
         .collect();
     Ok(Json(Value::Array(list)))
 }

@@ -124,6 +124,16 @@ pub struct Limits {
     pub rate_window: Duration,
 }
 
+impl Limits {
+    /// The largest client frame or HTTP body taken in: 64 KiB, or more if
+    /// that is what a `text` of `max_message_bytes` needs at worst in JSON
+    /// (six bytes for each escaped byte), so that an oversized text is read
+    /// and refused with `too_large` rather than cut off as a frame.
+    pub fn frame_bytes(&self) -> usize {
+        (self.max_message_bytes.saturating_mul(6).saturating_add(4096)).max(64 * 1024)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits { max_message_bytes: 4096, rate_messages: 20, rate_window: Duration::from_secs(10) }
@@ -301,6 +311,7 @@ pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
         .route("/v1/cluster/pick", get(http::pick::<B>))
         .route("/v1/ws", get(ws::upgrade::<B>))
         .fallback(http::not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(app.limits.frame_bytes()))
         .with_state(app)
 }

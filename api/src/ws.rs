@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -45,8 +45,6 @@ use crate::http::{client_id_text, message_json, read_history, send_message, Hist
 use crate::presence::PeerSignal;
 use crate::{validate, App, ChatBackend};
 
-/// Largest client frame accepted.
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Sends one connection may have awaiting their ack.
 const MAX_IN_FLIGHT: usize = 256;
 /// Rows read from storage at a time when replaying.
@@ -80,9 +78,6 @@ pub async fn upgrade<B: ChatBackend>(
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     mut req: Request,
 ) -> Response {
-    if req.method() != Method::GET {
-        return (StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade is a GET").into_response();
-    }
     let headers = req.headers();
     if !header_has(headers, header::CONNECTION, "upgrade") || !header_has(headers, header::UPGRADE, "websocket") {
         return ApiError::bad_request("this route only speaks WebSocket: Connection: upgrade, Upgrade: websocket").into_response();
@@ -104,7 +99,9 @@ pub async fn upgrade<B: ChatBackend>(
         Err(e) => return e.into_response(),
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded").into_response();
+        let mut r = ApiError::bad_request("this connection cannot be upgraded (HTTP/1.1 is needed)").into_response();
+        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        return r;
     };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -172,8 +169,8 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
     // Client frames are small; a large one just takes more reads. Writes are
     // not buffered by tungstenite: they are control frames, and go to `out`.
     let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .max_message_size(Some(app.limits.frame_bytes()))
+        .max_frame_size(Some(app.limits.frame_bytes()))
         .read_buffer_size(1024)
         .write_buffer_size(0);
     let io = ConnIo(out.clone());
@@ -224,6 +221,10 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
                 Some(Err(e)) => {
                     // Oversized or malformed at the protocol level, or the socket failed: say so, then close.
                     tracing::debug!(user = %s.user, error = %e, "websocket read failed");
+                    if let tokio_tungstenite::tungstenite::Error::Capacity(c) = &e {
+                        // The rest of the frame is still unread, so the connection cannot go on.
+                        s.fail(ApiError::new(Code::TooLarge, format!("{c}")), None, None);
+                    }
                     s.close_with(1009, "frame too large or malformed");
                 }
                 None => s.gone = true,
@@ -448,6 +449,10 @@ impl<B: ChatBackend> Session<B> {
     }
 
     fn online_members(&self, room: &str) -> Vec<String> {
+        if let Some((a, b)) = chat::dm_participants(room) {
+            // A DM room's members are its two users, with no membership stored.
+            return [a, b].into_iter().filter(|u| self.app.presence.is_online(u)).map(str::to_string).collect();
+        }
         match self.app.backend.reader().members(room) {
             Ok(members) => members.into_iter().filter(|u| self.app.presence.is_online(u)).collect(),
             Err(_) => Vec::new(),

@@ -45,9 +45,10 @@ fn role_name(state: ServerState, voter: bool) -> &'static str {
     match state {
         ServerState::Leader => "leader",
         ServerState::Candidate => "candidate",
-        ServerState::Follower if voter => "follower",
-        ServerState::Follower | ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+        // A node shutting down is not serving any role; it shows as what it
+        // is in the membership (SPEC §2 lists no other role).
+        ServerState::Follower | ServerState::Shutdown if voter => "follower",
+        ServerState::Follower | ServerState::Learner | ServerState::Shutdown => "learner",
     }
 }
 
@@ -374,6 +375,8 @@ async fn members_view(node: &Node, timeout: Duration) -> MembersView {
             let live = infos.get(&id).cloned().flatten();
             let role = match &live {
                 Some(i) if !i.role.is_empty() => i.role.clone(),
+                // Unreachable from here: the role this node knows it has.
+                _ if leader == Some(id) => "leader".into(),
                 _ if voter => "follower".into(),
                 _ => "learner".into(),
             };

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::client::{self, connect, join, login, next, next_of, send};
 use common::TestCluster;
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
 fn unlimited(c: &mut node::Config) {
@@ -141,6 +142,34 @@ async fn http_routes_and_errors() {
     assert!(metrics.contains("chorus_fanout_round_seconds_count"), "{metrics}");
     assert!(!metrics.contains("chorus_fanout_round_seconds_count 0\n"), "{metrics}");
     assert_eq!(http.get(format!("{b1}/nope")).send().await.unwrap().status(), 404);
+    // A route asked with a method it does not serve: 405, with the error body.
+    for (method, path) in [(reqwest::Method::POST, "/v1/ws"), (reqwest::Method::DELETE, "/v1/users"), (reqwest::Method::PUT, "/v1/rooms")] {
+        let r = http.request(method.clone(), format!("{b1}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "method_not_allowed", "{method} {path}");
+    }
+    // A body over the limit is refused as too large, not as malformed.
+    let r = post("general", json!(8), &"x".repeat(70 * 1024)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
+
+    // DM rooms: listed for their two users only, with both as members, and
+    // readable by them only.
+    let bob = login(&b1, "bob").await;
+    let carl = login(&b1, "carl").await;
+    send(&mut ws, json!({ "type": "dm", "to": "bob", "id": "d1", "text": "psst" })).await;
+    assert_eq!(next_of(&mut ws, "ack").await["room"], "dm:alice:bob");
+    for (who, tok) in [("alice", &token), ("bob", &bob)] {
+        let rooms: Value = http.get(format!("{b3}/v1/rooms")).bearer_auth(tok).send().await.unwrap().json().await.unwrap();
+        assert!(rooms.as_array().unwrap().contains(&json!({ "name": "dm:alice:bob", "members": 2, "last_seq": 1 })), "{who}: {rooms}");
+        let page: Value = http.get(format!("{b3}/v1/rooms/dm:alice:bob/messages")).bearer_auth(tok).send().await.unwrap().json().await.unwrap();
+        assert_eq!(page["messages"][0]["text"], "psst", "{who}");
+    }
+    let rooms: Value = http.get(format!("{b3}/v1/rooms")).bearer_auth(&carl).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rooms, json!([{ "name": "general", "members": 1, "last_seq": 2 }]));
+    let r = http.get(format!("{b3}/v1/rooms/dm:alice:bob/messages")).bearer_auth(&carl).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_member");
     c.shutdown().await;
 }
 
@@ -151,11 +180,13 @@ async fn websocket_frames_across_nodes() {
     let ta = login(&b1, "ann").await;
     let tb = login(&b2, "ben").await;
 
-    // A bad token gets 401 before the upgrade.
-    let url = format!("{}/v1/ws?token=nope", b1.replacen("http", "ws", 1));
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
-        other => panic!("expected 401, got {other:?}"),
+    // A bad or missing token gets 401 before the upgrade.
+    for query in ["?token=nope", ""] {
+        let url = format!("{}/v1/ws{query}", b1.replacen("http", "ws", 1));
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401, "{query}"),
+            other => panic!("expected 401 for {query:?}, got {other:?}"),
+        }
     }
     // A WebSocket version the node does not speak gets 426 and the version it
     // does (RFC 6455 §4.4).
@@ -414,6 +445,27 @@ async fn rate_limit_refuses_the_fourth_message() {
     }
     send(&mut a, json!({ "type": "send", "room": "r", "id": 3, "text": "x" })).await;
     assert_eq!(next_of(&mut a, "error").await["code"], "rate_limited");
+    // The same count holds for HTTP posts on this node.
+    let r = client::http().post(format!("{b}/v1/rooms/r/messages")).bearer_auth(&t).json(&json!({ "id": 4, "text": "x" })).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "rate_limited");
+    // A frame over the limit is answered with too_large, then the connection
+    // closes with 1009: the rest of the frame is unread, so it cannot go on.
+    let big = json!({ "type": "send", "room": "r", "id": 5, "text": "x".repeat(70 * 1024) });
+    a.send(tokio_tungstenite::tungstenite::Message::Text(big.to_string().into())).await.unwrap();
+    let (mut too_large, mut close) = (false, None);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(10), a.next()).await {
+        match m {
+            tokio_tungstenite::tungstenite::Message::Text(t) => too_large |= serde_json::from_str::<Value>(t.as_str()).unwrap()["code"] == "too_large",
+            tokio_tungstenite::tungstenite::Message::Close(f) => {
+                close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(too_large, "no too_large error before the close");
+    assert_eq!(close, Some(1009));
     c.shutdown().await;
 }
 
@@ -468,7 +520,6 @@ async fn drain_until_4008(ws: &mut common::client::Ws) -> u64 {
 /// unanswered; with `stop_on_close`, stops once the node has closed a slow
 /// consumer. Returns how many were sent.
 async fn flood(b: &str, sender: common::client::Ws, room: &str, count: u64, stop_on_close: bool) -> u64 {
-    use futures::{SinkExt, StreamExt};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     let (mut tx, mut rx) = sender.split();
