@@ -1,20 +1,34 @@
 //! `chorusctl chat`: a terminal chat client over the public HTTP and WebSocket API.
 //!
 //! Lines typed are sent to the current room; commands: `/history`, `/dm USER TEXT`,
-//! `/who`, `/join ROOM`, `/quit`. When the connection drops it reconnects (to the
-//! same URL, then to any member `/v1/cluster/pick` names) and resumes every room
-//! with `after`, so nothing is missed or shown twice.
+//! `/who`, `/join ROOM`, `/quit`. While connected it keeps the cluster's member list
+//! (`GET /v1/cluster`). When the connection drops it asks any member that answers for
+//! `/v1/cluster/pick`, falling back to each known member and `--url` in turn; there it
+//! resumes every room with `after` the last message shown (nothing missed or shown
+//! twice) and resends every `send`/`dm` not yet acknowledged with its id (stored once).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How long to wait before sending a `send`, `dm` or `join` again after the cluster
+/// answered it `unavailable` or `overloaded`.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// The deadline of one HTTP call made while looking for a member.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The deadline for opening a WebSocket (a host that is down may never answer).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the member list is read again while connected.
+const MEMBERS_EVERY: Duration = Duration::from_secs(30);
+/// How long `/quit` waits for the acks of messages still in flight.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
 
 pub struct ChatArgs<'a> {
     pub url: &'a str,
@@ -58,83 +72,358 @@ pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
         .0)
 }
 
-struct State {
-    room: String,
-    /// Joined rooms → last seq shown.
-    rooms: BTreeMap<String, u64>,
+/// A room this client follows: joined, or a DM room one of whose messages it was shown.
+#[derive(Default)]
+struct Room {
+    /// The last seq shown here, or the `head` of the first `joined`; `None` before either,
+    /// when a join needs no `after`.
+    last: Option<u64>,
+    /// Who is online here: `joined.online`, then this room's `presence` frames.
     online: BTreeSet<String>,
+    /// When to send the `join` again, after the cluster could not take it.
+    rejoin_at: Option<Instant>,
+}
+
+/// A `send` or `dm` frame whose ack has not come.
+struct Unacked {
+    id: String,
+    frame: Value,
+    /// When to send it again, after the cluster could not take it.
+    resend_at: Option<Instant>,
+}
+
+/// What the client has shown and what it still owes the cluster, across connections.
+/// Pure: the caller sends the frames it returns and prints what it shows.
+struct State {
+    /// The room lines are sent to.
+    room: String,
+    rooms: BTreeMap<String, Room>,
+    /// In the order typed.
+    unacked: Vec<Unacked>,
     next_id: u64,
     id_prefix: String,
 }
 
-fn print_frame(state: &mut State, f: &Value) {
-    match f["type"].as_str() {
-        Some("message") => {
-            let room = f["room"].as_str().unwrap_or("?").to_string();
-            let seq = f["seq"].as_u64().unwrap_or(0);
-            let last = state.rooms.entry(room.clone()).or_insert(0);
-            if seq <= *last {
-                return;
-            }
-            *last = seq;
-            println!("[{room} #{seq}] {}: {}", f["from"].as_str().unwrap_or("?"), f["text"].as_str().unwrap_or(""));
+/// A line for the terminal: standard output or (errors) standard error.
+#[derive(Debug, PartialEq)]
+enum Shown {
+    Out(String),
+    Err(String),
+}
+
+impl Shown {
+    fn print(self) {
+        match self {
+            Shown::Out(s) => println!("{s}"),
+            Shown::Err(s) => eprintln!("{s}"),
         }
-        Some("joined") => {
-            state.online = f["online"].as_array().into_iter().flatten().filter_map(|u| u.as_str().map(str::to_string)).collect();
-            println!("* joined {} (head {}); online: {}", f["room"].as_str().unwrap_or("?"), f["head"], state.online.iter().cloned().collect::<Vec<_>>().join(", "));
-        }
-        Some("presence") => {
-            let user = f["user"].as_str().unwrap_or("?").to_string();
-            if f["online"] == true {
-                state.online.insert(user.clone());
-                println!("* {user} is online");
-            } else {
-                state.online.remove(&user);
-                println!("* {user} went offline");
-            }
-        }
-        Some("typing") => println!("* {} is typing in {}", f["user"].as_str().unwrap_or("?"), f["room"].as_str().unwrap_or("?")),
-        Some("history") => {
-            for m in f["messages"].as_array().into_iter().flatten() {
-                println!("  [{} #{}] {}: {}", m["room"].as_str().unwrap_or("?"), m["seq"], m["from"].as_str().unwrap_or("?"), m["text"].as_str().unwrap_or(""));
-            }
-        }
-        Some("error") => eprintln!("! {}: {}", f["code"].as_str().unwrap_or("error"), f["message"].as_str().unwrap_or("")),
-        Some("left") => println!("* left {}", f["room"].as_str().unwrap_or("?")),
-        _ => {}
     }
 }
 
-/// Turns a typed line into a frame, or handles it locally.
-fn line_frame(state: &mut State, line: &str) -> Option<Value> {
-    let line = line.trim_end();
-    if line.is_empty() {
-        return None;
+/// A `join` frame; its `req` names the room, so an error answering it can be traced back.
+fn join_frame(room: &str, after: Option<u64>) -> Value {
+    let mut f = json!({ "type": "join", "room": room, "req": format!("join:{room}") });
+    if let Some(after) = after {
+        f["after"] = json!(after);
     }
-    let mut id = || {
-        state.next_id += 1;
-        format!("{}-{}", state.id_prefix, state.next_id)
-    };
-    if let Some(rest) = line.strip_prefix("/dm ") {
-        let (to, text) = rest.split_once(' ')?;
-        return Some(json!({ "type": "dm", "to": to, "id": id(), "text": text }));
+    f
+}
+
+/// A MESSAGE as a line: `[room #seq] from: text`.
+fn describe(m: &Value) -> String {
+    let (room, from, text) = (m["room"].as_str().unwrap_or("?"), m["from"].as_str().unwrap_or("?"), m["text"].as_str().unwrap_or(""));
+    format!("[{room} #{}] {from}: {text}", m["seq"])
+}
+
+fn names(list: &Value) -> BTreeSet<String> {
+    list.as_array().into_iter().flatten().filter_map(|u| u.as_str().map(str::to_string)).collect()
+}
+
+fn listing(names: &BTreeSet<String>) -> String {
+    names.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+impl State {
+    fn new(room: &str, id_prefix: String) -> Self {
+        State {
+            room: room.to_string(),
+            rooms: BTreeMap::from([(room.to_string(), Room::default())]),
+            unacked: Vec::new(),
+            next_id: 0,
+            id_prefix,
+        }
     }
-    match line {
-        "/history" => Some(json!({ "type": "history", "room": state.room, "limit": 20 })),
-        "/who" => {
-            println!("* online in {}: {}", state.room, state.online.iter().cloned().collect::<Vec<_>>().join(", "));
-            None
-        }
-        l if l.starts_with("/join ") => {
-            state.room = l["/join ".len()..].trim().to_string();
-            Some(json!({ "type": "join", "room": state.room }))
-        }
-        l if l.starts_with('/') => {
-            eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /quit");
-            None
-        }
-        text => Some(json!({ "type": "send", "room": state.room, "id": id(), "text": text })),
+
+    /// The frames that pick up where the last connection left off: a `join` of every room,
+    /// with `after` the last message shown, then every unacknowledged frame, as first sent.
+    fn resume(&mut self) -> Vec<Value> {
+        let joins = self.rooms.iter_mut().map(|(name, room)| {
+            room.rejoin_at = None;
+            join_frame(name, room.last)
+        });
+        let mut frames: Vec<Value> = joins.collect();
+        frames.extend(self.unacked.iter_mut().map(|u| {
+            u.resend_at = None;
+            u.frame.clone()
+        }));
+        frames
     }
+
+    /// When the next frame refused for now is due to be sent again.
+    fn next_retry(&self) -> Option<Instant> {
+        let rejoins = self.rooms.values().filter_map(|r| r.rejoin_at);
+        rejoins.chain(self.unacked.iter().filter_map(|u| u.resend_at)).min()
+    }
+
+    /// The frames refused for now whose pause is over, to be sent again.
+    fn due(&mut self, now: Instant) -> Vec<Value> {
+        let mut frames = Vec::new();
+        for (name, room) in &mut self.rooms {
+            if room.rejoin_at.is_some_and(|t| t <= now) {
+                room.rejoin_at = None;
+                frames.push(join_frame(name, room.last));
+            }
+        }
+        for u in &mut self.unacked {
+            if u.resend_at.is_some_and(|t| t <= now) {
+                u.resend_at = None;
+                frames.push(u.frame.clone());
+            }
+        }
+        frames
+    }
+
+    /// Gives `frame` the next id and keeps it until its ack.
+    fn outgoing(&mut self, mut frame: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("{}-{}", self.id_prefix, self.next_id);
+        frame["id"] = json!(id);
+        self.unacked.push(Unacked { id, frame: frame.clone(), resend_at: None });
+        frame
+    }
+
+    /// `/who`: who is online in the current room.
+    fn who(&self) -> String {
+        let online = self.rooms.get(&self.room).map(|r| listing(&r.online)).unwrap_or_default();
+        format!("* online in {}: {online}", self.room)
+    }
+
+    /// Turns a typed line into a frame to send, or handles it here.
+    fn line(&mut self, line: &str) -> Option<Value> {
+        let line = line.trim_end();
+        if line.is_empty() {
+            return None;
+        }
+        if let Some(rest) = line.strip_prefix("/dm ") {
+            let Some((to, text)) = rest.split_once(' ') else {
+                eprintln!("! usage: /dm USER TEXT");
+                return None;
+            };
+            return Some(self.outgoing(json!({ "type": "dm", "to": to, "text": text })));
+        }
+        if let Some(room) = line.strip_prefix("/join ") {
+            let room = room.trim();
+            self.room = room.to_string();
+            let last = self.rooms.entry(self.room.clone()).or_default().last;
+            return Some(join_frame(room, last));
+        }
+        match line {
+            "/history" => Some(json!({ "type": "history", "room": self.room, "limit": 20 })),
+            "/who" => {
+                println!("{}", self.who());
+                None
+            }
+            l if l.starts_with('/') => {
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /quit");
+                None
+            }
+            text => Some(self.outgoing(json!({ "type": "send", "room": self.room, "text": text }))),
+        }
+    }
+
+    /// Takes in a frame from the server and returns what to show of it.
+    fn receive(&mut self, f: &Value, now: Instant) -> Option<Shown> {
+        let room = f["room"].as_str();
+        match f["type"].as_str()? {
+            "message" => {
+                let (room, seq) = (room?, f["seq"].as_u64()?);
+                // A DM room is followed from its first message, to be resumed like the others.
+                let last = &mut self.rooms.entry(room.to_string()).or_default().last;
+                if last.is_some_and(|last| seq <= last) {
+                    return None;
+                }
+                *last = Some(seq);
+                Some(Shown::Out(describe(f)))
+            }
+            "joined" => {
+                let name = room?;
+                let room = self.rooms.entry(name.to_string()).or_default();
+                room.online = names(&f["online"]);
+                // A join with `after` resumes from `last`; one without starts at the head.
+                if room.last.is_none() {
+                    room.last = f["head"].as_u64();
+                }
+                Some(Shown::Out(format!("* joined {name} (head {}); online: {}", f["head"], listing(&room.online))))
+            }
+            "presence" => {
+                let (name, user) = (room?, f["user"].as_str()?);
+                let online = f["online"] == true;
+                // Shown when it changes who is online in a room this client follows.
+                let room = self.rooms.get_mut(name)?;
+                let changed = if online { room.online.insert(user.to_string()) } else { room.online.remove(user) };
+                let what = if online { "is online" } else { "went offline" };
+                changed.then(|| Shown::Out(format!("* {user} {what} in {name}")))
+            }
+            "ack" => {
+                // A duplicate ack (a resend of a stored message) is as good as the first.
+                let id = f["id"].as_str()?;
+                self.unacked.retain(|u| u.id != id);
+                None
+            }
+            "error" => Some(Shown::Err(self.refused(f, now))),
+            "typing" => Some(Shown::Out(format!("* {} is typing in {}", f["user"].as_str().unwrap_or("?"), room.unwrap_or("?")))),
+            "history" => {
+                let lines: Vec<String> = f["messages"].as_array().into_iter().flatten().map(|m| format!("  {}", describe(m))).collect();
+                (!lines.is_empty()).then(|| Shown::Out(lines.join("\n")))
+            }
+            "left" => Some(Shown::Out(format!("* left {}", room.unwrap_or("?")))),
+            _ => None,
+        }
+    }
+
+    /// An error frame: a `send`/`dm` (by `id`) or `join` (by `req`) the cluster could not
+    /// take for now is sent again after a pause, the same id, so it is stored at most once;
+    /// one it refused is dropped.
+    fn refused(&mut self, f: &Value, now: Instant) -> String {
+        let code = f["code"].as_str().unwrap_or("error");
+        let mut text = format!("! {code}: {}", f["message"].as_str().unwrap_or(""));
+        let retry = matches!(code, "unavailable" | "overloaded");
+        if let Some(id) = f["id"].as_str() {
+            if let Some(i) = self.unacked.iter().position(|u| u.id == id) {
+                if retry {
+                    self.unacked[i].resend_at = Some(now + RETRY_AFTER);
+                    text.push_str("; sending it again");
+                } else {
+                    self.unacked.remove(i);
+                }
+            }
+        } else if let Some(name) = f["req"].as_str().and_then(|r| r.strip_prefix("join:")) {
+            if !retry {
+                self.rooms.remove(name);
+            } else if let Some(room) = self.rooms.get_mut(name) {
+                room.rejoin_at = Some(now + RETRY_AFTER);
+                text.push_str("; joining again");
+            }
+        }
+        text
+    }
+}
+
+/// How to reach the cluster: its members as last seen, and a token that every member
+/// takes (tokens are signed with the cluster's key).
+struct Cluster<'a> {
+    http: reqwest::Client,
+    /// `--url`: the last resort.
+    origin: String,
+    /// `members[].client_url` from the last `GET /v1/cluster` answered.
+    members: Vec<String>,
+    user: &'a str,
+    password: &'a str,
+    token: String,
+}
+
+impl Cluster<'_> {
+    /// Reads the member list from `url`; keeps the old one if it does not answer.
+    async fn refresh(&mut self, url: &str) {
+        let Some(v) = get_json(&self.http, &format!("{url}/v1/cluster")).await else { return };
+        let urls = v["members"].as_array().into_iter().flatten().filter_map(|m| m["client_url"].as_str());
+        let members: Vec<String> = urls.map(|u| u.trim_end_matches('/').to_string()).collect();
+        if !members.is_empty() {
+            self.members = members;
+        }
+    }
+
+    /// Opens a WebSocket to `url`, logging in again there if it refuses the token.
+    async fn open(&mut self, url: &str) -> anyhow::Result<Ws> {
+        match open_ws(url, &self.token).await {
+            Err(e) if is_unauthorized(&e) => {
+                eprintln!("! {url} refused the session token; logging in again");
+                self.token = session(&self.http, url, self.user, self.password).await?;
+                open_ws(url, &self.token).await
+            }
+            opened => opened,
+        }
+    }
+
+    /// Connects again after `failed` dropped: to the member `/v1/cluster/pick` names, asked
+    /// of each known member until one answers, else to each known member in turn; retries,
+    /// pausing longer each round, until one takes the connection.
+    async fn reconnect(&mut self, failed: &str) -> (String, Ws) {
+        let mut pause = Duration::from_millis(300);
+        loop {
+            let mut urls = fallbacks(&self.members, &self.origin, failed);
+            for asked in urls.clone() {
+                if let Some(picked) = pick(&self.http, &asked).await {
+                    urls.retain(|u| *u != picked);
+                    urls.insert(0, picked);
+                    break;
+                }
+            }
+            for url in urls {
+                match self.open(&url).await {
+                    Ok(ws) => {
+                        eprintln!("* connected to {url}");
+                        return (url, ws);
+                    }
+                    Err(e) => eprintln!("! {e:#}"),
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The URLs to try after `failed` dropped, each once: the known members, then `--url`;
+/// `failed` last, as it may well be down.
+fn fallbacks(members: &[String], origin: &str, failed: &str) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for url in members.iter().map(String::as_str).chain([origin]) {
+        if !urls.iter().any(|u| u == url) {
+            urls.push(url.to_string());
+        }
+    }
+    urls.sort_by_key(|u| u == failed);
+    urls
+}
+
+async fn open_ws(url: &str, token: &str) -> anyhow::Result<Ws> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect(url, token)).await.map_err(|_| anyhow!("timed out opening a WebSocket to {url}"))?
+}
+
+/// Whether the WebSocket upgrade was answered 401 (a token this node does not take).
+fn is_unauthorized(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<WsError>(), Some(WsError::Http(r)) if r.status().as_u16() == 401)
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).timeout(PROBE_TIMEOUT).send().await.ok()?.error_for_status().ok()?.json().await.ok()
+}
+
+/// The member `/v1/cluster/pick` suggests, asked of `url`.
+async fn pick(http: &reqwest::Client, url: &str) -> Option<String> {
+    let v = get_json(http, &format!("{url}/v1/cluster/pick")).await?;
+    v["client_url"].as_str().map(|u| u.trim_end_matches('/').to_string())
+}
+
+async fn send(ws: &mut Ws, frame: &Value) -> Result<(), WsError> {
+    ws.send(Message::Text(frame.to_string().into())).await
+}
+
+/// How a connection ended.
+enum Ended {
+    Quit,
+    Dropped,
 }
 
 pub async fn run(args: ChatArgs<'_>) -> anyhow::Result<()> {
@@ -143,78 +432,218 @@ pub async fn run(args: ChatArgs<'_>) -> anyhow::Result<()> {
         None => std::env::var("CHORUS_PASSWORD").map_err(|_| anyhow!("pass --password or set CHORUS_PASSWORD"))?,
     };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let mut url = args.url.trim_end_matches('/').to_string();
-    let token = session(&http, &url, args.user, &password).await?;
-    let mut state = State {
-        room: args.room.to_string(),
-        rooms: BTreeMap::new(),
-        online: BTreeSet::new(),
-        next_id: 0,
-        id_prefix: format!("{}-{:x}", args.user, rand::random::<u32>()),
-    };
+    let origin = args.url.trim_end_matches('/').to_string();
+    let token = session(&http, &origin, args.user, &password).await?;
+    let mut cluster = Cluster { http, origin: origin.clone(), members: Vec::new(), user: args.user, password: &password, token };
+    let mut state = State::new(args.room, format!("{}-{:x}", args.user, rand::random::<u32>()));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut pending: Option<Value> = None;
-    state.rooms.insert(state.room.clone(), 0);
-    let mut first = true;
+    let (mut url, mut ws) = match cluster.open(&origin).await {
+        Ok(ws) => (origin, ws),
+        Err(e) => {
+            eprintln!("! {e:#}; trying another member");
+            cluster.reconnect(&origin).await
+        }
+    };
     loop {
-        let mut ws = match connect(&url, &token).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                eprintln!("! {e:#}; trying another member");
-                url = pick(&http, &url).await.unwrap_or(url);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // (Re)join every room, resuming after what was shown.
-        for (room, last) in &state.rooms {
-            let mut f = json!({ "type": "join", "room": room });
-            if !first {
-                f["after"] = json!(last);
-            }
-            ws.send(Message::Text(f.to_string().into())).await?;
+        cluster.refresh(&url).await;
+        if let Ended::Quit = converse(&mut state, &mut ws, &mut lines, &mut cluster, &url).await? {
+            return Ok(());
         }
-        first = false;
-        if let Some(f) = pending.take() {
-            ws.send(Message::Text(f.to_string().into())).await?;
-        }
-        loop {
-            tokio::select! {
-                line = lines.next_line() => match line? {
-                    None => return Ok(()),
-                    Some(l) if l.trim() == "/quit" => return Ok(()),
-                    Some(l) => if let Some(f) = line_frame(&mut state, &l) {
-                        if f["type"] == "join" {
-                            state.rooms.entry(state.room.clone()).or_insert(0);
-                        }
-                        if ws.send(Message::Text(f.to_string().into())).await.is_err() {
-                            // Resent with the same id after reconnecting: no duplicate.
-                            pending = Some(f);
-                            break;
-                        }
-                    }
-                },
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        if let Ok(f) = serde_json::from_str::<Value>(t.as_str()) {
-                            print_frame(&mut state, &f);
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        eprintln!("! disconnected from {url}; reconnecting");
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-        url = pick(&http, &url).await.unwrap_or(url);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        (url, ws) = cluster.reconnect(&url).await;
     }
 }
 
-/// The member `/v1/cluster/pick` suggests, asked of `url`.
-async fn pick(http: &reqwest::Client, url: &str) -> Option<String> {
-    let v: Value = http.get(format!("{url}/v1/cluster/pick")).send().await.ok()?.json().await.ok()?;
-    v["client_url"].as_str().map(str::to_string)
+/// Chats over the connection to `url` until the user quits or the connection drops.
+async fn converse(
+    state: &mut State,
+    ws: &mut Ws,
+    lines: &mut Lines<BufReader<Stdin>>,
+    cluster: &mut Cluster<'_>,
+    url: &str,
+) -> anyhow::Result<Ended> {
+    let mut quit_by: Option<Instant> = None;
+    let dropped = |state: &State, quit_by: Option<Instant>, why: &str| {
+        if quit_by.is_some() {
+            eprintln!("! {why}; quitting with {} messages unacknowledged", state.unacked.len());
+            Ended::Quit
+        } else {
+            eprintln!("! {why}; reconnecting");
+            Ended::Dropped
+        }
+    };
+    let lost = format!("lost the connection to {url}");
+    for f in state.resume() {
+        if send(ws, &f).await.is_err() {
+            return Ok(dropped(state, quit_by, &lost));
+        }
+    }
+    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + MEMBERS_EVERY, MEMBERS_EVERY);
+    let at = |t: Option<Instant>| tokio::time::sleep_until(t.unwrap_or_else(Instant::now).into());
+    loop {
+        if quit_by.is_some() && state.unacked.is_empty() {
+            return Ok(Ended::Quit);
+        }
+        let retry_at = state.next_retry();
+        tokio::select! {
+            line = lines.next_line(), if quit_by.is_none() => match line? {
+                Some(l) if l.trim() != "/quit" => {
+                    // A send or dm is kept until acked: one not written now is resent on reconnect.
+                    if let Some(f) = state.line(&l) {
+                        if send(ws, &f).await.is_err() {
+                            return Ok(dropped(state, quit_by, &lost));
+                        }
+                    }
+                }
+                _ => {
+                    if !state.unacked.is_empty() {
+                        eprintln!("* waiting for {} messages to be acknowledged", state.unacked.len());
+                    }
+                    quit_by = Some(Instant::now() + QUIT_GRACE);
+                }
+            },
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(f) = serde_json::from_str::<Value>(t.as_str()) {
+                        if let Some(shown) = state.receive(&f, Instant::now()) {
+                            shown.print();
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(Some(c)))) => {
+                    let why = format!("{url} closed the connection ({} {})", u16::from(c.code), c.reason.as_str());
+                    return Ok(dropped(state, quit_by, &why));
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Ok(dropped(state, quit_by, &lost)),
+                Some(Ok(_)) => {}
+            },
+            _ = at(retry_at), if retry_at.is_some() => {
+                for f in state.due(Instant::now()) {
+                    if send(ws, &f).await.is_err() {
+                        return Ok(dropped(state, quit_by, &lost));
+                    }
+                }
+            }
+            _ = at(quit_by), if quit_by.is_some() => {
+                eprintln!("! quitting with {} messages unacknowledged", state.unacked.len());
+                return Ok(Ended::Quit);
+            }
+            _ = refresh.tick() => cluster.refresh(url).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(room: &str, seq: u64) -> Value {
+        json!({ "type": "message", "room": room, "seq": seq, "id": "x", "from": "bob", "text": format!("m{seq}"), "ts": 1 })
+    }
+
+    fn shown(state: &mut State, frame: Value) -> Option<String> {
+        match state.receive(&frame, Instant::now()) {
+            Some(Shown::Out(s)) => Some(s),
+            Some(Shown::Err(e)) => panic!("{e}"),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn resumes_each_room_after_the_last_message_shown() {
+        let mut s = State::new("lobby", "ann-1".into());
+        assert_eq!(s.resume(), vec![json!({ "type": "join", "room": "lobby", "req": "join:lobby" })], "a first join has no after");
+        shown(&mut s, json!({ "type": "joined", "room": "lobby", "head": 3, "online": [] }));
+        assert_eq!(shown(&mut s, message("lobby", 3)), None, "at or before the head");
+        assert_eq!(shown(&mut s, message("lobby", 4)).as_deref(), Some("[lobby #4] bob: m4"));
+        shown(&mut s, message("dm:ann:bob", 2)).expect("a DM is shown without a join");
+
+        let resumed = s.resume();
+        assert_eq!(resumed[0], json!({ "type": "join", "room": "dm:ann:bob", "req": "join:dm:ann:bob", "after": 2 }));
+        assert_eq!(resumed[1], json!({ "type": "join", "room": "lobby", "req": "join:lobby", "after": 4 }));
+        assert_eq!(resumed.len(), 2);
+        // The resumed join's head does not move the mark; its replay is shown once.
+        shown(&mut s, json!({ "type": "joined", "room": "lobby", "head": 6, "online": [] }));
+        assert_eq!(shown(&mut s, message("lobby", 4)), None);
+        assert!(shown(&mut s, message("lobby", 5)).is_some());
+        assert_eq!(shown(&mut s, message("lobby", 5)), None);
+        assert!(shown(&mut s, message("lobby", 6)).is_some());
+        assert_eq!(s.resume()[1]["after"], 6);
+    }
+
+    #[test]
+    fn keeps_sends_until_acked_and_resends_them_with_their_ids() {
+        let mut s = State::new("lobby", "ann-1".into());
+        let a = s.line("first").expect("a send");
+        let b = s.line("/dm bob second").expect("a dm");
+        let c = s.line("third").expect("a send");
+        assert_eq!((a["id"].as_str(), b["type"].as_str(), b["to"].as_str()), (Some("ann-1-1"), Some("dm"), Some("bob")));
+        assert_eq!(s.line("/who"), None);
+        let ack = json!({ "type": "ack", "room": "lobby", "id": "ann-1-1", "seq": 1, "ts": 1, "duplicate": false });
+        assert_eq!(s.receive(&ack, Instant::now()), None);
+
+        // Unacked frames follow the joins on a new connection, unchanged and in order.
+        let resumed = s.resume();
+        assert_eq!(&resumed[1..], &[b.clone(), c.clone()]);
+
+        // `unavailable`: the same frame again after a pause; a refusal drops it.
+        let now = Instant::now();
+        let unavailable = json!({ "type": "error", "code": "unavailable", "message": "no leader", "id": "ann-1-3" });
+        assert!(matches!(s.receive(&unavailable, now), Some(Shown::Err(_))));
+        assert_eq!(s.next_retry(), Some(now + RETRY_AFTER));
+        assert!(s.due(now).is_empty());
+        assert_eq!(s.due(now + RETRY_AFTER), vec![c.clone()]);
+        assert_eq!(s.next_retry(), None);
+        s.receive(&json!({ "type": "error", "code": "not_member", "message": "no", "id": "ann-1-2" }), now);
+        // A duplicate ack (the first attempt was stored) settles it as well.
+        s.receive(&json!({ "type": "ack", "room": "lobby", "id": "ann-1-3", "seq": 2, "ts": 1, "duplicate": true }), now);
+        assert_eq!(s.resume().len(), 1, "only the join is left");
+    }
+
+    #[test]
+    fn joins_refused_for_now_are_sent_again() {
+        let mut s = State::new("lobby", "ann-1".into());
+        let now = Instant::now();
+        s.receive(&json!({ "type": "error", "code": "unavailable", "message": "", "req": "join:lobby" }), now);
+        assert_eq!(s.due(now + RETRY_AFTER), vec![join_frame("lobby", None)]);
+        s.line("/join bad!").expect("a join");
+        s.receive(&json!({ "type": "error", "code": "bad_request", "message": "", "req": "join:bad!" }), now);
+        assert_eq!(s.rooms.keys().collect::<Vec<_>>(), ["lobby"], "not joined again on reconnect");
+    }
+
+    #[test]
+    fn who_lists_the_current_room_only() {
+        let mut s = State::new("lobby", "ann-1".into());
+        shown(&mut s, json!({ "type": "joined", "room": "lobby", "head": 0, "online": ["ann", "bob"] }));
+        s.line("/join dev").expect("a join");
+        shown(&mut s, json!({ "type": "joined", "room": "dev", "head": 0, "online": ["ann"] }));
+        shown(&mut s, json!({ "type": "presence", "room": "lobby", "user": "cy", "online": true }));
+        shown(&mut s, json!({ "type": "presence", "room": "dm:ann:dee", "user": "dee", "online": true }));
+        assert_eq!(s.who(), "* online in dev: ann");
+        assert!(shown(&mut s, json!({ "type": "presence", "room": "dev", "user": "bob", "online": true })).is_some());
+        assert_eq!(shown(&mut s, json!({ "type": "presence", "room": "dev", "user": "bob", "online": true })), None, "no change");
+        assert_eq!(s.who(), "* online in dev: ann, bob");
+        s.line("/join lobby").expect("a join");
+        shown(&mut s, json!({ "type": "presence", "room": "lobby", "user": "bob", "online": false }));
+        assert_eq!(s.who(), "* online in lobby: ann, cy");
+    }
+
+    #[test]
+    fn failover_tries_every_known_member_the_failed_one_last() {
+        let members = ["http://a:1", "http://b:1", "http://c:1"].map(String::from);
+        assert_eq!(fallbacks(&members, "http://b:1", "http://a:1"), ["http://b:1", "http://c:1", "http://a:1"]);
+        assert_eq!(fallbacks(&[], "http://o:1", "http://o:1"), ["http://o:1"]);
+        assert_eq!(fallbacks(&members, "http://o:1", "http://o:1"), ["http://a:1", "http://b:1", "http://c:1", "http://o:1"]);
+    }
+
+    #[test]
+    fn a_refused_token_is_recognised() {
+        use tokio_tungstenite::tungstenite::http::Response;
+        let refused = |status: u16| {
+            let response = Response::builder().status(status).body(None).expect("a response");
+            anyhow::Error::from(WsError::Http(Box::new(response))).context("cannot open a WebSocket")
+        };
+        assert!(is_unauthorized(&refused(401)));
+        assert!(!is_unauthorized(&refused(503)));
+        assert!(!is_unauthorized(&anyhow!("connection refused")));
+    }
 }
