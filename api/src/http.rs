@@ -178,6 +178,8 @@ pub async fn history<B: ChatBackend>(
 
 /// The acknowledgement of a stored message.
 pub struct Ack {
+    /// Where the message is stored (for a duplicate, where it was first posted).
+    pub room: String,
     pub seq: u64,
     pub ts_ms: u64,
     pub duplicate: bool,
@@ -193,9 +195,9 @@ pub async fn send_message<B: ChatBackend>(app: &App<B>, user: &str, room: &str, 
     let started = Instant::now();
     let event = Event::MessagePosted { room: room.into(), from: user.into(), client_id: id.into(), text: text.into() };
     match app.backend.propose(event).await? {
-        Outcome::Posted { seq, ts_ms, duplicate } => {
+        Outcome::Posted { room, seq, ts_ms, duplicate } => {
             app.metrics.acked(started.elapsed(), duplicate);
-            Ok(Ack { seq, ts_ms, duplicate })
+            Ok(Ack { room, seq, ts_ms, duplicate })
         }
         other => Err(unexpected(other)),
     }
@@ -226,7 +228,7 @@ pub async fn post_message<B: ChatBackend>(
     let PostBody { id, text } = body(post)?;
     let id_text = client_id_text(&id)?;
     let ack = send_message(&app, &user, &room, &id_text, &text).await?;
-    Ok(Json(json!({ "room": room, "seq": ack.seq, "id": id, "ts": ack.ts_ms, "duplicate": ack.duplicate })))
+    Ok(Json(json!({ "room": ack.room, "seq": ack.seq, "id": id, "ts": ack.ts_ms, "duplicate": ack.duplicate })))
 }
 
 /// Public, and read by web pages served from other members when they fail over.

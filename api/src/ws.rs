@@ -501,7 +501,7 @@ impl<B: ChatBackend> Session<B> {
         tokio::spawn(async move {
             let frame = match send_message(&app, &user, &room, &id_text, &text).await {
                 Ok(ack) => with_req(
-                    json!({ "type": "ack", "room": room, "id": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate }),
+                    json!({ "type": "ack", "room": ack.room, "id": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate }),
                     req.as_ref(),
                 ),
                 Err(e) => error_frame(&e, Some(&id), req.as_ref()),

@@ -63,7 +63,10 @@ pub enum Outcome {
     NameTaken,
     Joined { head: u64 },
     Left,
-    Posted { seq: u64, ts_ms: u64, duplicate: bool },
+    /// `room` is where the message is stored: for a duplicate, the room of the
+    /// first post with that id, which a client that reused the id elsewhere
+    /// must not mistake for the room it asked for.
+    Posted { room: String, seq: u64, ts_ms: u64, duplicate: bool },
     NotMember,
     /// The command was malformed; nothing changed.
     Rejected { reason: String },
@@ -358,6 +361,7 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
             let dkey = dedup_key(from, client_id);
             if let Some(prior) = get_record::<DedupRecord>(t, Table::Dedup, &dkey)? {
                 return Ok(Applied::outcome(Outcome::Posted {
+                    room: prior.room,
                     seq: prior.seq,
                     ts_ms: prior.ts_ms,
                     duplicate: true,
@@ -382,7 +386,7 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
             put_record(t, Table::Dedup, &dkey, &dedup)?;
             t.put(Table::DedupExpiry, &expiry_key(now, &dkey), &[]);
             Ok(Applied {
-                outcome: Outcome::Posted { seq: message.seq, ts_ms: now, duplicate: false },
+                outcome: Outcome::Posted { room: name.clone(), seq: message.seq, ts_ms: now, duplicate: false },
                 delivery: Some(message),
             })
         }
@@ -496,7 +500,7 @@ mod tests {
         apply(&mut t, &cmd(2, Event::RoomJoined { room: "r".into(), user: "alice".into() })).unwrap();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let a = apply(&mut t, &cmd(3, post("r", "alice", id))).unwrap();
-            assert_eq!(a.outcome, Outcome::Posted { seq: i as u64 + 1, ts_ms: 3, duplicate: false });
+            assert_eq!(a.outcome, Outcome::Posted { room: "r".into(), seq: i as u64 + 1, ts_ms: 3, duplicate: false });
         }
     }
 
@@ -506,10 +510,15 @@ mod tests {
         apply(&mut t, &cmd(1, Event::RoomJoined { room: "r".into(), user: "u".into() })).unwrap();
         let first = apply(&mut t, &cmd(5, post("r", "u", "x"))).unwrap();
         let again = apply(&mut t, &cmd(9, post("r", "u", "x"))).unwrap();
-        assert_eq!(first.outcome, Outcome::Posted { seq: 1, ts_ms: 5, duplicate: false });
-        assert_eq!(again.outcome, Outcome::Posted { seq: 1, ts_ms: 5, duplicate: true });
+        assert_eq!(first.outcome, Outcome::Posted { room: "r".into(), seq: 1, ts_ms: 5, duplicate: false });
+        assert_eq!(again.outcome, Outcome::Posted { room: "r".into(), seq: 1, ts_ms: 5, duplicate: true });
         assert!(again.delivery.is_none());
         assert_eq!(room(&t, "r").unwrap().unwrap().last_seq, 1);
+        // The id reused in another room is still that first message, in its room.
+        apply(&mut t, &cmd(10, Event::RoomJoined { room: "q".into(), user: "u".into() })).unwrap();
+        let elsewhere = apply(&mut t, &cmd(11, post("q", "u", "x"))).unwrap();
+        assert_eq!(elsewhere.outcome, Outcome::Posted { room: "r".into(), seq: 1, ts_ms: 5, duplicate: true });
+        assert_eq!(room(&t, "q").unwrap().unwrap().last_seq, 0);
     }
 
     #[test]
@@ -518,7 +527,7 @@ mod tests {
         apply(&mut t, &cmd(1, Event::RoomJoined { room: "r".into(), user: "u".into() })).unwrap();
         apply(&mut t, &cmd(1_000, post("r", "u", "1"))).unwrap();
         let a = apply(&mut t, &cmd(10, post("r", "u", "2"))).unwrap();
-        assert_eq!(a.outcome, Outcome::Posted { seq: 2, ts_ms: 1_000, duplicate: false });
+        assert_eq!(a.outcome, Outcome::Posted { room: "r".into(), seq: 2, ts_ms: 1_000, duplicate: false });
     }
 
     #[test]
