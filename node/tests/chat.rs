@@ -74,6 +74,11 @@ async fn http_routes_and_errors() {
     assert_eq!((ack["room"].clone(), ack["seq"].clone(), ack["id"].clone(), ack["duplicate"].clone()), (json!("general"), json!(1), json!("c1"), json!(false)));
     let again: Value = post("general", json!("c1"), "hi").await.unwrap().json().await.unwrap();
     assert_eq!((again["seq"].clone(), again["duplicate"].clone()), (json!(1), json!(true)));
+    // The id reused in another room stores nothing there, and the ack names
+    // the room the message is in.
+    join(&mut ws, "elsewhere", None).await;
+    let reused: Value = post("elsewhere", json!("c1"), "hi again").await.unwrap().json().await.unwrap();
+    assert_eq!((reused["room"].clone(), reused["seq"].clone(), reused["duplicate"].clone()), (json!("general"), json!(1), json!(true)));
     let r = post("general", json!(7), &"x".repeat(4097)).await.unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
@@ -98,12 +103,31 @@ async fn http_routes_and_errors() {
     let r = http.get(format!("{b1}/v1/rooms/general/messages?after=x")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let rooms: Value = http.get(format!("{b1}/v1/rooms")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-    assert_eq!(rooms, json!([{ "name": "general", "members": 1, "last_seq": 2 }]));
+    assert_eq!(rooms, json!([{ "name": "elsewhere", "members": 1, "last_seq": 0 }, { "name": "general", "members": 1, "last_seq": 2 }]));
 
     // Cluster routes, health, metrics.
     let cluster: Value = http.get(format!("{b2}/v1/cluster")).send().await.unwrap().json().await.unwrap();
     assert_eq!(cluster["members"].as_array().unwrap().len(), 3);
     let leader = cluster["leader"].as_u64().unwrap();
+    // Every node names the same cluster, a term, and each member's client URL
+    // (the address it serves on) and applied index.
+    let mut cluster_ids = Vec::new();
+    for id in 1..=3 {
+        let view: Value = http.get(format!("{}/v1/cluster", base(&c, id))).send().await.unwrap().json().await.unwrap();
+        cluster_ids.push(view["cluster_id"].as_str().unwrap_or_else(|| panic!("no cluster_id: {view}")).to_string());
+        assert!(view["term"].as_u64().is_some_and(|t| t >= 1), "term: {view}");
+        let members = view["members"].as_array().unwrap();
+        let mut ids: Vec<u64> = members.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2, 3], "{view}");
+        for m in members {
+            let mid = m["id"].as_u64().unwrap();
+            assert_eq!(m["client_url"], json!(base(&c, mid)), "{view}");
+            assert!(m["applied_index"].as_u64().is_some_and(|i| i > 0), "applied_index: {view}");
+        }
+    }
+    assert!(!cluster_ids[0].is_empty());
+    assert!(cluster_ids.iter().all(|i| *i == cluster_ids[0]), "{cluster_ids:?}");
     assert!(cluster["members"].as_array().unwrap().iter().any(|m| m["id"] == leader && m["role"] == "leader"));
     let on_3 = cluster["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).unwrap().clone();
     assert_eq!(on_3["connections"], 1, "{cluster}");
@@ -166,10 +190,63 @@ async fn http_routes_and_errors() {
         assert_eq!(page["messages"][0]["text"], "psst", "{who}");
     }
     let rooms: Value = http.get(format!("{b3}/v1/rooms")).bearer_auth(&carl).send().await.unwrap().json().await.unwrap();
-    assert_eq!(rooms, json!([{ "name": "general", "members": 1, "last_seq": 2 }]));
+    assert_eq!(rooms, json!([{ "name": "elsewhere", "members": 1, "last_seq": 0 }, { "name": "general", "members": 1, "last_seq": 2 }]));
     let r = http.get(format!("{b3}/v1/rooms/dm:alice:bob/messages")).bearer_auth(&carl).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_member");
+
+    // History paging, in a room with more than a default page (50) of messages.
+    join(&mut ws, "paging", None).await;
+    let acks = futures::future::join_all((1..=55).map(|i| {
+        let (http, url, token) = (http.clone(), format!("{b3}/v1/rooms/paging/messages"), token.clone());
+        async move {
+            let r = http.post(url).bearer_auth(&token).json(&json!({ "id": format!("p{i}"), "text": format!("page {i}") })).send().await.unwrap();
+            assert_eq!(r.status(), 200, "post p{i}");
+            r.json::<Value>().await.unwrap()
+        }
+    }))
+    .await;
+    // Which message got which seq, as acknowledged.
+    let by_seq: BTreeMap<u64, String> = acks.iter().map(|a| (a["seq"].as_u64().unwrap(), a["id"].as_str().unwrap().to_string())).collect();
+    assert_eq!(by_seq.keys().copied().collect::<Vec<_>>(), (1..=55).collect::<Vec<_>>());
+    // Each page: its head, its seqs (ascending), and every message as acknowledged.
+    let check = |what: &str, page: &Value, seqs: std::ops::RangeInclusive<u64>| {
+        assert_eq!(page["head"], 55, "{what}: {page}");
+        assert_eq!(page["room"], "paging", "{what}");
+        let msgs = page["messages"].as_array().unwrap_or_else(|| panic!("{what}: {page}"));
+        let got: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(got, seqs.collect::<Vec<_>>(), "{what}");
+        for m in msgs {
+            let id = &by_seq[&m["seq"].as_u64().unwrap()];
+            assert_eq!((m["id"].as_str(), m["text"].clone()), (Some(id.as_str()), json!(format!("page {}", &id[1..]))), "{what}");
+        }
+    };
+    for (query, seqs) in [
+        ("", 6..=55),
+        ("before=20", 1..=19),
+        ("before=20&limit=5", 15..=19),
+        ("after=10&before=20", 11..=19),
+        ("after=10&before=20&limit=3", 11..=13),
+    ] {
+        let r = http.get(format!("{b1}/v1/rooms/paging/messages?{query}")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{query}");
+        check(query, &r.json().await.unwrap(), seqs);
+    }
+    // The same over WebSocket, on node 3, which applied every post before acking it.
+    for (frame, seqs) in [
+        (json!({ "before": 20, "limit": 5 }), 15..=19),
+        (json!({ "consistency": "local" }), 6..=55),
+        (json!({ "consistency": "local", "after": 10, "before": 20 }), 11..=19),
+    ] {
+        let mut f = frame.clone();
+        f["type"] = json!("history");
+        f["room"] = json!("paging");
+        f["req"] = json!("hp");
+        send(&mut ws, f).await;
+        let h = next_of(&mut ws, "history").await;
+        assert_eq!(h["req"], "hp", "{frame}");
+        check(&frame.to_string(), &h, seqs);
+    }
     c.shutdown().await;
 }
 
@@ -247,8 +324,19 @@ async fn websocket_frames_across_nodes() {
 
     // A DM reaches every connection of both users without a join.
     send(&mut a, json!({ "type": "dm", "to": "ben", "id": "d1", "text": "psst" })).await;
-    let ack = next_of(&mut a, "ack").await;
-    assert_eq!(ack["room"], "dm:ann:ben");
+    // Ann's own copy and her ack come in either order (skipping the DM while
+    // waiting for the ack would lose it).
+    let (mut ack, mut own) = (Value::Null, Value::Null);
+    while ack.is_null() || own.is_null() {
+        let f = next(&mut a, 10).await.expect("ack and own copy of the DM");
+        match f["type"].as_str() {
+            Some("ack") => ack = f,
+            Some("message") if f["room"] == "dm:ann:ben" => own = f,
+            _ => {}
+        }
+    }
+    assert_eq!((ack["room"].clone(), ack["id"].clone()), (json!("dm:ann:ben"), json!("d1")));
+    assert_eq!((own["from"].clone(), own["text"].clone(), own["seq"].clone()), (json!("ann"), json!("psst"), ack["seq"].clone()));
     for ws in [&mut b, &mut b_again] {
         // b's own "yo" may still be on its way: a message and its ack come in either order.
         let mut m = next_of(ws, "message").await;
@@ -258,8 +346,7 @@ async fn websocket_frames_across_nodes() {
         assert_eq!((m["room"].clone(), m["text"].clone()), (json!("dm:ann:ben"), json!("psst")));
     }
     // Having had a DM, ben may type in that room, and ann (on another node),
-    // once hers has come too, sees it.
-    while next_of(&mut a, "message").await["room"] != "dm:ann:ben" {}
+    // whose copy has come too, sees it.
     send(&mut b, json!({ "type": "typing", "room": "dm:ann:ben" })).await;
     let t = next_of(&mut a, "typing").await;
     assert_eq!((t["room"].clone(), t["user"].clone()), (json!("dm:ann:ben"), json!("ben")));
@@ -274,6 +361,7 @@ async fn websocket_frames_across_nodes() {
         (json!({ "type": "join", "room": "dm:ben:zed" }), "not_member"),
         (json!({ "type": "dm", "to": "nobody", "id": "x", "text": "y" }), "bad_request"),
         (json!({ "type": "history", "room": "lobby", "limit": 0 }), "bad_request"),
+        (json!({ "type": "history", "room": "lobby", "consistency": "eventual" }), "bad_request"),
     ];
     for (frame, code) in cases {
         let text = match &frame { Value::String(s) => s.clone(), f => f.to_string() };
@@ -297,7 +385,43 @@ async fn websocket_frames_across_nodes() {
     }
     rooms.sort();
     assert_eq!(rooms, ["dm:ann:ben", "lobby"]);
+
+    // Ben's first connection opening again, now on node 3, is seen online by
+    // ann on node 1 in both rooms.
+    let mut b = connect(&base(&c, 3), &tb).await;
+    expect_presence(&mut a, "ben", true, &["dm:ann:ben", "lobby"]).await;
+    join(&mut b, "lobby", None).await;
+    // A user who is in no room yet joins one: its online members, on other
+    // nodes, see them online there.
+    let tc = login(&b2, "cat").await;
+    let mut cat = connect(&b2, &tc).await;
+    join(&mut cat, "lobby", None).await;
+    expect_presence(&mut a, "cat", true, &["lobby"]).await;
+    expect_presence(&mut b, "cat", true, &["lobby"]).await;
     c.shutdown().await;
+}
+
+/// How soon a presence change reaches the members online (SPEC §4: seconds).
+const PRESENCE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Waits at most [`PRESENCE_WITHIN`] for `{"type":"presence","user":user,"online":online}`
+/// in each of `rooms`, skipping other frames.
+async fn expect_presence(ws: &mut common::client::Ws, user: &str, online: bool, rooms: &[&str]) {
+    let deadline = tokio::time::Instant::now() + PRESENCE_WITHIN;
+    let mut missing: std::collections::BTreeSet<&str> = rooms.iter().copied().collect();
+    let mut others = Vec::new();
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, next(ws, 10)).await {
+            Ok(Some(f)) => {
+                if f["type"] == "presence" && f["user"] == user && f["online"] == online && f["room"].as_str().is_some_and(|r| missing.remove(r)) {
+                    continue;
+                }
+                others.push(f);
+            }
+            Ok(None) => panic!("connection closed before presence of {user} in {missing:?}"),
+            Err(_) => panic!("no presence {user} online={online} in {missing:?} within {PRESENCE_WITHIN:?}; got {others:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -412,6 +536,48 @@ async fn acked_messages_survive_a_leader_failover_exactly_once() {
         let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
     }
+
+    // Two of three down: no quorum. The survivor, ready until then, stops being
+    // ready, and a send on it gets `unavailable`, with its id, once the node's
+    // timeout has passed.
+    let ready = |b: String| {
+        let http = http.clone();
+        async move { http.get(format!("{b}/readyz")).send().await.unwrap().status().as_u16() }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for n in c.running().map(|n| n.id).collect::<Vec<_>>() {
+        while ready(base(&c, n)).await != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "node {n} not ready after the failover");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let leader = c.wait_leader().await;
+    c.stop(leader).await;
+    let survivor = c.running().map(|n| n.id).collect::<Vec<_>>();
+    let [survivor] = survivor[..] else { panic!("{survivor:?}") };
+    let mut ws = connect(&base(&c, survivor), &tokens[0]).await;
+    let sent_at = tokio::time::Instant::now();
+    send(&mut ws, json!({ "type": "send", "room": "f", "id": "lost", "text": "x", "req": "q" })).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = ready(base(&c, survivor)).await;
+        if status == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz on node {survivor} without quorum: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node answers once its timeout has passed; allow for a loaded machine.
+    let deadline = sent_at + node::node::DEFAULT_TIMEOUT + Duration::from_secs(5);
+    let e = loop {
+        match tokio::time::timeout_at(deadline, next(&mut ws, 30)).await {
+            Ok(Some(f)) if f["type"] == "error" => break f,
+            Ok(Some(f)) => assert_ne!(f["type"], "ack", "acked without quorum: {f}"),
+            Ok(None) => panic!("connection closed instead of unavailable"),
+            Err(_) => panic!("no answer to a send without quorum"),
+        }
+    };
+    assert_eq!((e["code"].clone(), e["id"].clone(), e["req"].clone()), (json!("unavailable"), json!("lost"), json!("q")), "{e}");
     c.shutdown().await;
 }
 
