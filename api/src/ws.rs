@@ -431,7 +431,7 @@ impl<B: ChatBackend> Session<B> {
             if !mine || record.last_seq == 0 || self.out.cursor(&room).is_some() {
                 continue;
             }
-            match last_stamped_before(reader, &room, since, record.last_seq) {
+            match reader.last_stamped_before(&room, since, REPLAY_PAGE) {
                 Ok(Some(last)) => {
                     self.out.open_dm(&room, last);
                 }
@@ -539,18 +539,3 @@ impl<B: ChatBackend> Session<B> {
     }
 }
 
-/// The last seq of `room` (whose head is `head`) stamped before `since`, or 0
-/// if none is; `None` if the newest message is stamped before `since`, so
-/// that none in the room is at or after it. Reads back from the head a page
-/// at a time: `ts` never decreases within a room.
-fn last_stamped_before(reader: &raft_store::state_machine::ChatReader, room: &str, since: u64, head: u64) -> Result<Option<u64>, raft_store::StoreError> {
-    let mut before = head.saturating_add(1);
-    loop {
-        let page = reader.history(room, None, Some(before), REPLAY_PAGE)?;
-        let Some(first) = page.messages.first() else { return Ok(Some(0)) };
-        if let Some(m) = page.messages.iter().rev().find(|m| m.ts_ms < since) {
-            return Ok((m.seq != head).then_some(m.seq));
-        }
-        before = first.seq;
-    }
-}

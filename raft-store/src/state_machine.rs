@@ -589,6 +589,24 @@ impl ChatReader {
         Ok(HistoryPage { head, messages })
     }
 
+    /// The last seq of `room` stamped (`ts_ms`) before `since`, or 0 if none
+    /// is; `None` if the newest message is, so none is stamped at or after
+    /// `since`. Reads back from the head `page` messages at a time, which
+    /// works because `ts` never decreases within a room.
+    pub fn last_stamped_before(&self, room: &str, since: u64, page: usize) -> Result<Option<u64>, StoreError> {
+        let mut before = None;
+        let mut head = None;
+        loop {
+            let p = self.history(room, None, before, page.max(1))?;
+            let head = *head.get_or_insert(p.head);
+            let Some(first) = p.messages.first() else { return Ok(Some(0)) };
+            if let Some(m) = p.messages.iter().rev().find(|m| m.ts_ms < since) {
+                return Ok((m.seq != head).then_some(m.seq));
+            }
+            before = Some(first.seq);
+        }
+    }
+
     /// A digest of every chat table: equal on two nodes iff their state is equal.
     pub fn digest(&self) -> Result<String, StoreError> {
         let mut d = StateDigest::default();

@@ -166,6 +166,14 @@ fn history_pages_forward_and_back() {
         assert_eq!(seqs(r.history("r", Some(8), Some(10), 50).unwrap()), vec![9]);
         assert_eq!(r.history("r", None, None, 3).unwrap().head, 10);
         assert!(r.history("other", None, None, 3).unwrap().messages.is_empty());
+        // Message n is stamped n + 1; pages of 3 make the search read back.
+        assert_eq!(r.last_stamped_before("r", 100, 3).unwrap(), None, "all stamped before");
+        assert_eq!(r.last_stamped_before("r", 12, 3).unwrap(), None, "the newest too");
+        assert_eq!(r.last_stamped_before("r", 11, 3).unwrap(), Some(9));
+        assert_eq!(r.last_stamped_before("r", 6, 3).unwrap(), Some(4));
+        assert_eq!(r.last_stamped_before("r", 2, 3).unwrap(), Some(0), "none stamped before");
+        assert_eq!(r.last_stamped_before("r", 0, 50).unwrap(), Some(0));
+        assert_eq!(r.last_stamped_before("other", 5, 3).unwrap(), Some(0));
         let _ = Arc::new(());
     });
 }
