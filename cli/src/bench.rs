@@ -232,6 +232,9 @@ impl Users {
 #[derive(Default)]
 struct Deliveries {
     count: AtomicU64,
+    /// Other frames to subscribers (presence, mostly), for telling when the
+    /// set-up has settled.
+    others: AtomicU64,
     /// (send time, latency) in µs since `start`.
     samples: std::sync::Mutex<Vec<(u64, u64)>>,
 }
@@ -258,11 +261,39 @@ impl Deliveries {
 
 /// Counts and samples one text frame: a delivery, or (with `acks`, for senders)
 /// an ack or error, passed on to the sender.
+/// Waits until the subscribers have had no frame for [`SETTLED`] (at most
+/// [`SETTLE_LIMIT`]) and returns how long that took. Joining thousands of
+/// subscribers sets off presence frames to the room's members and a commit
+/// for each join; on a machine short of CPU these can still be under way when
+/// the last join is answered, and the window is for the steady state of the
+/// fan-out, not the tail of the set-up.
+async fn settle(deliveries: &Deliveries) -> Duration {
+    let began = Instant::now();
+    let frames = || deliveries.count.load(Ordering::Relaxed) + deliveries.others.load(Ordering::Relaxed);
+    let mut seen = frames();
+    while began.elapsed() < SETTLE_LIMIT {
+        tokio::time::sleep(SETTLED).await;
+        let now = frames();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    began.elapsed()
+}
+
+const SETTLED: Duration = Duration::from_millis(500);
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
 fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Option<&tokio::sync::mpsc::UnboundedSender<()>>, sample_every: u64) {
     // Thousands of subscribers share this machine's cores with the nodes: a
     // subscriber's frame is only parsed when it is sampled, so the load
     // generator's own queueing adds as little as it can to the latency.
-    if acks.is_none() && t.contains(r#""type":"message""#) {
+    if acks.is_none() {
+        if !t.contains(r#""type":"message""#) {
+            deliveries.others.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
         if n % sample_every == 0 {
             let f = serde_json::from_str::<Value>(t).unwrap_or_default();
@@ -683,6 +714,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             join(&mut ws, "fanout-senders").await?;
             senders.push(ws);
         }
+        let settled = settle(&deliveries).await;
         let before = deliveries.count.load(Ordering::Relaxed);
         let cpu = CpuMeter::start(&args.pids);
         let syncs = sync_buckets(&http, &urls).await;
@@ -742,6 +774,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let dl = deliveries.latencies();
         let pacing = if args.fanout_rate > 0 { format!("paced at {} messages/s", args.fanout_rate) } else { "closed loop".to_string() };
         println!("fan-out: {} subscribers, {} senders, {pacing}", args.subscribers, args.fanout_senders);
+        println!("  set-up settled   {:.1} s after the last join", settled.as_secs_f64());
         println!("  messages sent    {}", sent.load(Ordering::Relaxed));
         println!("  deliveries/s     {:.0}", got as f64 / args.secs as f64);
         println!("  send→deliver ms  p50 {:.2}  p99 {:.2}  (sampled)", pct(&dl, 0.5), pct(&dl, 0.99));
