@@ -1226,6 +1226,20 @@ mod tests {
         assert_eq!(round_delay(grid - 10 * interval, Some(grid), phase), ROUND_INTERVAL * 3 / 2);
     }
 
+    /// A fan-out thread for node 1 over `registry`: the sender of its
+    /// deliveries, and its figures.
+    fn fan_out(registry: &Arc<Registry>) -> io::Result<(broadcast::Sender<Delivery>, FanoutMetrics)> {
+        let (tx, rx) = broadcast::channel(1 << 16);
+        let metrics = FanoutMetrics {
+            deliveries: Counter::default(),
+            lag: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
+            late: Counter::default(),
+            rounds: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
+        };
+        start(1, rx, registry.clone(), metrics.clone())?;
+        Ok((tx, metrics))
+    }
+
     /// Messages keep coming while rounds write to many connections, so many
     /// come mid-round: each connection must still get every message, once, in
     /// order, whether it was written before or after one came.
@@ -1250,14 +1264,7 @@ mod tests {
             registry.join("r", &o);
             readers.push((o, std::thread::spawn(move || read_texts(client, 1 + MESSAGES as usize))));
         }
-        let (tx, rx) = broadcast::channel(1 << 16);
-        let metrics = FanoutMetrics {
-            deliveries: Counter::default(),
-            lag: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
-            late: Counter::default(),
-            rounds: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
-        };
-        start(1, rx, registry.clone(), metrics.clone())?;
+        let (tx, metrics) = fan_out(&registry)?;
         let text = |seq: u64| format!("m{seq}");
         for seq in 1..=MESSAGES {
             let m = Message { room: "r".into(), seq, client_id: format!("{seq}"), from: "s".into(), text: text(seq), ts_ms: crate::now_ms() };
@@ -1288,14 +1295,7 @@ mod tests {
         let room = chat::dm_room("ann", "bob");
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let registry = Arc::new(Registry::default());
-        let (tx, rx) = broadcast::channel(1 << 16);
-        let metrics = FanoutMetrics {
-            deliveries: Counter::default(),
-            lag: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
-            late: Counter::default(),
-            rounds: Histogram::new(exponential_buckets(0.001, 2.0, 4)),
-        };
-        start(1, rx, registry.clone(), metrics.clone())?;
+        let (tx, metrics) = fan_out(&registry)?;
         // Reads frames until message MESSAGES; returns their seqs.
         let read_until_last = |mut sock: std::net::TcpStream| -> io::Result<Vec<u64>> {
             let (mut buf, mut seqs, mut chunk) = (Vec::new(), Vec::new(), [0u8; 8192]);

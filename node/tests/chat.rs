@@ -539,7 +539,7 @@ async fn acked_messages_survive_a_leader_failover_exactly_once() {
 
     // Two of three down: no quorum. The survivor, ready until then, stops being
     // ready, and a send on it gets `unavailable`, with its id, once the node's
-    // timeout has passed.
+    // timeout has passed (but one over the connection's limit, `overloaded` at once).
     let ready = |b: String| {
         let http = http.clone();
         async move { http.get(format!("{b}/readyz")).send().await.unwrap().status().as_u16() }
@@ -558,6 +558,21 @@ async fn acked_messages_survive_a_leader_failover_exactly_once() {
     let mut ws = connect(&base(&c, survivor), &tokens[0]).await;
     let sent_at = tokio::time::Instant::now();
     send(&mut ws, json!({ "type": "send", "room": "f", "id": "lost", "text": "x", "req": "q" })).await;
+    // Every send now waits for its timeout, and a connection has at most 256
+    // awaiting their answer: one more is refused at once with `overloaded`.
+    for i in 1..256 {
+        send(&mut ws, json!({ "type": "send", "room": "f", "id": format!("w{i}"), "text": "x" })).await;
+    }
+    send(&mut ws, json!({ "type": "send", "room": "f", "id": "over", "text": "x" })).await;
+    let over = loop {
+        match tokio::time::timeout_at(sent_at + node::node::DEFAULT_TIMEOUT, next(&mut ws, 30)).await {
+            Ok(Some(f)) if f["type"] == "error" => break f,
+            Ok(Some(f)) => assert_ne!(f["type"], "ack", "acked without quorum: {f}"),
+            Ok(None) => panic!("connection closed instead of overloaded"),
+            Err(_) => panic!("no answer to the send over the limit"),
+        }
+    };
+    assert_eq!((over["code"].clone(), over["id"].clone()), (json!("overloaded"), json!("over")), "{over}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let status = ready(base(&c, survivor)).await;
@@ -571,7 +586,7 @@ async fn acked_messages_survive_a_leader_failover_exactly_once() {
     let deadline = sent_at + node::node::DEFAULT_TIMEOUT + Duration::from_secs(5);
     let e = loop {
         match tokio::time::timeout_at(deadline, next(&mut ws, 30)).await {
-            Ok(Some(f)) if f["type"] == "error" => break f,
+            Ok(Some(f)) if f["type"] == "error" && f["id"] == "lost" => break f,
             Ok(Some(f)) => assert_ne!(f["type"], "ack", "acked without quorum: {f}"),
             Ok(None) => panic!("connection closed instead of unavailable"),
             Err(_) => panic!("no answer to a send without quorum"),
