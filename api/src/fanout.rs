@@ -1034,11 +1034,16 @@ mod tests {
     use std::io::Read;
 
     /// Reads unmasked server text frames off `sock` until `count` have come.
-    fn read_texts(mut sock: std::net::TcpStream, count: usize) -> io::Result<Vec<String>> {
+    fn read_texts(sock: std::net::TcpStream, count: usize) -> io::Result<Vec<String>> {
+        read_texts_until(sock, |texts| texts.len() >= count)
+    }
+
+    /// Reads unmasked server text frames off `sock` until `done` says so.
+    fn read_texts_until(mut sock: std::net::TcpStream, done: impl Fn(&[String]) -> bool) -> io::Result<Vec<String>> {
         let mut buf = Vec::new();
         let mut texts = Vec::new();
         let mut chunk = [0u8; 8192];
-        while texts.len() < count {
+        while !done(&texts) {
             let n = sock.read(&mut chunk)?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -1065,6 +1070,18 @@ mod tests {
         Ok(texts)
     }
 
+    /// Once everything `o` queued has gone to the socket, the first `count`
+    /// texts its client reads.
+    async fn flushed_texts(o: &Outbox, client: std::net::TcpStream, count: usize) -> io::Result<Vec<String>> {
+        std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
+        tokio::task::spawn_blocking(move || read_texts(client, count)).await.map_err(io::Error::other)?
+    }
+
+    /// The `seq` of each message frame in `texts`.
+    fn seqs(texts: &[String]) -> Vec<u64> {
+        texts.iter().map(|t| serde_json::from_str::<serde_json::Value>(t).ok().and_then(|v| v["seq"].as_u64()).unwrap_or(0)).collect()
+    }
+
     /// An outbox of `user` over one end of a loopback connection, and the
     /// client's end, which gives up reading after 10 s.
     fn connection(user: &str) -> io::Result<(Arc<Outbox>, std::net::TcpStream)> {
@@ -1088,8 +1105,7 @@ mod tests {
         o.push_signals(&frames);
         assert!(o.lock().queue.len() <= queued + 1, "the batch was split");
         // What the socket did not take at once, the session drains.
-        std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
-        let texts = tokio::task::spawn_blocking(move || read_texts(client, 4)).await.map_err(io::Error::other)??;
+        let texts = flushed_texts(&o, client, 4).await?;
         assert_eq!(texts, ["joined a", "one", "two", "three"]);
         Ok(())
     }
@@ -1130,8 +1146,7 @@ mod tests {
         assert_eq!(o.replay_from("dm:ann:cy").map(|c| (c.last, c.live)), Some((7, false)));
         // A room to be replayed takes nothing from the fan-out until it is live.
         assert_eq!(o.deliver(&group("dm:ann:cy", 9..=9), true), 0);
-        std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
-        let texts = tokio::task::spawn_blocking(move || read_texts(client, 3)).await.map_err(io::Error::other)??;
+        let texts = flushed_texts(&o, client, 3).await?;
         assert_eq!(texts, ["m2", "m3", "m4"]);
         Ok(())
     }
@@ -1159,8 +1174,7 @@ mod tests {
         assert!(!o.go_live("r", 7));
         assert_eq!(o.replay_from("r").map(|c| (c.last, c.live)), Some((7, false)));
         assert!(o.go_live("r", 7));
-        std::future::poll_fn(|cx| o.poll_flushed(cx)).await;
-        let texts = tokio::task::spawn_blocking(move || read_texts(client, 3)).await.map_err(io::Error::other)??;
+        let texts = flushed_texts(&o, client, 3).await?;
         assert_eq!(texts, ["joined r", "m6", "m7"]);
         Ok(())
     }
@@ -1274,11 +1288,7 @@ mod tests {
         for (i, (_outbox, reader)) in readers.into_iter().enumerate() {
             let texts = tokio::task::spawn_blocking(move || reader.join()).await.map_err(io::Error::other)?.map_err(|_| io::Error::other("reader panicked"))??;
             assert_eq!(texts[0], "joined");
-            let seqs: Vec<u64> = texts[1..]
-                .iter()
-                .map(|t| serde_json::from_str::<serde_json::Value>(t).ok().and_then(|v| v["seq"].as_u64()).unwrap_or(0))
-                .collect();
-            assert_eq!(seqs, (1..=MESSAGES).collect::<Vec<_>>(), "connection {i}");
+            assert_eq!(seqs(&texts[1..]), (1..=MESSAGES).collect::<Vec<_>>(), "connection {i}");
         }
         assert_eq!(metrics.deliveries.get(), CONNECTIONS as u64 * MESSAGES);
         assert!(metrics.late.get() > 0, "no message came mid-round, so the test did not test that");
@@ -1297,30 +1307,7 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let (tx, metrics) = fan_out(&registry)?;
         // Reads frames until message MESSAGES; returns their seqs.
-        let read_until_last = |mut sock: std::net::TcpStream| -> io::Result<Vec<u64>> {
-            let (mut buf, mut seqs, mut chunk) = (Vec::new(), Vec::new(), [0u8; 8192]);
-            while seqs.last() != Some(&MESSAGES) {
-                let n = sock.read(&mut chunk)?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                while buf.len() >= 2 {
-                    let (len, header) = match buf[1] {
-                        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                        n if n < 126 => (n as usize, 2),
-                        _ => break,
-                    };
-                    if buf.len() < header + len {
-                        break;
-                    }
-                    let v: serde_json::Value = serde_json::from_slice(&buf[header..header + len]).map_err(io::Error::other)?;
-                    seqs.push(v["seq"].as_u64().unwrap_or(0));
-                    buf.drain(..header + len);
-                }
-            }
-            Ok(seqs)
-        };
+        let read_until_last = |sock| read_texts_until(sock, |texts| texts.last().is_some_and(|t| seqs(std::slice::from_ref(t)) == [MESSAGES])).map(|t| seqs(&t));
         // (outbox, reader, the last seq sent before the connection was registered)
         let mut readers = Vec::new();
         let mut sent = 0;
