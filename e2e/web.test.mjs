@@ -6,7 +6,7 @@
 // Screenshots go to docs/screenshots/.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, openSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import assert from 'node:assert/strict';
@@ -16,23 +16,42 @@ const bin = process.env.CHORUS_BIN || path.join(process.env.HOME, '.cache/chorus
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const shots = path.join(root, 'docs/screenshots');
 const tmp = mkdtempSync(path.join(tmpdir(), 'chorus-e2e-'));
-const base = 20000 + Math.floor(Math.random() * 20000);
+// Every node binds port 0 at its first start and reports its addresses in its
+// ready file; a restart binds them again, where its peers know it.
 const nodes = [1, 2, 3].map((id) => ({
   id,
-  client: `127.0.0.1:${base + id}`,
-  raft: `127.0.0.1:${base + 100 + id}`,
+  client: '127.0.0.1:0',
+  raft: '127.0.0.1:0',
+  ready: path.join(tmp, `node-${id}.ready`),
   proc: null,
 }));
 const url = (n) => `http://${n.client}`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function startNode(n) {
+async function startNode(n) {
   const log = openSync(path.join(tmp, `node-${n.id}.log`), 'a');
+  rmSync(n.ready, { force: true });
   n.proc = spawn(path.join(bin, 'chorusd'), [
     '--id', String(n.id), '--data-dir', path.join(tmp, `node-${n.id}`),
     '--client-addr', n.client, '--raft-addr', n.raft, '--no-bootstrap',
-    '--heartbeat-ms', '50', '--election-ms', '300',
+    '--ready-file', n.ready, '--heartbeat-ms', '50', '--election-ms', '300',
   ], { stdio: ['ignore', 'ignore', log] });
+  let exited = null;
+  n.proc.once('exit', (code, signal) => { exited = `${code ?? signal}`; });
+  const end = Date.now() + 20000;
+  let ready = null;
+  while (!ready) {
+    if (exited !== null) throw new Error(`node ${n.id} exited (${exited}) before it served`);
+    if (Date.now() > end) throw new Error(`node ${n.id} wrote no ready file`);
+    try {
+      ready = JSON.parse(readFileSync(n.ready, 'utf8'));
+    } catch (e) {
+      if (e.code !== 'ENOENT') throw e;
+      await sleep(20);
+    }
+  }
+  n.client = ready.client_addr;
+  n.raft = ready.raft_addr;
 }
 
 function ctl(...args) {
@@ -64,8 +83,7 @@ process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
 async function main() {
-  for (const n of nodes) startNode(n);
-  for (const n of nodes) await waitFor(`node ${n.id}`, () => ctl('--node', n.raft, '--timeout', '1', 'cluster', 'status') !== null);
+  for (const n of nodes) await startNode(n);
   ctl('cluster', 'init', ...nodes.map((n) => n.raft));
   await waitFor('a leader', async () => (await status()).leader);
 
@@ -136,7 +154,7 @@ async function main() {
   assert.deepEqual(seqs, seqs.map((_, i) => i + 1), `dense and ordered: ${seqs}`);
 
   // Bring node 2 back, then watch the cluster view follow a leader change.
-  startNode(benNode);
+  await startNode(benNode);
   await waitFor('node 2 back', async () => (await status()).members.every((m) => m.reachable));
   let st = await status();
   const viewer = nodes.find((n) => n.id !== st.leader);

@@ -10,13 +10,18 @@ tmp="$(mktemp -d)"
 pids=()
 trap 'kill ${pids[*]} 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 urls=(); addrs=()
+# Port 0: the OS picks each node's ports and the node reports them in its ready
+# file, so this never collides with another cluster on the machine.
 for i in 1 2 3; do
-  "$CHORUS_BIN/chorusd" --id "$i" --data-dir "$tmp/n$i" --client-addr "127.0.0.1:$((18079 + i))" \
-    --raft-addr "127.0.0.1:$((19079 + i))" --no-bootstrap --rate-limit 0 --log-file "$tmp/n$i.log" &
-  pids+=($!); urls+=("http://127.0.0.1:$((18079 + i))"); addrs+=("127.0.0.1:$((19079 + i))")
+  "$CHORUS_BIN/chorusd" --id "$i" --data-dir "$tmp/n$i" --client-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0 \
+    --ready-file "$tmp/n$i.ready" --no-bootstrap --rate-limit 0 --log-file "$tmp/n$i.log" >/dev/null &
+  pids+=($!)
 done
-for a in "${addrs[@]}"; do
-  for _ in $(seq 1 100); do "$CHORUS_BIN/chorusctl" --node "$a" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
+field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" "$2"; }
+for i in 1 2 3; do
+  for _ in $(seq 1 300); do [ -s "$tmp/n$i.ready" ] && break; sleep 0.1; done
+  [ -s "$tmp/n$i.ready" ] || { echo "node $i did not start; its log:" >&2; cat "$tmp/n$i.log" >&2; exit 1; }
+  urls+=("$(field client_url "$tmp/n$i.ready")"); addrs+=("$(field raft_addr "$tmp/n$i.ready")")
 done
 "$CHORUS_BIN/chorusctl" cluster init "${addrs[@]}" >/dev/null
 IFS=,; "$CHORUS_BIN/chorusctl" bench --urls "${urls[*]}" --pids "${pids[*]}" "$@"

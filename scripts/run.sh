@@ -22,19 +22,23 @@ stop() {
 }
 trap stop EXIT INT TERM
 
+# Fixed ports, not port 0: the cluster's membership records each node's raft
+# address, and a second run restarts the same cluster from ./chorus-data.
 addrs=()
 for i in $(seq 1 "$n"); do
   client="127.0.0.1:$((8079 + i))"; raft="127.0.0.1:$((9079 + i))"
+  rm -f "$data/node-$i.ready"
   "$CHORUS_BIN/chorusd" --id "$i" --data-dir "$data/node-$i" --client-addr "$client" --raft-addr "$raft" \
-    --no-bootstrap --log-file "$data/node-$i.log" &
+    --no-bootstrap --ready-file "$data/node-$i.ready" --log-file "$data/node-$i.log" >/dev/null &
   pids+=($!)
   addrs+=("$raft")
   echo "node $i: chat http://$client/   raft $raft   log $data/node-$i.log"
 done
 
-# Wait for every node to answer, then form the cluster (first run only).
-for a in "${addrs[@]}"; do
-  for _ in $(seq 1 100); do "$CHORUS_BIN/chorusctl" --node "$a" cluster status >/dev/null 2>&1 && break; sleep 0.1; done
+# Wait for every node to serve (its ready file), then form the cluster (first run only).
+for i in $(seq 1 "$n"); do
+  for _ in $(seq 1 300); do [ -s "$data/node-$i.ready" ] && break; sleep 0.1; done
+  [ -s "$data/node-$i.ready" ] || { echo "node $i did not start; see $data/node-$i.log" >&2; exit 1; }
 done
 if "$CHORUS_BIN/chorusctl" --node "${addrs[0]}" --json cluster status | grep -q '"members":\[\]'; then
   "$CHORUS_BIN/chorusctl" cluster init "${addrs[@]}" >/dev/null

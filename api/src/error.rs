@@ -1,53 +1,26 @@
-//! The SPEC's error codes, mapped once to HTTP statuses and error frames.
+//! The SPEC's error codes ([`wire::ErrorCode`]), mapped once to HTTP statuses,
+//! error bodies and error frames.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use raft_store::StoreError;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Code {
-    BadRequest,
-    Unauthorized,
-    NotMember,
-    TooLarge,
-    RateLimited,
-    Unavailable,
-    Overloaded,
-    NameTaken,
-    NotFound,
-    MethodNotAllowed,
-}
+pub use wire::ErrorCode as Code;
 
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::BadRequest => "bad_request",
-            Code::Unauthorized => "unauthorized",
-            Code::NotMember => "not_member",
-            Code::TooLarge => "too_large",
-            Code::RateLimited => "rate_limited",
-            Code::Unavailable => "unavailable",
-            Code::Overloaded => "overloaded",
-            Code::NameTaken => "name_taken",
-            Code::NotFound => "not_found",
-            Code::MethodNotAllowed => "method_not_allowed",
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            Code::BadRequest => StatusCode::BAD_REQUEST,
-            Code::Unauthorized => StatusCode::UNAUTHORIZED,
-            Code::NotMember => StatusCode::FORBIDDEN,
-            Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            Code::NameTaken => StatusCode::CONFLICT,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        }
+/// The HTTP status of an error answer with `code`.
+pub fn status(code: Code) -> StatusCode {
+    match code {
+        Code::BadRequest => StatusCode::BAD_REQUEST,
+        Code::Unauthorized => StatusCode::UNAUTHORIZED,
+        Code::NotMember => StatusCode::FORBIDDEN,
+        Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Code::NameTaken => StatusCode::CONFLICT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
     }
 }
 
@@ -66,11 +39,25 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(Code::BadRequest, message)
     }
+
+    /// The error frame answering the client frame with `id` and `req`.
+    pub fn frame(&self, id: Option<wire::Id>, req: Option<wire::Id>) -> wire::ServerFrame {
+        wire::ServerFrame::error(self.code, self.message.clone(), id, req)
+    }
+}
+
+/// The node's own storage failed: the client may retry, elsewhere or later.
+/// Logged here, where the storage error stops being one.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "storage read failed");
+        ApiError::new(Code::Unavailable, format!("storage: {e}"))
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.code.status(), Json(json!({ "error": self.code.as_str(), "message": self.message }))).into_response()
+        (status(self.code), Json(wire::http::ErrorBody { error: self.code, message: self.message })).into_response()
     }
 }
 

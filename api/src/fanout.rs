@@ -74,7 +74,7 @@ use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 
-use crate::http::message_json;
+use crate::http::wire_message;
 
 /// Frames queued to one connection before it counts as a slow consumer.
 pub const OUTBOX_FRAMES: usize = 1024;
@@ -949,7 +949,7 @@ impl Fanout<'_> {
     fn offer(&mut self, m: Arc<Message>) {
         let now = crate::now_ms();
         self.metrics.lag.observe(now.saturating_sub(m.ts_ms) as f64 / 1000.0);
-        let frame = text_frame(message_json(&m).to_string());
+        let frame = text_frame(wire::ServerFrame::Message(wire_message(&m)).to_text());
         let w = match self.rooms.entry(m.room.clone()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {

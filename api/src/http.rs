@@ -8,8 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft_store::chat::{self, Event, Message, Outcome};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use wire::http::{Cluster, Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, RoomSummary, Session};
+use wire::{Consistency, Id};
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::{auth, validate, App, ChatBackend};
@@ -18,8 +18,9 @@ use crate::{auth, validate, App, ChatBackend};
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 50;
 
-pub fn message_json(m: &Message) -> Value {
-    json!({ "type": "message", "room": m.room, "seq": m.seq, "id": m.client_id, "from": m.from, "text": m.text, "ts": m.ts_ms })
+/// A stored message as the wire protocol writes it.
+pub fn wire_message(m: &Message) -> wire::Message {
+    wire::Message { room: m.room.clone(), seq: m.seq, id: m.client_id.clone(), from: m.from.clone(), text: m.text.clone(), ts: m.ts_ms }
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
@@ -55,20 +56,14 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     ApiError::new(Code::MethodNotAllowed, format!("{} does not take {method}", uri.path()))
 }
 
-#[derive(Deserialize)]
-pub struct Credentials {
-    name: String,
-    password: String,
-}
-
 pub async fn register<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
     creds: Result<Json<Credentials>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Registered>)> {
     let Credentials { name, password } = body(creds)?;
     validate::user_name(&name)?;
     validate::password(&password)?;
-    if app.backend.reader().user(&name).ok().flatten().is_some() {
+    if app.backend.reader().user(&name)?.is_some() {
         return Err(ApiError::new(Code::NameTaken, format!("{name} is taken")));
     }
     // argon2 is deliberately slow: keep it off the async workers.
@@ -77,7 +72,7 @@ pub async fn register<B: ChatBackend>(
         .map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?
         .map_err(|e| ApiError::new(Code::Unavailable, e))?;
     match app.backend.propose(Event::UserRegistered { name: name.clone(), password_hash }).await? {
-        Outcome::Registered => Ok((StatusCode::CREATED, Json(json!({ "name": name })))),
+        Outcome::Registered => Ok((StatusCode::CREATED, Json(Registered { name }))),
         Outcome::NameTaken => Err(ApiError::new(Code::NameTaken, format!("{name} is taken"))),
         other => Err(unexpected(other)),
     }
@@ -94,7 +89,7 @@ fn unexpected(o: Outcome) -> ApiError {
 pub async fn login<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
     creds: Result<Json<Credentials>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Session>> {
     let Credentials { name, password } = body(creds)?;
     let denied = || ApiError::new(Code::Unauthorized, "wrong name or password");
     if validate::user_name(&name).is_err() {
@@ -102,7 +97,7 @@ pub async fn login<B: ChatBackend>(
     }
     // A user registered on another node a moment ago must be able to log in here.
     app.backend.read_barrier().await?;
-    let user = app.backend.reader().user(&name).map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    let user = app.backend.reader().user(&name)?;
     let Some(user) = user else { return Err(denied()) };
     let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &user.password_hash))
         .await
@@ -113,56 +108,43 @@ pub async fn login<B: ChatBackend>(
     let expires_at = crate::now_ms() + auth::TOKEN_LIFETIME_MS;
     let token = auth::issue(app.signing_key()?, &name, expires_at)
         .ok_or_else(|| ApiError::new(Code::Unavailable, "cannot sign a token"))?;
-    Ok(Json(json!({ "token": token, "expires_at": expires_at })))
+    Ok(Json(Session { token, expires_at }))
 }
 
-pub async fn rooms<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+pub async fn rooms<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> ApiResult<Json<Vec<RoomSummary>>> {
     let user = bearer(&app, &headers)?;
-    let rooms = app.backend.reader().rooms().map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
-    let list: Vec<Value> = rooms
+    let rooms = app.backend.reader().rooms()?;
+    let list = rooms
         .into_iter()
         .filter(|(name, _)| chat::dm_participants(name).is_none_or(|(a, b)| a == user || b == user))
         .map(|(name, r)| {
             // A DM room's members are its two users, with no membership stored.
             let members = if chat::dm_participants(&name).is_some() { 2 } else { r.members };
-            json!({ "name": name, "members": members, "last_seq": r.last_seq })
+            RoomSummary { name, members, last_seq: r.last_seq }
         })
         .collect();
-    Ok(Json(Value::Array(list)))
-}
-
-#[derive(Deserialize, Default)]
-pub struct HistoryQuery {
-    pub after: Option<u64>,
-    pub before: Option<u64>,
-    pub limit: Option<usize>,
-    pub consistency: Option<String>,
+    Ok(Json(list))
 }
 
 /// Reads one page of history for `user`, with the asked consistency.
-pub async fn read_history<B: ChatBackend>(app: &App<B>, user: &str, room: &str, q: &HistoryQuery) -> ApiResult<Value> {
+pub async fn read_history<B: ChatBackend>(app: &App<B>, user: &str, room: &str, q: &HistoryQuery) -> ApiResult<HistoryPage> {
     validate::room_name(room)?;
     if let Some((a, b)) = chat::dm_participants(room) {
         if user != a && user != b {
             return Err(ApiError::new(Code::NotMember, "not your direct-message room"));
         }
     }
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE as u64);
+    if limit == 0 || limit > MAX_PAGE as u64 {
         return Err(ApiError::bad_request(format!("limit is 1-{MAX_PAGE}")));
     }
-    match q.consistency.as_deref() {
-        None | Some("linearizable") => app.backend.read_barrier().await?,
-        Some("local") => {}
-        Some(other) => return Err(ApiError::bad_request(format!("consistency is linearizable or local, not {other}"))),
+    match q.consistency.unwrap_or_default() {
+        Consistency::Linearizable => app.backend.read_barrier().await?,
+        Consistency::Local => {}
     }
-    let page = app
-        .backend
-        .reader()
-        .history(room, q.after, q.before, limit)
-        .map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
-    let messages: Vec<Value> = page.messages.iter().map(message_json).collect();
-    Ok(json!({ "room": room, "head": page.head, "messages": messages }))
+    let page = app.backend.reader().history(room, q.after, q.before, limit as usize)?;
+    let messages = page.messages.iter().map(|m| wire_message(m).into()).collect();
+    Ok(HistoryPage { room: room.to_string(), head: page.head, messages })
 }
 
 pub async fn history<B: ChatBackend>(
@@ -170,7 +152,7 @@ pub async fn history<B: ChatBackend>(
     Path(room): Path<String>,
     headers: HeaderMap,
     query: Result<Query<HistoryQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<HistoryPage>> {
     let user = bearer(&app, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(read_history(&app, &user, &room, &q).await?))
@@ -183,6 +165,18 @@ pub struct Ack {
     pub seq: u64,
     pub ts_ms: u64,
     pub duplicate: bool,
+}
+
+impl Ack {
+    /// The answer to a post with client id `id`, over HTTP.
+    pub fn posted(self, id: Id) -> Posted {
+        Posted { room: self.room, seq: self.seq, id, ts: self.ts_ms, duplicate: self.duplicate }
+    }
+
+    /// The answer to a `send` or `dm` frame with `id` and `req`.
+    pub fn frame(self, id: Id, req: Option<Id>) -> wire::ServerFrame {
+        wire::ServerFrame::Ack { room: self.room, id, seq: self.seq, ts: self.ts_ms, duplicate: self.duplicate, req }
+    }
 }
 
 /// Posts `text` to `room` as `user` with client id `id`: validates, rate-limits,
@@ -203,32 +197,16 @@ pub async fn send_message<B: ChatBackend>(app: &App<B>, user: &str, room: &str, 
     }
 }
 
-#[derive(Deserialize)]
-pub struct PostBody {
-    id: Value,
-    text: String,
-}
-
-/// A client id as sent: a string, or a number taken as its decimal text.
-pub fn client_id_text(v: &Value) -> ApiResult<String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        _ => Err(ApiError::bad_request("id must be a string or a number")),
-    }
-}
-
 pub async fn post_message<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
     Path(room): Path<String>,
     headers: HeaderMap,
-    post: Result<Json<PostBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    post: Result<Json<PostMessage>, JsonRejection>,
+) -> ApiResult<Json<Posted>> {
     let user = bearer(&app, &headers)?;
-    let PostBody { id, text } = body(post)?;
-    let id_text = client_id_text(&id)?;
-    let ack = send_message(&app, &user, &room, &id_text, &text).await?;
-    Ok(Json(json!({ "room": ack.room, "seq": ack.seq, "id": id, "ts": ack.ts_ms, "duplicate": ack.duplicate })))
+    let PostMessage { id, text } = body(post)?;
+    let ack = send_message(&app, &user, &room, &id.text(), &text).await?;
+    Ok(Json(ack.posted(id)))
 }
 
 /// Public, and read by web pages served from other members when they fail over.
@@ -236,10 +214,10 @@ const ANY_ORIGIN: [(axum::http::HeaderName, &str); 1] = [(axum::http::header::AC
 
 pub async fn cluster<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> impl axum::response::IntoResponse {
     let view = app.cluster_view().await;
-    (ANY_ORIGIN, Json(serde_json::to_value(view).unwrap_or(Value::Null)))
+    (ANY_ORIGIN, Json::<Cluster>(view))
 }
 
 pub async fn pick<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> ApiResult<impl axum::response::IntoResponse> {
     let best = app.pick_member().await.ok_or_else(|| ApiError::new(Code::Unavailable, "no reachable member"))?;
-    Ok((ANY_ORIGIN, Json(json!({ "client_url": best.client_url }))))
+    Ok((ANY_ORIGIN, Json(Pick { client_url: best.client_url })))
 }

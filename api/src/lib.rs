@@ -38,7 +38,6 @@ use axum::Router;
 use prometheus_client::metrics::histogram::Histogram;
 use raft_store::chat::{Event, Outcome};
 use raft_store::state_machine::{ChatReader, Delivery};
-use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::error::{ApiError, Code};
@@ -62,29 +61,8 @@ impl From<BackendError> for ApiError {
     }
 }
 
-/// One member as `/v1/cluster` shows it.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-pub struct MemberView {
-    pub id: u64,
-    pub client_url: String,
-    pub role: String,
-    pub connections: u64,
-    pub applied_index: u64,
-    pub reachable: bool,
-    /// Additions to the SPEC's fields, for the cluster view.
-    pub term: u64,
-    pub last_log_index: u64,
-    /// The leader's last log index minus this member's applied index.
-    pub lag: u64,
-}
-
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-pub struct ClusterView {
-    pub cluster_id: String,
-    pub leader: Option<u64>,
-    pub term: u64,
-    pub members: Vec<MemberView>,
-}
+/// `/v1/cluster` and its members, as the wire protocol writes them.
+pub use wire::http::{Cluster as ClusterView, Member as MemberView};
 
 /// Raft figures for `/metrics`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -275,7 +253,7 @@ impl<B: ChatBackend> App<B> {
         match self.backend.reader().cluster() {
             Ok(Some(c)) => Ok(self.signing_key.get_or_init(|| c.signing_key)),
             Ok(None) => Err(ApiError::new(Code::Unavailable, "the cluster is not formed yet")),
-            Err(e) => Err(ApiError::new(Code::Unavailable, format!("storage: {e}"))),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raft_store::chat;
-use serde_json::json;
+use wire::ServerFrame;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
@@ -129,15 +129,15 @@ impl Frames {
     fn add<B: ChatBackend>(&mut self, app: &App<B>, sig: LocalSignal) {
         match sig {
             LocalSignal::Typing { room, user } => {
-                let frame = text_frame(json!({ "type": "typing", "room": room, "user": user }).to_string());
+                let frame = text_frame(ServerFrame::Typing { room: room.clone(), user: user.clone() }.to_text());
                 self.for_room(app, &room, &user, &frame);
             }
             LocalSignal::Joined { room, user } => {
-                let frame = text_frame(json!({ "type": "presence", "room": room, "user": user, "online": true }).to_string());
+                let frame = text_frame(ServerFrame::Presence { room: room.clone(), user: user.clone(), online: true }.to_text());
                 self.for_room(app, &room, &user, &frame);
             }
             LocalSignal::Presence { user, online } => {
-                let frame = |room: &str| text_frame(json!({ "type": "presence", "room": room, "user": user, "online": online }).to_string());
+                let frame = |room: &str| text_frame(ServerFrame::Presence { room: room.to_string(), user: user.clone(), online }.to_text());
                 let (rooms, dms) = self.local.take().unwrap_or_else(|| (app.registry.rooms(), dm_index(app)));
                 let reader = app.backend.reader();
                 for room in &rooms {

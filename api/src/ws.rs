@@ -31,17 +31,18 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use raft_store::chat::{self, Event, Message, Outcome};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
+use wire::http::HistoryQuery;
+use wire::{ClientFrame, Id, ServerFrame};
 
 use crate::error::{ApiError, Code};
 use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SLOW_CONSUMER};
-use crate::http::{client_id_text, message_json, read_history, send_message, HistoryQuery};
+use crate::http::{read_history, send_message, wire_message};
 use crate::presence::PeerSignal;
 use crate::{validate, App, ChatBackend};
 
@@ -129,23 +130,16 @@ pub async fn upgrade<B: ChatBackend>(
     r
 }
 
-fn error_frame(e: &ApiError, id: Option<&Value>, req: Option<&Value>) -> String {
-    let mut v = json!({ "type": "error", "code": e.code.as_str(), "message": e.message });
-    if let Some(id) = id {
-        v["id"] = id.clone();
-    }
-    if let Some(req) = req {
-        v["req"] = req.clone();
-    }
-    v.to_string()
+/// Where a `send` or `dm` goes.
+enum Target {
+    Room(String),
+    /// A direct message to this user.
+    User(String),
 }
 
-fn with_req(mut v: Value, req: Option<&Value>) -> String {
-    if let Some(req) = req {
-        v["req"] = req.clone();
-    }
-    v.to_string()
-}
+/// A `send` or `dm` outcome: on failure the error, with the frame's `id` for
+/// the error frame to echo.
+type SendResult = Result<(), (ApiError, Option<Id>)>;
 
 struct Session<B: ChatBackend> {
     app: Arc<App<B>>,
@@ -157,7 +151,7 @@ struct Session<B: ChatBackend> {
     gone: bool,
     in_flight: Arc<Semaphore>,
     /// Acks and errors from this session's send tasks.
-    acks: mpsc::Sender<String>,
+    acks: mpsc::Sender<ServerFrame>,
     /// Send tasks whose answer has not come through `acks` yet.
     awaiting: usize,
 }
@@ -266,8 +260,8 @@ impl<B: ChatBackend> Drop for Session<B> {
 
 impl<B: ChatBackend> Session<B> {
     /// Queues a frame; on overflow, closes the connection as a slow consumer.
-    fn push(&mut self, frame: String) -> bool {
-        self.out.push(text_frame(frame))
+    fn push(&mut self, frame: ServerFrame) -> bool {
+        self.out.push(text_frame(frame.to_text()))
     }
 
     /// Sends a replayed message (which the client asked for), waiting for room
@@ -278,7 +272,7 @@ impl<B: ChatBackend> Session<B> {
             self.close_with(SLOW_CONSUMER, "slow consumer");
             return false;
         }
-        self.out.push_replayed(room, m.seq, text_frame(message_json(m).to_string()))
+        self.out.push_replayed(room, m.seq, text_frame(ServerFrame::Message(wire_message(m)).to_text()))
     }
 
     fn close_with(&mut self, code: u16, reason: &'static str) {
@@ -312,65 +306,49 @@ impl<B: ChatBackend> Session<B> {
     }
 
     async fn client_frame(&mut self, text: &str) {
-        let frame: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return self.fail(ApiError::bad_request("a frame is a JSON object"), None, None),
-            Err(e) => return self.fail(ApiError::bad_request(format!("malformed JSON: {e}")), None, None),
+        let (frame, req) = match ClientFrame::parse(text) {
+            Ok(parsed) => parsed,
+            Err(bad) => return self.fail(ApiError::bad_request(bad.message), bad.id, bad.req),
         };
-        let req = frame.get("req").filter(|r| r.is_string() || r.is_number()).cloned();
-        let kind = frame.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-        let result = match kind.as_str() {
-            "join" => self.join(&frame, req.as_ref()).await,
-            "leave" => self.leave(&frame, req.as_ref()).await,
-            "send" => self.send(&frame, req.clone(), false),
-            "dm" => self.send(&frame, req.clone(), true),
-            "history" => self.history(&frame, req.as_ref()).await,
-            "typing" => self.typing(&frame),
-            "" => Err(ApiError::bad_request("a frame needs a \"type\"")),
-            other => Err(ApiError::bad_request(format!("unknown frame type {other:?}"))),
+        let no_id = |e: ApiError| (e, None);
+        let result = match frame {
+            ClientFrame::Join { room, after } => self.join(room, after, req.clone()).await.map_err(no_id),
+            ClientFrame::Leave { room } => self.leave(room, req.clone()).await.map_err(no_id),
+            ClientFrame::Send { room, id, text } => self.send(Target::Room(room), id, text, req.clone()),
+            ClientFrame::Dm { to, id, text } => self.send(Target::User(to), id, text, req.clone()),
+            ClientFrame::History { room, after, before, limit, consistency } => {
+                self.history(room, HistoryQuery { after, before, limit, consistency }, req.clone()).await.map_err(no_id)
+            }
+            ClientFrame::Typing { room } => self.typing(room).map_err(no_id),
         };
-        if let Err(e) = result {
-            self.fail(e, frame.get("id"), req.as_ref());
+        if let Err((e, id)) = result {
+            self.fail(e, id, req);
         }
     }
 
-    fn fail(&mut self, e: ApiError, id: Option<&Value>, req: Option<&Value>) {
-        self.push(error_frame(&e, id, req));
+    fn fail(&mut self, e: ApiError, id: Option<Id>, req: Option<Id>) {
+        self.push(e.frame(id, req));
     }
 
-    fn room_of(frame: &Value) -> Result<String, ApiError> {
-        let room = frame.get("room").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("\"room\" is required"))?;
-        validate::room_name(room)?;
-        Ok(room.to_string())
-    }
-
-    fn seq_field(frame: &Value, name: &str) -> Result<Option<u64>, ApiError> {
-        match frame.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| ApiError::bad_request(format!("\"{name}\" must be a non-negative integer"))),
-        }
-    }
-
-    async fn join(&mut self, frame: &Value, req: Option<&Value>) -> Result<(), ApiError> {
-        let room = Self::room_of(frame)?;
-        let after = Self::seq_field(frame, "after")?;
+    async fn join(&mut self, room: String, after: Option<u64>, req: Option<Id>) -> Result<(), ApiError> {
+        validate::room_name(&room)?;
         let head = if let Some((a, b)) = chat::dm_participants(&room) {
             if self.user != a && self.user != b {
                 return Err(ApiError::new(Code::NotMember, "not your direct-message room"));
             }
-            self.app.backend.reader().room(&room).ok().flatten().map_or(0, |r| r.last_seq)
+            self.app.backend.reader().room(&room)?.map_or(0, |r| r.last_seq)
         } else {
             match self.app.backend.propose(Event::RoomJoined { room: room.clone(), user: self.user.clone() }).await? {
                 Outcome::Joined { head } => head,
                 other => return Err(ApiError::new(Code::Unavailable, format!("unexpected outcome {other:?}"))),
             }
         };
-        let online = self.online_members(&room);
+        let online = self.online_members(&room)?;
         let fresh = self.out.cursor(&room).is_none();
-        let joined = with_req(json!({ "type": "joined", "room": room, "head": head, "online": online }), req);
+        let joined = ServerFrame::Joined { room: room.clone(), head, online, req };
         // Replay from storage, then go live from where the replay stopped. Without
         // `after`, live delivery starts after the head the client was told.
-        if !self.out.start_room(&room, after.unwrap_or(head), text_frame(joined)) {
+        if !self.out.start_room(&room, after.unwrap_or(head), text_frame(joined.to_text())) {
             return Ok(());
         }
         if fresh {
@@ -448,63 +426,57 @@ impl<B: ChatBackend> Session<B> {
         self.close_with(1011, "storage error");
     }
 
-    fn online_members(&self, room: &str) -> Vec<String> {
+    fn online_members(&self, room: &str) -> Result<Vec<String>, ApiError> {
         if let Some((a, b)) = chat::dm_participants(room) {
             // A DM room's members are its two users, with no membership stored.
-            return [a, b].into_iter().filter(|u| self.app.presence.is_online(u)).map(str::to_string).collect();
+            return Ok([a, b].into_iter().filter(|u| self.app.presence.is_online(u)).map(str::to_string).collect());
         }
-        match self.app.backend.reader().members(room) {
-            Ok(members) => members.into_iter().filter(|u| self.app.presence.is_online(u)).collect(),
-            Err(_) => Vec::new(),
-        }
+        let members = self.app.backend.reader().members(room)?;
+        Ok(members.into_iter().filter(|u| self.app.presence.is_online(u)).collect())
     }
 
     /// Leaving a room ends the user's membership, then this connection's
     /// subscription; if the leave is not committed, both stay. A direct-message
     /// room cannot be left: its messages reach both users' connections whatever
     /// they do, so `left` changes nothing there.
-    async fn leave(&mut self, frame: &Value, req: Option<&Value>) -> Result<(), ApiError> {
-        let room = Self::room_of(frame)?;
+    async fn leave(&mut self, room: String, req: Option<Id>) -> Result<(), ApiError> {
+        validate::room_name(&room)?;
         if chat::dm_participants(&room).is_none() {
             self.app.backend.propose(Event::RoomLeft { room: room.clone(), user: self.user.clone() }).await?;
             self.out.leave_room(&room);
             self.app.registry.leave(&room, &self.out);
         }
-        self.push(with_req(json!({ "type": "left", "room": room }), req));
+        self.push(ServerFrame::Left { room, req });
         Ok(())
     }
 
     /// `send` and `dm`: committed in a task of their own, so a slow commit does not
     /// hold up this connection's other frames; the ack comes when it is applied.
-    fn send(&mut self, frame: &Value, req: Option<Value>, dm: bool) -> Result<(), ApiError> {
-        let id = frame.get("id").cloned().ok_or_else(|| ApiError::bad_request("\"id\" is required"))?;
-        let id_text = client_id_text(&id)?;
-        let text = frame.get("text").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("\"text\" is required"))?;
-        let room = if dm {
-            let to = frame.get("to").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("\"to\" is required"))?;
-            validate::user_name(to)?;
-            if to == self.user {
-                return Err(ApiError::bad_request("a direct message needs another user"));
+    fn send(&mut self, target: Target, id: Id, text: String, req: Option<Id>) -> SendResult {
+        let room = match target {
+            Target::Room(room) => room,
+            Target::User(to) => {
+                let refused = |e: ApiError| (e, Some(id.clone()));
+                validate::user_name(&to).map_err(refused)?;
+                if to == self.user {
+                    return Err(refused(ApiError::bad_request("a direct message needs another user")));
+                }
+                if self.app.backend.reader().user(&to).map_err(|e| refused(e.into()))?.is_none() {
+                    return Err(refused(ApiError::bad_request(format!("no user named {to}"))));
+                }
+                chat::dm_room(&self.user, &to)
             }
-            if self.app.backend.reader().user(to).ok().flatten().is_none() {
-                return Err(ApiError::bad_request(format!("no user named {to}")));
-            }
-            chat::dm_room(&self.user, to)
-        } else {
-            Self::room_of(frame)?
         };
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return Err(ApiError::new(Code::Overloaded, format!("more than {MAX_IN_FLIGHT} sends awaiting their ack")));
+            let e = ApiError::new(Code::Overloaded, format!("more than {MAX_IN_FLIGHT} sends awaiting their ack"));
+            return Err((e, Some(id)));
         };
-        let (app, user, acks, text) = (self.app.clone(), self.user.clone(), self.acks.clone(), text.to_string());
+        let (app, user, acks) = (self.app.clone(), self.user.clone(), self.acks.clone());
         self.awaiting += 1;
         tokio::spawn(async move {
-            let frame = match send_message(&app, &user, &room, &id_text, &text).await {
-                Ok(ack) => with_req(
-                    json!({ "type": "ack", "room": ack.room, "id": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate }),
-                    req.as_ref(),
-                ),
-                Err(e) => error_frame(&e, Some(&id), req.as_ref()),
+            let frame = match send_message(&app, &user, &room, &id.text(), &text).await {
+                Ok(ack) => ack.frame(id, req),
+                Err(e) => e.frame(Some(id), req),
             };
             // The session may be gone; then nobody is waiting for the ack.
             let _ = acks.send(frame).await;
@@ -513,22 +485,14 @@ impl<B: ChatBackend> Session<B> {
         Ok(())
     }
 
-    async fn history(&mut self, frame: &Value, req: Option<&Value>) -> Result<(), ApiError> {
-        let room = Self::room_of(frame)?;
-        let q = HistoryQuery {
-            after: Self::seq_field(frame, "after")?,
-            before: Self::seq_field(frame, "before")?,
-            limit: Self::seq_field(frame, "limit")?.map(|l| l as usize),
-            consistency: frame.get("consistency").and_then(Value::as_str).map(str::to_string),
-        };
-        let mut page = read_history(&self.app, &self.user, &room, &q).await?;
-        page["type"] = json!("history");
-        self.push(with_req(page, req));
+    async fn history(&mut self, room: String, q: HistoryQuery, req: Option<Id>) -> Result<(), ApiError> {
+        let page = read_history(&self.app, &self.user, &room, &q).await?;
+        self.push(ServerFrame::History { room: page.room, head: page.head, messages: page.messages, req });
         Ok(())
     }
 
-    fn typing(&self, frame: &Value) -> Result<(), ApiError> {
-        let room = Self::room_of(frame)?;
+    fn typing(&self, room: String) -> Result<(), ApiError> {
+        validate::room_name(&room)?;
         if self.out.cursor(&room).is_none() {
             return Err(ApiError::new(Code::NotMember, "join the room first"));
         }

@@ -31,12 +31,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
 use mio::unix::SourceFd;
-use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::HandshakeError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use wire::{ClientFrame, ServerFrame};
 
 use crate::chat::{connect, session};
 
@@ -290,40 +291,54 @@ fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Option<&tokio
     // subscriber's frame is only parsed when it is sampled, so the load
     // generator's own queueing adds as little as it can to the latency.
     if acks.is_none() {
-        if !t.contains(r#""type":"message""#) {
+        if !wire::is_message(t) {
             deliveries.others.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
         if n % sample_every == 0 {
-            let f = serde_json::from_str::<Value>(t).unwrap_or_default();
-            if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
-                deliveries.record(sent, start);
+            if let Ok(ServerFrame::Message(m)) = ServerFrame::parse(t) {
+                record_sent_text(&m, start, deliveries);
             }
         }
         return;
     }
-    let Ok(f) = serde_json::from_str::<Value>(t) else { return };
-    match f["type"].as_str() {
-        Some("message") => {
+    let Ok(f) = ServerFrame::parse(t) else { return };
+    match f {
+        ServerFrame::Message(m) => {
             let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
             if n % sample_every == 0 {
-                if let Some(sent) = f["text"].as_str().and_then(|t| t.split(' ').next()).and_then(|s| s.parse::<u64>().ok()) {
-                    deliveries.record(sent, start);
-                }
+                record_sent_text(&m, start, deliveries);
             }
         }
-        Some("ack") | Some("error") => {
+        ServerFrame::Ack { id, .. } | ServerFrame::Error { id: Some(id), .. } => {
             // Fan-out senders put their send time last in the id.
-            if let Some(sent) = f["id"].as_str().and_then(|id| id.rsplit('-').next()).and_then(|t| t.parse::<u64>().ok()) {
+            if let Some(sent) = id.text().rsplit('-').next().and_then(|t| t.parse::<u64>().ok()) {
                 deliveries.record(sent, start);
             }
             if let Some(a) = acks {
                 let _ = a.send(());
             }
         }
+        ServerFrame::Error { id: None, .. } => {
+            if let Some(a) = acks {
+                let _ = a.send(());
+            }
+        }
         _ => {}
     }
+}
+
+/// Senders put their send time first in the text.
+fn record_sent_text(m: &wire::Message, start: Instant, deliveries: &Deliveries) {
+    if let Some(sent) = m.text.split(' ').next().and_then(|s| s.parse::<u64>().ok()) {
+        deliveries.record(sent, start);
+    }
+}
+
+/// A frame that asks for nothing back (`req` is not used here), as text.
+fn frame_text(f: ClientFrame) -> String {
+    f.to_text(None)
 }
 
 async fn reader<S>(
@@ -409,10 +424,10 @@ fn subscribe(url: &str, token: &str) -> anyhow::Result<SyncWs> {
             HandshakeError::Interrupted(_) => anyhow!("a blocking WebSocket handshake was interrupted"),
         })
         .with_context(|| format!("cannot open a WebSocket to {url}"))?;
-    ws.send(Message::Text(json!({ "type": "join", "room": "fanout" }).to_string().into()))?;
+    ws.send(Message::Text(frame_text(ClientFrame::Join { room: "fanout".into(), after: None }).into()))?;
     loop {
         match ws.read() {
-            Ok(Message::Text(t)) if t.as_str().contains("\"joined\"") => break,
+            Ok(Message::Text(t)) if matches!(ServerFrame::parse(t.as_str()), Ok(ServerFrame::Joined { .. })) => break,
             Ok(_) => {}
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => bail!("closed before joining fanout"),
             Err(e) => return Err(e.into()),
@@ -630,10 +645,10 @@ fn print_timeline(samples: &[(u64, u64)]) {
 }
 
 async fn join(ws: &mut crate::chat::Ws, room: &str) -> anyhow::Result<()> {
-    ws.send(Message::Text(json!({ "type": "join", "room": room }).to_string().into())).await?;
+    ws.send(Message::Text(frame_text(ClientFrame::Join { room: room.into(), after: None }).into())).await?;
     while let Some(msg) = ws.next().await {
         if let Message::Text(t) = msg? {
-            if t.as_str().contains("\"joined\"") {
+            if matches!(ServerFrame::parse(t.as_str()), Ok(ServerFrame::Joined { .. })) {
                 return Ok(());
             }
         }
@@ -668,8 +683,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     let sent = micros(start);
-                    let f = json!({ "type": "send", "room": format!("load-{i}"), "id": n, "text": format!("{sent:020} {pad}") });
-                    if tx.send(Message::Text(f.to_string().into())).await.is_err() || ack_rx.recv().await.is_none() {
+                    let f = ClientFrame::Send { room: format!("load-{i}"), id: n.into(), text: format!("{sent:020} {pad}") };
+                    if tx.send(Message::Text(frame_text(f).into())).await.is_err() || ack_rx.recv().await.is_none() {
                         break;
                     }
                     lat.push(micros(start) - sent);
@@ -747,8 +762,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                         t.tick().await;
                     }
                     let t = micros(start);
-                    let f = json!({ "type": "send", "room": "fanout", "id": format!("f{i}-{n}-{t}"), "text": format!("{t:020} {pad}") });
-                    if tx.send(Message::Text(f.to_string().into())).await.is_err() {
+                    let f = ClientFrame::Send { room: "fanout".into(), id: format!("f{i}-{n}-{t}").into(), text: format!("{t:020} {pad}") };
+                    if tx.send(Message::Text(frame_text(f).into())).await.is_err() {
                         break;
                     }
                     if tick.is_none() && ack_rx.recv().await.is_none() {

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use wire::http::{Cluster as ClusterView, Credentials, ErrorBody, Pick, Session};
+use wire::{ClientFrame, ErrorCode, Id, ServerFrame};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -39,7 +41,7 @@ pub struct ChatArgs<'a> {
 
 /// Registers `user` if new, logs in, and returns a token.
 pub async fn session(http: &reqwest::Client, url: &str, user: &str, password: &str) -> anyhow::Result<String> {
-    let creds = json!({ "name": user, "password": password });
+    let creds = Credentials { name: user.to_string(), password: password.to_string() };
     let r = http.post(format!("{url}/v1/users")).json(&creds).send().await.with_context(|| format!("cannot reach {url}"))?;
     if !(r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT) {
         bail!("register: {}", error_text(r).await);
@@ -48,14 +50,14 @@ pub async fn session(http: &reqwest::Client, url: &str, user: &str, password: &s
     if !r.status().is_success() {
         bail!("login: {}", error_text(r).await);
     }
-    let body: Value = r.json().await?;
-    body["token"].as_str().map(str::to_string).ok_or_else(|| anyhow!("login answered without a token"))
+    let body: Session = r.json().await.context("login answered without a token")?;
+    Ok(body.token)
 }
 
 async fn error_text(r: reqwest::Response) -> String {
     let status = r.status();
-    match r.json::<Value>().await {
-        Ok(v) => format!("{} ({})", v["message"].as_str().unwrap_or("?"), v["error"].as_str().unwrap_or(status.as_str())),
+    match r.json::<ErrorBody>().await {
+        Ok(e) => format!("{} ({})", e.message, e.error),
         Err(_) => status.to_string(),
     }
 }
@@ -84,10 +86,23 @@ struct Room {
     rejoin_at: Option<Instant>,
 }
 
+/// A frame to send, with its `req`.
+#[derive(Clone, Debug, PartialEq)]
+struct Outgoing {
+    frame: ClientFrame,
+    req: Option<Id>,
+}
+
+impl Outgoing {
+    fn text(&self) -> String {
+        self.frame.to_text(self.req.as_ref())
+    }
+}
+
 /// A `send` or `dm` frame whose ack has not come.
 struct Unacked {
     id: String,
-    frame: Value,
+    frame: Outgoing,
     /// When to send it again, after the cluster could not take it.
     resend_at: Option<Instant>,
 }
@@ -121,22 +136,13 @@ impl Shown {
 }
 
 /// A `join` frame; its `req` names the room, so an error answering it can be traced back.
-fn join_frame(room: &str, after: Option<u64>) -> Value {
-    let mut f = json!({ "type": "join", "room": room, "req": format!("join:{room}") });
-    if let Some(after) = after {
-        f["after"] = json!(after);
-    }
-    f
+fn join_frame(room: &str, after: Option<u64>) -> Outgoing {
+    Outgoing { frame: ClientFrame::Join { room: room.to_string(), after }, req: Some(Id::Text(format!("join:{room}"))) }
 }
 
 /// A MESSAGE as a line: `[room #seq] from: text`.
-fn describe(m: &Value) -> String {
-    let (room, from, text) = (m["room"].as_str().unwrap_or("?"), m["from"].as_str().unwrap_or("?"), m["text"].as_str().unwrap_or(""));
-    format!("[{room} #{}] {from}: {text}", m["seq"])
-}
-
-fn names(list: &Value) -> BTreeSet<String> {
-    list.as_array().into_iter().flatten().filter_map(|u| u.as_str().map(str::to_string)).collect()
+fn describe(m: &wire::Message) -> String {
+    format!("[{} #{}] {}: {}", m.room, m.seq, m.from, m.text)
 }
 
 fn listing(names: &BTreeSet<String>) -> String {
@@ -156,12 +162,12 @@ impl State {
 
     /// The frames that pick up where the last connection left off: a `join` of every room,
     /// with `after` the last message shown, then every unacknowledged frame, as first sent.
-    fn resume(&mut self) -> Vec<Value> {
+    fn resume(&mut self) -> Vec<Outgoing> {
         let joins = self.rooms.iter_mut().map(|(name, room)| {
             room.rejoin_at = None;
             join_frame(name, room.last)
         });
-        let mut frames: Vec<Value> = joins.collect();
+        let mut frames: Vec<Outgoing> = joins.collect();
         frames.extend(self.unacked.iter_mut().map(|u| {
             u.resend_at = None;
             u.frame.clone()
@@ -176,7 +182,7 @@ impl State {
     }
 
     /// The frames refused for now whose pause is over, to be sent again.
-    fn due(&mut self, now: Instant) -> Vec<Value> {
+    fn due(&mut self, now: Instant) -> Vec<Outgoing> {
         let mut frames = Vec::new();
         for (name, room) in &mut self.rooms {
             if room.rejoin_at.is_some_and(|t| t <= now) {
@@ -193,11 +199,11 @@ impl State {
         frames
     }
 
-    /// Gives `frame` the next id and keeps it until its ack.
-    fn outgoing(&mut self, mut frame: Value) -> Value {
+    /// Makes a `send` or `dm` with the next id and keeps it until its ack.
+    fn outgoing(&mut self, make: impl FnOnce(Id) -> ClientFrame) -> Outgoing {
         self.next_id += 1;
         let id = format!("{}-{}", self.id_prefix, self.next_id);
-        frame["id"] = json!(id);
+        let frame = Outgoing { frame: make(Id::Text(id.clone())), req: None };
         self.unacked.push(Unacked { id, frame: frame.clone(), resend_at: None });
         frame
     }
@@ -209,7 +215,7 @@ impl State {
     }
 
     /// Turns a typed line into a frame to send, or handles it here.
-    fn line(&mut self, line: &str) -> Option<Value> {
+    fn line(&mut self, line: &str) -> Option<Outgoing> {
         let line = line.trim_end();
         if line.is_empty() {
             return None;
@@ -219,7 +225,7 @@ impl State {
                 eprintln!("! usage: /dm USER TEXT");
                 return None;
             };
-            return Some(self.outgoing(json!({ "type": "dm", "to": to, "text": text })));
+            return Some(self.outgoing(|id| ClientFrame::Dm { to: to.to_string(), id, text: text.to_string() }));
         }
         if let Some(room) = line.strip_prefix("/join ") {
             let room = room.trim();
@@ -228,7 +234,10 @@ impl State {
             return Some(join_frame(room, last));
         }
         match line {
-            "/history" => Some(json!({ "type": "history", "room": self.room, "limit": 20 })),
+            "/history" => {
+                let frame = ClientFrame::History { room: self.room.clone(), after: None, before: None, limit: Some(20), consistency: None };
+                Some(Outgoing { frame, req: None })
+            }
             "/who" => {
                 println!("{}", self.who());
                 None
@@ -237,68 +246,64 @@ impl State {
                 eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /quit");
                 None
             }
-            text => Some(self.outgoing(json!({ "type": "send", "room": self.room, "text": text }))),
+            text => {
+                let room = self.room.clone();
+                Some(self.outgoing(|id| ClientFrame::Send { room, id, text: text.to_string() }))
+            }
         }
     }
 
     /// Takes in a frame from the server and returns what to show of it.
-    fn receive(&mut self, f: &Value, now: Instant) -> Option<Shown> {
-        let room = f["room"].as_str();
-        match f["type"].as_str()? {
-            "message" => {
-                let (room, seq) = (room?, f["seq"].as_u64()?);
+    fn receive(&mut self, f: &ServerFrame, now: Instant) -> Option<Shown> {
+        match f {
+            ServerFrame::Message(m) => {
                 // A DM room is followed from its first message, to be resumed like the others.
-                let last = &mut self.rooms.entry(room.to_string()).or_default().last;
-                if last.is_some_and(|last| seq <= last) {
+                let last = &mut self.rooms.entry(m.room.clone()).or_default().last;
+                if last.is_some_and(|last| m.seq <= last) {
                     return None;
                 }
-                *last = Some(seq);
-                Some(Shown::Out(describe(f)))
+                *last = Some(m.seq);
+                Some(Shown::Out(describe(m)))
             }
-            "joined" => {
-                let name = room?;
-                let room = self.rooms.entry(name.to_string()).or_default();
-                room.online = names(&f["online"]);
+            ServerFrame::Joined { room: name, head, online, .. } => {
+                let room = self.rooms.entry(name.clone()).or_default();
+                room.online = online.iter().cloned().collect();
                 // A join with `after` resumes from `last`; one without starts at the head.
                 if room.last.is_none() {
-                    room.last = f["head"].as_u64();
+                    room.last = Some(*head);
                 }
-                Some(Shown::Out(format!("* joined {name} (head {}); online: {}", f["head"], listing(&room.online))))
+                Some(Shown::Out(format!("* joined {name} (head {head}); online: {}", listing(&room.online))))
             }
-            "presence" => {
-                let (name, user) = (room?, f["user"].as_str()?);
-                let online = f["online"] == true;
+            ServerFrame::Presence { room: name, user, online } => {
                 // Shown when it changes who is online in a room this client follows.
                 let room = self.rooms.get_mut(name)?;
-                let changed = if online { room.online.insert(user.to_string()) } else { room.online.remove(user) };
-                let what = if online { "is online" } else { "went offline" };
+                let changed = if *online { room.online.insert(user.clone()) } else { room.online.remove(user) };
+                let what = if *online { "is online" } else { "went offline" };
                 changed.then(|| Shown::Out(format!("* {user} {what} in {name}")))
             }
-            "ack" => {
+            ServerFrame::Ack { id, .. } => {
                 // A duplicate ack (a resend of a stored message) is as good as the first.
-                let id = f["id"].as_str()?;
+                let id = id.text();
                 self.unacked.retain(|u| u.id != id);
                 None
             }
-            "error" => Some(Shown::Err(self.refused(f, now))),
-            "typing" => Some(Shown::Out(format!("* {} is typing in {}", f["user"].as_str().unwrap_or("?"), room.unwrap_or("?")))),
-            "history" => {
-                let lines: Vec<String> = f["messages"].as_array().into_iter().flatten().map(|m| format!("  {}", describe(m))).collect();
+            ServerFrame::Error { code, message, id, req } => Some(Shown::Err(self.refused(*code, message, id.as_ref(), req.as_ref(), now))),
+            ServerFrame::Typing { room, user } => Some(Shown::Out(format!("* {user} is typing in {room}"))),
+            ServerFrame::History { messages, .. } => {
+                let lines: Vec<String> = messages.iter().map(|m| format!("  {}", describe(&m.message))).collect();
                 (!lines.is_empty()).then(|| Shown::Out(lines.join("\n")))
             }
-            "left" => Some(Shown::Out(format!("* left {}", room.unwrap_or("?")))),
-            _ => None,
+            ServerFrame::Left { room, .. } => Some(Shown::Out(format!("* left {room}"))),
         }
     }
 
     /// An error frame: a `send`/`dm` (by `id`) or `join` (by `req`) the cluster could not
     /// take for now is sent again after a pause, the same id, so it is stored at most once;
     /// one it refused is dropped.
-    fn refused(&mut self, f: &Value, now: Instant) -> String {
-        let code = f["code"].as_str().unwrap_or("error");
-        let mut text = format!("! {code}: {}", f["message"].as_str().unwrap_or(""));
-        let retry = matches!(code, "unavailable" | "overloaded");
-        if let Some(id) = f["id"].as_str() {
+    fn refused(&mut self, code: ErrorCode, message: &str, id: Option<&Id>, req: Option<&Id>, now: Instant) -> String {
+        let mut text = format!("! {code}: {message}");
+        let retry = matches!(code, ErrorCode::Unavailable | ErrorCode::Overloaded);
+        if let Some(id) = id.map(Id::text) {
             if let Some(i) = self.unacked.iter().position(|u| u.id == id) {
                 if retry {
                     self.unacked[i].resend_at = Some(now + RETRY_AFTER);
@@ -307,12 +312,14 @@ impl State {
                     self.unacked.remove(i);
                 }
             }
-        } else if let Some(name) = f["req"].as_str().and_then(|r| r.strip_prefix("join:")) {
-            if !retry {
-                self.rooms.remove(name);
-            } else if let Some(room) = self.rooms.get_mut(name) {
-                room.rejoin_at = Some(now + RETRY_AFTER);
-                text.push_str("; joining again");
+        } else if let Some(Id::Text(req)) = req {
+            if let Some(name) = req.strip_prefix("join:") {
+                if !retry {
+                    self.rooms.remove(name);
+                } else if let Some(room) = self.rooms.get_mut(name) {
+                    room.rejoin_at = Some(now + RETRY_AFTER);
+                    text.push_str("; joining again");
+                }
             }
         }
         text
@@ -335,9 +342,8 @@ struct Cluster<'a> {
 impl Cluster<'_> {
     /// Reads the member list from `url`; keeps the old one if it does not answer.
     async fn refresh(&mut self, url: &str) {
-        let Some(v) = get_json(&self.http, &format!("{url}/v1/cluster")).await else { return };
-        let urls = v["members"].as_array().into_iter().flatten().filter_map(|m| m["client_url"].as_str());
-        let members: Vec<String> = urls.map(|u| u.trim_end_matches('/').to_string()).collect();
+        let Some(view) = get_json::<ClusterView>(&self.http, &format!("{url}/v1/cluster")).await else { return };
+        let members: Vec<String> = view.members.iter().map(|m| m.client_url.trim_end_matches('/').to_string()).collect();
         if !members.is_empty() {
             self.members = members;
         }
@@ -406,18 +412,18 @@ fn is_unauthorized(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<WsError>(), Some(WsError::Http(r)) if r.status().as_u16() == 401)
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+async fn get_json<T: DeserializeOwned>(http: &reqwest::Client, url: &str) -> Option<T> {
     http.get(url).timeout(PROBE_TIMEOUT).send().await.ok()?.error_for_status().ok()?.json().await.ok()
 }
 
 /// The member `/v1/cluster/pick` suggests, asked of `url`.
 async fn pick(http: &reqwest::Client, url: &str) -> Option<String> {
-    let v = get_json(http, &format!("{url}/v1/cluster/pick")).await?;
-    v["client_url"].as_str().map(|u| u.trim_end_matches('/').to_string())
+    let p = get_json::<Pick>(http, &format!("{url}/v1/cluster/pick")).await?;
+    Some(p.client_url.trim_end_matches('/').to_string())
 }
 
-async fn send(ws: &mut Ws, frame: &Value) -> Result<(), WsError> {
-    ws.send(Message::Text(frame.to_string().into())).await
+async fn send(ws: &mut Ws, frame: &Outgoing) -> Result<(), WsError> {
+    ws.send(Message::Text(frame.text().into())).await
 }
 
 /// How a connection ended.
@@ -503,7 +509,8 @@ async fn converse(
             },
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    if let Ok(f) = serde_json::from_str::<Value>(t.as_str()) {
+                    // A frame this client does not know is skipped.
+                    if let Ok(f) = ServerFrame::parse(t.as_str()) {
                         if let Some(shown) = state.receive(&f, Instant::now()) {
                             shown.print();
                         }
@@ -534,14 +541,26 @@ async fn converse(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
+
+    /// A server frame written as SPEC writes it.
+    fn server(v: Value) -> ServerFrame {
+        serde_json::from_value(v).expect("a server frame")
+    }
+
+    /// An outgoing frame as it goes on the wire.
+    fn wire(o: &Outgoing) -> Value {
+        serde_json::from_str(&o.text()).expect("JSON")
+    }
 
     fn message(room: &str, seq: u64) -> Value {
         json!({ "type": "message", "room": room, "seq": seq, "id": "x", "from": "bob", "text": format!("m{seq}"), "ts": 1 })
     }
 
     fn shown(state: &mut State, frame: Value) -> Option<String> {
-        match state.receive(&frame, Instant::now()) {
+        match state.receive(&server(frame), Instant::now()) {
             Some(Shown::Out(s)) => Some(s),
             Some(Shown::Err(e)) => panic!("{e}"),
             None => None,
@@ -551,13 +570,13 @@ mod tests {
     #[test]
     fn resumes_each_room_after_the_last_message_shown() {
         let mut s = State::new("lobby", "ann-1".into());
-        assert_eq!(s.resume(), vec![json!({ "type": "join", "room": "lobby", "req": "join:lobby" })], "a first join has no after");
+        assert_eq!(s.resume().iter().map(wire).collect::<Vec<_>>(), vec![json!({ "type": "join", "room": "lobby", "req": "join:lobby" })], "a first join has no after");
         shown(&mut s, json!({ "type": "joined", "room": "lobby", "head": 3, "online": [] }));
         assert_eq!(shown(&mut s, message("lobby", 3)), None, "at or before the head");
         assert_eq!(shown(&mut s, message("lobby", 4)).as_deref(), Some("[lobby #4] bob: m4"));
         shown(&mut s, message("dm:ann:bob", 2)).expect("a DM is shown without a join");
 
-        let resumed = s.resume();
+        let resumed: Vec<Value> = s.resume().iter().map(wire).collect();
         assert_eq!(resumed[0], json!({ "type": "join", "room": "dm:ann:bob", "req": "join:dm:ann:bob", "after": 2 }));
         assert_eq!(resumed[1], json!({ "type": "join", "room": "lobby", "req": "join:lobby", "after": 4 }));
         assert_eq!(resumed.len(), 2);
@@ -567,7 +586,7 @@ mod tests {
         assert!(shown(&mut s, message("lobby", 5)).is_some());
         assert_eq!(shown(&mut s, message("lobby", 5)), None);
         assert!(shown(&mut s, message("lobby", 6)).is_some());
-        assert_eq!(s.resume()[1]["after"], 6);
+        assert_eq!(wire(&s.resume()[1])["after"], 6);
     }
 
     #[test]
@@ -576,10 +595,11 @@ mod tests {
         let a = s.line("first").expect("a send");
         let b = s.line("/dm bob second").expect("a dm");
         let c = s.line("third").expect("a send");
-        assert_eq!((a["id"].as_str(), b["type"].as_str(), b["to"].as_str()), (Some("ann-1-1"), Some("dm"), Some("bob")));
+        let (a_wire, b_wire) = (wire(&a), wire(&b));
+        assert_eq!((a_wire["id"].as_str(), b_wire["type"].as_str(), b_wire["to"].as_str()), (Some("ann-1-1"), Some("dm"), Some("bob")));
         assert_eq!(s.line("/who"), None);
         let ack = json!({ "type": "ack", "room": "lobby", "id": "ann-1-1", "seq": 1, "ts": 1, "duplicate": false });
-        assert_eq!(s.receive(&ack, Instant::now()), None);
+        assert_eq!(s.receive(&server(ack), Instant::now()), None);
 
         // Unacked frames follow the joins on a new connection, unchanged and in order.
         let resumed = s.resume();
@@ -588,14 +608,14 @@ mod tests {
         // `unavailable`: the same frame again after a pause; a refusal drops it.
         let now = Instant::now();
         let unavailable = json!({ "type": "error", "code": "unavailable", "message": "no leader", "id": "ann-1-3" });
-        assert!(matches!(s.receive(&unavailable, now), Some(Shown::Err(_))));
+        assert!(matches!(s.receive(&server(unavailable), now), Some(Shown::Err(_))));
         assert_eq!(s.next_retry(), Some(now + RETRY_AFTER));
         assert!(s.due(now).is_empty());
         assert_eq!(s.due(now + RETRY_AFTER), vec![c.clone()]);
         assert_eq!(s.next_retry(), None);
-        s.receive(&json!({ "type": "error", "code": "not_member", "message": "no", "id": "ann-1-2" }), now);
+        s.receive(&server(json!({ "type": "error", "code": "not_member", "message": "no", "id": "ann-1-2" })), now);
         // A duplicate ack (the first attempt was stored) settles it as well.
-        s.receive(&json!({ "type": "ack", "room": "lobby", "id": "ann-1-3", "seq": 2, "ts": 1, "duplicate": true }), now);
+        s.receive(&server(json!({ "type": "ack", "room": "lobby", "id": "ann-1-3", "seq": 2, "ts": 1, "duplicate": true })), now);
         assert_eq!(s.resume().len(), 1, "only the join is left");
     }
 
@@ -603,10 +623,10 @@ mod tests {
     fn joins_refused_for_now_are_sent_again() {
         let mut s = State::new("lobby", "ann-1".into());
         let now = Instant::now();
-        s.receive(&json!({ "type": "error", "code": "unavailable", "message": "", "req": "join:lobby" }), now);
+        s.receive(&server(json!({ "type": "error", "code": "unavailable", "message": "", "req": "join:lobby" })), now);
         assert_eq!(s.due(now + RETRY_AFTER), vec![join_frame("lobby", None)]);
         s.line("/join bad!").expect("a join");
-        s.receive(&json!({ "type": "error", "code": "bad_request", "message": "", "req": "join:bad!" }), now);
+        s.receive(&server(json!({ "type": "error", "code": "bad_request", "message": "", "req": "join:bad!" })), now);
         assert_eq!(s.rooms.keys().collect::<Vec<_>>(), ["lobby"], "not joined again on reconnect");
     }
 

@@ -49,16 +49,6 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// `n` distinct free loopback ports, with the listeners that hold them. Held
-/// together, no two can be the same port; picking them one at a time (bind,
-/// read the port, release) could hand out one port twice, and two nodes would
-/// then answer on one address.
-fn reserve_ports(n: usize) -> anyhow::Result<(Vec<u16>, Vec<std::net::TcpListener>)> {
-    let held = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
-    let ports = held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?;
-    Ok((ports, held))
-}
-
 /// libfaketime, for the clock-skew nemesis.
 pub fn faketime_lib() -> Option<PathBuf> {
     ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
@@ -69,14 +59,18 @@ pub fn faketime_lib() -> Option<PathBuf> {
 
 pub struct NodeProc {
     pub id: u64,
-    /// host:port of the HTTP/WebSocket listener.
+    /// host:port of the HTTP/WebSocket listener. In the proxy layout the node
+    /// binds port 0 at its first start; this is then what it reported.
     pub client: String,
-    /// The raft listen address: chorusctl talks here.
+    /// The raft listen address: chorusctl talks here. Port 0 as for `client`;
+    /// restarts bind the reported address again, where the proxy sends.
     pub raft: String,
     /// The advertised raft address: this node's proxy, which peers dial.
     pub advertised: String,
     dir: PathBuf,
     log: PathBuf,
+    /// Where the node writes its bound addresses once it serves (`--ready-file`).
+    ready: PathBuf,
     /// The network namespace it runs in, in the namespace layout.
     netns: Option<String>,
     /// The source IP of its outgoing peer connections, in the proxy layout.
@@ -96,6 +90,11 @@ impl NodeProc {
         if self.child.is_some() {
             return Ok(());
         }
+        match std::fs::remove_file(&self.ready) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", self.ready.display())),
+        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -106,9 +105,11 @@ impl NodeProc {
             None => Command::new(bin("chorusd")?),
         };
         cmd.args(["--id", &self.id.to_string(), "--client-addr", &self.client, "--raft-addr", &self.raft])
-            .args(["--advertise-raft", &self.advertised, "--advertise-client", &format!("http://{}", self.client)])
+            .args(["--advertise-raft", &self.advertised])
             .arg("--data-dir")
             .arg(&self.dir)
+            .arg("--ready-file")
+            .arg(&self.ready)
             .args(["--no-bootstrap", "--cluster-secret", SECRET, "--rate-limit", "0", "--heartbeat-ms", "50", "--election-ms", "300"])
             // Small thresholds so snapshot install and compaction run under faults.
             .args(["--snapshot-every", "300", "--snapshot-ratio", "0", "--snapshot-keep", "20"]);
@@ -135,6 +136,26 @@ impl NodeProc {
         }
         self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().context("cannot start chorusd")?);
         Ok(())
+    }
+
+    /// Once the started node has written its ready file, takes the addresses
+    /// it bound and returns true; false while it has not. Fails if the process
+    /// has exited or the file cannot be read.
+    pub fn poll_ready(&mut self) -> anyhow::Result<bool> {
+        let bytes = match std::fs::read(&self.ready) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(status) = self.child.as_mut().context("node not started")?.try_wait()? {
+                    bail!("node {} exited ({status}) before it served; see {}", self.id, self.log.display());
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.ready.display())),
+        };
+        let ready: wire::Ready = serde_json::from_slice(&bytes).with_context(|| format!("bad ready file {}", self.ready.display()))?;
+        self.client = ready.client_addr.to_string();
+        self.raft = ready.raft_addr.to_string();
+        Ok(true)
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -191,12 +212,9 @@ impl Cluster {
         let tmp = tempfile::tempdir()?;
         std::fs::create_dir_all(logs)?;
         let faults = Faults::default();
-        // Proxy layout: every node's two ports are reserved, and every proxy
-        // bound, before any reservation is let go for its node to take.
-        let (ports, held) = match &layout {
-            Layout::Proxy => reserve_ports(2 * n as usize)?,
-            Layout::Namespaces(_) => (Vec::new(), Vec::new()),
-        };
+        // Every proxy is bound first (its address is what the node advertises);
+        // then each node starts, and in the proxy layout lets the OS pick its
+        // ports and reports them, so concurrent runs never share a port.
         let mut planned = Vec::new();
         for id in 1..=n {
             let dir = tmp.path().join(format!("node-{id}"));
@@ -209,8 +227,8 @@ impl Cluster {
                     None,
                 ),
                 Layout::Proxy => (
-                    format!("127.0.0.1:{}", ports[2 * (id as usize - 1)]),
-                    format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1]),
+                    "127.0.0.1:0".to_string(),
+                    "127.0.0.1:0".to_string(),
                     SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
                     None,
                     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8))),
@@ -222,27 +240,26 @@ impl Cluster {
                 IpAddr::V4(v4) if v4.octets()[0] == 127 && (11..=10 + n).contains(&u64::from(v4.octets()[3])) => Some(u64::from(v4.octets()[3]) - 10),
                 _ => None,
             });
-            proxy::spawn(listener, id, raft.parse()?, identify, faults.clone());
             let log = logs.join(format!("node-{id}.log"));
             let _ = std::fs::remove_file(&log);
-            planned.push(NodeProc { id, client, raft, advertised, dir, log, netns, source_ip, skew: None, child: None });
+            let ready = tmp.path().join(format!("node-{id}.ready"));
+            let node = NodeProc { id, client, raft, advertised, dir, log, ready, netns, source_ip, skew: None, child: None };
+            planned.push((node, listener, identify));
         }
-        drop(held);
         let mut nodes = Vec::new();
-        for mut p in planned {
+        for (mut p, listener, identify) in planned {
             p.start()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !p.poll_ready()? {
+                if Instant::now() > deadline {
+                    bail!("node {} did not start; see {}", p.id, p.log.display());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            proxy::spawn(listener, p.id, p.raft.parse()?, identify, faults.clone());
             nodes.push(p);
         }
         let c = Arc::new(Cluster { nodes: Mutex::new(nodes), layout, faults, _tmp: tmp });
-        for (_, _, raft) in c.addresses() {
-            let ready = Instant::now() + Duration::from_secs(30);
-            while c.ctl(&["--node", &raft, "--timeout", "1", "cluster", "status"]).is_err() {
-                if Instant::now() > ready {
-                    bail!("node at {raft} did not start");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
         let addrs = c.addresses();
         let mut init = vec!["--node", addrs[0].2.as_str(), "--timeout", "10", "cluster", "init"];
         let advertised: Vec<String> = c.nodes().iter().map(|p| p.advertised.clone()).collect();

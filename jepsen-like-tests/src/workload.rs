@@ -10,8 +10,9 @@ use anyhow::bail;
 use futures::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
+use wire::http::{Credentials, HistoryPage, Session};
+use wire::{ClientFrame, ErrorCode, ServerFrame};
 
 use crate::history::{History, Msg, Outcome, ReadOp, SendOp, Subscription};
 
@@ -26,19 +27,29 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 async fn ws_connect(client_addr: &str, token: &str) -> Option<Ws> {
     let url = format!("ws://{client_addr}/v1/ws?token={token}");
     let (mut ws, _) = tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(url)).await.ok()?.ok()?;
-    ws.send(Message::Text(json!({ "type": "join", "room": ROOM }).to_string().into())).await.ok()?;
+    send_frame(&mut ws, ClientFrame::Join { room: ROOM.into(), after: None }).await.ok()?;
     loop {
-        let f = next_frame(&mut ws, 5).await?;
-        if f["type"] == "joined" {
+        if let Frame::Known(ServerFrame::Joined { .. }) = next_frame(&mut ws, 5).await? {
             return Some(ws);
         }
     }
 }
 
-async fn next_frame(ws: &mut Ws, secs: u64) -> Option<Value> {
+async fn send_frame(ws: &mut Ws, f: ClientFrame) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ws.send(Message::Text(f.to_text(None).into())).await
+}
+
+/// A text frame from a node: one of SPEC's, or one this suite does not know.
+enum Frame {
+    Known(ServerFrame),
+    Other,
+}
+
+/// The next text frame within `secs`; `None` if the connection ended or went quiet.
+async fn next_frame(ws: &mut Ws, secs: u64) -> Option<Frame> {
     loop {
         match tokio::time::timeout(Duration::from_secs(secs), ws.next()).await.ok()?? {
-            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Text(t)) => return Some(ServerFrame::parse(t.as_str()).map_or(Frame::Other, Frame::Known)),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => {}
         }
@@ -46,13 +57,13 @@ async fn next_frame(ws: &mut Ws, secs: u64) -> Option<Value> {
 }
 
 pub async fn login(http: &reqwest::Client, client_addr: &str, user: &str) -> anyhow::Result<String> {
-    let creds = json!({ "name": user, "password": "jepsen-password" });
+    let creds = Credentials { name: user.to_string(), password: "jepsen-password".to_string() };
     for _ in 0..100 {
         let _ = http.post(format!("http://{client_addr}/v1/users")).json(&creds).send().await;
         if let Ok(r) = http.post(format!("http://{client_addr}/v1/sessions")).json(&creds).send().await {
             if r.status().is_success() {
-                let v: Value = r.json().await?;
-                return Ok(v["token"].as_str().unwrap_or_default().to_string());
+                let session: Session = r.json().await?;
+                return Ok(session.token);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -99,25 +110,25 @@ pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u6
                 continue;
             };
             node_used = *node;
-            let frame = json!({ "type": "send", "room": ROOM, "id": id, "text": format!("{id} payload") });
-            if ws.send(Message::Text(frame.to_string().into())).await.is_err() {
+            let frame = ClientFrame::Send { room: ROOM.into(), id: id.clone().into(), text: format!("{id} payload") };
+            if send_frame(ws, frame).await.is_err() {
                 conn = None;
                 continue;
             }
             let answer = loop {
                 match next_frame(ws, 6).await {
-                    Some(f) if f["id"] == id.as_str() && (f["type"] == "ack" || f["type"] == "error") => break Some(f),
+                    Some(Frame::Known(f @ (ServerFrame::Ack { .. } | ServerFrame::Error { .. }))) if answers(&f, &id) => break Some(f),
                     Some(_) => continue,
                     None => break None,
                 }
             };
             match answer {
-                Some(f) if f["type"] == "ack" => {
+                Some(ServerFrame::Ack { seq: s, .. }) => {
                     outcome = Outcome::Ok;
-                    seq = f["seq"].as_u64();
+                    seq = Some(s);
                     break;
                 }
-                Some(f) if f["code"] == "unavailable" => {
+                Some(ServerFrame::Error { code: ErrorCode::Unavailable, .. }) => {
                     conn = None;
                 }
                 Some(_) => {
@@ -132,6 +143,18 @@ pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u6
     }
 }
 
+/// Whether an ack or error frame answers the send with client id `id`.
+fn answers(f: &ServerFrame, id: &str) -> bool {
+    match f {
+        ServerFrame::Ack { id: got, .. } | ServerFrame::Error { id: Some(got), .. } => got.text() == id,
+        _ => false,
+    }
+}
+
+fn recorded(m: wire::Message) -> Msg {
+    Msg { room: m.room, seq: m.seq, id: m.id, from: m.from, ts: m.ts }
+}
+
 /// A subscriber: joins with `after`, records what it receives, and on any
 /// disconnect resumes on another node from the last seq it saw.
 pub async fn subscriber(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u64, deadline: Instant, h: Arc<Mutex<History>>) {
@@ -144,21 +167,14 @@ pub async fn subscriber(i: usize, addrs: Vec<(u64, String)>, token: String, seed
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let join = json!({ "type": "join", "room": ROOM, "after": last });
-        if ws.send(Message::Text(join.to_string().into())).await.is_err() {
+        if send_frame(&mut ws, ClientFrame::Join { room: ROOM.into(), after: Some(last) }).await.is_err() {
             continue;
         }
         let mut sub = Subscription { client: 1000 + i, node, room: ROOM.into(), after: last, received: Vec::new() };
         while Instant::now() < deadline + Duration::from_secs(2) {
             match next_frame(&mut ws, 3).await {
-                Some(f) if f["type"] == "message" => {
-                    let m = Msg {
-                        room: ROOM.into(),
-                        seq: f["seq"].as_u64().unwrap_or(0),
-                        id: f["id"].as_str().unwrap_or("").into(),
-                        from: f["from"].as_str().unwrap_or("").into(),
-                        ts: f["ts"].as_u64().unwrap_or(0),
-                    };
+                Some(Frame::Known(ServerFrame::Message(m))) => {
+                    let m = recorded(m);
                     last = last.max(m.seq);
                     sub.received.push(m);
                 }
@@ -189,18 +205,11 @@ pub async fn read_room(http: &reqwest::Client, addr: &str, token: &str, lineariz
         if r.status().is_client_error() {
             return Err(ReadError::Refused);
         }
-        let v: Value = r.error_for_status().map_err(|_| ReadError::Unknown)?.json().await.map_err(|_| ReadError::Unknown)?;
-        let page = v["messages"].as_array().cloned().unwrap_or_default();
-        if page.is_empty() {
+        let page: HistoryPage = r.error_for_status().map_err(|_| ReadError::Unknown)?.json().await.map_err(|_| ReadError::Unknown)?;
+        if page.messages.is_empty() {
             return Ok(out);
         }
-        out.extend(page.iter().map(|m| Msg {
-            room: ROOM.into(),
-            seq: m["seq"].as_u64().unwrap_or(0),
-            id: m["id"].as_str().unwrap_or("").into(),
-            from: m["from"].as_str().unwrap_or("").into(),
-            ts: m["ts"].as_u64().unwrap_or(0),
-        }));
+        out.extend(page.messages.into_iter().map(|m| recorded(m.message)));
     }
 }
 

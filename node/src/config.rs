@@ -48,13 +48,23 @@ pub struct Config {
     #[arg(long, env = "CHORUS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// HTTP + WebSocket + web UI + /metrics listen address.
+    /// HTTP + WebSocket + web UI + /metrics listen address. Port 0 lets the OS
+    /// pick one; the bound address is printed and written to `--ready-file`.
     #[arg(long, env = "CHORUS_CLIENT_ADDR", default_value = "127.0.0.1:8080")]
     pub client_addr: SocketAddr,
 
-    /// gRPC listen address: Raft between nodes, admin for chorusctl.
+    /// gRPC listen address: Raft between nodes, admin for chorusctl. Port 0 as
+    /// for `--client-addr`; a restarted node must bind the address its peers
+    /// know, so restart it with the address it reported.
     #[arg(long, env = "CHORUS_RAFT_ADDR", default_value = "127.0.0.1:9080")]
     pub raft_addr: SocketAddr,
+
+    /// Once the node serves, write its id, pid and bound addresses here as one
+    /// JSON object (written whole: to a temporary file that is then renamed).
+    /// Removed at startup and on a clean shutdown, so its presence means the
+    /// process is serving or was killed.
+    #[arg(long, env = "CHORUS_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
 
     /// Client URL told to other nodes and clients [default: http://<client-addr>]
     #[arg(long, env = "CHORUS_ADVERTISE_CLIENT")]

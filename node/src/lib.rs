@@ -9,6 +9,8 @@
 //! - [`node`]: [`Node`], the running Raft with propose / read-index / wait-applied.
 //! - [`rpc`]: the node-to-node gRPC service (Raft, forwarded writes and reads).
 //! - [`admin`]: the operator gRPC service behind `chorusctl cluster`.
+//! - [`ready`]: the record of a started node's bound addresses (`--ready-file`).
+//! - [`procs`]: real `chorusd` processes for process-level tests and benchmarks.
 //!
 //! `chorusd` (in `src/bin`) only parses flags, sets up logging and calls [`start`].
 
@@ -19,6 +21,7 @@ pub mod identity;
 pub mod network;
 pub mod node;
 pub mod procs;
+pub mod ready;
 pub mod rpc;
 
 use std::collections::BTreeMap;
@@ -38,8 +41,10 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 pub use node::{Node, NodeError};
+pub use ready::Ready;
 
-/// Listeners the node serves on. Tests bind `127.0.0.1:0` and pass them in.
+/// Listeners the node serves on. Tests bind `127.0.0.1:0` and pass them in;
+/// `chorusd` binds the configured addresses (port 0 too).
 pub struct Listeners {
     pub client: TcpListener,
     pub raft: TcpListener,

@@ -1,12 +1,16 @@
 //! Real `chorusd` processes, formed with the real `chorusctl`: the harness of the
 //! process-level tests and the benchmarks. Children are killed when dropped.
+//!
+//! Every node binds port 0 and reports what it bound in its ready file, so any
+//! number of clusters can start at once without two nodes meeting on a port.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::ready::{self, Ready};
 
 /// Where the binaries are: next to the running executable's target directory.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -30,11 +34,37 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A port the OS just handed out and released.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// How long a started `chorusd` may take to write its ready file.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the `chorusd` just started as `child` has written its ready file
+/// at `path`. Fails at once, with the tail of `log`, if the process exits first.
+pub fn wait_ready(path: &Path, child: &mut Child, log: &Path, timeout: Duration) -> anyhow::Result<Ready> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = ready::read(path)? {
+            return Ok(r);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("chorusd exited ({status}) before it served: {}", log_tail(log));
+        }
+        if Instant::now() > deadline {
+            bail!("chorusd wrote no ready file in {timeout:?}: {}", log_tail(log));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
+/// The last lines of a node's log, for an error message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// One `chorusd` process. Its addresses start as `127.0.0.1:0`, and are the
+/// ones it bound from its first start on, so a restart comes back where its
+/// peers know it.
 pub struct Proc {
     pub id: u64,
     pub client_addr: String,
@@ -45,18 +75,53 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A node not started yet, whose ports the OS will pick.
+    pub fn new(id: u64, dir: PathBuf, extra: &[&str]) -> Self {
+        Proc {
+            id,
+            client_addr: "127.0.0.1:0".into(),
+            raft_addr: "127.0.0.1:0".into(),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    pub fn ready_path(&self) -> PathBuf {
+        self.dir.with_extension("ready")
+    }
+
+    /// Starts the node and returns once it serves, with its addresses filled in.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.with_extension("log"))?;
-        let child = Command::new(bin("chorusd")?)
+        let (log_path, ready_path) = (self.log_path(), self.ready_path());
+        ready::remove(&ready_path)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut child = Command::new(bin("chorusd")?)
             .args(["--id", &self.id.to_string()])
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--client-addr", &self.client_addr, "--raft-addr", &self.raft_addr, "--no-bootstrap"])
+            .arg("--ready-file")
+            .arg(&ready_path)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("cannot start chorusd")?;
+        let started = match wait_ready(&ready_path, &mut child, &log_path, READY_TIMEOUT) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.context(format!("node {}", self.id)));
+            }
+        };
+        self.client_addr = started.client_addr.to_string();
+        self.raft_addr = started.raft_addr.to_string();
         self.child = Some(child);
         Ok(())
     }
@@ -97,21 +162,11 @@ impl ProcCluster {
     pub fn start(root: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Self> {
         let mut procs = Vec::new();
         for id in 1..=n {
-            let mut p = Proc {
-                id,
-                client_addr: format!("127.0.0.1:{}", free_port()?),
-                raft_addr: format!("127.0.0.1:{}", free_port()?),
-                dir: root.join(format!("node-{id}")),
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-                child: None,
-            };
+            let mut p = Proc::new(id, root.join(format!("node-{id}")), extra);
             p.start()?;
             procs.push(p);
         }
         let c = ProcCluster { procs, root: root.to_path_buf() };
-        for p in &c.procs {
-            c.wait_answering(&p.raft_addr)?;
-        }
         let mut args = vec!["cluster", "init"];
         args.extend(c.procs.iter().map(|p| p.raft_addr.as_str()));
         let out = chorusctl(&args)?;

@@ -95,22 +95,37 @@ fn chorusctl_reports_failures_with_exit_codes() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `chorusd` that forms a single-node cluster in `dir/data`, on port 0, with its
+/// ready file at `dir/node.ready` and its log at `dir/node.log`.
+fn single_node(dir: &std::path::Path, stdout: std::process::Stdio) -> anyhow::Result<std::process::Child> {
+    Ok(std::process::Command::new(node::procs::bin("chorusd")?)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--client-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--ready-file"])
+        .arg(dir.join("node.ready"))
+        .stdout(stdout)
+        .stderr(std::fs::File::create(dir.join("node.log"))?)
+        .spawn()?)
+}
+
 #[test]
 fn chorusctl_chat_sends_lines_and_prints_messages() -> anyhow::Result<()> {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
     let tmp = tempfile::tempdir()?;
-    let client = format!("127.0.0.1:{}", node::procs::free_port()?);
-    let raft = format!("127.0.0.1:{}", node::procs::free_port()?);
-    let mut node = Command::new(node::procs::bin("chorusd")?)
-        .args(["--data-dir", tmp.path().to_str().unwrap(), "--client-addr", &client, "--raft-addr", &raft])
-        .stderr(Stdio::null())
-        .spawn()?;
-    let url = format!("http://{client}");
-    let ready = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&client).is_err() || chorusctl(&["--node", &raft, "cluster", "status"])?.stdout.is_empty() {
-        assert!(Instant::now() < ready, "node did not start");
+    let (ready_path, log_path) = (tmp.path().join("node.ready"), tmp.path().join("node.log"));
+    let mut node = single_node(tmp.path(), Stdio::null())?;
+    let ready = node::procs::wait_ready(&ready_path, &mut node, &log_path, node::procs::READY_TIMEOUT)?;
+    let (url, raft) = (ready.client_url.clone(), ready.raft_addr.to_string());
+    // A fresh node forms its single-node cluster right after it serves.
+    let formed = Instant::now() + Duration::from_secs(20);
+    let leader = || -> anyhow::Result<u64> {
+        let out = chorusctl(&["--node", &raft, "--json", "cluster", "status"])?;
+        Ok(serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|s| s["leader"].as_u64()).unwrap_or(0))
+    };
+    while leader()? == 0 {
+        assert!(Instant::now() < formed, "node did not form its cluster");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -134,5 +149,45 @@ fn chorusctl_chat_sends_lines_and_prints_messages() -> anyhow::Result<()> {
     assert!(out.status.success(), "chat failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("joined lobby"), "{stdout}");
     assert!(stdout.contains("[lobby #1] ann: hello from the terminal"), "{stdout}");
+    Ok(())
+}
+
+/// Port 0 for both listeners: the node reports what it bound, on stdout and in
+/// its ready file, serves there, and removes the file when it stops cleanly.
+#[test]
+fn chorusd_on_port_zero_reports_its_addresses() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+
+    let tmp = tempfile::tempdir()?;
+    let (ready_path, log_path) = (tmp.path().join("node.ready"), tmp.path().join("node.log"));
+    // A file left by an earlier run is not taken for this one.
+    std::fs::write(&ready_path, b"{\"stale\":true}")?;
+    let mut node = single_node(tmp.path(), Stdio::piped())?;
+    // The stdout line comes once the file is written.
+    let mut line = String::new();
+    BufReader::new(node.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+    let ready: node::Ready = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{e}: {line:?}; log: {:?}", std::fs::read_to_string(&log_path)))?;
+    assert_eq!(node::ready::read(&ready_path)?, Some(ready.clone()), "the file says what stdout says");
+    assert_ne!(ready.client_addr.port(), 0);
+    assert_ne!(ready.raft_addr.port(), 0);
+    assert_eq!(ready.pid, node.id());
+    assert_eq!(ready.client_url, format!("http://{}", ready.client_addr));
+    assert_eq!(ready.advertise_raft, ready.raft_addr.to_string());
+
+
+    // Both listeners answer where the record says.
+    let mut http = std::net::TcpStream::connect(ready.client_addr)?;
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    http.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let status = chorusctl(&["--node", &ready.raft_addr.to_string(), "--timeout", "5", "cluster", "status"])?;
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+
+    Command::new("kill").args(["-TERM", &node.id().to_string()]).status()?;
+    let exit = node.wait()?;
+    assert!(exit.success(), "clean exit: {exit}");
+    assert!(!ready_path.exists(), "the ready file goes with the node");
     Ok(())
 }

@@ -1,19 +1,24 @@
 //! `chorusd`: one Chorus node. Parses flags, sets up logging, starts the node and
 //! stops it gracefully on SIGINT or SIGTERM.
 
+use std::io::Write;
+
 use clap::Parser;
 use node::config::{Config, LogFormat};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match &config.log_file {
+    // One shared handle for every line: cloning the file per line would need a
+    // descriptor per line, and could fail when descriptors run out.
+    let writer = match &config.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            Box::new(move || Box::new(file.try_clone().expect("log file handle")) as Box<dyn std::io::Write>)
+            BoxMakeWriter::new(std::sync::Arc::new(file))
         }
-        None => Box::new(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write>),
+        None => BoxMakeWriter::new(std::io::stderr),
     };
     match config.log_format {
         LogFormat::Json => builder.json().with_writer(writer).init(),
@@ -55,11 +60,28 @@ async fn main() {
         eprintln!("chorusd: cannot set up logging: {e:#}");
         std::process::exit(1);
     }
+    let ready_file = config.ready_file.clone();
     let result = async {
+        // A file left by an earlier run must not be taken for this one.
+        if let Some(path) = &ready_file {
+            node::ready::remove(path)?;
+        }
         let listeners = node::Listeners::bind(&config).await?;
         let handle = node::start(config, listeners).await?;
+        // The servers run and the listeners are bound: whoever started this
+        // process may connect now. The addresses matter most with port 0.
+        // The file first: whoever read the stdout line finds the file there too.
+        let ready = node::ready::of(&handle);
+        if let Some(path) = &ready_file {
+            node::ready::write(&ready, path)?;
+        }
+        // Not println!: a closed stdout must not panic the node.
+        let _ = writeln!(std::io::stdout(), "{}", node::ready::to_json(&ready));
         shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(path) = &ready_file {
+            let _ = node::ready::remove(path);
+        }
         handle.shutdown().await;
         anyhow::Ok(())
     }

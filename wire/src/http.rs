@@ -1,0 +1,111 @@
+//! The JSON bodies of SPEC §3's routes, requests and answers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Consistency, ErrorCode, HistoryMessage, Id};
+
+/// `POST /v1/users` and `POST /v1/sessions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub name: String,
+    pub password: String,
+}
+
+/// `POST /v1/users` → 201.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub name: String,
+}
+
+/// `POST /v1/sessions` → 200: a bearer token, valid on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub token: String,
+    /// Milliseconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// One row of `GET /v1/rooms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub name: String,
+    pub members: u64,
+    pub last_seq: u64,
+}
+
+/// The query of `GET /v1/rooms/{room}/messages`, and the fields of a
+/// `history` frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    pub after: Option<u64>,
+    pub before: Option<u64>,
+    /// At most 1000; 50 when absent.
+    pub limit: Option<u64>,
+    pub consistency: Option<Consistency>,
+}
+
+/// `GET /v1/rooms/{room}/messages` → 200: messages ascending by seq.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub room: String,
+    /// The room's last seq.
+    pub head: u64,
+    pub messages: Vec<HistoryMessage>,
+}
+
+/// `POST /v1/rooms/{room}/messages`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostMessage {
+    pub id: Id,
+    pub text: String,
+}
+
+/// `POST /v1/rooms/{room}/messages` → 200, once committed and applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posted {
+    /// Where the message is stored (for a duplicate, where it was first posted).
+    pub room: String,
+    pub seq: u64,
+    pub id: Id,
+    pub ts: u64,
+    pub duplicate: bool,
+}
+
+/// One member in `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub client_url: String,
+    /// `leader`, `follower`, `learner` or `candidate`.
+    pub role: String,
+    pub connections: u64,
+    pub applied_index: u64,
+    /// Additions to SPEC's fields, for the cluster view.
+    pub reachable: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    /// The leader's last log index minus this member's applied index.
+    pub lag: u64,
+}
+
+/// `GET /v1/cluster` → 200.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub cluster_id: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub members: Vec<Member>,
+}
+
+/// `GET /v1/cluster/pick` → 200: the reachable member with the fewest connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pick {
+    pub client_url: String,
+}
+
+/// Every error answer: a code and a sentence for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    pub message: String,
+}

@@ -1,0 +1,378 @@
+//! The Chorus client protocol, written once: the WebSocket frames of SPEC §4,
+//! the JSON bodies of SPEC §3 and the error codes, as serde types. The node's
+//! API, `chorusctl` (chat and bench) and the fault-injection suite all speak it
+//! through this crate, so a frame is defined in one place.
+//!
+//! # Layout
+//!
+//! - [`Id`]: a client's `id` or `req`, a string or a number, echoed as sent.
+//! - [`ClientFrame`]: what a client sends over the WebSocket, and
+//!   [`ClientFrame::parse`], which also recovers `id` and `req` from a frame that
+//!   does not parse, for the error frame.
+//! - [`ServerFrame`]: what a node sends; [`Message`] is SPEC's MESSAGE.
+//! - [`ErrorCode`]: the codes of error frames and error bodies.
+//! - [`http`]: request and answer bodies of the JSON routes.
+//! - [`Ready`]: what `chorusd --ready-file` writes once a node serves.
+//!
+//! Nothing here does I/O: no tokio, no RocksDB, no HTTP.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+pub mod http;
+
+/// A client's `id` (of a message) or `req` (of a request): a string or a
+/// number. Echoed exactly as it was sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum Id {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl Id {
+    /// The id as a client id is stored: a string as it is, a number as its
+    /// decimal text (so `7` and `"7"` are the same message).
+    pub fn text(&self) -> String {
+        match self {
+            Id::Text(s) => s.clone(),
+            Id::Number(n) => n.to_string(),
+        }
+    }
+
+    /// `v` if it is a string or a number; anything else is no id.
+    pub fn from_value(v: &Value) -> Option<Id> {
+        match v {
+            Value::String(s) => Some(Id::Text(s.clone())),
+            Value::Number(n) => Some(Id::Number(n.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id::Text(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Id, E> {
+                Ok(Id::Text(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id::Number(v.into()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                serde_json::Number::from_f64(v).map(Id::Number).ok_or_else(|| E::custom("a number must be finite"))
+            }
+        }
+        d.deserialize_any(IdVisitor)
+    }
+}
+
+impl From<&str> for Id {
+    fn from(s: &str) -> Self {
+        Id::Text(s.to_string())
+    }
+}
+
+impl From<String> for Id {
+    fn from(s: String) -> Self {
+        Id::Text(s)
+    }
+}
+
+impl From<u64> for Id {
+    fn from(n: u64) -> Self {
+        Id::Number(n.into())
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+/// How fresh a history read must be (SPEC §3 `consistency`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Reflects every message acked anywhere before the read began.
+    #[default]
+    Linearizable,
+    /// What this node has applied; may lag.
+    Local,
+}
+
+/// A frame a client sends (SPEC §4). Every frame may also carry `req`, which
+/// the direct answer echoes; it is read by [`ClientFrame::parse`], not here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Become a member of `room` (stored, idempotent) and subscribe this
+    /// connection. Answered by [`ServerFrame::Joined`], then every message
+    /// after `after` if given, then live ones: in seq order, no gap, no
+    /// duplicate.
+    Join {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+    /// End the membership, then this connection's subscription. Answered by
+    /// [`ServerFrame::Left`].
+    Leave { room: String },
+    /// Post `text` to `room`. Answered by [`ServerFrame::Ack`] once committed
+    /// on a majority and applied here; a retry with the same `id` gets the
+    /// first seq with `duplicate: true`.
+    Send { room: String, id: Id, text: String },
+    /// A direct message to user `to`, in room `dm:<a>:<b>` (the two names
+    /// sorted). Acked like `send`; every connection of both users receives it
+    /// without joining.
+    Dm { to: String, id: Id, text: String },
+    /// One page of `room`'s history. Answered by [`ServerFrame::History`].
+    History {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consistency: Option<Consistency>,
+    },
+    /// Tells the other online members that this user is typing. Not stored,
+    /// not answered.
+    Typing { room: String },
+}
+
+/// A client frame that could not be read, with what the error frame echoes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadFrame {
+    pub message: String,
+    pub id: Option<Id>,
+    pub req: Option<Id>,
+}
+
+impl ClientFrame {
+    /// Reads one text frame: the frame and its `req`, or why it is not one.
+    /// A `req` that is neither a string nor a number is ignored, as SPEC has
+    /// it carry only those.
+    pub fn parse(text: &str) -> Result<(ClientFrame, Option<Id>), BadFrame> {
+        let value: Value = serde_json::from_str(text).map_err(|e| BadFrame { message: format!("malformed JSON: {e}"), id: None, req: None })?;
+        let Value::Object(fields) = &value else {
+            return Err(BadFrame { message: "a frame is a JSON object".into(), id: None, req: None });
+        };
+        let req = fields.get("req").and_then(Id::from_value);
+        match fields.get("type") {
+            None => return Err(BadFrame { message: "a frame needs a \"type\"".into(), id: fields.get("id").and_then(Id::from_value), req }),
+            Some(Value::String(_)) => {}
+            Some(_) => return Err(BadFrame { message: "\"type\" is a string".into(), id: fields.get("id").and_then(Id::from_value), req }),
+        }
+        let id = fields.get("id").and_then(Id::from_value);
+        match ClientFrame::deserialize(value) {
+            Ok(frame) => Ok((frame, req)),
+            Err(e) => Err(BadFrame { message: e.to_string(), id, req }),
+        }
+    }
+
+    /// The frame as JSON text, with `req` if given.
+    pub fn to_text(&self, req: Option<&Id>) -> String {
+        with_req(serde_json::to_value(self), req)
+    }
+}
+
+/// SPEC's MESSAGE: one stored message of a room, live or from history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub room: String,
+    /// Dense per room from 1.
+    pub seq: u64,
+    /// The client id it was sent with (a number's decimal text).
+    pub id: String,
+    pub from: String,
+    pub text: String,
+    /// Milliseconds since the epoch, stamped by the leader; never decreasing
+    /// within a room.
+    pub ts: u64,
+}
+
+/// A frame a node sends (SPEC §4). Answers to a client frame carry its `req`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// A member's message, live or replayed after a `join` with `after`.
+    Message(Message),
+    /// The answer to `join`: the room's last seq, and which members are online.
+    Joined {
+        room: String,
+        head: u64,
+        online: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Id>,
+    },
+    /// The answer to `leave`.
+    Left {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Id>,
+    },
+    /// A `send` or `dm` is committed: `room` is where the message is stored
+    /// (for a duplicate, where it was first posted).
+    Ack {
+        room: String,
+        id: Id,
+        seq: u64,
+        ts: u64,
+        duplicate: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Id>,
+    },
+    /// The answer to `history`: messages ascending by seq.
+    History {
+        room: String,
+        head: u64,
+        messages: Vec<HistoryMessage>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Id>,
+    },
+    /// A member online in the room is typing (not stored).
+    Typing { room: String, user: String },
+    /// A member's first connection opened, or last one closed, anywhere in
+    /// the cluster.
+    Presence { room: String, user: String, online: bool },
+    /// Something was wrong; `id` and `req` name the frame it answers.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Id>,
+    },
+}
+
+impl ServerFrame {
+    /// The frame as JSON text.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a node's frame.
+    pub fn parse(text: &str) -> Result<ServerFrame, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>, id: Option<Id>, req: Option<Id>) -> Self {
+        ServerFrame::Error { code, message: message.into(), id, req }
+    }
+}
+
+/// How every MESSAGE frame a node writes begins: serde writes the tag first.
+const MESSAGE_START: &str = r#"{"type":"message","#;
+
+/// Whether `text` is a MESSAGE frame as a node writes it, told without parsing
+/// it: for load generators that count many thousands of deliveries a second
+/// and parse only a sample.
+pub fn is_message(text: &str) -> bool {
+    text.starts_with(MESSAGE_START)
+}
+
+/// A MESSAGE inside a history page, which SPEC writes with its `"type"` too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "message")]
+pub struct HistoryMessage {
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+impl From<Message> for HistoryMessage {
+    fn from(message: Message) -> Self {
+        HistoryMessage { message }
+    }
+}
+
+fn with_req(value: Result<Value, serde_json::Error>, req: Option<&Id>) -> String {
+    let Ok(mut v) = value else { return String::new() };
+    if let (Some(req), Value::Object(fields)) = (req, &mut v) {
+        fields.insert("req".into(), serde_json::to_value(req).unwrap_or(Value::Null));
+    }
+    v.to_string()
+}
+
+/// The error codes of SPEC §3-§4, in error frames (`code`) and HTTP error
+/// bodies (`error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    NotMember,
+    TooLarge,
+    RateLimited,
+    /// No leader or no quorum within the timeout: the message may or may not
+    /// have been committed; retry with the same `id`.
+    Unavailable,
+    /// Too many sends of one connection await their ack.
+    Overloaded,
+    NameTaken,
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `chorusd --ready-file PATH` writes once the node serves, and prints as
+/// one JSON line on stdout. With port 0 in `--client-addr` or `--raft-addr`
+/// the OS picks the ports, and this is how whoever started the node learns
+/// them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub id: u64,
+    pub pid: u32,
+    /// The bound HTTP + WebSocket address.
+    pub client_addr: SocketAddr,
+    /// The bound gRPC address: `chorusctl --node`, `cluster init`, `cluster add`.
+    pub raft_addr: SocketAddr,
+    /// The client URL the node advertises.
+    pub client_url: String,
+    /// The raft address the node advertises to its peers.
+    pub advertise_raft: String,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! The frames as SPEC §4 writes them, byte for byte where the order is fixed.
+
+use serde_json::{json, Value};
+
+use super::*;
+
+fn value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn every_client_frame_parses_with_its_req() {
+    let cases = [
+        (json!({"type": "join", "room": "r", "after": 3, "req": "j"}), ClientFrame::Join { room: "r".into(), after: Some(3) }, Some(Id::from("j"))),
+        (json!({"type": "join", "room": "r", "after": null}), ClientFrame::Join { room: "r".into(), after: None }, None),
+        (json!({"type": "leave", "room": "r", "req": 1}), ClientFrame::Leave { room: "r".into() }, Some(Id::from(1))),
+        (json!({"type": "send", "room": "r", "id": 7, "text": "t"}), ClientFrame::Send { room: "r".into(), id: Id::from(7), text: "t".into() }, None),
+        (json!({"type": "dm", "to": "bob", "id": "x", "text": "t"}), ClientFrame::Dm { to: "bob".into(), id: Id::from("x"), text: "t".into() }, None),
+        (
+            json!({"type": "history", "room": "r", "before": 9, "limit": 5, "consistency": "local"}),
+            ClientFrame::History { room: "r".into(), after: None, before: Some(9), limit: Some(5), consistency: Some(Consistency::Local) },
+            None,
+        ),
+        (json!({"type": "typing", "room": "r", "req": {"not": "an id"}}), ClientFrame::Typing { room: "r".into() }, None),
+    ];
+    for (frame, want, want_req) in cases {
+        let (got, req) = ClientFrame::parse(&frame.to_string()).unwrap();
+        assert_eq!((&got, &req), (&want, &want_req), "{frame}");
+        // What a client writes reads back the same.
+        assert_eq!(ClientFrame::parse(&got.to_text(req.as_ref())).unwrap(), (want, want_req));
+    }
+}
+
+#[test]
+fn a_bad_frame_says_why_and_keeps_its_id_and_req() {
+    let bad = |text: &str| ClientFrame::parse(text).unwrap_err();
+    assert!(bad("{nope").message.starts_with("malformed JSON"));
+    assert_eq!(bad("[1]").message, "a frame is a JSON object");
+    assert_eq!(bad(r#"{"room":"r"}"#).message, "a frame needs a \"type\"");
+    assert_eq!(bad(r#"{"type":5}"#).message, "\"type\" is a string");
+    let e = bad(r#"{"type":"fly","id":"m1","req":4}"#);
+    assert!(e.message.contains("fly"), "{}", e.message);
+    assert_eq!((e.id, e.req), (Some(Id::from("m1")), Some(Id::from(4))));
+    assert!(bad(r#"{"type":"send","room":"r","id":1}"#).message.contains("text"));
+    assert!(bad(r#"{"type":"join","room":"r","after":-1}"#).message.contains("-1"));
+    assert!(bad(r#"{"type":"join","room":"r","after":1.5}"#).message.contains("1.5"));
+    assert!(bad(r#"{"type":"send","room":"r","id":{},"text":"t"}"#).message.contains("a string or a number"));
+    assert!(bad(r#"{"type":"history","room":"r","consistency":"eventual"}"#).message.contains("eventual"));
+}
+
+#[test]
+fn server_frames_are_written_as_spec_shows_them() {
+    let m = Message { room: "r".into(), seq: 2, id: "c1".into(), from: "ann".into(), text: "hi".into(), ts: 10 };
+    assert_eq!(
+        ServerFrame::Message(m.clone()).to_text(),
+        r#"{"type":"message","room":"r","seq":2,"id":"c1","from":"ann","text":"hi","ts":10}"#
+    );
+    let history = ServerFrame::History { room: "r".into(), head: 2, messages: vec![m.clone().into()], req: Some(Id::from("h")) };
+    assert_eq!(
+        value(&history.to_text()),
+        json!({"type": "history", "room": "r", "head": 2, "req": "h",
+               "messages": [{"type": "message", "room": "r", "seq": 2, "id": "c1", "from": "ann", "text": "hi", "ts": 10}]})
+    );
+    let ack = ServerFrame::Ack { room: "r".into(), id: Id::from(7), seq: 2, ts: 10, duplicate: false, req: None };
+    assert_eq!(ack.to_text(), r#"{"type":"ack","room":"r","id":7,"seq":2,"ts":10,"duplicate":false}"#);
+    let joined = ServerFrame::Joined { room: "r".into(), head: 0, online: vec!["ann".into()], req: None };
+    assert_eq!(joined.to_text(), r#"{"type":"joined","room":"r","head":0,"online":["ann"]}"#);
+    let error = ServerFrame::error(ErrorCode::NotMember, "no", Some(Id::from("m")), None);
+    assert_eq!(error.to_text(), r#"{"type":"error","code":"not_member","message":"no","id":"m"}"#);
+    assert_eq!(
+        ServerFrame::Presence { room: "r".into(), user: "u".into(), online: true }.to_text(),
+        r#"{"type":"presence","room":"r","user":"u","online":true}"#
+    );
+    assert_eq!(ServerFrame::Typing { room: "r".into(), user: "u".into() }.to_text(), r#"{"type":"typing","room":"r","user":"u"}"#);
+    assert_eq!(ServerFrame::Left { room: "r".into(), req: Some(Id::from(1)) }.to_text(), r#"{"type":"left","room":"r","req":1}"#);
+}
+
+#[test]
+fn a_message_frame_is_told_from_its_first_bytes() {
+    let m = Message { room: "r".into(), seq: 1, id: "c".into(), from: "u".into(), text: "{\"type\":\"message\",".into(), ts: 1 };
+    assert!(is_message(&ServerFrame::Message(m.clone()).to_text()));
+    let history = ServerFrame::History { room: "r".into(), head: 1, messages: vec![m.into()], req: None };
+    assert!(!is_message(&history.to_text()), "a history page holds messages but is not one");
+    assert!(!is_message(&ServerFrame::Typing { room: "r".into(), user: "u".into() }.to_text()));
+}
+
+#[test]
+fn server_frames_read_back() {
+    let m = Message { room: "r".into(), seq: 2, id: "c1".into(), from: "ann".into(), text: "hi".into(), ts: 10 };
+    let frames = [
+        ServerFrame::Message(m.clone()),
+        ServerFrame::History { room: "r".into(), head: 2, messages: vec![m.into()], req: None },
+        ServerFrame::error(ErrorCode::Unavailable, "no leader", None, Some(Id::from("q"))),
+        ServerFrame::Ack { room: "r".into(), id: Id::from("c"), seq: 1, ts: 1, duplicate: true, req: Some(Id::from(3)) },
+    ];
+    for f in frames {
+        assert_eq!(ServerFrame::parse(&f.to_text()).unwrap(), f);
+    }
+    // A frame type this client does not know is an error, not a panic.
+    assert!(ServerFrame::parse(r#"{"type":"reaction","room":"r"}"#).is_err());
+}
+
+#[test]
+fn a_number_id_is_stored_as_its_decimal_text() {
+    assert_eq!(Id::from(42).text(), "42");
+    assert_eq!(Id::from("42").text(), "42");
+    assert_eq!(Id::from_value(&json!(true)), None);
+}
+
+#[test]
+fn error_codes_are_spelled_as_spec_spells_them() {
+    for code in [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotMember,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Overloaded,
+        ErrorCode::NameTaken,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+    ] {
+        assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+    }
+}
