@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft_store::chat::{self, Event, Message, Outcome};
-use wire::http::{Cluster, Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, RoomSummary, Session};
+use wire::http::{Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, RoomSummary, Session};
 use wire::{Consistency, Id};
 
 use crate::error::{ApiError, ApiResult, Code};
@@ -214,7 +214,7 @@ const ANY_ORIGIN: [(axum::http::HeaderName, &str); 1] = [(axum::http::header::AC
 
 pub async fn cluster<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> impl axum::response::IntoResponse {
     let view = app.cluster_view().await;
-    (ANY_ORIGIN, Json::<Cluster>(view))
+    (ANY_ORIGIN, Json(view))
 }
 
 pub async fn pick<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> ApiResult<impl axum::response::IntoResponse> {

@@ -311,21 +311,21 @@ fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Option<&tokio
                 record_sent_text(&m, start, deliveries);
             }
         }
-        ServerFrame::Ack { id, .. } | ServerFrame::Error { id: Some(id), .. } => {
-            // Fan-out senders put their send time last in the id.
-            if let Some(sent) = id.text().rsplit('-').next().and_then(|t| t.parse::<u64>().ok()) {
-                deliveries.record(sent, start);
-            }
-            if let Some(a) = acks {
-                let _ = a.send(());
-            }
-        }
-        ServerFrame::Error { id: None, .. } => {
-            if let Some(a) = acks {
-                let _ = a.send(());
-            }
-        }
+        ServerFrame::Ack { id, .. } => answered(Some(&id), start, deliveries, acks),
+        ServerFrame::Error { id, .. } => answered(id.as_ref(), start, deliveries, acks),
         _ => {}
+    }
+}
+
+/// A send was answered (acked or refused): its latency, if its id says when it
+/// went out, and a wake-up for the sender waiting on it.
+fn answered(id: Option<&wire::Id>, start: Instant, deliveries: &Deliveries, acks: Option<&tokio::sync::mpsc::UnboundedSender<()>>) {
+    // Fan-out senders put their send time last in the id.
+    if let Some(sent) = id.and_then(|id| id.text().rsplit('-').next()?.parse::<u64>().ok()) {
+        deliveries.record(sent, start);
+    }
+    if let Some(a) = acks {
+        let _ = a.send(());
     }
 }
 

@@ -176,13 +176,12 @@ impl ClientFrame {
         let Value::Object(fields) = &value else {
             return Err(BadFrame { message: "a frame is a JSON object".into(), id: None, req: None });
         };
-        let req = fields.get("req").and_then(Id::from_value);
+        let (id, req) = (fields.get("id").and_then(Id::from_value), fields.get("req").and_then(Id::from_value));
         match fields.get("type") {
-            None => return Err(BadFrame { message: "a frame needs a \"type\"".into(), id: fields.get("id").and_then(Id::from_value), req }),
+            None => return Err(BadFrame { message: "a frame needs a \"type\"".into(), id, req }),
             Some(Value::String(_)) => {}
-            Some(_) => return Err(BadFrame { message: "\"type\" is a string".into(), id: fields.get("id").and_then(Id::from_value), req }),
+            Some(_) => return Err(BadFrame { message: "\"type\" is a string".into(), id, req }),
         }
-        let id = fields.get("id").and_then(Id::from_value);
         match ClientFrame::deserialize(value) {
             Ok(frame) => Ok((frame, req)),
             Err(e) => Err(BadFrame { message: e.to_string(), id, req }),
@@ -191,7 +190,10 @@ impl ClientFrame {
 
     /// The frame as JSON text, with `req` if given.
     pub fn to_text(&self, req: Option<&Id>) -> String {
-        with_req(serde_json::to_value(self), req)
+        match req {
+            None => serde_json::to_string(self).unwrap_or_default(),
+            Some(req) => with_req(serde_json::to_value(self), req),
+        }
     }
 }
 
@@ -305,9 +307,9 @@ impl From<Message> for HistoryMessage {
     }
 }
 
-fn with_req(value: Result<Value, serde_json::Error>, req: Option<&Id>) -> String {
+fn with_req(value: Result<Value, serde_json::Error>, req: &Id) -> String {
     let Ok(mut v) = value else { return String::new() };
-    if let (Some(req), Value::Object(fields)) = (req, &mut v) {
+    if let Value::Object(fields) = &mut v {
         fields.insert("req".into(), serde_json::to_value(req).unwrap_or(Value::Null));
     }
     v.to_string()

@@ -69,8 +69,8 @@ async fn main() {
         let listeners = node::Listeners::bind(&config).await?;
         let handle = node::start(config, listeners).await?;
         // The servers run and the listeners are bound: whoever started this
-        // process may connect now. The addresses matter most with port 0.
-        // The file first: whoever read the stdout line finds the file there too.
+        // process may connect now (the addresses matter most with port 0). The
+        // file goes first, so whoever read the stdout line finds it there too.
         let ready = node::ready::of(&handle);
         if let Some(path) = &ready_file {
             node::ready::write(&ready, path)?;
