@@ -158,12 +158,25 @@ impl NodeProc {
         Ok(true)
     }
 
-    /// SIGKILL: no shutdown path runs.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+    /// SIGKILL: no shutdown path runs. True if a process was running and is now
+    /// gone (reaped), false if there was none.
+    pub fn kill(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.kill();
+                c.wait().is_ok()
+            }
+            None => false,
         }
+    }
+
+    /// Whether the process is stopped by a signal (state `T` in /proc), as a
+    /// pause must leave it.
+    pub fn stopped(&self) -> bool {
+        let Some(c) = &self.child else { return false };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", c.id())) else { return false };
+        // `pid (comm) state ...`; comm may hold spaces or parentheses.
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| s == 'T' || s == 't')
     }
 
     pub fn signal(&self, sig: &str) {
@@ -278,6 +291,26 @@ impl Cluster {
 
     pub fn ids(&self) -> Vec<u64> {
         self.nodes().iter().map(|n| n.id).collect()
+    }
+
+    /// Nodes with a live process (paused ones included).
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.nodes().iter().filter(|n| n.running()).map(|n| n.id).collect()
+    }
+
+    /// Waits until the (re)started node `id` has written its ready file: it
+    /// opened its store and serves. Fails if it exits first or takes `secs`.
+    pub async fn wait_ready(&self, id: u64, secs: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if self.with_node(id, |n| n.poll_ready()).context("no such node")?? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} did not serve within {secs} s of starting");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `(id, client host:port, raft listen address)` of every node.

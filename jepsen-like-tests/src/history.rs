@@ -69,4 +69,23 @@ pub struct History {
     pub subscriptions: Vec<Subscription>,
     /// Node id → the room's full history as that node serves it at the end.
     pub finals: BTreeMap<u64, Vec<Msg>>,
+    /// What the run must have done to count at all: see [`Expected`].
+    #[serde(default)]
+    pub expected: Expected,
+    /// Node id → why its final read failed, for nodes missing from `finals`.
+    #[serde(default)]
+    pub final_errors: BTreeMap<u64, String>,
+    /// Every scheduled fault that did not take effect, or could not be undone.
+    #[serde(default)]
+    pub fault_failures: Vec<String>,
+}
+
+/// The floor under a run: a history that misses it is invalid however clean it
+/// looks, because an empty or partial history passes every property vacuously.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Expected {
+    /// Every node of the cluster: each must give a final history.
+    pub nodes: Vec<u64>,
+    /// Acknowledged sends the run must reach.
+    pub min_acked: usize,
 }

@@ -17,7 +17,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::checker::check_all;
-    use crate::history::{History, Msg, Outcome, ReadOp, SendOp, Subscription};
+    use crate::history::{Expected, History, Msg, Outcome, ReadOp, SendOp, Subscription};
 
     fn msg(seq: u64, id: &str, ts: u64) -> Msg {
         Msg { room: "r".into(), seq, id: id.into(), from: "u".into(), ts }
@@ -35,7 +35,16 @@ mod tests {
             reads: vec![ReadOp { node: 2, room: "r".into(), linearizable: true, invoke_ms: 10, complete_ms: 11, outcome: Outcome::Ok, seen: vec![("u".into(), "a".into()), ("u".into(), "b".into())] }],
             subscriptions: vec![Subscription { client: 1, node: 3, room: "r".into(), after: 0, received: finals.clone() }],
             finals: BTreeMap::from([(1, finals.clone()), (2, finals.clone()), (3, finals)]),
+            expected: Expected { nodes: vec![1, 2, 3], min_acked: 2 },
+            ..History::default()
         }
+    }
+
+    /// After a test rewrote the finals: the subscription saw only their first
+    /// message, so it agrees with them and the run still delivered something.
+    fn resubscribe(h: &mut History) {
+        let first = h.finals.values().next().and_then(|f| f.first()).cloned();
+        h.subscriptions[0].received = first.into_iter().collect();
     }
 
     fn failing(h: &History) -> Vec<&'static str> {
@@ -53,8 +62,7 @@ mod tests {
         for f in h.finals.values_mut() {
             f.pop();
         }
-        h.subscriptions.clear();
-        h.reads.clear();
+        resubscribe(&mut h);
         assert_eq!(failing(&h), vec!["acked messages present exactly once"]);
     }
 
@@ -76,7 +84,7 @@ mod tests {
         for f in h.finals.values_mut() {
             *f = vec![msg(1, "b", 10), msg(2, "a", 20)];
         }
-        h.subscriptions.clear();
+        resubscribe(&mut h);
         assert!(failing(&h).contains(&"linearizable appends"));
     }
 
@@ -87,7 +95,7 @@ mod tests {
             f[1].seq = 3;
         }
         h.sends[1].seq = Some(3);
-        h.subscriptions.clear();
+        resubscribe(&mut h);
         assert_eq!(failing(&h), vec!["seq dense from 1"]);
         let mut h = good();
         h.subscriptions[0].received.remove(0);
@@ -114,7 +122,7 @@ mod tests {
         for f in h.finals.values_mut() {
             f[1].ts = 1;
         }
-        h.subscriptions.clear();
+        resubscribe(&mut h);
         assert_eq!(failing(&h), vec!["ts never decreases within a room"]);
     }
 
@@ -127,7 +135,47 @@ mod tests {
             f.push(msg(3, "c", 30));
             f.push(msg(4, "c", 40));
         }
-        h.subscriptions.clear();
+        resubscribe(&mut h);
         assert!(failing(&h).contains(&"unknown outcomes present at most once"));
+    }
+
+    #[test]
+    fn a_node_without_a_final_read_fails_the_run() {
+        let mut h = good();
+        h.finals.remove(&3);
+        h.final_errors.insert(3, "connection refused".into());
+        assert_eq!(failing(&h), vec!["every node's final history read"]);
+        let why = &check_all(&h)[0].anomalies[0];
+        assert!(why.contains("node 3") && why.contains("connection refused"), "{why}");
+    }
+
+    #[test]
+    fn an_empty_or_thin_run_fails() {
+        let empty = History { expected: Expected { nodes: vec![1, 2, 3], min_acked: 1 }, ..History::default() };
+        let f = failing(&empty);
+        assert!(f.contains(&"every node's final history read") && f.contains(&"enough operations completed to test anything"), "{f:?}");
+        // Below the minimum of acks.
+        let mut h = good();
+        h.expected.min_acked = 3;
+        assert_eq!(failing(&h), vec!["enough operations completed to test anything"]);
+        // No read succeeded.
+        let mut h = good();
+        h.reads[0].outcome = Outcome::Unknown;
+        assert_eq!(failing(&h), vec!["enough operations completed to test anything"]);
+        // Subscribers heard nothing.
+        let mut h = good();
+        h.subscriptions[0].received.clear();
+        assert_eq!(failing(&h), vec!["enough operations completed to test anything"]);
+        // A history that names no nodes cannot pass either.
+        let mut h = good();
+        h.expected.nodes.clear();
+        assert_eq!(failing(&h), vec!["every node's final history read"]);
+    }
+
+    #[test]
+    fn a_fault_that_did_not_take_effect_fails_the_run() {
+        let mut h = good();
+        h.fault_failures.push("pause node 2: the process did not stop".into());
+        assert_eq!(failing(&h), vec!["every scheduled fault took effect"]);
     }
 }

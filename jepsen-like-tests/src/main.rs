@@ -19,7 +19,7 @@ use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use jepsen_like_tests::checker::check_all;
 use jepsen_like_tests::cluster::{Cluster, Layout};
-use jepsen_like_tests::history::History;
+use jepsen_like_tests::history::{Expected, History};
 use jepsen_like_tests::report;
 use jepsen_like_tests::workload::{login, ms, read_room, sender, subscriber};
 use jepsen_like_tests::{nemesis, netns};
@@ -56,6 +56,10 @@ struct Args {
     net: Net,
     #[arg(long)]
     seed: Option<u64>,
+    /// Acked sends below which the run is invalid however clean it is (default:
+    /// 10 per second of `--time`; a healthy run here acks 80–200 per second).
+    #[arg(long)]
+    min_acked: Option<usize>,
     /// Where results.json and report.html go.
     #[arg(long, default_value = "jepsen-like-tests/results")]
     out: PathBuf,
@@ -66,6 +70,9 @@ fn main() -> anyhow::Result<()> {
     let kinds = nemesis::parse(&args.nemesis)?;
     if !(0.0..=1.0).contains(&args.combine) {
         bail!("--combine is a probability between 0 and 1");
+    }
+    if !kinds.is_empty() && args.time < nemesis::MIN_SECS {
+        bail!("--time must be at least {} s for the nemesis to inject a fault (or --nemesis none)", nemesis::MIN_SECS);
     }
     if !(1..=9).contains(&args.nodes) {
         bail!("--nodes must be 1 to 9");
@@ -122,7 +129,8 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
     for j in 0..2 {
         tasks.push(tokio::spawn(subscriber(j, addrs.clone(), tokens[args.clients + j].clone(), seed, deadline, history.clone())));
     }
-    let faults = nemesis::run(cluster.clone(), kinds, args.combine, seed, start, deadline).await;
+    let schedule = nemesis::run(cluster.clone(), kinds, args.combine, seed, start, deadline).await;
+    let (faults, mut fault_failures) = (schedule.faults, schedule.failures);
     for t in tasks {
         t.await?;
     }
@@ -130,29 +138,38 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
 
     // Heal, let every node catch up, then read every node's final history.
     if let Err(e) = cluster.heal_all().await {
-        eprintln!("chorus-jepsen: {e:#}");
+        fault_failures.push(format!("healing the cluster after the faults: {e:#}"));
     }
     let token = tokens[0].clone();
     let settle = Instant::now() + Duration::from_secs(60);
-    let finals = loop {
+    let (finals, final_errors) = loop {
         let mut finals = std::collections::BTreeMap::new();
+        let mut errors = std::collections::BTreeMap::new();
         for (id, addr) in &addrs {
-            if let Ok(h) = read_room(&http, addr, &token, false).await {
-                finals.insert(*id, h);
+            match read_room(&http, addr, &token, false).await {
+                Ok(h) => {
+                    finals.insert(*id, h);
+                }
+                Err(e) => {
+                    errors.insert(*id, e.to_string());
+                }
             }
         }
         let lens: Vec<usize> = finals.values().map(Vec::len).collect();
         if finals.len() == addrs.len() && lens.windows(2).all(|w| w[0] == w[1]) {
-            break finals;
+            break (finals, errors);
         }
         if Instant::now() > settle {
             eprintln!("nodes did not converge in 60 s: {lens:?}");
-            break finals;
+            break (finals, errors);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let mut h = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
     h.finals = finals;
+    h.final_errors = final_errors;
+    h.fault_failures = fault_failures;
+    h.expected = Expected { nodes: addrs.iter().map(|(id, _)| *id).collect(), min_acked: args.min_acked.unwrap_or(10 * args.time as usize) };
 
     let verdicts = check_all(&h);
     let results = report::results(seed, duration_ms, &h, &verdicts, &faults);

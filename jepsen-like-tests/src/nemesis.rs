@@ -88,10 +88,37 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
-/// Begins one fault; returns what it targets and how to undo it.
-async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result<(String, Undo)> {
+/// A fault that began: what it targets, how to undo it, and why it did not
+/// take effect if it did not (it is still undone).
+struct Begun {
+    target: String,
+    undo: Undo,
+    problem: Option<String>,
+}
+
+impl Begun {
+    fn new(target: String, undo: Undo) -> Self {
+        Begun { target, undo, problem: None }
+    }
+}
+
+/// How long a restarted node may take to serve again.
+const RESTART_SECS: u64 = 30;
+
+/// Begins one fault and checks that it took hold: a killed process is gone, a
+/// paused one is stopped, a removed member is out of the voters, a skewed node
+/// serves again. An error means nothing was done and there is nothing to undo.
+async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result<Begun> {
     let ids = c.ids();
     let random = ids[rng.random_range(0..ids.len())];
+    // A process fault aims at a live process; one combined with a kill must not
+    // pick the node the kill already took.
+    let running = c.running_ids();
+    let live = |rng: &mut StdRng, pred: &dyn Fn(u64) -> bool| -> anyhow::Result<u64> {
+        let pool: Vec<u64> = running.iter().copied().filter(|id| pred(*id)).collect();
+        anyhow::ensure!(!pool.is_empty(), "no node is running to {kind}");
+        Ok(pool[rng.random_range(0..pool.len())])
+    };
     // Asking for the leader is a status round-trip: only for kinds that aim at it.
     let aims_at_leader = matches!(kind, "kill-leader" | "partition-leader" | "partition-oneway" | "membership" | "clock-skew");
     let leader = if aims_at_leader {
@@ -102,19 +129,39 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
     };
     Ok(match kind {
         "kill" | "kill-leader" => {
-            let id = if kind == "kill-leader" { leader.unwrap_or(random) } else { random };
-            c.with_node(id, |n| n.kill());
-            (format!("node {id}"), Undo::Restart(id))
+            let (id, target) = match leader.filter(|l| kind == "kill-leader" && running.contains(l)) {
+                Some(l) => (l, format!("node {l}")),
+                // No leader known (an election under another fault): a node.
+                None if kind == "kill-leader" => {
+                    let id = live(rng, &|_| true)?;
+                    (id, format!("node {id} (no leader known)"))
+                }
+                None => {
+                    let id = live(rng, &|_| true)?;
+                    (id, format!("node {id}"))
+                }
+            };
+            anyhow::ensure!(c.with_node(id, |n| n.kill()) == Some(true), "node {id} had no process to kill");
+            Begun::new(target, Undo::Restart(id))
         }
         "pause" => {
-            c.with_node(random, |n| n.signal("STOP"));
-            (format!("node {random}"), Undo::Resume(random))
+            let id = live(rng, &|id| c.with_node(id, |n| !n.stopped()).unwrap_or(false))?;
+            c.with_node(id, |n| n.signal("STOP"));
+            let mut b = Begun::new(format!("node {id}"), Undo::Resume(id));
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while c.with_node(id, |n| n.stopped()) != Some(true) {
+                if Instant::now() > deadline {
+                    b.problem = Some(format!("node {id} was sent SIGSTOP but did not stop"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            b
         }
         "crash-all" => {
-            for n in c.nodes().iter_mut() {
-                n.kill();
-            }
-            ("all nodes".into(), Undo::RestartAll)
+            let killed = c.nodes().iter_mut().map(|n| n.kill()).filter(|k| *k).count();
+            anyhow::ensure!(killed > 0, "no node had a process to kill");
+            Begun::new(format!("all nodes ({killed} running)"), Undo::RestartAll)
         }
         "partition-leader" => {
             let l = leader.unwrap_or(random);
@@ -122,7 +169,7 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
                 c.cut(l, o)?;
                 c.cut(o, l)?;
             }
-            (format!("{{{l}}} | rest"), Undo::HealNetwork)
+            Begun::new(format!("{{{l}}} | rest"), Undo::HealNetwork)
         }
         "partition-half" => {
             let (major, minor) = halves(&ids, rng);
@@ -132,7 +179,7 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
                     c.cut(*b, *a)?;
                 }
             }
-            (format!("{major:?} | {minor:?}"), Undo::HealNetwork)
+            Begun::new(format!("{major:?} | {minor:?}"), Undo::HealNetwork)
         }
         "partition-bridge" => {
             // Two sides that cannot talk, and one node that talks to both.
@@ -147,7 +194,7 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
                     c.cut(*b, *a)?;
                 }
             }
-            (format!("{left:?} - {bridge} - {right:?}"), Undo::HealNetwork)
+            Begun::new(format!("{left:?} - {bridge} - {right:?}"), Undo::HealNetwork)
         }
         "partition-oneway" => {
             // The leader's packets to the others are dropped; theirs reach it.
@@ -155,12 +202,12 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
             for &o in ids.iter().filter(|o| **o != l) {
                 c.cut(l, o)?;
             }
-            (format!("{l} -> rest dropped"), Undo::HealNetwork)
+            Begun::new(format!("{l} -> rest dropped"), Undo::HealNetwork)
         }
         "loss" => {
             let p = rng.random_range(0.05..0.25);
             c.loss(p)?;
-            (format!("{:.0}% of packets", p * 100.0), Undo::HealNetwork)
+            Begun::new(format!("{:.0}% of packets", p * 100.0), Undo::HealNetwork)
         }
         "slow" => {
             let delay = Duration::from_millis(rng.random_range(50..300));
@@ -168,13 +215,28 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
             for t in &targets {
                 c.slow(*t, delay);
             }
-            (format!("{} ms into {targets:?}", delay.as_millis()), Undo::HealNetwork)
+            Begun::new(format!("{} ms into {targets:?}", delay.as_millis()), Undo::HealNetwork)
         }
         "membership" => {
             let id = if rng.random_bool(0.5) { leader.unwrap_or(random) } else { random };
             let c2 = c.clone();
             blocking(move || c2.remove(id)).await?;
-            (format!("remove node {id}, add it back"), Undo::AddBack(id))
+            let mut b = Begun::new(format!("remove node {id}, add it back"), Undo::AddBack(id));
+            // `cluster remove` returns once the change is committed; the voters
+            // any member reports must agree (the removed leader steps down first).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let c2 = c.clone();
+                match blocking(move || c2.voters()).await {
+                    Some(v) if !v.contains(&id) => break,
+                    seen if Instant::now() > deadline => {
+                        b.problem = Some(format!("node {id} was removed but the voters are still {seen:?}"));
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+            b
         }
         "clock-skew" => {
             // The leader stamps `ts`, so skewing it is what tests monotonicity.
@@ -187,20 +249,29 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
                 n.start()
             })
             .transpose()?;
+            if let Err(e) = c.wait_ready(id, RESTART_SECS).await {
+                let mut b = Begun::new(format!("node {id} clock {skew}"), Undo::Unskew(id));
+                b.problem = Some(format!("{e:#}"));
+                return Ok(b);
+            }
             // A restarted leader comes back a follower: hand it the leadership so
             // its clock is the one stamping messages (best effort).
             let c2 = c.clone();
             let led = blocking(move || c2.make_leader(id)).await;
             let how = if led.is_ok() { "leading" } else { "following" };
-            (format!("node {id} clock {skew}, {how}"), Undo::Unskew(id))
+            Begun::new(format!("node {id} clock {skew}, {how}"), Undo::Unskew(id))
         }
         other => anyhow::bail!("unknown nemesis {other}"),
     })
 }
 
+/// Undoes a fault; a restarted node must serve again.
 async fn end(c: &Arc<Cluster>, undo: Undo) -> anyhow::Result<()> {
     match undo {
-        Undo::Restart(id) => c.with_node(id, |n| n.start()).transpose().map(drop),
+        Undo::Restart(id) => {
+            c.with_node(id, |n| n.start()).transpose()?;
+            c.wait_ready(id, RESTART_SECS).await
+        }
         Undo::Resume(id) => {
             c.with_node(id, |n| n.signal("CONT"));
             Ok(())
@@ -208,6 +279,9 @@ async fn end(c: &Arc<Cluster>, undo: Undo) -> anyhow::Result<()> {
         Undo::RestartAll => {
             for n in c.nodes().iter_mut() {
                 n.start()?;
+            }
+            for id in c.ids() {
+                c.wait_ready(id, RESTART_SECS).await?;
             }
             Ok(())
         }
@@ -224,23 +298,32 @@ async fn end(c: &Arc<Cluster>, undo: Undo) -> anyhow::Result<()> {
                 }
             }
         }
-        Undo::Unskew(id) => c
-            .with_node(id, |n| {
+        Undo::Unskew(id) => {
+            c.with_node(id, |n| {
                 n.kill();
                 n.skew = None;
                 n.start()
             })
-            .transpose()
-            .map(drop),
+            .transpose()?;
+            c.wait_ready(id, RESTART_SECS).await
+        }
     }
 }
 
+/// What the schedule did: every fault window, and every fault that did not
+/// take effect or could not be undone (each of those invalidates the run).
+#[derive(Default)]
+pub struct Schedule {
+    pub faults: Vec<Fault>,
+    pub failures: Vec<String>,
+}
+
 /// Runs the schedule until `deadline` (minus time to let the last fault end).
-pub async fn run(c: Arc<Cluster>, kinds: Vec<String>, combine: f64, seed: u64, start: Instant, deadline: Instant) -> Vec<Fault> {
+pub async fn run(c: Arc<Cluster>, kinds: Vec<String>, combine: f64, seed: u64, start: Instant, deadline: Instant) -> Schedule {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED);
-    let mut faults = Vec::new();
+    let mut out = Schedule::default();
     if kinds.is_empty() {
-        return faults;
+        return out;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     while Instant::now() + Duration::from_secs(6) < deadline {
@@ -256,8 +339,13 @@ pub async fn run(c: Arc<Cluster>, kinds: Vec<String>, combine: f64, seed: u64, s
         let mut held = Vec::new();
         for kind in &step {
             match begin(&c, kind, &mut rng).await {
-                Ok((target, undo)) => held.push((kind.clone(), target, undo)),
-                Err(e) => eprintln!("nemesis {kind} did not start: {e:#}"),
+                Ok(b) => {
+                    if let Some(p) = &b.problem {
+                        out.failures.push(format!("{kind} at {begin_ms} ms did not take effect: {p}"));
+                    }
+                    held.push((kind.clone(), b.target, b.undo));
+                }
+                Err(e) => out.failures.push(format!("{kind} at {begin_ms} ms did not start: {e:#}")),
             }
         }
         let hold = Duration::from_millis(rng.random_range(1500..4000));
@@ -265,12 +353,19 @@ pub async fn run(c: Arc<Cluster>, kinds: Vec<String>, combine: f64, seed: u64, s
         let combined = step.len() > 1;
         while let Some((kind, target, undo)) = held.pop() {
             if let Err(e) = end(&c, undo).await {
-                eprintln!("nemesis {kind}: undoing it failed: {e:#}");
+                out.failures.push(format!("{kind} on {target}: undoing it failed: {e:#}"));
             }
             let kind = if combined { format!("{kind} (combined)") } else { kind };
-            faults.push(Fault { kind, target, start_ms: begin_ms, end_ms: ms(start) });
+            out.faults.push(Fault { kind, target, start_ms: begin_ms, end_ms: ms(start) });
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3500))).await;
     }
-    faults
+    if out.faults.is_empty() {
+        out.failures.push(format!("nemesis {} injected no fault", kinds.join(",")));
+    }
+    out
 }
+
+/// The shortest `--time` in which the schedule fits one fault (a 2 s lead-in,
+/// then a step must end 6 s before the deadline).
+pub const MIN_SECS: u64 = 10;

@@ -193,6 +193,15 @@ pub enum ReadError {
     Unknown,
 }
 
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadError::Refused => "the node refused the read (4xx)",
+            ReadError::Unknown => "no answer (connection, timeout, 5xx or a bad body)",
+        })
+    }
+}
+
 /// Every message of the room as `addr` serves it, paged; the first page with the
 /// asked consistency.
 pub async fn read_room(http: &reqwest::Client, addr: &str, token: &str, linearizable: bool) -> Result<Vec<Msg>, ReadError> {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use jepsen_like_tests::cluster::Cluster;
-use jepsen_like_tests::netns;
+use jepsen_like_tests::{nemesis, netns};
 
 fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -75,4 +75,24 @@ fn namespace_layout_isolates_a_leader_and_leaves_nothing_behind() {
     for n in &names {
         assert!(!listed.lines().any(|l| l.split_whitespace().next() == Some(n)), "namespace {n} was left behind");
     }
+}
+
+/// A fault that cannot take hold is a failure of the run, not a line on stderr:
+/// with every process gone, a scheduled pause has nothing to stop.
+#[test]
+fn a_fault_that_cannot_take_effect_is_reported() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let layout = Cluster::layout(3, false).expect("layout");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let c = rt.block_on(Cluster::start(3, layout, logs.path())).expect("cluster");
+    for n in c.nodes().iter_mut() {
+        assert!(n.kill(), "node {} was running", n.id);
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(nemesis::MIN_SECS);
+    let schedule = rt.block_on(nemesis::run(c.clone(), vec!["pause".into()], 0.0, 7, start, deadline));
+    let f = &schedule.failures;
+    assert!(f.first().is_some_and(|f| f.starts_with("pause") && f.contains("no node is running")), "{f:?}");
+    assert!(f.last().is_some_and(|f| f.contains("injected no fault")), "{f:?}");
+    c.shutdown();
 }

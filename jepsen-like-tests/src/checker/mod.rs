@@ -1,6 +1,7 @@
 //! One module per property of SPEC §5. Each returns a [`Verdict`] listing every
 //! anomaly it found; a property holds only when the list is empty.
 
+mod coverage;
 mod delivery;
 mod durability;
 mod ordering;
@@ -26,6 +27,9 @@ impl Verdict {
 /// Every check, in a fixed order.
 pub fn check_all(h: &History) -> Vec<Verdict> {
     vec![
+        coverage::every_final_read(h),
+        coverage::enough_operations(h),
+        coverage::faults_took_effect(h),
         durability::acked_present_once(h),
         durability::unknown_at_most_once(h),
         durability::no_phantoms(h),
