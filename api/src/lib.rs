@@ -50,6 +50,8 @@ pub enum BackendError {
     Unavailable(String),
     /// The node cannot serve.
     Fatal(String),
+    /// The request needs a feature the cluster's level does not enable yet.
+    NotEnabled(String),
 }
 
 impl From<BackendError> for ApiError {
@@ -57,6 +59,7 @@ impl From<BackendError> for ApiError {
         match e {
             BackendError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
             BackendError::Fatal(m) => ApiError::new(Code::Unavailable, format!("node failure: {m}")),
+            BackendError::NotEnabled(m) => ApiError::new(Code::BadRequest, m),
         }
     }
 }

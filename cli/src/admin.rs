@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Context};
 use proto::v1::admin_client::AdminClient;
-use proto::v1::{AddRequest, ClusterStatus, Empty, IdRequest, InitRequest};
+use proto::v1::{AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, UpgradeRequest};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
@@ -66,6 +66,29 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
             client.transfer_leader(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner()
         }
         ClusterCommand::Status => client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner(),
+        ClusterCommand::Upgrade { level: requested } => {
+            let before = client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner().feature_level;
+            let after = client.upgrade(request(cli, UpgradeRequest { level: requested.unwrap_or(0) }, t)).await.map_err(failed)?.into_inner();
+            if cli.json {
+                println!("{}", json!({ "feature_level": after.feature_level, "was": before }));
+            } else if after.feature_level > before {
+                println!("cluster raised from feature level {before} to {}", after.feature_level);
+            } else {
+                println!("cluster already at feature level {}: nothing to do", after.feature_level);
+                // Who keeps it there: the members whose binary reads no newer level.
+                let newest = after.members.iter().map(|m| m.max_feature_level).max().unwrap_or(0);
+                let held: Vec<String> = after
+                    .members
+                    .iter()
+                    .filter(|m| m.max_feature_level < newest)
+                    .map(|m| format!("{} (reads up to {})", m.id, level(m.max_feature_level)))
+                    .collect();
+                if !held.is_empty() {
+                    println!("member(s) {} must run a newer chorusd before level {newest}", held.join(", "));
+                }
+            }
+            return Ok(());
+        }
         ClusterCommand::Snapshot => {
             let reply = client.snapshot(request(cli, Empty {}, t.max(std::time::Duration::from_secs(120)))).await.map_err(failed)?.into_inner();
             if cli.json {
@@ -133,19 +156,38 @@ fn print_status(cli: &Cli, s: &ClusterStatus) {
                     "id": m.id, "raft_addr": m.raft_addr, "client_addr": m.client_addr, "role": m.role,
                     "voter": m.voter, "term": m.term, "last_log_index": m.last_log_index,
                     "applied_index": m.applied_index, "lag": m.lag, "reachable": m.reachable,
+                    "max_feature_level": m.max_feature_level,
                 })
             })
             .collect();
-        println!("{}", json!({ "cluster_id": s.cluster_id, "leader": s.leader, "term": s.term, "members": members }));
+        println!(
+            "{}",
+            json!({ "cluster_id": s.cluster_id, "leader": s.leader, "term": s.term, "feature_level": level(s.feature_level), "members": members })
+        );
         return;
     }
-    println!("cluster {}  leader {}  term {}", s.cluster_id, if s.leader == 0 { "none".into() } else { s.leader.to_string() }, s.term);
-    println!("{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  REACHABLE", "ID", "RAFT", "CLIENT", "ROLE", "TERM", "LAST_LOG", "APPLIED", "LAG");
+    println!(
+        "cluster {}  leader {}  term {}  feature level {}",
+        s.cluster_id,
+        if s.leader == 0 { "none".into() } else { s.leader.to_string() },
+        s.term,
+        level(s.feature_level)
+    );
+    println!(
+        "{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {:<9} READS",
+        "ID", "RAFT", "CLIENT", "ROLE", "TERM", "LAST_LOG", "APPLIED", "LAG", "REACHABLE"
+    );
     for m in &s.members {
         println!(
-            "{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {}",
+            "{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {:<9} {}",
             m.id, m.raft_addr, m.client_addr, m.role, m.term, m.last_log_index, m.applied_index, m.lag,
-            if m.reachable { "yes" } else { "no" }
+            if m.reachable { "yes" } else { "no" },
+            if m.max_feature_level == 0 { "?".to_string() } else { format!("≤{}", m.max_feature_level) }
         );
     }
+}
+
+/// A node older than feature levels reports 0: it is at level 1.
+fn level(reported: u32) -> u32 {
+    reported.max(1)
 }

@@ -83,6 +83,12 @@ pub enum ClusterCommand {
     Status,
     /// Build a snapshot now and compact the log.
     Snapshot,
+    /// Raise the cluster's feature level, once every member's chorusd reads it.
+    Upgrade {
+        /// The level to raise to; the default is the newest every member reads.
+        #[arg(long)]
+        level: Option<u32>,
+    },
 }
 
 impl Cli {

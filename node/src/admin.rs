@@ -14,13 +14,17 @@ use futures::Stream;
 use openraft::{ChangeMembers, ServerState};
 use proto::v1::admin_client::AdminClient;
 use proto::v1::admin_server::Admin;
-use proto::v1::{AddProgress, AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, Member, NodeInfo as NodeInfoMsg, SnapshotReply};
+use proto::v1::{
+    AddProgress, AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, Member, NodeInfo as NodeInfoMsg, SnapshotReply, UpgradeRequest,
+};
+use raft_store::chat::{Event, Outcome};
 use raft_store::types::NodeId;
 use raft_store::NodeInfo;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::node::Node;
+use crate::node::{Committed, Node};
+use crate::upgrade;
 
 /// Deadline of one admin call from node to node.
 const PEER_ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -80,6 +84,8 @@ impl AdminService {
             leader: m.current_leader.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |s| s.index),
             connections: node.connections.load(std::sync::atomic::Ordering::Relaxed),
+            max_feature_level: raft_store::format::CURRENT,
+            feature_level: node.reader.feature_level(),
         }
     }
 
@@ -114,9 +120,16 @@ impl AdminService {
                 applied_index: r.live.as_ref().map_or(0, |i| i.applied_index),
                 lag: r.lag,
                 reachable: r.live.is_some(),
+                max_feature_level: r.live.as_ref().map_or(0, |i| upgrade::reads(i.max_feature_level)),
             })
             .collect();
-        ClusterStatus { cluster_id: view.cluster_id, leader: view.leader.unwrap_or(0), term: view.term, members }
+        ClusterStatus {
+            cluster_id: view.cluster_id,
+            leader: view.leader.unwrap_or(0),
+            term: view.term,
+            members,
+            feature_level: self.node.reader.feature_level(),
+        }
     }
 
     async fn wait_for_leader(&self, want: Option<NodeId>, timeout: Duration) -> Result<NodeId, Status> {
@@ -202,6 +215,7 @@ impl Admin for AdminService {
                 req.raft_addr, info.cluster_id
             )));
         }
+        upgrade::admit(self.node.reader.feature_level(), info.id, info.max_feature_level).map_err(Status::failed_precondition)?;
         let members = self.node.members();
         if let Some((existing, _)) = members.get(&info.id) {
             if existing.raft_addr != info.raft_addr {
@@ -302,6 +316,17 @@ impl Admin for AdminService {
         Ok(Response::new(AdminService::status(self).await))
     }
 
+    async fn upgrade(&self, request: Request<UpgradeRequest>) -> Result<Response<ClusterStatus>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        let req = request.into_inner();
+        if let Some(leader) = self.leader_elsewhere()? {
+            let mut client = self.admin_client(&leader)?;
+            return client.upgrade(self.node.peers.request(req, TRANSFER_TIMEOUT * 2)).await;
+        }
+        raise_level(&self.node, req.level).await?;
+        Ok(Response::new(self.status().await))
+    }
+
     async fn snapshot(&self, request: Request<Empty>) -> Result<Response<SnapshotReply>, Status> {
         self.node.peers.identity.check_secret(request.metadata())?;
         let target = self.node.applied_index();
@@ -310,6 +335,27 @@ impl Admin for AdminService {
             Some(index) => Ok(Response::new(SnapshotReply { index })),
             None => Err(Status::deadline_exceeded("the snapshot did not finish in time")),
         }
+    }
+}
+
+/// On the leader: raises the cluster's feature level to `requested` (0: the
+/// newest every member reads) once every member reports reading it; returns
+/// the level the cluster is at afterwards.
+pub async fn raise_level(node: &Node, requested: u32) -> Result<u32, Status> {
+    let reports: Vec<(NodeId, Option<u32>)> =
+        member_infos(node, PEER_ADMIN_TIMEOUT).await.into_iter().map(|(id, info)| (id, info.map(|i| i.max_feature_level))).collect();
+    let target = upgrade::target(requested, &reports).map_err(Status::failed_precondition)?;
+    let current = node.reader.feature_level();
+    if target <= current {
+        return Ok(current);
+    }
+    match node.propose(Event::FeatureLevelRaised { level: target }, TRANSFER_TIMEOUT).await {
+        Ok(Committed { outcome: Outcome::LevelRaised { level }, .. }) => {
+            tracing::info!(from = current, to = level, "raised the cluster's feature level");
+            Ok(level)
+        }
+        Ok(other) => Err(Status::internal(format!("unexpected outcome {:?}", other.outcome))),
+        Err(e) => Err(Status::unavailable(e.to_string())),
     }
 }
 

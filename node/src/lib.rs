@@ -23,6 +23,7 @@ pub mod node;
 pub mod procs;
 pub mod ready;
 pub mod rpc;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -182,7 +183,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     .await
     .context("cannot start raft")?;
 
-    let proposer = node::Proposer::start(raft.clone());
+    let proposer = node::Proposer::start(raft.clone(), reader.clone());
     let forwarder = node::Forwarder::start(raft.clone(), peers.clone(), info.raft_addr.clone());
     let node = Arc::new(Node {
         id: config.id,
@@ -290,7 +291,7 @@ async fn record_formation(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 let signing_key: [u8; 32] = rand::rng().random();
                 let event = Event::ClusterFormed { cluster_id, signing_key: signing_key.to_vec() };
                 match node.propose(event, node::DEFAULT_TIMEOUT).await {
-                    Ok(_) => return,
+                    Ok(_) => return raise_at_formation(&node, &mut stop).await,
                     Err(e) => tracing::warn!(error = %e, "cannot record the cluster formation yet"),
                 }
             }
@@ -299,6 +300,31 @@ async fn record_formation(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
             _ = metrics.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A new cluster starts at the newest feature level all its founding members
+/// read, so it need not be upgraded before its first feature. Tries for a
+/// while (a founder may still be starting); a cluster left at level 1 works,
+/// and `chorusctl cluster upgrade` raises it later.
+async fn raise_at_formation(node: &Node, stop: &mut watch::Receiver<bool>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin::raise_level(node, 0).await {
+            Ok(level) => {
+                tracing::info!(level, "the new cluster's feature level");
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline || !node.is_leader() => {
+                tracing::warn!(error = %e.message(), "the new cluster stays at its feature level; raise it with chorusctl cluster upgrade");
+                return;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
@@ -367,6 +393,7 @@ fn backend_error(e: NodeError) -> api::BackendError {
     match e {
         NodeError::Unavailable(m) => api::BackendError::Unavailable(m),
         NodeError::Fatal(m) => api::BackendError::Fatal(m),
+        NodeError::NotEnabled(m) => api::BackendError::NotEnabled(m),
     }
 }
 

@@ -34,6 +34,9 @@ pub enum NodeError {
     /// This node cannot serve at all (storage failed, shutting down).
     #[error("node failure: {0}")]
     Fatal(String),
+    /// The event needs a feature level the cluster has not been raised to.
+    #[error("not enabled: {0}")]
+    NotEnabled(String),
 }
 
 /// The committed result of a proposal.
@@ -141,6 +144,17 @@ impl Node {
     /// then waits until this node has applied it, so the caller can read its own
     /// write here.
     pub async fn propose(&self, event: Event, timeout: Duration) -> Result<Committed, NodeError> {
+        // An event type newer than the cluster's level would reach members that
+        // cannot decode it. The event raising the level is gated by the upgrade
+        // itself (every member must read the new level first).
+        let level = self.reader.feature_level();
+        if event.level() > level && !matches!(event, Event::FeatureLevelRaised { .. }) {
+            return Err(NodeError::NotEnabled(format!(
+                "{} needs feature level {}, the cluster is at {level}: run chorusctl cluster upgrade",
+                Command { ts_ms: 0, event: event.clone() },
+                event.level()
+            )));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let attempt = if self.is_leader() {
@@ -282,21 +296,23 @@ pub(crate) struct Pending {
 pub(crate) struct Proposer;
 
 impl Proposer {
-    pub(crate) fn start(raft: Raft) -> mpsc::Sender<Pending> {
+    /// `reader` gives the cluster's feature level, which every batch is written at.
+    pub(crate) fn start(raft: Raft, reader: ChatReader) -> mpsc::Sender<Pending> {
         let (tx, gatherer) = gather::channel();
-        tokio::spawn(Self::run(raft, gatherer));
+        tokio::spawn(Self::run(raft, reader, gatherer));
         tx
     }
 
-    async fn run(raft: Raft, mut gatherer: Gatherer<Pending>) {
+    async fn run(raft: Raft, reader: ChatReader, mut gatherer: Gatherer<Pending>) {
         while let Some((slot, batch)) = gatherer.next_batch().await {
             let raft = raft.clone();
+            let level = reader.feature_level();
             tokio::spawn(async move {
                 let ts_ms = now_ms();
                 let (commands, replies): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (Command { ts_ms, event: p.event }, p.reply)).unzip();
                 let n = commands.len();
-                match raft.client_write(Batch(commands)).await {
+                match raft.client_write(Batch::new(level, commands)).await {
                     Ok(resp) if resp.data.outcomes.len() == n => {
                         for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {
                             let _ = reply.send(Ok(Committed { outcome, index: resp.log_id.index }));

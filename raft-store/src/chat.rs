@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
+use crate::format;
 
 /// How long a `(user, client id)` pair is remembered for deduplication, in the
 /// cluster clock's milliseconds. The SPEC asks for at least 24 hours.
@@ -38,12 +39,17 @@ impl std::fmt::Display for Command {
             Event::MessagePosted { room, from, client_id, text } => {
                 write!(f, "message-posted({room}, {from}, {client_id}, {} bytes)", text.len())
             }
+            Event::FeatureLevelRaised { level } => write!(f, "feature-level-raised({level})"),
         }
     }
 }
 
-/// Everything that can happen in a Chorus cluster. One entry in the Raft log
-/// carries exactly one of these.
+/// Everything that can happen in a Chorus cluster. A Raft log entry carries a
+/// batch of these, each in a [`Command`].
+///
+/// New variants go at the end, each with the feature level that introduced it
+/// in [`Event::level`]: bincode encodes a variant by its index, so the order is
+/// the format.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The cluster was formed. Proposed once by the first leader; later ones are
@@ -53,6 +59,25 @@ pub enum Event {
     RoomJoined { room: String, user: String },
     RoomLeft { room: String, user: String },
     MessagePosted { room: String, from: String, client_id: String, text: String },
+    /// The cluster's feature level goes up to `level` (never down). Proposed by
+    /// `chorusctl cluster upgrade` once every member reads that level, and at
+    /// formation to what every founding member reads.
+    FeatureLevelRaised { level: u32 },
+}
+
+impl Event {
+    /// The feature level that introduced this event type: no entry below it may
+    /// carry it, since a binary of an older level cannot decode it.
+    pub fn level(&self) -> u32 {
+        match self {
+            Event::ClusterFormed { .. }
+            | Event::UserRegistered { .. }
+            | Event::RoomJoined { .. }
+            | Event::RoomLeft { .. }
+            | Event::MessagePosted { .. } => format::LEGACY,
+            Event::FeatureLevelRaised { .. } => 2,
+        }
+    }
 }
 
 /// What applying a command did, as the proposer needs to answer its client.
@@ -70,6 +95,9 @@ pub enum Outcome {
     NotMember,
     /// The command was malformed; nothing changed.
     Rejected { reason: String },
+    /// The cluster's feature level after the command (a raise to a lower level
+    /// than the current one changes nothing).
+    LevelRaised { level: u32 },
 }
 
 /// A stored chat message, as history and delivery serve it.
@@ -186,6 +214,8 @@ pub struct ClusterRecord {
 
 const META_CLOCK: &[u8] = b"clock";
 const META_CLUSTER: &[u8] = b"cluster";
+/// The cluster's feature level (a `u32`); absent means [`format::LEGACY`].
+pub const META_LEVEL: &[u8] = b"feature_level";
 
 /// Largest accepted name or client id, in bytes; the API enforces the SPEC's
 /// tighter limits, this only keeps keys well-formed whatever reaches the log.
@@ -271,6 +301,11 @@ pub fn clock(t: &impl TablesRead) -> Result<u64, StoreError> {
 
 pub fn cluster(t: &impl TablesRead) -> Result<Option<ClusterRecord>, StoreError> {
     get_record(t, Table::Meta, META_CLUSTER)
+}
+
+/// The cluster's feature level as of this state.
+pub fn feature_level(t: &impl TablesRead) -> Result<u32, StoreError> {
+    Ok(get_record(t, Table::Meta, META_LEVEL)?.unwrap_or(format::LEGACY))
 }
 
 pub fn user(t: &impl TablesRead, name: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -389,6 +424,20 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
                 outcome: Outcome::Posted { room: name.clone(), seq: message.seq, ts_ms: now, duplicate: false },
                 delivery: Some(message),
             })
+        }
+        Event::FeatureLevelRaised { level } => {
+            // Refusing is the only deterministic answer a binary can give to a
+            // level it does not know: applying or skipping it could make this
+            // node's state differ from its peers'. The upgrade gate keeps this
+            // from happening; this is what a node does if the gate was bypassed.
+            if *level > format::CURRENT {
+                return Err(StoreError::Unsupported(format::unsupported("the cluster", *level)));
+            }
+            let current = feature_level(t)?;
+            if *level > current {
+                put_record(t, Table::Meta, META_LEVEL, level)?;
+            }
+            Ok(Applied::outcome(Outcome::LevelRaised { level: current.max(*level) }))
         }
     }
 }
@@ -562,5 +611,22 @@ mod tests {
         let a = apply(&mut t, &cmd(2, second)).unwrap();
         assert_eq!(a.outcome, Outcome::ClusterFormed { cluster_id: "a".into() });
         assert_eq!(cluster(&t).unwrap().unwrap().signing_key, vec![1]);
+    }
+
+    #[test]
+    fn the_feature_level_only_rises_and_a_level_unknown_here_stops_apply() {
+        let mut t = MemTables::default();
+        assert_eq!(feature_level(&t).unwrap(), format::LEGACY);
+        let raise = |level| Event::FeatureLevelRaised { level };
+        assert_eq!(apply(&mut t, &cmd(1, raise(2))).unwrap().outcome, Outcome::LevelRaised { level: 2 });
+        assert_eq!(feature_level(&t).unwrap(), 2);
+        // A stale raise to a lower level changes nothing.
+        assert_eq!(apply(&mut t, &cmd(2, raise(1))).unwrap().outcome, Outcome::LevelRaised { level: 2 });
+        assert_eq!(feature_level(&t).unwrap(), 2);
+        match apply(&mut t, &cmd(3, raise(format::CURRENT + 1))) {
+            Err(StoreError::Unsupported(msg)) => assert!(msg.contains("feature level"), "{msg}"),
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+        assert_eq!(feature_level(&t).unwrap(), 2);
     }
 }

@@ -38,6 +38,10 @@ pub struct Store {
     /// tables, and for reading by every read of them, so no reader ever sees
     /// the tables half-replaced.
     pub(crate) install_gate: Arc<std::sync::RwLock<()>>,
+    /// The cluster's feature level as of the applied state: a copy of the
+    /// `Meta` record kept in step by the state machine, read by the proposer
+    /// for every batch.
+    pub(crate) level: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Opens (or creates) the database under `dir`.
@@ -68,7 +72,7 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
     });
     let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
     std::fs::create_dir_all(dir.join("snapshots"))?;
-    Ok(Store { db: Arc::new(db), dir: dir.to_path_buf(), install_gate: Arc::default() })
+    Ok(Store { db: Arc::new(db), dir: dir.to_path_buf(), install_gate: Arc::default(), level: Arc::default() })
 }
 
 impl Store {

@@ -10,6 +10,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("corrupt record: {0}")]
     Codec(String),
+    /// Data of a feature level this binary does not read (see [`crate::format`]).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
 }

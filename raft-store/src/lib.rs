@@ -10,6 +10,8 @@
 //! - [`state_machine`]: the event-sourced state machine persisted in RocksDB
 //!   ([`StateMachine`]), with read access for history and membership queries.
 //! - [`snapshot`]: the streaming snapshot file format, build and install.
+//! - [`format`]: the cluster's feature level, and the level every entry and
+//!   snapshot carries.
 //! - [`codec`], [`error`]: the one binary encoding, and storage errors.
 //!
 //! Nothing here knows of HTTP, WebSocket, gRPC or the CLI.
@@ -18,6 +20,7 @@ pub mod chat;
 pub mod codec;
 pub mod db;
 pub mod error;
+pub mod format;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;

@@ -5,10 +5,15 @@
 //! whole state in memory. Layout:
 //!
 //! ```text
-//! magic "CHORUSSNAP1\n"
+//! header:  "CHORUSSNAP1\n"                        (feature level 1)
+//!        | "CHORUSSNAP2\n" | level u32 LE          (feature level 2 and later)
 //! record*: tag u8 | key_len u32 LE | key | value_len u32 LE | value
 //! end:     0xFF | record count u64 LE | sha256 of every byte before the end tag
 //! ```
+//!
+//! A snapshot is written at the feature level of the state it holds, so a
+//! level-1 cluster's snapshots are byte for byte what binaries older than
+//! levels write and read; a reader refuses a level newer than it knows.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -17,11 +22,13 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::chat::Table;
+use crate::format;
 
 /// One snapshot record: its table, key and value.
 pub type Record = (Table, Vec<u8>, Vec<u8>);
 
-const MAGIC: &[u8] = b"CHORUSSNAP1\n";
+const MAGIC_LEGACY: &[u8] = b"CHORUSSNAP1\n";
+const MAGIC: &[u8] = b"CHORUSSNAP2\n";
 const END_TAG: u8 = 0xFF;
 /// No key or value in the chat tables comes near this; a larger length means a
 /// corrupt or hostile file, and is refused before allocating.
@@ -58,14 +65,20 @@ pub struct SnapshotWriter {
 const SYNC_EVERY: usize = 4 << 20;
 
 impl SnapshotWriter {
-    pub fn create(path: &Path) -> io::Result<Self> {
+    /// A snapshot file of a state at feature level `level`.
+    pub fn create(path: &Path, level: u32) -> io::Result<Self> {
         let mut w = SnapshotWriter {
             out: BufWriter::with_capacity(256 << 10, File::create(path)?),
             hash: Sha256::new(),
             count: 0,
             unsynced: 0,
         };
-        w.write_hashed(MAGIC)?;
+        if level <= format::LEGACY {
+            w.write_hashed(MAGIC_LEGACY)?;
+        } else {
+            w.write_hashed(MAGIC)?;
+            w.write_hashed(&level.to_le_bytes())?;
+        }
         Ok(w)
     }
 
@@ -113,6 +126,7 @@ pub struct SnapshotReader<R: Read> {
     hash: Sha256,
     count: u64,
     done: bool,
+    level: u32,
 }
 
 fn corrupt(what: &str) -> io::Error {
@@ -120,15 +134,37 @@ fn corrupt(what: &str) -> io::Error {
 }
 
 impl<R: Read> SnapshotReader<R> {
+    /// Reads the header; refuses a file that is not a snapshot, or one of a
+    /// feature level this binary does not read.
     pub fn new(input: R) -> io::Result<Self> {
-        let mut r = SnapshotReader { input: BufReader::with_capacity(256 << 10, input), hash: Sha256::new(), count: 0, done: false };
+        let mut r = SnapshotReader {
+            input: BufReader::with_capacity(256 << 10, input),
+            hash: Sha256::new(),
+            count: 0,
+            done: false,
+            level: format::LEGACY,
+        };
         let mut magic = [0u8; MAGIC.len()];
-        r.input.read_exact(&mut magic)?;
-        if magic != MAGIC {
-            return Err(corrupt("bad magic"));
+        r.read_hashed(&mut magic)?;
+        if magic == MAGIC {
+            let mut level = [0u8; 4];
+            r.read_hashed(&mut level)?;
+            r.level = u32::from_le_bytes(level);
+            if r.level <= format::LEGACY {
+                return Err(corrupt("a level-2 header with a lower level"));
+            }
+            if r.level > format::CURRENT {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, format::unsupported("this snapshot", r.level)));
+            }
+        } else if magic != MAGIC_LEGACY {
+            return Err(corrupt("not a Chorus snapshot (bad magic)"));
         }
-        r.hash.update(magic);
         Ok(r)
+    }
+
+    /// The feature level the snapshot was written at.
+    pub fn level(&self) -> u32 {
+        self.level
     }
 
     fn read_hashed(&mut self, buf: &mut [u8]) -> io::Result<()> {
@@ -198,18 +234,53 @@ mod tests {
     fn round_trip_and_corruption_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let mut w = SnapshotWriter::create(&path).unwrap();
+        let mut w = SnapshotWriter::create(&path, format::CURRENT).unwrap();
         w.record(Table::Users, b"alice", b"x").unwrap();
         w.record(Table::Messages, b"k", &[7; 1000]).unwrap();
         assert_eq!(w.finish().unwrap(), 2);
         assert_eq!(verify(&path).unwrap(), 2);
 
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[MAGIC.len() + 6] ^= 1;
+        bytes[MAGIC.len() + 4 + 6] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert!(verify(&path).is_err());
 
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         assert!(verify(&path).is_err(), "truncated file");
+    }
+
+    fn write(path: &Path, level: u32) {
+        let mut w = SnapshotWriter::create(path, level).unwrap();
+        w.record(Table::Users, b"alice", b"x").unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn each_level_has_its_header_and_a_newer_level_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        // Level 1 is the format from before levels, unchanged.
+        write(&path, format::LEGACY);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"CHORUSSNAP1\n") && bytes[12] == Table::Users.tag(), "{:?}", &bytes[..16]);
+        assert_eq!(SnapshotReader::new(File::open(&path).unwrap()).unwrap().level(), 1);
+        assert_eq!(verify(&path).unwrap(), 1);
+
+        write(&path, 2);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"CHORUSSNAP2\n\x02\0\0\0"), "{:?}", &bytes[..16]);
+        assert_eq!(SnapshotReader::new(File::open(&path).unwrap()).unwrap().level(), 2);
+        assert_eq!(verify(&path).unwrap(), 1);
+
+        // A level from a newer binary: refused by name, not called corrupt.
+        let mut newer = bytes.clone();
+        newer[12..16].copy_from_slice(&(format::CURRENT + 1).to_le_bytes());
+        std::fs::write(&path, &newer).unwrap();
+        let e = verify(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(e.to_string().contains(&format!("feature level {}", format::CURRENT + 1)), "{e}");
+
+        std::fs::write(&path, b"NOTASNAPSHOT and some more bytes").unwrap();
+        assert!(verify(&path).unwrap_err().to_string().contains("not a Chorus snapshot"));
     }
 }

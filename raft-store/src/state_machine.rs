@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
@@ -18,10 +19,11 @@ use openraft::{EntryPayload, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use tokio::sync::{broadcast, watch};
 
-use crate::chat::{self, Message, RoomRecord, StateDigest, Table, Tables, TablesRead, UserRecord};
+use crate::chat::{self, Message, Outcome, RoomRecord, StateDigest, Table, Tables, TablesRead, UserRecord};
 use crate::codec::{decode, encode};
 use crate::db::{Store, CF_SM};
 use crate::error::StoreError;
+use crate::format;
 use crate::snapshot::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::types::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -73,6 +75,7 @@ impl StateMachine {
         }
         let reader = ChatReader { store: store.clone() };
         let applied_index = reader.applied_log_id()?.map_or(0, |id| id.index);
+        reader.reload_level()?;
         let (deliveries, _) = broadcast::channel(8192);
         Ok(StateMachine {
             store,
@@ -182,6 +185,7 @@ impl StateMachine {
         membership: Option<&StoredMembership>,
         replies: &mut Vec<(Responder, Response)>,
         delivered: &mut Vec<Message>,
+        level: Option<u32>,
     ) -> Result<(), StoreError> {
         let sm = self.store.cf(CF_SM)?;
         let mut batch = txn.into_batch()?;
@@ -190,6 +194,9 @@ impl StateMachine {
             batch.put_cf(sm, KEY_MEMBERSHIP, encode(m)?);
         }
         self.store.db.write(batch)?;
+        if let Some(level) = level {
+            self.store.level.store(level, Ordering::Release);
+        }
         if let Some(id) = last {
             self.applied.send_replace(id.index);
         }
@@ -223,6 +230,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership: Option<StoredMembership> = None;
         let mut replies = Vec::new();
         let mut delivered = Vec::new();
+        // A feature level raised in this run of entries, published once written.
+        let mut level = None;
         let mut in_batch = 0;
 
         while let Some(item) = entries.next().await {
@@ -235,9 +244,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Response::default()
                 }
                 EntryPayload::Normal(batch) => {
-                    let mut outcomes = Vec::with_capacity(batch.0.len());
-                    for cmd in &batch.0 {
+                    let mut outcomes = Vec::with_capacity(batch.commands.len());
+                    for cmd in &batch.commands {
                         let applied = chat::apply(&mut txn, cmd)?;
+                        if let Outcome::LevelRaised { level: l } = applied.outcome {
+                            level = Some(l);
+                        }
                         outcomes.push(applied.outcome);
                         delivered.extend(applied.delivery);
                     }
@@ -250,12 +262,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             in_batch += 1;
             if in_batch >= APPLY_BATCH {
                 let full = std::mem::replace(&mut txn, Txn::new(&store));
-                self.commit(full, &last, membership.take().as_ref(), &mut replies, &mut delivered)?;
+                self.commit(full, &last, membership.take().as_ref(), &mut replies, &mut delivered, level.take())?;
                 in_batch = 0;
             }
         }
         if in_batch > 0 {
-            self.commit(txn, &last, membership.as_ref(), &mut replies, &mut delivered)?;
+            self.commit(txn, &last, membership.as_ref(), &mut replies, &mut delivered, level)?;
         }
         Ok(())
     }
@@ -275,6 +287,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io::Error::other)??;
+        self.reader().reload_level()?;
         self.applied.send_replace(index);
         let _ = self.deliveries.send(Delivery::Reset);
         Ok(())
@@ -408,11 +421,16 @@ fn build_blocking(store: &Store, lock: &Mutex<()>) -> Result<Snapshot, StoreErro
         Some(b) => decode(&b)?,
         None => StoredMembership::default(),
     };
+    // The snapshot is written at the level of the state it holds.
+    let level: u32 = match view.get_cf(store.cf(Table::Meta.name())?, chat::META_LEVEL)? {
+        Some(b) => decode(&b)?,
+        None => format::LEGACY,
+    };
     let meta = SnapshotMeta { last_log_id, last_membership };
     let dir = store.snapshot_dir();
     let name = snapshot_name(&meta);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut writer = SnapshotWriter::create(&tmp)?;
+    let mut writer = SnapshotWriter::create(&tmp, level)?;
     for table in Table::ALL {
         for item in view.iterator_cf(store.cf(table.name())?, IteratorMode::Start) {
             let (key, value) = item?;
@@ -502,6 +520,19 @@ impl ChatReader {
             Some(b) => decode(&b),
             None => Ok(StoredMembership::default()),
         }
+    }
+
+    /// The cluster's feature level as of the applied state (no storage read).
+    pub fn feature_level(&self) -> u32 {
+        self.store.level.load(Ordering::Acquire).max(format::LEGACY)
+    }
+
+    /// Reads the feature level from the state into the copy that
+    /// [`ChatReader::feature_level`] serves: at open and after an install.
+    fn reload_level(&self) -> Result<u32, StoreError> {
+        let level = chat::feature_level(self)?;
+        self.store.level.store(level, Ordering::Release);
+        Ok(level)
     }
 
     pub fn cluster(&self) -> Result<Option<chat::ClusterRecord>, StoreError> {

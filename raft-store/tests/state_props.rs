@@ -55,7 +55,7 @@ fn entries(cmds: &[Command]) -> Vec<Entry<openraft::type_config::alias::Committe
     let leader = openraft::impls::leader_id_adv::LeaderId { term: 1u64, node_id: 1u64 };
     cmds.iter()
         .enumerate()
-        .map(|(i, c)| Entry { log_id: LogId::new(leader, i as u64 + 1), payload: EntryPayload::Normal(raft_store::types::Batch(vec![c.clone()])) })
+        .map(|(i, c)| Entry { log_id: LogId::new(leader, i as u64 + 1), payload: EntryPayload::Normal(raft_store::types::Batch::new(1, vec![c.clone()])) })
         .collect()
 }
 
