@@ -1,10 +1,16 @@
-//! Node configuration: the SPEC §1 flags, each also read from `CHORUS_<FLAG>`.
+//! Node configuration: the SPEC §1 flags, each also read from `CHORUS_<FLAG>`
+//! and, with `--config FILE`, from a TOML file whose keys are the flag names
+//! (`client-addr = "0.0.0.0:8080"`). A flag beats its environment variable,
+//! which beats the file, which beats the default; `--print-config` shows the
+//! result and where each value came from.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use anyhow::{bail, Context};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -134,6 +140,155 @@ pub struct Config {
     /// about 3× this after a leader dies. Raise it on slow networks or disks.
     #[arg(long, env = "CHORUS_ELECTION_MS", default_value_t = 200)]
     pub election_ms: u64,
+
+    /// A TOML file of settings, one key per flag (`snapshot-every = 100000`).
+    /// Flags and `CHORUS_*` variables override it; an unknown key is an error.
+    #[arg(long, env = "CHORUS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective settings (as a config file, with where each came
+    /// from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Flags that select how settings are read, not settings themselves: neither
+/// taken from a config file nor printed by `--print-config`.
+const NOT_SETTINGS: [&str; 4] = ["config", "print_config", "help", "version"];
+
+/// Where a setting's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    File,
+    Default,
+    Unset,
+}
+
+/// The settings and where each came from.
+pub struct Loaded {
+    pub config: Config,
+    /// `(flag name, raw value, source)` for every setting, in `--help` order.
+    pub settings: Vec<(String, Option<String>, Source)>,
+}
+
+/// Parses `args` (the first is the program name), the `CHORUS_*` environment
+/// and the `--config` file. A bad flag is clap's error (print it with
+/// `exit()`); a bad file or key is an error naming the file and the key.
+pub fn load_from<I, T>(args: I) -> anyhow::Result<Loaded>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let first = Config::command().try_get_matches_from(&args)?;
+    let file = first.get_one::<PathBuf>("config").cloned();
+    let mut from_file = Vec::new();
+    let mut argv = args.clone();
+    if let Some(path) = &file {
+        for (key, value) in read_file(path)? {
+            // A flag or a variable given for this key overrides the file.
+            if matches!(first.value_source(&key), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+                continue;
+            }
+            let long = key.replace('_', "-");
+            match value {
+                FileValue::Switch(true) => argv.push(format!("--{long}").into()),
+                FileValue::Switch(false) => {}
+                FileValue::Text(v) => argv.push(format!("--{long}={v}").into()),
+            }
+            from_file.push(key);
+        }
+    }
+    let matches = Config::command()
+        .try_get_matches_from(&argv)
+        .map_err(|e| match &file {
+            // The flags parsed alone, so the file's values are what failed.
+            Some(path) => {
+                let first_line = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+                anyhow::anyhow!("{}: {first_line}", path.display())
+            }
+            None => e.into(),
+        })?;
+    let config = Config::from_arg_matches(&matches)?;
+    let settings = Config::command()
+        .get_arguments()
+        .filter(|a| !NOT_SETTINGS.contains(&a.get_id().as_str()))
+        .map(|a| {
+            let id = a.get_id().as_str();
+            let raw = matches.get_raw(id).and_then(|mut v| v.next()).map(|v| v.to_string_lossy().into_owned());
+            let source = match matches.value_source(id) {
+                _ if from_file.iter().any(|k| k == id) => Source::File,
+                Some(ValueSource::CommandLine) => Source::Flag,
+                Some(ValueSource::EnvVariable) => Source::Env,
+                Some(_) => Source::Default,
+                None => Source::Unset,
+            };
+            (id.replace('_', "-"), raw, source)
+        })
+        .collect();
+    Ok(Loaded { config, settings })
+}
+
+/// A value from the file: a switch (`no-bootstrap = true`) or anything else as
+/// the text a flag would take.
+enum FileValue {
+    Switch(bool),
+    Text(String),
+}
+
+/// The file's settings as `(arg id, value)`; every key must name a setting.
+fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, FileValue)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let doc: toml_edit::DocumentMut = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let command = Config::command();
+    let known: Vec<&clap::Arg> = command.get_arguments().filter(|a| !NOT_SETTINGS.contains(&a.get_id().as_str())).collect();
+    let mut out = Vec::new();
+    for (key, item) in doc.iter() {
+        let id = key.replace('-', "_");
+        let Some(arg) = known.iter().find(|a| a.get_id().as_str() == id) else {
+            let names: Vec<String> = known.iter().map(|a| a.get_id().as_str().replace('_', "-")).collect();
+            bail!("{}: unknown key {key:?}; the keys are the flag names: {}", path.display(), names.join(", "));
+        };
+        let switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        let value = match item.as_value() {
+            Some(toml_edit::Value::Boolean(b)) if switch => FileValue::Switch(*b.value()),
+            _ if switch => bail!("{}: {key} is a switch: true or false", path.display()),
+            Some(toml_edit::Value::String(s)) => FileValue::Text(s.value().clone()),
+            Some(toml_edit::Value::Integer(i)) => FileValue::Text(i.value().to_string()),
+            Some(toml_edit::Value::Float(f)) => FileValue::Text(f.value().to_string()),
+            Some(toml_edit::Value::Boolean(b)) => FileValue::Text(b.value().to_string()),
+            _ => bail!("{}: {key} must be a string, a number or a boolean", path.display()),
+        };
+        out.push((id, value));
+    }
+    Ok(out)
+}
+
+impl Loaded {
+    /// The effective settings as a config file: each line says where its value
+    /// came from; unset ones are commented out, and a secret is not shown.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from("# chorusd settings: a flag beats CHORUS_*, which beats --config, which beats the default\n");
+        for (key, raw, source) in &self.settings {
+            let from = match source {
+                Source::Flag => "flag",
+                Source::Env => "environment",
+                Source::File => "config file",
+                Source::Default => "default",
+                Source::Unset => "not set",
+            };
+            let line = match raw {
+                None => format!("# {key} ="),
+                Some(_) if key == "cluster-secret" => format!("# {key} = (set, not shown)"),
+                Some(v) if v.parse::<i64>().is_ok() || v.parse::<f64>().is_ok() || v == "true" || v == "false" => format!("{key} = {v}"),
+                Some(v) => format!("{key} = {}", toml_edit::Value::from(v.as_str())),
+            };
+            out += &format!("{line:<48} # {from}\n");
+        }
+        out
+    }
 }
 
 impl Config {
@@ -173,6 +328,53 @@ mod tests {
         assert!("5".parse::<RateLimit>().is_err());
         assert!("5/0".parse::<RateLimit>().is_err());
         assert!("x/3".parse::<RateLimit>().is_err());
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_config_file_sets_what_flags_do_not() {
+        let f = file("client-addr = \"127.0.0.1:18080\"\nsnapshot-every = 100\nno-bootstrap = true\nrate-limit = \"5/1\"\nsnapshot_ratio = 0.25\n");
+        let path = f.path().to_str().unwrap();
+        let l = load_from(["chorusd", "--config", path, "--snapshot-every", "7"]).unwrap();
+        assert_eq!(l.config.client_addr.to_string(), "127.0.0.1:18080");
+        assert_eq!(l.config.snapshot_every, 7, "the flag wins");
+        assert!(l.config.no_bootstrap);
+        assert_eq!(l.config.rate_limit.messages, 5);
+        assert_eq!(l.config.snapshot_ratio, 0.25);
+        let source = |k: &str| l.settings.iter().find(|s| s.0 == k).map(|s| s.2);
+        assert_eq!(source("client-addr"), Some(Source::File));
+        assert_eq!(source("snapshot-every"), Some(Source::Flag));
+        assert_eq!(source("heartbeat-ms"), Some(Source::Default));
+        assert_eq!(source("ready-file"), Some(Source::Unset));
+        let printed = l.to_toml();
+        assert!(printed.contains("client-addr = \"127.0.0.1:18080\""), "{printed}");
+        assert!(printed.lines().any(|l| l.starts_with("snapshot-every = 7") && l.ends_with("# flag")), "{printed}");
+        // What it prints reads back as a config file with the same settings.
+        let again = file(&printed);
+        let l2 = load_from(["chorusd", "--config", again.path().to_str().unwrap()]).unwrap();
+        assert_eq!(l2.config.snapshot_every, 7);
+        assert_eq!(l2.config.client_addr, l.config.client_addr);
+    }
+
+    #[test]
+    fn a_bad_config_file_is_a_clear_error() {
+        let err = |text: &str| {
+            let f = file(text);
+            load_from(["chorusd", "--config", f.path().to_str().unwrap()]).err().map(|e| format!("{e:#}")).unwrap_or_default()
+        };
+        let e = err("client-adr = \"x\"\n");
+        assert!(e.contains("unknown key \"client-adr\"") && e.contains("client-addr"), "{e}");
+        assert!(err("heartbeat-ms = \"soon\"\n").contains("heartbeat-ms"));
+        assert!(err("no-bootstrap = \"yes\"\n").contains("switch"));
+        assert!(err("config = \"other.toml\"\n").contains("unknown key"));
+        assert!(err("[section]\nid = 2\n").contains("unknown key"));
+        assert!(err("id = \n").contains("not valid TOML"));
+        assert!(load_from(["chorusd", "--config", "/nonexistent/chorus.toml"]).is_err());
     }
 
     #[test]

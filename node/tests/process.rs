@@ -191,3 +191,34 @@ fn chorusd_on_port_zero_reports_its_addresses() -> anyhow::Result<()> {
     assert!(!ready_path.exists(), "the ready file goes with the node");
     Ok(())
 }
+
+/// `--config`: the file sets what neither a flag nor a `CHORUS_*` variable
+/// does, `--print-config` says which won, and an unknown key stops the node
+/// before it binds anything.
+#[test]
+fn chorusd_reads_a_config_file_under_flags_and_environment() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let file = tmp.path().join("chorus.toml");
+    std::fs::write(&file, "snapshot-every = 100\nheartbeat-ms = 80\nelection-ms = 400\nno-bootstrap = true\n")?;
+    let out = std::process::Command::new(node::procs::bin("chorusd")?)
+        .arg("--config")
+        .arg(&file)
+        .args(["--election-ms", "500", "--print-config"])
+        .env("CHORUS_HEARTBEAT_MS", "90")
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?;
+    for (key, value, source) in
+        [("snapshot-every", "100", "config file"), ("heartbeat-ms", "90", "environment"), ("election-ms", "500", "flag"), ("no-bootstrap", "true", "config file"), ("id", "1", "default")]
+    {
+        let line = text.lines().find(|l| l.starts_with(&format!("{key} ="))).unwrap_or_default();
+        assert!(line.contains(&format!("= {value} ")) && line.ends_with(&format!("# {source}")), "{key}: {line:?} in\n{text}");
+    }
+
+    std::fs::write(&file, "snapshot-evry = 100\n")?;
+    let out = std::process::Command::new(node::procs::bin("chorusd")?).arg("--config").arg(&file).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown key \"snapshot-evry\"") && err.contains("chorus.toml"), "{err}");
+    Ok(())
+}

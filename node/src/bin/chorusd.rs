@@ -3,7 +3,6 @@
 
 use std::io::Write;
 
-use clap::Parser;
 use node::config::{Config, LogFormat};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -55,7 +54,21 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    let config = Config::parse();
+    let config = match node::config::load_from(std::env::args_os()) {
+        Ok(loaded) if loaded.config.print_config => {
+            print!("{}", loaded.to_toml());
+            return;
+        }
+        Ok(loaded) => loaded.config,
+        Err(e) => match e.downcast::<clap::Error>() {
+            // --help, --version and bad flags: clap's own output and exit code.
+            Ok(clap_error) => clap_error.exit(),
+            Err(e) => {
+                eprintln!("chorusd: {e:#}");
+                std::process::exit(2);
+            }
+        },
+    };
     if let Err(e) = init_logging(&config) {
         eprintln!("chorusd: cannot set up logging: {e:#}");
         std::process::exit(1);
