@@ -256,7 +256,8 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     }
     tasks.push(tokio::spawn(compaction_policy(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(presence_heartbeats(node.clone(), stop_rx.clone())));
-    tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx)));
+    tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(refuse_reads_once_failed(node.clone(), store.clone(), stop_rx)));
 
     tracing::info!(id = config.id, %client_addr, %raft_addr, "node started");
     Ok(NodeHandle { node, client_addr, raft_addr, stop, tasks, store })
@@ -325,6 +326,26 @@ async fn raise_at_formation(node: &Node, stop: &mut watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Once Raft stops on an error (a failed disk write, data it cannot read), this
+/// node's state will not move again: it is marked failed, so every read of it
+/// answers `unavailable` instead of serving a state that may be stale or half
+/// applied. `/readyz` already answers 503 then (`Node::ready`).
+async fn refuse_reads_once_failed(node: Arc<Node>, store: raft_store::Store, mut stop: watch::Receiver<bool>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let state = metrics.borrow_watched().running_state.clone();
+        if let Err(e) = state {
+            tracing::error!(error = %e, "raft stopped on an error; this node no longer serves reads");
+            store.fail(format!("raft stopped: {e}"));
+            return;
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = metrics.changed() => if changed.is_err() { return },
         }
     }
 }

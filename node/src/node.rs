@@ -148,7 +148,11 @@ impl Node {
         // cannot decode it. The event raising the level is gated by the upgrade
         // itself (every member must read the new level first).
         let level = self.reader.feature_level();
-        if event.level() > level && !matches!(event, Event::FeatureLevelRaised { .. }) {
+        if let Event::FeatureLevelRaised { level: to } = &event {
+            if *to > raft_store::format::CURRENT {
+                return Err(NodeError::NotEnabled(raft_store::format::unsupported("the requested level", *to)));
+            }
+        } else if event.level() > level {
             return Err(NodeError::NotEnabled(format!(
                 "{} needs feature level {}, the cluster is at {level}: run chorusctl cluster upgrade",
                 Command { ts_ms: 0, event: event.clone() },

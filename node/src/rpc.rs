@@ -104,6 +104,16 @@ impl RaftRpc for RaftService {
     async fn propose(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         self.node.peers.identity.check_peer(request.metadata())?;
         let events: Vec<Event> = decode(&request.into_inner().data).map_err(bad_payload)?;
+        // A peer forwards its clients' writes, nothing else: the formation and
+        // the feature level are proposed by the leader itself, behind their own
+        // checks. And no event type newer than the cluster's level.
+        let level = self.node.reader.feature_level();
+        if let Some(e) = events.iter().find(|e| !e.from_client() || e.level() > level) {
+            return Err(Status::permission_denied(format!(
+                "a peer may forward client events of feature level {level} or below, not {}",
+                raft_store::chat::Command { ts_ms: 0, event: e.clone() }
+            )));
+        }
         if !self.node.is_leader() {
             let answers: Vec<ProposeReply> = events.iter().map(|_| ProposeReply::NotLeader).collect();
             return reply(&answers);

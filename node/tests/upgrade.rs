@@ -182,3 +182,25 @@ fn a_new_cluster_starts_at_the_current_level() -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A peer forwards its clients' writes and nothing else: a `Propose` carrying
+/// the feature level (or the formation) is refused, so holding the cluster
+/// secret is not enough to raise the level past what every member reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_propose_the_feature_level() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let c = node::procs::ProcCluster::start(tmp.path(), 1, &[])?;
+    let raft = c.procs[0].raft_addr.clone();
+    let cluster_id = status(&raft)?["cluster_id"].as_str().context("cluster id")?.to_string();
+    let mut client = proto::v1::raft_client::RaftClient::connect(format!("http://{raft}")).await?;
+    let raise = raft_store::chat::Event::FeatureLevelRaised { level: raft_store::format::CURRENT + 1 };
+    let refused = node::rpc::propose_at(&mut client, &cluster_id, None, &raise, std::time::Duration::from_secs(5)).await;
+    match refused {
+        Err(status) => assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}"),
+        Ok(reply) => panic!("accepted: {reply:?}"),
+    }
+    // Still serving, at a level it reads.
+    let s = status(&raft)?;
+    assert!(s["feature_level"].as_u64().is_some_and(|l| l <= u64::from(raft_store::format::CURRENT)), "{s}");
+    Ok(())
+}

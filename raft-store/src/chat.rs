@@ -66,6 +66,15 @@ pub enum Event {
 }
 
 impl Event {
+    /// Whether a client's request makes this event (and a follower may forward
+    /// it to the leader); the others are proposed by the leader itself.
+    pub fn from_client(&self) -> bool {
+        match self {
+            Event::UserRegistered { .. } | Event::RoomJoined { .. } | Event::RoomLeft { .. } | Event::MessagePosted { .. } => true,
+            Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } => false,
+        }
+    }
+
     /// The feature level that introduced this event type: no entry below it may
     /// carry it, since a binary of an older level cannot decode it.
     pub fn level(&self) -> u32 {

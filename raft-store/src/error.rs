@@ -8,11 +8,17 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// RocksDB found damaged files at open; the message names them when it can.
+    #[error("damaged store: {0}")]
+    Damaged(String),
     #[error("corrupt record: {0}")]
     Codec(String),
     /// Data of a feature level this binary does not read (see [`crate::format`]).
     #[error("{0}")]
     Unsupported(String),
+    /// This node's Raft has stopped; its state is no longer served.
+    #[error("this node has stopped serving: {0}")]
+    Failed(String),
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
 }

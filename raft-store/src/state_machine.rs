@@ -73,6 +73,13 @@ impl StateMachine {
             tracing::warn!(snapshot = %name, "finishing an interrupted snapshot install");
             load_snapshot(&store, &meta, &name)?;
         }
+        // The current snapshot is what a lagging follower will be sent and what a
+        // restart after an interrupted install reloads: a damaged one is found
+        // now, by name, not when a peer needs it.
+        if let Some((_, name)) = current_snapshot(&store)? {
+            let path = store.snapshot_dir().join(&name);
+            snapshot::verify(&path).map_err(|e| StoreError::Damaged(format!("snapshot {}: {e}", path.display())))?;
+        }
         let reader = ChatReader { store: store.clone() };
         let applied_index = reader.applied_log_id()?.map_or(0, |id| id.index);
         reader.reload_level()?;
@@ -472,19 +479,23 @@ pub struct ChatReader {
 
 impl ChatReader {
     /// Not reentrant: a method holding it must not call another that takes it.
-    fn gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.store.install_gate.read().unwrap_or_else(|p| p.into_inner())
+    /// Refused once the store is marked failed.
+    fn gate(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>, StoreError> {
+        if let Some(why) = self.store.failure() {
+            return Err(StoreError::Failed(why.to_string()));
+        }
+        Ok(self.store.install_gate.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
 impl TablesRead for ChatReader {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         Ok(self.store.db.get_cf(self.store.cf(table.name())?, key)?)
     }
 
     fn keys_below(&self, table: Table, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         let mut keys = Vec::new();
         for item in self.store.db.iterator_cf(self.store.cf(table.name())?, IteratorMode::Start) {
             let (key, _) = item?;
@@ -507,7 +518,7 @@ pub struct HistoryPage {
 
 impl ChatReader {
     pub fn applied_log_id(&self) -> Result<Option<LogId>, StoreError> {
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         match self.store.db.get_cf(self.store.cf(CF_SM)?, KEY_APPLIED)? {
             Some(b) => decode(&b),
             None => Ok(None),
@@ -515,7 +526,7 @@ impl ChatReader {
     }
 
     pub fn membership(&self) -> Result<StoredMembership, StoreError> {
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         match self.store.db.get_cf(self.store.cf(CF_SM)?, KEY_MEMBERSHIP)? {
             Some(b) => decode(&b),
             None => Ok(StoredMembership::default()),
@@ -555,7 +566,7 @@ impl ChatReader {
     pub fn members(&self, room: &str) -> Result<Vec<String>, StoreError> {
         let prefix = chat::key2(room, &[]);
         let mut out = Vec::new();
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         let cf = self.store.cf(Table::Members.name())?;
         for item in self.store.db.iterator_cf(cf, IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
             let (key, _) = item?;
@@ -567,7 +578,7 @@ impl ChatReader {
 
     /// Every room with its record, by name.
     pub fn rooms(&self) -> Result<Vec<(String, RoomRecord)>, StoreError> {
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         let mut out = Vec::new();
         for item in self.store.db.iterator_cf(self.store.cf(Table::Rooms.name())?, IteratorMode::Start) {
             let (key, value) = item?;
@@ -583,7 +594,7 @@ impl ChatReader {
         let head = self.room(room)?.map_or(0, |r| r.last_seq);
         // After `room` released it: the messages up to `head` are there in
         // this state and in any installed after it.
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         let cf = self.store.cf(Table::Messages.name())?;
         let upper = before.unwrap_or(u64::MAX).min(head.saturating_add(1));
         let mut messages = Vec::new();
@@ -641,7 +652,7 @@ impl ChatReader {
     /// A digest of every chat table: equal on two nodes iff their state is equal.
     pub fn digest(&self) -> Result<String, StoreError> {
         let mut d = StateDigest::default();
-        let _gate = self.gate();
+        let _gate = self.gate()?;
         for table in Table::ALL {
             for item in self.store.db.iterator_cf(self.store.cf(table.name())?, IteratorMode::Start) {
                 let (key, value) = item?;
