@@ -177,6 +177,9 @@ fn print_status(cli: &Cli, s: &ClusterStatus) {
         "{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {:<9} READS",
         "ID", "RAFT", "CLIENT", "ROLE", "TERM", "LAST_LOG", "APPLIED", "LAG", "REACHABLE"
     );
+    if let Some(hint) = quorum_hint(s) {
+        println!("{hint}");
+    }
     for m in &s.members {
         println!(
             "{:>4}  {:<22} {:<28} {:<10} {:>5} {:>9} {:>9} {:>7}  {:<9} {}",
@@ -190,4 +193,28 @@ fn print_status(cli: &Cli, s: &ClusterStatus) {
 /// A node older than feature levels reports 0: it is at level 1.
 fn level(reported: u32) -> u32 {
     reported.max(1)
+}
+
+/// What to do when a majority of voters does not answer (the answering node may
+/// still call itself leader: it cannot commit anything), or no leader is known.
+fn quorum_hint(s: &ClusterStatus) -> Option<String> {
+    let voters: Vec<_> = s.members.iter().filter(|m| m.voter).collect();
+    let up = voters.iter().filter(|m| m.reachable).count();
+    let need = voters.len() / 2 + 1;
+    let down: Vec<String> = voters.iter().filter(|m| !m.reachable).map(|m| format!("{} ({})", m.id, m.raft_addr)).collect();
+    if up < need {
+        Some(format!(
+            "no quorum: {up} of {} voters answer and {need} are needed to commit or elect. Start the unreachable voters {} on their data dirs; \
+             if they are lost for good, see \"No quorum\" in docs/OPERATIONS.md",
+            voters.len(),
+            down.join(", ")
+        ))
+    } else if s.leader == 0 {
+        Some(format!(
+            "no leader yet: {up} of {} voters answer, enough to elect one; an election is under way, or the voters cannot reach each other",
+            voters.len()
+        ))
+    } else {
+        None
+    }
 }

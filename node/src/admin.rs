@@ -217,19 +217,19 @@ impl Admin for AdminService {
         }
         upgrade::admit(self.node.reader.feature_level(), info.id, info.max_feature_level).map_err(Status::failed_precondition)?;
         let members = self.node.members();
-        if let Some((existing, _)) = members.get(&info.id) {
+        let mut learner = req.learner;
+        if let Some((existing, voter)) = members.get(&info.id) {
             if existing.raft_addr != info.raft_addr {
-                return Err(Status::already_exists(format!(
-                    "id {} is already used by the member at {}",
-                    info.id, existing.raft_addr
-                )));
+                // A moved member rejoins as what it was.
+                self.remove_moved_member(&info, existing, *voter).await?;
+                learner = !*voter;
             }
         }
         let node = self.node.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let svc = AdminService { node: node.clone() };
         tokio::spawn(async move {
-            let result = svc.run_add(info, req.learner, &tx).await;
+            let result = svc.run_add(info, learner, &tx).await;
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
@@ -455,6 +455,43 @@ pub async fn cluster_view(node: &Node) -> api::ClusterView {
 }
 
 impl AdminService {
+    /// `cluster add` of a member that now answers at another address: the same
+    /// id and this cluster's id, restarted elsewhere on its data. It is removed
+    /// under its old address, so the add that follows brings it back under the
+    /// new one (openraft's advice over rewriting a member's address in place,
+    /// which could split the cluster if the new address were another node's).
+    /// Refused if anything still answers as that member at the old address: two
+    /// processes with one member's vote could both vote in one term.
+    async fn remove_moved_member(&self, info: &NodeInfoMsg, existing: &NodeInfo, voter: bool) -> Result<(), Status> {
+        let ours = self.node.peers.identity.cluster_id().unwrap_or_default();
+        if ours.is_empty() || info.cluster_id != ours {
+            return Err(Status::already_exists(format!("id {} is already used by the member at {}", info.id, existing.raft_addr)));
+        }
+        if info.id == self.node.id {
+            return Err(Status::failed_precondition("the leader itself moved: transfer leadership to another voter, then add it again"));
+        }
+        if let Ok(old) = self.remote_info(&existing.raft_addr).await {
+            if old.id == info.id {
+                return Err(Status::failed_precondition(format!(
+                    "member {} still answers at {}; stop it there before it rejoins from {}",
+                    info.id, existing.raft_addr, info.raft_addr
+                )));
+            }
+        }
+        let voters = self.node.members().values().filter(|(_, v)| *v).count();
+        if voter && voters <= 1 {
+            return Err(Status::failed_precondition(format!("member {} is the last voter; it cannot be moved", info.id)));
+        }
+        let change = if voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([info.id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([info.id]))
+        };
+        self.node.raft.change_membership(change, false).await.map_err(raft_status)?;
+        tracing::info!(id = info.id, from = %existing.raft_addr, to = %info.raft_addr, "member moved: removed under its old address, adding it under the new one");
+        Ok(())
+    }
+
     /// Adds a learner, reports its catch-up, then promotes it unless `learner`.
     async fn run_add(
         &self,
