@@ -13,6 +13,13 @@ use tokio::sync::broadcast;
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// A peer not heard from for this long is taken to be down, its users offline.
 pub const PEER_TTL: Duration = Duration::from_secs(10);
+/// A user's typing in one room reaches the room's members at most once per
+/// this interval from each node: a typing indicator needs no more, and a user
+/// sending `typing` in a loop must not fill everyone else's queues (which
+/// would close their connections as slow consumers).
+pub const TYPING_EVERY: Duration = Duration::from_millis(0);
+/// Remembered `(room, user)` typing times beyond which stale ones are dropped.
+const TYPING_REMEMBERED: usize = 10_000;
 
 /// What nodes tell each other.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -40,6 +47,8 @@ pub enum LocalSignal {
 struct Inner {
     local: HashMap<String, usize>,
     remote: HashMap<u64, (HashSet<String>, Instant)>,
+    /// When each `(room, user)` typing signal was last passed on.
+    typing: HashMap<(String, String), Instant>,
 }
 
 impl Inner {
@@ -112,10 +121,32 @@ impl Presence {
         last_here.then(|| PeerSignal::Presence { node: self.node, user: user.to_string(), online: false })
     }
 
-    /// A signal from a peer.
-    pub fn receive(&self, signal: PeerSignal, now: Instant) {
+    /// Whether a typing signal for `(room, user)` is passed on at `now`: the
+    /// first in each [`TYPING_EVERY`] is, the rest are dropped.
+    fn typing_passes(&self, room: &str, user: &str, now: Instant) -> bool {
+        let mut inner = self.lock();
+        let key = (room.to_string(), user.to_string());
+        if inner.typing.get(&key).is_some_and(|last| now.saturating_duration_since(*last) < TYPING_EVERY) {
+            return false;
+        }
+        if inner.typing.len() >= TYPING_REMEMBERED {
+            inner.typing.retain(|_, last| now.saturating_duration_since(*last) < TYPING_EVERY);
+        }
+        inner.typing.insert(key, now);
+        true
+    }
+
+    /// A signal from a peer, or from a local connection (then the caller sends
+    /// it on to peers only if this returns true: a typing signal within
+    /// [`TYPING_EVERY`] of the last one for its room and user is dropped).
+    pub fn receive(&self, signal: PeerSignal, now: Instant) -> bool {
         match signal {
-            PeerSignal::Typing { room, user } => self.tell(LocalSignal::Typing { room, user }),
+            PeerSignal::Typing { room, user } => {
+                if !self.typing_passes(&room, &user, now) {
+                    return false;
+                }
+                self.tell(LocalSignal::Typing { room, user });
+            }
             PeerSignal::Joined { room, user } => self.tell(LocalSignal::Joined { room, user }),
             PeerSignal::Presence { node, user, online } if node != self.node => {
                 let mut inner = self.lock();
@@ -150,6 +181,7 @@ impl Presence {
             }
             PeerSignal::Presence { .. } | PeerSignal::Heartbeat { .. } => {}
         }
+        true
     }
 
     /// Forgets peers not heard from within [`PEER_TTL`]; their users go offline.
@@ -218,5 +250,22 @@ mod tests {
         pr.expire(t0 + PEER_TTL + Duration::from_secs(1));
         assert!(!pr.is_online("b") && !pr.is_online("c"));
         assert_eq!(drain(&mut rx).len(), 2);
+    }
+
+    #[test]
+    fn typing_is_passed_on_once_a_second_per_room_and_user() {
+        let pr = Presence::new(1);
+        let mut rx = pr.subscribe();
+        let t0 = Instant::now();
+        let typing = |room: &str, user: &str| PeerSignal::Typing { room: room.into(), user: user.into() };
+        assert!(pr.receive(typing("r", "a"), t0));
+        for i in 1..100 {
+            assert!(!pr.receive(typing("r", "a"), t0 + Duration::from_millis(i)), "coalesced");
+        }
+        // Another user, another room: their own allowance.
+        assert!(pr.receive(typing("r", "b"), t0));
+        assert!(pr.receive(typing("q", "a"), t0));
+        assert!(pr.receive(typing("r", "a"), t0 + TYPING_EVERY));
+        assert_eq!(drain(&mut rx).len(), 4);
     }
 }

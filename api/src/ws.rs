@@ -497,8 +497,10 @@ impl<B: ChatBackend> Session<B> {
             return Err(ApiError::new(Code::NotMember, "join the room first"));
         }
         let sig = PeerSignal::Typing { room, user: self.user.clone() };
-        self.app.presence.receive(sig.clone(), std::time::Instant::now());
-        self.app.backend.send_signal(sig);
+        // Coalesced here first: a typing flood costs the peers nothing either.
+        if self.app.presence.receive(sig.clone(), std::time::Instant::now()) {
+            self.app.backend.send_signal(sig);
+        }
         Ok(())
     }
 }

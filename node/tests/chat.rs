@@ -814,3 +814,52 @@ async fn a_node_shutting_down_closes_its_connections_with_1001() {
     assert_eq!(code, Some(1001));
     c.shutdown().await;
 }
+
+/// One user sending `typing` in a loop costs the room's other members at most
+/// one typing frame a second (SPEC §5.9: one user's flood never closes another
+/// user's connection), on the sender's node and on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_typing_flood_is_coalesced_and_closes_no_one() {
+    let c = TestCluster::start_with(2, unlimited).await;
+    let (b1, b2) = (base(&c, 1), base(&c, 2));
+    let (ta, tb, tc) = (login(&b1, "ann").await, login(&b2, "ben").await, login(&b1, "cat").await);
+    let (mut a, mut b, mut cat) = (connect(&b1, &ta).await, connect(&b2, &tb).await, connect(&b1, &tc).await);
+    for ws in [&mut a, &mut b, &mut cat] {
+        join(ws, "lobby", None).await;
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..3000 {
+        send(&mut a, json!({ "type": "typing", "room": "lobby" })).await;
+    }
+    send(&mut a, json!({ "type": "send", "room": "lobby", "id": "after-flood", "text": "done" })).await;
+    assert!(acked(&mut a, "after-flood").await, "the flooder's own send is answered");
+    let allowed = started.elapsed().as_secs() + 1;
+    for (name, ws) in [("ben", &mut b), ("cat", &mut cat)] {
+        let mut typing = 0;
+        loop {
+            let f = next(ws, 10).await.unwrap_or_else(|| panic!("{name}'s connection closed or went quiet"));
+            match f["type"].as_str() {
+                Some("typing") => typing += 1,
+                Some("message") if f["text"] == "done" => break,
+                _ => {}
+            }
+        }
+        // One per second of flood, plus one for a second boundary between nodes.
+        assert!((1..=allowed + 1).contains(&typing), "{name} got {typing} typing frames for a {allowed} s flood");
+    }
+    // Still open both ways.
+    send(&mut b, json!({ "type": "send", "room": "lobby", "id": "b-after", "text": "still here" })).await;
+    assert!(acked(&mut b, "b-after").await);
+    c.shutdown().await;
+}
+
+/// Whether an ack for `id` comes (skipping every other frame, the sender's own
+/// copy of the message included).
+async fn acked(ws: &mut common::client::Ws, id: &str) -> bool {
+    while let Some(f) = next(ws, 8).await {
+        if f["type"] == "ack" && f["id"] == id {
+            return true;
+        }
+    }
+    false
+}
