@@ -66,11 +66,8 @@ pub async fn register<B: ChatBackend>(
     if app.backend.reader().user(&name)?.is_some() {
         return Err(ApiError::new(Code::NameTaken, format!("{name} is taken")));
     }
-    // argon2 is deliberately slow: keep it off the async workers.
-    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?
-        .map_err(|e| ApiError::new(Code::Unavailable, e))?;
+    // argon2 is deliberately slow: off the async workers, a few at a time.
+    let password_hash = app.passwords.hash(password).await.map_err(|e| ApiError::new(Code::Unavailable, e))?;
     match app.backend.propose(Event::UserRegistered { name: name.clone(), password_hash }).await? {
         Outcome::Registered => Ok((StatusCode::CREATED, Json(Registered { name }))),
         Outcome::NameTaken => Err(ApiError::new(Code::NameTaken, format!("{name} is taken"))),
@@ -98,10 +95,8 @@ pub async fn login<B: ChatBackend>(
     // A user registered on another node a moment ago must be able to log in here.
     app.backend.read_barrier().await?;
     let user = app.backend.reader().user(&name)?;
-    let Some(user) = user else { return Err(denied()) };
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &user.password_hash))
-        .await
-        .unwrap_or(false);
+    // An unknown name costs the same argon2 check as a wrong password.
+    let ok = app.passwords.check(password, user.map(|u| u.password_hash)).await;
     if !ok {
         return Err(denied());
     }

@@ -162,10 +162,15 @@ pub struct App<B: ChatBackend> {
     pub connections: Arc<AtomicU64>,
     /// This node's connections by room and user, for the fan-out.
     pub registry: Arc<fanout::Registry>,
+    /// argon2 for register and login, a few at a time.
+    pub passwords: auth::PasswordWork,
     signing_key: OnceLock<Vec<u8>>,
     /// The members as last probed, shared by `/v1/cluster` and `/v1/cluster/pick`.
     cluster_view: tokio::sync::Mutex<Option<CachedView>>,
 }
+
+/// argon2 runs at once per node (each holds about 19 MiB while it runs).
+pub const PASSWORD_WORKERS: usize = 4;
 
 /// How long a probe of the members answers `/v1/cluster` and `/v1/cluster/pick`.
 /// Each probe asks every member over gRPC; a burst of clients picking a node
@@ -203,6 +208,7 @@ impl<B: ChatBackend> App<B> {
             metrics,
             connections,
             registry,
+            passwords: auth::PasswordWork::new(PASSWORD_WORKERS),
             signing_key: OnceLock::new(),
             cluster_view: tokio::sync::Mutex::new(None),
         })
