@@ -40,12 +40,12 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 /// a name nobody has does the same work against a throwaway hash, so the
 /// answer's timing does not tell which names exist.
 pub struct PasswordWork {
-    permits: tokio::sync::Semaphore,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// A hash of a random password, for logins of unknown users.
     decoy: std::sync::OnceLock<String>,
-    in_flight: std::sync::atomic::AtomicUsize,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The most argon2 runs seen at once, for tests and figures.
-    pub peak: std::sync::atomic::AtomicUsize,
+    pub peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Every argon2 run (hash or check) done.
     pub runs: std::sync::atomic::AtomicU64,
 }
@@ -53,7 +53,7 @@ pub struct PasswordWork {
 impl PasswordWork {
     pub fn new(permits: usize) -> Self {
         PasswordWork {
-            permits: tokio::sync::Semaphore::new(permits.max(1)),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(permits.max(1))),
             decoy: std::sync::OnceLock::new(),
             in_flight: Default::default(),
             peak: Default::default(),
@@ -61,16 +61,24 @@ impl PasswordWork {
         }
     }
 
-    /// One argon2 run on a blocking thread, under a permit.
+    /// One argon2 run on a blocking thread, under a permit. The permit moves
+    /// into the blocking task: a request dropped while argon2 runs (its client
+    /// hung up) must not free a permit that the still-running work holds.
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
         use std::sync::atomic::Ordering::Relaxed;
-        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-        let now = self.in_flight.fetch_add(1, Relaxed) + 1;
-        self.peak.fetch_max(now, Relaxed);
+        let permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         self.runs.fetch_add(1, Relaxed);
-        let result = tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string());
-        self.in_flight.fetch_sub(1, Relaxed);
-        result
+        let (in_flight, peak) = (self.in_flight.clone(), self.peak.clone());
+        tokio::task::spawn_blocking(move || {
+            let now = in_flight.fetch_add(1, Relaxed) + 1;
+            peak.fetch_max(now, Relaxed);
+            let result = work();
+            in_flight.fetch_sub(1, Relaxed);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
     pub async fn hash(&self, password: String) -> Result<String, String> {

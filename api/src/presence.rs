@@ -17,7 +17,7 @@ pub const PEER_TTL: Duration = Duration::from_secs(10);
 /// this interval from each node: a typing indicator needs no more, and a user
 /// sending `typing` in a loop must not fill everyone else's queues (which
 /// would close their connections as slow consumers).
-pub const TYPING_EVERY: Duration = Duration::from_millis(0);
+pub const TYPING_EVERY: Duration = Duration::from_secs(1);
 /// Remembered `(room, user)` typing times beyond which stale ones are dropped.
 const TYPING_REMEMBERED: usize = 10_000;
 

@@ -129,15 +129,17 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
     };
     Ok(match kind {
         "kill" | "kill-leader" => {
-            let (id, target) = match leader.filter(|l| kind == "kill-leader" && running.contains(l)) {
+            // Not a paused node: killing it would end the pause it is under.
+            let awake = |id: u64| c.with_node(id, |n| !n.stopped()).unwrap_or(false);
+            let (id, target) = match leader.filter(|l| kind == "kill-leader" && running.contains(l) && awake(*l)) {
                 Some(l) => (l, format!("node {l}")),
                 // No leader known (an election under another fault): a node.
                 None if kind == "kill-leader" => {
-                    let id = live(rng, &|_| true)?;
+                    let id = live(rng, &awake)?;
                     (id, format!("node {id} (no leader known)"))
                 }
                 None => {
-                    let id = live(rng, &|_| true)?;
+                    let id = live(rng, &awake)?;
                     (id, format!("node {id}"))
                 }
             };
@@ -240,7 +242,12 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
         }
         "clock-skew" => {
             // The leader stamps `ts`, so skewing it is what tests monotonicity.
-            let id = leader.unwrap_or(random);
+            // It restarts its target: never one another fault of this step holds.
+            let awake = |id: u64| c.with_node(id, |n| !n.stopped()).unwrap_or(false);
+            let id = match leader.filter(|l| running.contains(l) && awake(*l)) {
+                Some(l) => l,
+                None => live(rng, &awake)?,
+            };
             let secs: i64 = if rng.random_bool(0.5) { -rng.random_range(30..300) } else { rng.random_range(30..300) };
             let skew = format!("{secs:+}s");
             c.with_node(id, |n| {

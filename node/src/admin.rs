@@ -342,6 +342,7 @@ impl Admin for AdminService {
 /// newest every member reads) once every member reports reading it; returns
 /// the level the cluster is at afterwards.
 pub async fn raise_level(node: &Node, requested: u32) -> Result<u32, Status> {
+    let _gate = node.level_gate.lock().await;
     let reports: Vec<(NodeId, Option<u32>)> =
         member_infos(node, PEER_ADMIN_TIMEOUT).await.into_iter().map(|(id, info)| (id, info.map(|i| i.max_feature_level))).collect();
     let target = upgrade::target(requested, &reports).map_err(Status::failed_precondition)?;
@@ -504,6 +505,11 @@ impl AdminService {
         let progress = |matched, target, phase: &str, done| AddProgress { id, matched, target, done, phase: phase.into() };
         let already_voter = self.node.members().get(&id).is_some_and(|(_, v)| *v);
         if !already_voter {
+            // Checked again under the gate: a raise may have landed since `add`
+            // looked, and none may land until the learner is a member (then the
+            // next raise sees it).
+            let _gate = self.node.level_gate.lock().await;
+            upgrade::admit(self.node.reader.feature_level(), id, info.max_feature_level).map_err(Status::failed_precondition)?;
             self.node.raft.add_learner(id, node, false).await.map_err(raft_status)?;
         }
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;

@@ -198,6 +198,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         forwarder,
         presence: Arc::new(api::presence::Presence::new(config.id)),
         connections: Arc::default(),
+        level_gate: tokio::sync::Mutex::new(()),
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -337,8 +338,12 @@ async fn raise_at_formation(node: &Node, stop: &mut watch::Receiver<bool>) {
 async fn refuse_reads_once_failed(node: Arc<Node>, store: raft_store::Store, mut stop: watch::Receiver<bool>) {
     let mut metrics = node.raft.metrics();
     loop {
-        let state = metrics.borrow_watched().running_state.clone();
-        if let Err(e) = state {
+        // `Stopped` is a clean shutdown, not a failure.
+        let failed = match &metrics.borrow_watched().running_state {
+            Ok(()) | Err(openraft::errors::Fatal::Stopped) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
             tracing::error!(error = %e, "raft stopped on an error; this node no longer serves reads");
             store.fail(format!("raft stopped: {e}"));
             return;

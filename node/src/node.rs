@@ -65,6 +65,10 @@ pub struct Node {
     pub presence: Arc<api::presence::Presence>,
     /// Open WebSocket connections on this node.
     pub connections: Arc<std::sync::atomic::AtomicU64>,
+    /// Held on the leader by a feature-level raise and by a `cluster add` from
+    /// its level check to the learner's addition, so a node that reads less
+    /// cannot join between an upgrade's look at the members and its raise.
+    pub(crate) level_gate: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -163,6 +167,12 @@ impl Node {
         loop {
             let attempt = if self.is_leader() {
                 self.propose_local(event.clone()).await
+            } else if !event.from_client() {
+                // The formation and the feature level are the leader's own to
+                // propose (a peer's `Propose` refuses them); if this node lost
+                // the lead meanwhile, the caller learns it, and does not spoil a
+                // forwarded batch of other clients' writes.
+                Err(Retry::NotSent("this node is no longer the leader".into()))
             } else {
                 match self.leader() {
                     Some((_, leader)) if leader.raft_addr != self.info.raft_addr => self.forward(event.clone(), deadline).await,
