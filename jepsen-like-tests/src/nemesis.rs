@@ -119,6 +119,8 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
         anyhow::ensure!(!pool.is_empty(), "no node is running to {kind}");
         Ok(pool[rng.random_range(0..pool.len())])
     };
+    // A running node that no pause of this step holds.
+    let awake = |id: u64| c.with_node(id, |n| !n.stopped()).unwrap_or(false);
     // Asking for the leader is a status round-trip: only for kinds that aim at it.
     let aims_at_leader = matches!(kind, "kill-leader" | "partition-leader" | "partition-oneway" | "membership" | "clock-skew");
     let leader = if aims_at_leader {
@@ -130,7 +132,6 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
     Ok(match kind {
         "kill" | "kill-leader" => {
             // Not a paused node: killing it would end the pause it is under.
-            let awake = |id: u64| c.with_node(id, |n| !n.stopped()).unwrap_or(false);
             let (id, target) = match leader.filter(|l| kind == "kill-leader" && running.contains(l) && awake(*l)) {
                 Some(l) => (l, format!("node {l}")),
                 // No leader known (an election under another fault): a node.
@@ -147,7 +148,7 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
             Begun::new(target, Undo::Restart(id))
         }
         "pause" => {
-            let id = live(rng, &|id| c.with_node(id, |n| !n.stopped()).unwrap_or(false))?;
+            let id = live(rng, &awake)?;
             c.with_node(id, |n| n.signal("STOP"));
             let mut b = Begun::new(format!("node {id}"), Undo::Resume(id));
             let deadline = Instant::now() + Duration::from_secs(2);
@@ -243,7 +244,6 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
         "clock-skew" => {
             // The leader stamps `ts`, so skewing it is what tests monotonicity.
             // It restarts its target: never one another fault of this step holds.
-            let awake = |id: u64| c.with_node(id, |n| !n.stopped()).unwrap_or(false);
             let id = match leader.filter(|l| running.contains(l) && awake(*l)) {
                 Some(l) => l,
                 None => live(rng, &awake)?,

@@ -157,6 +157,30 @@ pub fn chorusctl(args: &[&str]) -> anyhow::Result<Output> {
     Ok(Command::new(bin("chorusctl")?).args(args).output()?)
 }
 
+/// Runs `chorusctl --node RAFT --timeout 20 ARGS…`; its stdout, or an error
+/// with its stderr if it failed.
+pub fn ctl(raft: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["--node", raft, "--timeout", "20"];
+    all.extend_from_slice(args);
+    let out = chorusctl(&all)?;
+    anyhow::ensure!(out.status.success(), "chorusctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A `chorusd` that forms a single-node cluster in `dir/data` (or reopens it),
+/// on port 0, with its ready file at `dir/node.ready` and its log at
+/// `dir/node.log`.
+pub fn single_node(dir: &Path, stdout: Stdio) -> anyhow::Result<Child> {
+    Ok(Command::new(bin("chorusd")?)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--client-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--ready-file"])
+        .arg(dir.join("node.ready"))
+        .stdout(stdout)
+        .stderr(std::fs::File::create(dir.join("node.log"))?)
+        .spawn()?)
+}
+
 impl ProcCluster {
     /// Starts `n` nodes under `root` and forms them with `chorusctl cluster init`.
     pub fn start(root: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Self> {

@@ -5,17 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use node::procs::{chorusctl, Proc, ProcCluster};
+use node::procs::{chorusctl, ctl, Proc, ProcCluster};
 
 const FAST: [&str; 4] = ["--heartbeat-ms", "50", "--election-ms", "300"];
-
-fn ctl(raft: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["--node", raft, "--timeout", "20"];
-    all.extend_from_slice(args);
-    let out = chorusctl(&all)?;
-    ensure!(out.status.success(), "chorusctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 /// Waits until every member is a reachable voter whose applied index matches
 /// the leader's, as `raft` reports it; returns that status.
@@ -35,6 +27,11 @@ fn whole(c: &ProcCluster, raft: &str, n: usize) -> anyhow::Result<serde_json::Va
     }
 }
 
+/// Member `id`'s row of a `cluster status --json`.
+fn member(status: &serde_json::Value, id: u64) -> serde_json::Value {
+    status["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id).cloned()).unwrap_or_default()
+}
+
 #[test]
 fn a_removed_node_comes_back_on_a_fresh_data_dir() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -51,8 +48,7 @@ fn a_removed_node_comes_back_on_a_fresh_data_dir() -> anyhow::Result<()> {
     let new_addr = c.proc(3).raft_addr.clone();
     ctl(&raft1, &["cluster", "add", &new_addr])?;
     let s = whole(&c, &raft1, 3)?;
-    let three = s["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == 3).cloned()).unwrap_or_default();
-    assert_eq!(three["raft_addr"], new_addr.as_str(), "{s}");
+    assert_eq!(member(&s, 3)["raft_addr"], new_addr.as_str(), "{s}");
     Ok(())
 }
 
@@ -73,8 +69,7 @@ fn a_member_restarted_on_another_address_rejoins_from_there() -> anyhow::Result<
     let out = ctl(&raft1, &["cluster", "add", &new_addr])?;
     assert!(out.contains("added as voter"), "{out}");
     let s = whole(&c, &raft1, 3)?;
-    let three = s["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == 3).cloned()).unwrap_or_default();
-    assert_eq!(three["raft_addr"], new_addr.as_str(), "{s}");
+    assert_eq!(member(&s, 3)["raft_addr"], new_addr.as_str(), "{s}");
 
     // While it still answers at its old address, a move is refused.
     let tmp2 = tempfile::tempdir()?;

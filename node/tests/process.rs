@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use node::procs::{chorusctl, ProcCluster};
+use node::procs::{chorusctl, single_node, ProcCluster};
 use node::rpc::{propose_at, ProposeReply};
 use proto::v1::raft_client::RaftClient;
 use raft_store::chat::{Event, Outcome};
@@ -93,19 +93,6 @@ fn chorusctl_reports_failures_with_exit_codes() -> anyhow::Result<()> {
     let out = chorusctl(&["cluster", "remove", "not-a-number"])?;
     assert_eq!(out.status.code(), Some(2), "bad usage");
     Ok(())
-}
-
-/// A `chorusd` that forms a single-node cluster in `dir/data`, on port 0, with its
-/// ready file at `dir/node.ready` and its log at `dir/node.log`.
-fn single_node(dir: &std::path::Path, stdout: std::process::Stdio) -> anyhow::Result<std::process::Child> {
-    Ok(std::process::Command::new(node::procs::bin("chorusd")?)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--client-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--ready-file"])
-        .arg(dir.join("node.ready"))
-        .stdout(stdout)
-        .stderr(std::fs::File::create(dir.join("node.log"))?)
-        .spawn()?)
 }
 
 #[test]

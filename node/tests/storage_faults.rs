@@ -10,25 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use node::procs::{bin, wait_ready, READY_TIMEOUT};
+use node::procs::{bin, single_node, wait_ready, READY_TIMEOUT};
 use wire::http::Credentials;
-
-/// A single-node `chorusd` on `dir/data`, port 0, with its log at `dir/node.log`.
-fn start(dir: &Path) -> anyhow::Result<Child> {
-    Ok(Command::new(bin("chorusd")?)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--client-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--ready-file"])
-        .arg(dir.join("node.ready"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("node.log"))?)
-        .spawn()?)
-}
 
 /// Starts a node, registers `users` accounts (one log entry each), and returns
 /// it running with its client address.
 async fn node_with_users(dir: &Path, users: usize) -> anyhow::Result<(Child, String)> {
-    let mut child = start(dir)?;
+    let mut child = single_node(dir, Stdio::null())?;
     let ready = wait_ready(&dir.join("node.ready"), &mut child, &dir.join("node.log"), READY_TIMEOUT)?;
     let http = reqwest::Client::new();
     for i in 0..users {
@@ -81,7 +69,7 @@ fn flip(path: &Path, at: usize, len: usize) -> anyhow::Result<()> {
 /// Starts the node on its damaged data and expects it to exit 1 before it
 /// serves, with every one of `words` in what it printed.
 fn refuses_to_start(dir: &Path, words: &[&str]) -> anyhow::Result<String> {
-    let mut child = start(dir)?;
+    let mut child = single_node(dir, Stdio::null())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait()? {

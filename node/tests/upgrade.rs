@@ -13,20 +13,12 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context};
-use node::procs::{chorusctl, Proc};
+use node::procs::{chorusctl, ctl, Proc};
 use serde_json::Value;
 use wire::http::{Credentials, HistoryPage, PostMessage, Posted, Session};
 
 const FIXTURE_RAFT: &str = "127.77.0.1:9080";
 const ROOMS: [&str; 3] = ["lobby", "dev", "dm:ann:bob"];
-
-fn ctl(raft: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut all = vec!["--node", raft, "--timeout", "20"];
-    all.extend_from_slice(args);
-    let out = chorusctl(&all)?;
-    ensure!(out.status.success(), "chorusctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 fn status(raft: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&ctl(raft, &["--json", "cluster", "status"])?)?)
@@ -45,6 +37,13 @@ async fn history(http: &reqwest::Client, client: &str, token: &str, room: &str) 
     let r = http.get(url).bearer_auth(token).send().await?;
     ensure!(r.status().is_success(), "history of {room} on {client}: {}", r.status());
     Ok(r.json().await?)
+}
+
+/// Posts to `lobby` through `client`.
+async fn post(http: &reqwest::Client, client: &str, token: &str, id: &str, text: &str) -> anyhow::Result<Posted> {
+    let body = PostMessage { id: id.into(), text: text.into() };
+    let r = http.post(format!("http://{client}/v1/rooms/lobby/messages")).bearer_auth(token).json(&body).send().await?;
+    Ok(r.error_for_status()?.json().await?)
 }
 
 /// The level-1 node's answers, as the fixture recorded them.
@@ -99,15 +98,7 @@ async fn a_level_1_cluster_opens_serves_and_is_upgraded() -> anyhow::Result<()> 
         assert_eq!(history(&http, &one.client_addr, &ann, room).await?, want, "{room}");
     }
     // Written at level 1, so an old binary could still read it.
-    let posted: Posted = http
-        .post(format!("http://{}/v1/rooms/lobby/messages", one.client_addr))
-        .bearer_auth(&ann)
-        .json(&PostMessage { id: "after-open".into(), text: "written by today's binary at level 1".into() })
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let posted = post(&http, &one.client_addr, &ann, "after-open", "written by today's binary at level 1").await?;
     assert_eq!(posted.seq, 51);
 
     // A new member: the old log is compacted, so it installs the level-1 snapshot
@@ -139,15 +130,7 @@ async fn a_level_1_cluster_opens_serves_and_is_upgraded() -> anyhow::Result<()> 
     assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("must run a newer chorusd"), "{e:?}");
 
     // Level-2 entries and a level-2 snapshot, read back after a restart.
-    let posted: Posted = http
-        .post(format!("http://{}/v1/rooms/lobby/messages", two.client_addr))
-        .bearer_auth(&bob)
-        .json(&PostMessage { id: "after-upgrade".into(), text: "a level-2 entry".into() })
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let posted = post(&http, &two.client_addr, &bob, "after-upgrade", "a level-2 entry").await?;
     assert_eq!(posted.seq, 52);
     ctl(FIXTURE_RAFT, &["cluster", "snapshot"])?;
     let head = std::fs::read(snapshot_in(&root.join("node-1/snapshots"))?)?;
