@@ -827,9 +827,17 @@ async fn a_typing_flood_is_coalesced_and_closes_no_one() {
     for ws in [&mut a, &mut b, &mut cat] {
         join(ws, "lobby", None).await;
     }
+    // The flood lasts a few seconds, so several signals pass the coalescing:
+    // a typing signal to a peer is best effort (one lost under load is not a
+    // fault), the count's lower bound needs only one of them to arrive.
     let started = std::time::Instant::now();
-    for _ in 0..3000 {
+    let mut flooded = 0;
+    while started.elapsed() < Duration::from_millis(2500) || flooded < 3000 {
         send(&mut a, json!({ "type": "typing", "room": "lobby" })).await;
+        flooded += 1;
+        if flooded % 500 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     send(&mut a, json!({ "type": "send", "room": "lobby", "id": "after-flood", "text": "done" })).await;
     assert!(acked(&mut a, "after-flood").await, "the flooder's own send is answered");
@@ -842,6 +850,13 @@ async fn a_typing_flood_is_coalesced_and_closes_no_one() {
                 Some("typing") => typing += 1,
                 Some("message") if f["text"] == "done" => break,
                 _ => {}
+            }
+        }
+        // A typing signal relayed between nodes and a message committed
+        // through the log are not ordered: a late one may follow "done".
+        while let Some(f) = next(ws, 1).await {
+            if f["type"] == "typing" {
+                typing += 1;
             }
         }
         // One per second of flood, plus one for a second boundary between nodes.
