@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{Cli, ClusterCommand};
 
-async fn connect(cli: &Cli, addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+pub(crate) async fn connect(cli: &Cli, addr: &str) -> anyhow::Result<AdminClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| anyhow!("{addr:?} is not a host:port address"))?
         .connect_timeout(cli.timeout());
@@ -26,7 +26,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-fn request<T>(cli: &Cli, msg: T, timeout: std::time::Duration) -> tonic::Request<T> {
+pub(crate) fn request<T>(cli: &Cli, msg: T, timeout: std::time::Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(timeout);
     if let Some(secret) = &cli.secret {
@@ -38,7 +38,7 @@ fn request<T>(cli: &Cli, msg: T, timeout: std::time::Duration) -> tonic::Request
 }
 
 /// A gRPC failure as one line for the operator.
-fn failed(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::DeadlineExceeded => anyhow!("timed out: {}", status.message()),
         tonic::Code::Unauthenticated => anyhow!("refused: {} (pass --secret)", status.message()),
@@ -65,6 +65,7 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::TransferLeader { id } => {
             client.transfer_leader(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner()
         }
+        ClusterCommand::ForceNew { .. } => bail!("cluster force-new works on data dirs, not through a node"),
         ClusterCommand::Status => client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner(),
         ClusterCommand::Upgrade { level: requested } => {
             let before = client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner().feature_level;

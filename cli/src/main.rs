@@ -1,10 +1,12 @@
 //! `chorusctl`: form and change a Chorus cluster, and (later) chat from a terminal.
 //!
-//! It talks to nodes only over their public protocols (the admin gRPC service on
-//! the raft address); it links no storage. Exit codes: 0 success, 1 failure with
+//! It talks to running nodes only over their public protocols (the admin gRPC
+//! service on the raft address). It opens storage only for the offline
+//! commands on a stopped node's data dir (`restore`, `cluster force-new`). Exit codes: 0 success, 1 failure with
 //! a one-line reason on stderr, 2 bad usage.
 
 mod admin;
+mod backup;
 mod bench;
 mod chat;
 
@@ -56,6 +58,15 @@ pub enum Command {
     },
     /// Load-test the chat API over WebSocket and print figures.
     Bench(bench::BenchArgs),
+    /// Write a consistent backup of the cluster's state, from any member, to FILE.
+    Backup { file: std::path::PathBuf },
+    /// Prepare an empty data dir from a backup: a chorusd started on it forms a
+    /// new one-member cluster with the backup's history (offline).
+    Restore {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +94,13 @@ pub enum ClusterCommand {
     Status,
     /// Build a snapshot now and compact the log.
     Snapshot,
+    /// After losing a majority: from stopped members' data dirs, the one whose
+    /// log reaches furthest becomes a new one-member cluster when its chorusd
+    /// starts (offline; every entry it holds is kept).
+    ForceNew {
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+    },
     /// Raise the cluster's feature level, once every member's chorusd reads it.
     Upgrade {
         /// The level to raise to; the default is the newest every member reads.
@@ -101,7 +119,10 @@ impl Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Cluster(ClusterCommand::ForceNew { dirs }) => backup::force_new(&cli, dirs).await,
         Command::Cluster(cmd) => admin::run(&cli, cmd).await,
+        Command::Backup { file } => backup::backup(&cli, file).await,
+        Command::Restore { file, data_dir } => backup::restore(&cli, file, data_dir),
         Command::Chat { url, user, password, room } => {
             chat::run(chat::ChatArgs { url, user, password: password.as_deref(), room }).await
         }

@@ -152,6 +152,7 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     type AddStream = AddStream;
+    type BackupStream = crate::backup::ChunkStream;
 
     async fn info(&self, request: Request<Empty>) -> Result<Response<NodeInfoMsg>, Status> {
         self.node.peers.identity.check_secret(request.metadata())?;
@@ -325,6 +326,11 @@ impl Admin for AdminService {
         }
         raise_level(&self.node, req.level).await?;
         Ok(Response::new(self.status().await))
+    }
+
+    async fn backup(&self, request: Request<Empty>) -> Result<Response<Self::BackupStream>, Status> {
+        self.node.peers.identity.check_secret(request.metadata())?;
+        Ok(Response::new(crate::backup::stream(&self.node).await?))
     }
 
     async fn snapshot(&self, request: Request<Empty>) -> Result<Response<SnapshotReply>, Status> {

@@ -130,6 +130,20 @@ pub struct Config {
     #[arg(long, env = "CHORUS_SNAPSHOT_KEEP", default_value_t = 5_000)]
     pub snapshot_keep: u64,
 
+    /// Write a backup of this node's state (the format of `chorusctl backup`)
+    /// into this directory every `--backup-interval`, keeping the newest
+    /// `--backup-keep`. Each holds what this node had applied when taken.
+    #[arg(long, env = "CHORUS_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Seconds between automatic backups (with `--backup-dir`).
+    #[arg(long, env = "CHORUS_BACKUP_INTERVAL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backup_interval: u64,
+
+    /// Automatic backups kept; older ones are removed.
+    #[arg(long, env = "CHORUS_BACKUP_KEEP", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..))]
+    pub backup_keep: u64,
+
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,

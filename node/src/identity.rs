@@ -9,7 +9,7 @@ use raft_store::Store;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::Status;
 
-const KEY_CLUSTER_ID: &str = "cluster_id";
+use raft_store::db::NODE_CLUSTER_ID as KEY_CLUSTER_ID;
 
 #[derive(Clone)]
 pub struct Identity {

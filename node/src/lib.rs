@@ -9,12 +9,15 @@
 //! - [`node`]: [`Node`], the running Raft with propose / read-index / wait-applied.
 //! - [`rpc`]: the node-to-node gRPC service (Raft, forwarded writes and reads).
 //! - [`admin`]: the operator gRPC service behind `chorusctl cluster`.
+//! - [`backup`]: backups served to `chorusctl backup`; a data dir seeded from
+//!   one at start.
 //! - [`ready`]: the record of a started node's bound addresses (`--ready-file`).
 //! - [`procs`]: real `chorusd` processes for process-level tests and benchmarks.
 //!
 //! `chorusd` (in `src/bin`) only parses flags, sets up logging and calls [`start`].
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod gather;
 pub mod identity;
@@ -158,6 +161,12 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let store = open_store(&dir)?;
     remove_partial_transfers(&store.snapshot_dir());
     let identity = identity::Identity::load(store.clone(), config.cluster_secret.clone())?;
+    let info = NodeInfo {
+        raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
+        client_url: config.advertise_client.clone().unwrap_or_else(|| format!("http://{client_addr}")),
+    };
+    backup::seed_if_present(&store, &identity, config.id, &info)
+        .with_context(|| format!("cannot restore the backup in {}", dir.display()))?;
     let sm = StateMachine::open(store.clone())?;
     let reader = sm.reader();
     let applied = sm.applied_watch();
@@ -168,10 +177,6 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         LogStore::observed(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())))
     };
 
-    let info = NodeInfo {
-        raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
-        client_url: config.advertise_client.clone().unwrap_or_else(|| format!("http://{client_addr}")),
-    };
     let peers = network::Peers::new(identity.clone(), config.peer_source_ip);
     let raft = openraft::Raft::new(
         config.id,
@@ -257,6 +262,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     }
     tasks.push(tokio::spawn(compaction_policy(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(presence_heartbeats(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(backup::automatic(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(refuse_reads_once_failed(node.clone(), store.clone(), stop_rx)));
 

@@ -222,7 +222,7 @@ pub struct ClusterRecord {
 }
 
 const META_CLOCK: &[u8] = b"clock";
-const META_CLUSTER: &[u8] = b"cluster";
+pub(crate) const META_CLUSTER: &[u8] = b"cluster";
 /// The cluster's feature level (a `u32`); absent means [`format::LEGACY`].
 pub const META_LEVEL: &[u8] = b"feature_level";
 

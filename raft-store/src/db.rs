@@ -29,6 +29,9 @@ fn all_cfs() -> Vec<&'static str> {
     cfs
 }
 
+/// The `CF_NODE` key of the cluster id this node belongs to.
+pub const NODE_CLUSTER_ID: &str = "cluster_id";
+
 /// A handle to the open database, shared by the log store and the state machine.
 #[derive(Clone)]
 pub struct Store {
@@ -140,6 +143,11 @@ impl Store {
     /// Why the store was marked failed, if it was.
     pub fn failure(&self) -> Option<&str> {
         self.failed.get().map(String::as_str)
+    }
+
+    /// The data dir the store lives in.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
     }
 
     pub fn snapshot_dir(&self) -> PathBuf {

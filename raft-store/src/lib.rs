@@ -10,12 +10,15 @@
 //! - [`state_machine`]: the event-sourced state machine persisted in RocksDB
 //!   ([`StateMachine`]), with read access for history and membership queries.
 //! - [`snapshot`]: the streaming snapshot file format, build and install.
+//! - [`backup`]: the backup file (a snapshot with its origin and a checksum),
+//!   and seeding a data dir from one (restore, force-new).
 //! - [`format`]: the cluster's feature level, and the level every entry and
 //!   snapshot carries.
 //! - [`codec`], [`error`]: the one binary encoding, and storage errors.
 //!
 //! Nothing here knows of HTTP, WebSocket, gRPC or the CLI.
 
+pub mod backup;
 pub mod chat;
 pub mod codec;
 pub mod db;

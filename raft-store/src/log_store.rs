@@ -30,9 +30,9 @@ use crate::db::{Store, CF_LOG, CF_RAFT};
 use crate::error::StoreError;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_PURGED: &[u8] = b"last_purged";
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
@@ -83,7 +83,7 @@ impl LogStore {
         }
     }
 
-    fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
+    pub(crate) fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
         let cf = self.store.cf(CF_LOG)?;
         let from = index_key(start);
         let mut out = Vec::new();

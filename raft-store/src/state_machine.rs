@@ -342,6 +342,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Installs a snapshot into a store whose Raft has not started (seeding a data
+/// dir from a backup: see [`crate::backup`]).
+pub(crate) fn install_seed(store: &Store, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), StoreError> {
+    install_blocking(store, meta, snapshot)
+}
+
 fn install_blocking(store: &Store, meta: &SnapshotMeta, mut snapshot: SnapshotFile) -> Result<(), StoreError> {
     let dir = store.snapshot_dir();
     let name = snapshot_name(meta);
@@ -478,6 +484,26 @@ pub struct ChatReader {
 }
 
 impl ChatReader {
+    pub(crate) fn of(store: &Store) -> Self {
+        ChatReader { store: store.clone() }
+    }
+
+    /// The current snapshot: its meta and the open file (which stays readable
+    /// if a newer snapshot replaces it meanwhile).
+    pub fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, SnapshotFile)>, StoreError> {
+        // A build may swap the snapshot and remove the old file between
+        // reading the pointer and opening the file; read the pointer again.
+        for _ in 0..3 {
+            let Some((meta, name)) = current_snapshot(&self.store)? else { return Ok(None) };
+            match SnapshotFile::open(self.store.snapshot_dir().join(&name)) {
+                Ok(file) => return Ok(Some((meta, file))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Codec("the current snapshot kept changing while being opened".into()))
+    }
+
     /// Not reentrant: a method holding it must not call another that takes it.
     /// Refused once the store is marked failed.
     fn gate(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>, StoreError> {
