@@ -141,8 +141,12 @@ impl Frames {
                 let (rooms, dms) = self.local.take().unwrap_or_else(|| (app.registry.rooms(), dm_index(app)));
                 let reader = app.backend.reader();
                 for room in &rooms {
-                    if reader.is_member(room, &user).unwrap_or(false) {
-                        self.for_room(app, room, &user, &frame(room));
+                    match reader.is_member(room, &user) {
+                        Ok(true) => self.for_room(app, room, &user, &frame(room)),
+                        Ok(false) => {}
+                        // Presence is best effort; a read that fails is said,
+                        // not taken for "not a member".
+                        Err(e) => tracing::warn!(room = %room, error = %e, "presence not relayed: cannot read the room's members"),
                     }
                 }
                 // Direct-message rooms have no room list: the other users'

@@ -174,7 +174,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let wal_syncs = api::metrics::wal_sync_histogram();
     let log_store = {
         let h = wal_syncs.clone();
-        LogStore::observed(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())))
+        LogStore::observed(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())))?
     };
 
     let peers = network::Peers::new(identity.clone(), config.peer_source_ip);

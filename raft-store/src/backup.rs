@@ -303,7 +303,7 @@ fn rename_cluster(backup: &Path, header: &BackupHeader, dest: &Path, cluster_id:
 /// The last entry the store's log holds (committed or not), or the last one
 /// its snapshot covers when the log is empty.
 pub async fn log_end(store: &Store) -> Result<Option<LogId>, StoreError> {
-    let state = LogStore::new(store.clone()).get_log_state().await?;
+    let state = LogStore::new(store.clone())?.get_log_state().await?;
     let applied = state_machine::ChatReader::of(store).applied_log_id()?;
     Ok(state.last_log_id.max(applied))
 }
@@ -314,7 +314,7 @@ pub async fn log_end(store: &Store) -> Result<Option<LogId>, StoreError> {
 /// nothing a client was told was written), builds a snapshot of the result,
 /// and writes it as a backup to `dest`.
 pub async fn export_all(store: &Store, dest: &Path, source: &str) -> Result<BackupHeader, StoreError> {
-    let log = LogStore::new(store.clone());
+    let log = LogStore::new(store.clone())?;
     let applied = state_machine::ChatReader::of(store).applied_log_id()?;
     let from = applied.as_ref().map_or(0, |id| id.index + 1);
     let tail = log.read_range(from, None)?;
@@ -343,4 +343,80 @@ pub async fn export_all(store: &Store, dest: &Path, source: &str) -> Result<Back
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::UserRecord;
+
+    fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
+        LogId::new(RaftLeaderId::new(term, node), index)
+    }
+
+    /// A backup of a state holding a cluster record and one user, at index 40
+    /// of term 3 (leader 2).
+    fn sample(dir: &Path) -> PathBuf {
+        let snap = dir.join("s.snap");
+        let mut w = SnapshotWriter::create(&snap, crate::format::CURRENT).unwrap();
+        let cluster = ClusterRecord { cluster_id: "old".into(), signing_key: vec![7; 32] };
+        w.record(Table::Meta, chat::META_CLUSTER, &encode(&cluster).unwrap()).unwrap();
+        w.record(Table::Users, b"ann", &encode(&UserRecord { password_hash: "h".into() }).unwrap()).unwrap();
+        w.finish().unwrap();
+        let header = BackupHeader {
+            cluster_id: "old".into(),
+            last_log_id: Some(log_id(3, 2, 40)),
+            level: crate::format::CURRENT,
+            created_ms: 1,
+            snapshot_bytes: std::fs::metadata(&snap).unwrap().len(),
+            source: "test".into(),
+        };
+        let path = dir.join("b.bak");
+        write_file(&path, &header, &snap).unwrap();
+        assert_eq!(BackupStream::total_len(&header).unwrap(), std::fs::metadata(&path).unwrap().len());
+        path
+    }
+
+    #[test]
+    fn a_backup_verifies_and_any_damage_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let h = verify(&path).unwrap();
+        assert_eq!((h.cluster_id.as_str(), h.index()), ("old", 40));
+        let bytes = std::fs::read(&path).unwrap();
+        for at in [0, 12, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(verify(&path).is_err(), "a flip at byte {at} passed");
+        }
+        std::fs::write(&path, &bytes[..bytes.len() - 40]).unwrap();
+        let e = verify(&path).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn a_seed_makes_a_one_voter_cluster_under_the_new_id_and_refuses_a_used_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let store = crate::open(&dir.path().join("data")).unwrap();
+        let info = NodeInfo { raft_addr: "127.0.0.1:1".into(), client_url: "http://127.0.0.1:2".into() };
+        seed(&store, &path, 5, &info, "new").unwrap();
+        finish_seed(&store, &path).unwrap();
+        assert!(!path.exists());
+        let reader = state_machine::ChatReader::of(&store);
+        assert_eq!(reader.applied_log_id().unwrap(), Some(log_id(3, 2, 40)));
+        let members = reader.membership().unwrap();
+        assert_eq!(members.membership().voter_ids().collect::<Vec<_>>(), vec![5]);
+        let cluster = reader.cluster().unwrap().unwrap();
+        assert_eq!((cluster.cluster_id.as_str(), cluster.signing_key.as_slice()), ("new", [7u8; 32].as_slice()));
+        assert!(reader.user("ann").unwrap().is_some());
+        let vote: Vote = decode(&store.db.get_cf(store.cf(CF_RAFT).unwrap(), log_store::KEY_VOTE).unwrap().unwrap()).unwrap();
+        assert_eq!(vote, Vote::new(3, 5));
+
+        // The store now holds a node's data: a second backup is refused.
+        let again = sample(dir.path());
+        let e = seed(&store, &again, 5, &info, "other").unwrap_err().to_string();
+        assert!(e.contains("holds a node's data"), "{e}");
+    }
 }

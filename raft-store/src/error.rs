@@ -4,10 +4,12 @@
 /// the Raft instance that sees it: openraft stops rather than risk a wrong log.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    // Not `#[from]`: that would also make the inner error the source, and an
+    // error chain printed whole (`{:#}`) would say the same thing twice.
     #[error("rocksdb: {0}")]
-    Rocks(#[from] rocksdb::Error),
+    Rocks(rocksdb::Error),
     #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// RocksDB found damaged files at open; the message names them when it can.
     #[error("damaged store: {0}")]
     Damaged(String),
@@ -21,6 +23,18 @@ pub enum StoreError {
     Failed(String),
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        StoreError::Rocks(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
 }
 
 impl From<StoreError> for std::io::Error {

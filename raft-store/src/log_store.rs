@@ -54,14 +54,15 @@ pub struct LogStore {
 pub type SyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 impl LogStore {
-    pub fn new(store: Store) -> Self {
+    /// Fails only if the WAL sync thread cannot be started.
+    pub fn new(store: Store) -> Result<Self, StoreError> {
         Self::observed(store, Arc::new(|_| {}))
     }
 
     /// A log store that reports each WAL fsync's duration to `on_sync`.
-    pub fn observed(store: Store, on_sync: SyncObserver) -> Self {
-        let syncer = Arc::new(WalSyncer::start(store.clone(), on_sync));
-        LogStore { store, syncer }
+    pub fn observed(store: Store, on_sync: SyncObserver) -> Result<Self, StoreError> {
+        let syncer = Arc::new(WalSyncer::start(store.clone(), on_sync)?);
+        Ok(LogStore { store, syncer })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -195,7 +196,7 @@ pub struct WalSyncer {
 }
 
 impl WalSyncer {
-    fn start(store: Store, on_sync: SyncObserver) -> Self {
+    fn start(store: Store, on_sync: SyncObserver) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         std::thread::Builder::new()
             .name("chorus-wal-sync".into())
@@ -216,8 +217,8 @@ impl WalSyncer {
                     }
                 }
             })
-            .unwrap_or_else(|e| panic!("cannot start the WAL sync thread: {e}"));
-        WalSyncer { tx: std::sync::Mutex::new(Some(tx)) }
+            .map_err(|e| StoreError::Io(io::Error::other(format!("cannot start the WAL sync thread: {e}"))))?;
+        Ok(WalSyncer { tx: std::sync::Mutex::new(Some(tx)) })
     }
 
     fn sync_then(&self, callback: IOFlushed<TypeConfig>) {

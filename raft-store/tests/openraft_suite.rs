@@ -14,7 +14,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let dir = TempDir::new().map_err(|e| StorageError::read(BoxedErrorSource::from_error(&e)))?;
         let store = raft_store::open(dir.path()).map_err(|e| StorageError::read(BoxedErrorSource::from_error(&e)))?;
         let sm = StateMachine::open(store.clone()).map_err(|e| StorageError::read(BoxedErrorSource::from_error(&e)))?;
-        Ok((dir, LogStore::new(store), sm))
+        let log = LogStore::new(store).map_err(|e| StorageError::read(BoxedErrorSource::from_error(&e)))?;
+        Ok((dir, log, sm))
     }
 }
 
