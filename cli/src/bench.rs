@@ -58,7 +58,7 @@ pub struct BenchArgs {
     fanout_rate: u64,
     /// Threads reading the fan-out subscribers' sockets. One is the default:
     /// on a 2-core machine that also runs the nodes, two measured no better
-    /// (docs/PERFORMANCE.md, session 8); on a bigger load machine, use more.
+    /// (docs/PERFORMANCE.md, "Tried and not kept"); on a bigger load machine, use more.
     #[arg(long, default_value_t = 1)]
     reader_threads: usize,
     #[arg(long, default_value_t = 0)]
