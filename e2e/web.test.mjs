@@ -74,6 +74,47 @@ async function status() {
   return JSON.parse(ctl('--node', nodes[0].raft, '--json', '--timeout', '2', 'cluster', 'status'));
 }
 
+// Each chart line of the cluster view, as chart -> series -> values (null: a gap).
+function chartLines(page) {
+  return page.$$eval('#charts figure', (figs) => Object.fromEntries(figs.map((f) => [
+    f.id.replace('chart-', ''),
+    Object.fromEntries([...f.querySelectorAll('path')].map((p) => [
+      p.dataset.series, p.dataset.values.split(',').map((v) => (v === '' ? null : Number(v)))])),
+  ])));
+}
+const sum = (vs) => vs.filter(Number.isFinite).reduce((a, b) => a + b, 0);
+
+// Runs in a page: registers `user`, joins "general" over a WebSocket to the
+// page's own node and sends `count` messages one after another; the acks seen.
+async function sendThroughThisNode({ user, count }) {
+  const post = (p, body) => fetch(p, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  await post('/v1/users', { name: user, password: 'password-123' });
+  const { token } = await (await post('/v1/sessions', { name: user, password: 'password-123' })).json();
+  const ws = new WebSocket(`ws://${location.host}/v1/ws?token=${token}`);
+  await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = () => fail(new Error('no WebSocket')); });
+  const reply = (frame, wanted) => new Promise((ok, fail) => {
+    const on = (e) => {
+      const f = JSON.parse(e.data);
+      if (f.type === 'error') fail(new Error(`${f.code}: ${f.message}`));
+      else if (!wanted(f)) return;
+      else ok(f);
+      ws.removeEventListener('message', on);
+    };
+    ws.addEventListener('message', on);
+    ws.send(JSON.stringify(frame));
+  });
+  await reply({ type: 'join', room: 'general' }, (f) => f.type === 'joined');
+  let acked = 0;
+  for (let i = 0; i < count; i++) {
+    const id = `${user}-${i}`;
+    await reply({ type: 'send', room: 'general', id, text: `load ${i}` }, (f) => f.type === 'ack' && f.id === id);
+    acked += 1;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  ws.close();
+  return acked;
+}
+
 let browser;
 function cleanup() {
   for (const n of nodes) if (n.proc) n.proc.kill('SIGKILL');
@@ -159,12 +200,40 @@ async function main() {
   let st = await status();
   const viewer = nodes.find((n) => n.id !== st.leader);
   const cluster = await (await browser.newContext({ viewport: { width: 1100, height: 400 } })).newPage();
+  cluster.on('pageerror', (e) => console.error('page error (cluster):', e.message));
   await cluster.goto(`${url(viewer)}/cluster`);
   await cluster.waitForSelector(`#members tr.leader[data-id="${st.leader}"]`);
+
+  // Its charts draw live figures: traffic sent through the viewer's own node
+  // shows in that node's commits/s and ack p99, and every member has a lag line.
+  const acked = await cluster.evaluate(sendThroughThisNode, { user: 'cal', count: 15 });
+  assert.equal(acked, 15);
+  const lines = await waitFor('the charts to draw the traffic', async () => {
+    const l = await chartLines(cluster);
+    const ok = sum(l.commits['commits/s']) >= 10 && Math.max(...l.ack.p99.filter(Number.isFinite)) > 0
+      && ['1', '2', '3'].every((id) => l.lag[id]?.filter(Number.isFinite).length >= 3);
+    return ok && l;
+  }, 15000).catch(async (e) => { throw new Error(`${e.message}: ${JSON.stringify(await chartLines(cluster))}`); });
+  const commitIndex = async (n) => Number(/^chorus_raft_commit_index (\d+)$/m.exec(await (await fetch(`${url(n)}/metrics`)).text())[1]);
+  assert.ok(sum(lines.commits['commits/s']) <= await commitIndex(viewer), `commits/s adds up to no more than the commit index: ${lines.commits['commits/s']}`);
+  const p99 = Math.max(...lines.ack.p99.filter(Number.isFinite));
+  assert.ok(p99 > 0 && p99 < 2000, `ack p99 in ms: ${lines.ack.p99}`);
+  for (const id of ['1', '2', '3']) {
+    assert.ok(lines.lag[id].filter(Number.isFinite).every((v) => v >= 0 && v < 1000), `member ${id} lag: ${lines.lag[id]}`);
+  }
+  const shown = await cluster.$$eval('#charts .value', (els) => els.map((e) => e.textContent));
+  assert.match(shown[2], /1: \d+.*2: \d+.*3: \d+/, `lag per member shown: ${shown}`);
   await cluster.screenshot({ path: path.join(shots, 'cluster.png') });
+
   const oldLeader = nodes.find((n) => n.id === st.leader);
   oldLeader.proc.kill('SIGKILL');
   await cluster.waitForSelector(`#members tr.leader:not([data-id="${oldLeader.id}"])`, { timeout: 20000 });
+  // The dead member's lag is not known any more: its line stops, the others go on.
+  await waitFor('a gap in the old leader\'s lag line', async () => {
+    const { lag } = await chartLines(cluster);
+    const last = (id) => lag[id]?.at(-1);
+    return last(String(oldLeader.id)) === null && nodes.filter((n) => n !== oldLeader).every((n) => Number.isFinite(last(String(n.id))));
+  }, 10000);
   console.log('web e2e: ok');
 }
 

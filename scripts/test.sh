@@ -23,6 +23,15 @@ results="$CHORUS_ROOT/jepsen-like-tests/results"
 "$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis membership,clock-skew,kill-leader,partition-leader --combine 0.5 --out "$results/membership-clock"
 "$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis all --net proxy --out "$results/proxy"
 
+echo "== Prometheus alert rules and their unit tests (Debian's promtool)"
+if ! command -v promtool >/dev/null; then
+  echo "installing: prometheus (for promtool)" >&2
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
+python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/chorus-dashboard.json
+
 echo "== web page in headless Chromium (Debian's chromium, playwright-core from npm)"
 if [ ! -x /usr/bin/chromium ]; then
   echo "installing: chromium" >&2
