@@ -31,7 +31,7 @@ pub async fn backup(cli: &Cli, file: &Path) -> anyhow::Result<()> {
     let mut stream = client.backup(req).await.map_err(failed)?.into_inner();
     let partial = with_suffix(file, ".partial");
     let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?,
+        backup::create_private(&partial).with_context(|| format!("cannot create {}", partial.display()))?,
     );
     let mut hash = Sha256::new();
     let (mut written, mut total, mut index) = (0u64, 0u64, 0u64);
@@ -170,8 +170,9 @@ fn open(dir: &Path) -> anyhow::Result<raft_store::Store> {
 
 fn place_seed(file: &Path, dir: &Path) -> anyhow::Result<()> {
     let tmp = dir.join(format!("{SEED_FILE}.tmp"));
-    std::fs::copy(file, &tmp).with_context(|| format!("cannot copy the backup into {}", dir.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    let mut out = backup::create_private(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    std::io::copy(&mut std::fs::File::open(file)?, &mut out).with_context(|| format!("cannot copy the backup into {}", dir.display()))?;
+    out.sync_all()?;
     std::fs::rename(&tmp, dir.join(SEED_FILE))?;
     sync_parent(&dir.join(SEED_FILE))
 }

@@ -156,6 +156,9 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_every_acked_messag
     let (raft, path) = (follower.raft_addr.clone(), file.clone());
     let out = tokio::task::spawn_blocking(move || ctl(&raft, &["backup", path.to_str().unwrap_or_default()])).await??;
     ensure!(out.contains("sha256"), "backup printed no checksum: {out}");
+    // It holds password hashes and the token key: for its owner's eyes only.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file)?.permissions());
+    ensure!(mode & 0o077 == 0, "the backup is mode {mode:o}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let posted_count = writer.await?;

@@ -125,7 +125,7 @@ pub fn write_file(path: &Path, header: &BackupHeader, snapshot: &Path) -> Result
 /// [`write_file`] from an open snapshot file, read from its start.
 pub fn write_file_from(path: &Path, header: &BackupHeader, mut input: File) -> Result<(), StoreError> {
     let (mut stream, prefix) = BackupStream::start(header)?;
-    let mut out = BufWriter::new(File::create(path)?);
+    let mut out = BufWriter::new(create_private(path)?);
     out.write_all(&prefix)?;
     input.seek(SeekFrom::Start(0))?;
     let mut buf = vec![0u8; 1 << 20];
@@ -140,6 +140,13 @@ pub fn write_file_from(path: &Path, header: &BackupHeader, mut input: File) -> R
     out.write_all(&stream.finish())?;
     out.into_inner().map_err(|e| StoreError::Io(e.into_error()))?.sync_all()?;
     Ok(())
+}
+
+/// Creates (or truncates) `path` readable and writable by its owner only: a
+/// backup holds every password hash and the token-signing key.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 /// Reads a backup's header after checking the whole file's checksum and the
