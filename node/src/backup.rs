@@ -124,11 +124,8 @@ pub async fn automatic(node: std::sync::Arc<Node>, mut stop: tokio::sync::watch:
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match write_local(&node, &dir).await {
-            Ok(Some(path)) => {
-                tracing::info!(file = %path.display(), "wrote an automatic backup");
-                rotate(&dir, keep);
-            }
+        match write_local(&node, &dir, keep).await {
+            Ok(Some(path)) => tracing::info!(file = %path.display(), "wrote an automatic backup"),
             Ok(None) => tracing::debug!("no state to back up yet"),
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "automatic backup failed"),
         }
@@ -137,7 +134,7 @@ pub async fn automatic(node: std::sync::Arc<Node>, mut stop: tokio::sync::watch:
 
 /// One backup of what this node has applied, into `dir`; `None` before the
 /// cluster's first entry.
-pub async fn write_local(node: &Node, dir: &std::path::Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+pub async fn write_local(node: &Node, dir: &std::path::Path, keep: usize) -> anyhow::Result<Option<std::path::PathBuf>> {
     let applied = node.applied_index();
     if applied == 0 {
         return Ok(None);
@@ -167,14 +164,17 @@ pub async fn write_local(node: &Node, dir: &std::path::Path) -> anyhow::Result<O
     // The open handle keeps the data even if the file is replaced; copy from
     // it rather than from the path.
     tokio::task::spawn_blocking(move || backup::write_file_from(&t, &h, file.file)).await??;
+    // Room for the new one is made only once it is written, so there are
+    // never more than `keep`, and never fewer than `keep - 1` complete ones.
+    rotate(dir, keep.saturating_sub(1), &tmp);
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(Some(path))
 }
 
-/// Removes all but the newest `keep` automatic backups in `dir` (and any
-/// `.tmp` a crash left).
-fn rotate(dir: &std::path::Path, keep: usize) {
+/// Removes all but the newest `keep` automatic backups in `dir`, and any
+/// `.tmp` a crash left (but `writing`).
+fn rotate(dir: &std::path::Path, keep: usize, writing: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut ours: Vec<std::path::PathBuf> = Vec::new();
     for e in entries.flatten() {
@@ -183,7 +183,9 @@ fn rotate(dir: &std::path::Path, keep: usize) {
             continue;
         }
         if name.ends_with(".tmp") {
-            let _ = std::fs::remove_file(e.path());
+            if e.path() != writing {
+                let _ = std::fs::remove_file(e.path());
+            }
         } else if name.ends_with(AUTO_SUFFIX) {
             ours.push(e.path());
         }
