@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::Stream;
 use proto::v1::BackupChunk;
 use raft_store::backup::{self, BackupHeader, BackupStream};
-use raft_store::snapshot::SnapshotReader;
+use raft_store::snapshot::{SnapshotFile, SnapshotReader};
 use raft_store::{NodeInfo, Store};
 use tonic::Status;
 
@@ -37,26 +37,9 @@ pub async fn stream(node: &Node) -> Result<ChunkStream, Status> {
     let point = node.read_index(PREPARE_TIMEOUT).await.map_err(|e| {
         Status::unavailable(format!("cannot take a consistent backup: {e} (a backup needs a cluster with a quorum)"))
     })?;
-    if node.snapshot_index() < point {
-        node.raft.trigger().snapshot().await.map_err(|e| Status::internal(e.to_string()))?;
-        if node.snapshot_covering(point, PREPARE_TIMEOUT).await.is_none() {
-            return Err(Status::deadline_exceeded("the snapshot for the backup did not finish in time"));
-        }
-    }
-    let (meta, mut file) = node
-        .reader
-        .current_snapshot()
-        .map_err(|e| Status::internal(e.to_string()))?
+    let (header, mut file) = covering_snapshot(node, point, "")
+        .await?
         .ok_or_else(|| Status::internal("no snapshot to back up"))?;
-    let level = SnapshotReader::new(&file.file).map_err(|e| Status::internal(format!("the snapshot: {e}")))?.level();
-    let header = BackupHeader {
-        cluster_id: node.peers.identity.cluster_id().unwrap_or_default(),
-        last_log_id: meta.last_log_id,
-        level,
-        created_ms: backup::now_ms(),
-        snapshot_bytes: file.file.metadata().map_err(|e| Status::internal(e.to_string()))?.len(),
-        source: format!("node {} at {}", node.id, node.info.raft_addr),
-    };
     let total = BackupStream::total_len(&header).map_err(|e| Status::internal(e.to_string()))?;
     let (mut sum, prefix) = BackupStream::start(&header).map_err(|e| Status::internal(e.to_string()))?;
     std::io::Seek::seek(&mut file.file, std::io::SeekFrom::Start(0)).map_err(|e| Status::internal(e.to_string()))?;
@@ -86,6 +69,30 @@ pub async fn stream(node: &Node) -> Result<ChunkStream, Status> {
         let _ = tx.blocking_send(Ok(BackupChunk { data: sum.finish().to_vec(), total: 0, index: 0 }));
     });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// This node's snapshot covering log index `point` (built now if the latest
+/// does not), opened, with the header of a backup of it; `None` if there is
+/// no snapshot. `source` is appended to the header's "node N at ADDR".
+async fn covering_snapshot(node: &Node, point: u64, source: &str) -> Result<Option<(BackupHeader, SnapshotFile)>, Status> {
+    let internal = |e: &dyn std::fmt::Display| Status::internal(e.to_string());
+    if node.snapshot_index() < point {
+        node.raft.trigger().snapshot().await.map_err(|e| internal(&e))?;
+        if node.snapshot_covering(point, PREPARE_TIMEOUT).await.is_none() {
+            return Err(Status::deadline_exceeded("the snapshot for the backup did not finish in time"));
+        }
+    }
+    let Some((meta, file)) = node.reader.current_snapshot().map_err(|e| internal(&e))? else { return Ok(None) };
+    let level = SnapshotReader::new(&file.file).map_err(|e| Status::internal(format!("the snapshot: {e}")))?.level();
+    let header = BackupHeader {
+        cluster_id: node.peers.identity.cluster_id().unwrap_or_default(),
+        last_log_id: meta.last_log_id,
+        level,
+        created_ms: backup::now_ms(),
+        snapshot_bytes: file.file.metadata().map_err(|e| internal(&e))?.len(),
+        source: format!("node {} at {}{source}", node.id, node.info.raft_addr),
+    };
+    Ok(Some((header, file)))
 }
 
 /// Seeds the store from the backup a restore or force-new left in the data
@@ -139,21 +146,10 @@ pub async fn write_local(node: &Node, dir: &std::path::Path, keep: usize) -> any
     if applied == 0 {
         return Ok(None);
     }
-    if node.snapshot_index() < applied {
-        node.raft.trigger().snapshot().await?;
-        if node.snapshot_covering(applied, PREPARE_TIMEOUT).await.is_none() {
-            anyhow::bail!("the snapshot did not finish in time");
-        }
-    }
-    let Some((meta, file)) = node.reader.current_snapshot()? else { return Ok(None) };
-    let level = SnapshotReader::new(&file.file)?.level();
-    let header = BackupHeader {
-        cluster_id: node.peers.identity.cluster_id().unwrap_or_default(),
-        last_log_id: meta.last_log_id,
-        level,
-        created_ms: backup::now_ms(),
-        snapshot_bytes: file.file.metadata()?.len(),
-        source: format!("node {} at {} (automatic)", node.id, node.info.raft_addr),
+    let Some((header, file)) =
+        covering_snapshot(node, applied, " (automatic)").await.map_err(|s| anyhow::anyhow!(s.message().to_string()))?
+    else {
+        return Ok(None);
     };
     std::fs::create_dir_all(dir)?;
     // Names sort by time: the millisecond clock, zero-padded.
