@@ -30,6 +30,7 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use raft_store::chat::{self, Event, Message, Outcome};
+use raft_store::ChatRead;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -42,7 +43,7 @@ use wire::{ClientFrame, Id, ServerFrame};
 
 use crate::error::{ApiError, Code};
 use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SLOW_CONSUMER};
-use crate::http::{read_history, send_message, wire_message};
+use crate::ops::{read_history, send_message, unexpected, wire_message};
 use crate::presence::PeerSignal;
 use crate::{validate, App, ChatBackend};
 
@@ -156,8 +157,9 @@ struct Session<B: ChatBackend> {
     awaiting: usize,
 }
 
-async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStream, read_buf: Bytes) {
-    let out = Outbox::new(stream, user.clone());
+/// The WebSocket over `out`'s socket, with the bytes the client sent along
+/// with its upgrade request.
+async fn websocket<B: ChatBackend>(app: &App<B>, out: &Arc<Outbox>, read_buf: Bytes) -> WebSocketStream<ConnIo> {
     // A small read buffer: it is per connection, and the default (128 KiB)
     // would dominate the memory of ten thousand mostly idle connections.
     // Client frames are small; a large one just takes more reads. Writes are
@@ -172,15 +174,20 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
     // copy out what it holds and let the buffer go, not keep it for the session.
     let early = (!read_buf.is_empty()).then(|| read_buf.to_vec());
     drop(read_buf);
-    let ws = match early {
+    match early {
         None => WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
         // The client's first bytes came in with the upgrade request.
         Some(bytes) => WebSocketStream::from_partially_read(io, bytes, Role::Server, Some(config)).await,
-    };
+    }
+}
+
+async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStream, read_buf: Bytes) {
+    let out = Outbox::new(stream, user.clone());
+    let ws = websocket(&app, &out, read_buf).await;
     // From here on, direct messages to this user reach this connection: the
     // fan-out sees it, and then learns from when (see `receive_dms_since`).
     app.registry.connect(&out);
-    match chat::clock(app.backend.reader()) {
+    match app.backend.reader().clock() {
         Ok(clock) => out.receive_dms_since(clock),
         Err(e) => {
             // Every direct message the fan-out still holds, then.
@@ -188,7 +195,7 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
             out.receive_dms_since(0);
         }
     }
-    let (acks, mut acked) = mpsc::channel(MAX_IN_FLIGHT);
+    let (acks, acked) = mpsc::channel(MAX_IN_FLIGHT);
     app.connections.fetch_add(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.connected(&user) {
         app.backend.send_signal(sig);
@@ -204,44 +211,7 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
         acks,
         awaiting: 0,
     };
-    while !s.gone && s.out.closing().is_none() {
-        tokio::select! {
-            frame = s.ws.next() => match frame {
-                Some(Ok(WsMessage::Text(text))) => s.client_frame(text.as_str()).await,
-                Some(Ok(WsMessage::Binary(_))) => s.fail(ApiError::bad_request("frames are JSON text"), None, None),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                // The close reply (queued by the protocol layer) still goes out.
-                Some(Ok(WsMessage::Close(_))) => s.close_with(1000, "bye"),
-                Some(Err(e)) => {
-                    // Oversized or malformed at the protocol level, or the socket failed: say so, then close.
-                    tracing::debug!(user = %s.user, error = %e, "websocket read failed");
-                    if let tokio_tungstenite::tungstenite::Error::Capacity(c) = &e {
-                        // The rest of the frame is still unread, so the connection cannot go on.
-                        s.fail(ApiError::new(Code::TooLarge, format!("{c}")), None, None);
-                    }
-                    s.close_with(1009, "frame too large or malformed");
-                }
-                None => s.gone = true,
-            },
-            event = poll_fn(|cx| s.out.poll_event(cx)) => match event {
-                OutboxEvent::Gone => s.gone = true,
-                OutboxEvent::Closing(..) => {}
-                OutboxEvent::Stale => {
-                    if let Some(since) = s.out.take_dm_lost() {
-                        s.open_lost_dms(since);
-                    }
-                    for room in s.out.stale_rooms() {
-                        s.catch_up(&room).await;
-                    }
-                }
-            },
-            // Polled only while a send awaits its answer: an empty channel still costs a poll per turn.
-            Some(frame) = acked.recv(), if s.awaiting > 0 => {
-                s.awaiting -= 1;
-                s.push(frame);
-            }
-        }
-    }
+    s.serve(acked).await;
     s.finish().await;
     app.connections.fetch_sub(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.disconnected(&user) {
@@ -326,6 +296,57 @@ impl<B: ChatBackend> Session<B> {
         }
     }
 
+    /// Reads client frames, the outbox's events and the send tasks' answers
+    /// until the client is gone or the connection is closing.
+    async fn serve(&mut self, mut acked: mpsc::Receiver<ServerFrame>) {
+        while !self.gone && self.out.closing().is_none() {
+            tokio::select! {
+                frame = self.ws.next() => self.read(frame).await,
+                event = poll_fn(|cx| self.out.poll_event(cx)) => self.outbox_event(event).await,
+                // Polled only while a send awaits its answer: an empty channel still costs a poll per turn.
+                Some(frame) = acked.recv(), if self.awaiting > 0 => {
+                    self.awaiting -= 1;
+                    self.push(frame);
+                }
+            }
+        }
+    }
+
+    async fn read(&mut self, frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>) {
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => self.client_frame(text.as_str()).await,
+            Some(Ok(WsMessage::Binary(_))) => self.fail(ApiError::bad_request("frames are JSON text"), None, None),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            // The close reply (queued by the protocol layer) still goes out.
+            Some(Ok(WsMessage::Close(_))) => self.close_with(1000, "bye"),
+            Some(Err(e)) => {
+                // Oversized or malformed at the protocol level, or the socket failed: say so, then close.
+                tracing::debug!(user = %self.user, error = %e, "websocket read failed");
+                if let tokio_tungstenite::tungstenite::Error::Capacity(c) = &e {
+                    // The rest of the frame is still unread, so the connection cannot go on.
+                    self.fail(ApiError::new(Code::TooLarge, format!("{c}")), None, None);
+                }
+                self.close_with(1009, "frame too large or malformed");
+            }
+            None => self.gone = true,
+        }
+    }
+
+    async fn outbox_event(&mut self, event: OutboxEvent) {
+        match event {
+            OutboxEvent::Gone => self.gone = true,
+            OutboxEvent::Closing(..) => {}
+            OutboxEvent::Stale => {
+                if let Some(since) = self.out.take_dm_lost() {
+                    self.open_lost_dms(since);
+                }
+                for room in self.out.stale_rooms() {
+                    self.catch_up(&room).await;
+                }
+            }
+        }
+    }
+
     fn fail(&mut self, e: ApiError, id: Option<Id>, req: Option<Id>) {
         self.push(e.frame(id, req));
     }
@@ -340,7 +361,7 @@ impl<B: ChatBackend> Session<B> {
         } else {
             match self.app.backend.propose(Event::RoomJoined { room: room.clone(), user: self.user.clone() }).await? {
                 Outcome::Joined { head } => head,
-                other => return Err(ApiError::new(Code::Unavailable, format!("unexpected outcome {other:?}"))),
+                other => return Err(unexpected(other)),
             }
         };
         let online = self.online_members(&room)?;
@@ -399,22 +420,40 @@ impl<B: ChatBackend> Session<B> {
     /// installed, or the fan-out fell behind), which pays for the scan of
     /// every room.
     fn open_lost_dms(&mut self, since: u64) {
-        let reader = self.app.backend.reader();
-        let rooms = match reader.rooms() {
+        let rooms = match self.app.backend.reader().rooms() {
             Ok(rooms) => rooms,
             Err(e) => return self.storage_failed("(all)", &e),
         };
         for (room, record) in rooms {
             let mine = chat::dm_participants(&room).is_some_and(|(a, b)| a == self.user || b == self.user);
-            if !mine || record.last_seq == 0 || self.out.cursor(&room).is_some() {
-                continue;
+            if mine && record.last_seq > 0 && self.out.cursor(&room).is_none() && !self.open_dm_from(&room, since) {
+                return;
             }
-            match reader.last_stamped_before(&room, since, REPLAY_PAGE) {
-                Ok(Some(last)) => {
-                    self.out.open_dm(&room, last);
-                }
-                Ok(None) => {}
-                Err(e) => return self.storage_failed(&room, &e),
+        }
+        // Until here the fan-out entered no DM room without a cursor; those it
+        // had messages for meanwhile may have held none when `rooms` was read.
+        // Each holds a message stamped since `since` (the fan-out had it), so
+        // it is opened.
+        for room in self.out.finish_dm_scan() {
+            if !self.open_dm_from(&room, since) {
+                return;
+            }
+        }
+    }
+
+    /// Opens DM room `room` for a replay of its messages stamped at or after
+    /// `since`, if it holds any. Returns false if storage failed (the
+    /// connection is then closing).
+    fn open_dm_from(&mut self, room: &str, since: u64) -> bool {
+        match self.app.backend.reader().last_stamped_before(room, since, REPLAY_PAGE) {
+            Ok(Some(last)) => {
+                self.out.open_dm(room, last);
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                self.storage_failed(room, &e);
+                false
             }
         }
     }

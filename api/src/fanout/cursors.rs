@@ -83,20 +83,43 @@ pub(super) enum Step {
     /// Write the group's frames from this index on; the cursor then stands at
     /// the group's last seq, live.
     WriteFrom(usize),
+    /// A direct-message room the connection would enter with this group, but
+    /// the fan-out lost messages and the room may hold some stamped since the
+    /// connection was registered before the group: where the connection
+    /// enters is read from storage ([`Dm::Place`]).
+    Place,
+}
+
+/// A connection and a direct-message room it has no cursor in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dm {
+    /// Not a DM room, or the connection's user is not one of its two users.
+    NotMine,
+    /// One of its two users: the connection gets the messages stamped at or
+    /// after this, the cluster clock once it was registered (`None` before).
+    Since(Option<u64>),
+    /// One of its two users, receiving direct messages stamped since this,
+    /// but the fan-out lost messages since then and the session has not yet
+    /// read this room from storage: a group can no longer tell where the
+    /// connection enters.
+    Place(u64),
 }
 
 /// What delivering `group` does to a connection whose cursor in its room is
-/// `cursor`. `dm`: the connection's user is one of the two users of this
-/// direct-message room; without a cursor, the connection then gets the
-/// messages stamped at or after `dm_since` ([`dm_start`]).
-pub(super) fn decide(cursor: Option<Cursor>, dm: bool, dm_since: Option<u64>, group: &Group) -> Step {
-    let cursor = match cursor {
-        Some(c) => c,
-        None if dm => match dm_start(dm_since, group) {
+/// `cursor`; `dm` says how a direct-message room without a cursor is entered
+/// ([`dm_start`]).
+pub(super) fn decide(cursor: Option<Cursor>, dm: Dm, group: &Group) -> Step {
+    let cursor = match (cursor, dm) {
+        (Some(c), _) => c,
+        (None, Dm::NotMine) => return Step::Nothing,
+        (None, Dm::Since(since)) => match dm_start(since, group) {
             Some(c) => c,
             None => return Step::Nothing,
         },
-        None => return Step::Nothing,
+        // Messages before this group may be stamped since the connection was
+        // registered and never have reached it; a group with nothing that
+        // recent needs nothing, as `ts` never decreases within a room.
+        (None, Dm::Place(since)) => return if dm_start(Some(since), group).is_some() { Step::Place } else { Step::Nothing },
     };
     if cursor.last >= group.last() {
         return Step::Nothing;
@@ -140,22 +163,22 @@ mod tests {
     fn a_live_cursor_gets_what_it_lacks_and_goes_stale_on_a_gap() {
         let live = Some(Cursor::sent(5));
         // Already sent, all or part.
-        assert_eq!(decide(live, false, None, &group("r", 3..=5)), Step::Nothing);
-        assert_eq!(decide(live, false, None, &group("r", 3..=7)), Step::WriteFrom(3));
-        assert_eq!(decide(live, false, None, &group("r", 6..=8)), Step::WriteFrom(0));
+        assert_eq!(decide(live, Dm::NotMine, &group("r", 3..=5)), Step::Nothing);
+        assert_eq!(decide(live, Dm::NotMine, &group("r", 3..=7)), Step::WriteFrom(3));
+        assert_eq!(decide(live, Dm::NotMine, &group("r", 6..=8)), Step::WriteFrom(0));
         // A gap: 6 was never sent.
-        assert_eq!(decide(live, false, None, &group("r", 7..=8)), Step::Stale(Cursor { last: 5, live: false, skipped: false }));
+        assert_eq!(decide(live, Dm::NotMine, &group("r", 7..=8)), Step::Stale(Cursor { last: 5, live: false, skipped: false }));
         // Not in the room.
-        assert_eq!(decide(None, false, Some(0), &group("r", 1..=3)), Step::Nothing);
+        assert_eq!(decide(None, Dm::NotMine, &group("r", 1..=3)), Step::Nothing);
     }
 
     #[test]
     fn a_replaying_cursor_takes_nothing_and_is_marked_only_by_something_newer() {
         let replaying = Some(Cursor::replaying(5));
-        assert_eq!(decide(replaying, false, None, &group("r", 4..=5)), Step::Nothing);
-        assert_eq!(decide(replaying, false, None, &group("r", 6..=6)), Step::PassOver);
-        assert_eq!(decide(replaying, false, None, &group("r", 9..=9)), Step::PassOver);
-        assert_eq!(decide(replaying, true, Some(0), &group("dm:a:b", 9..=9)), Step::PassOver);
+        assert_eq!(decide(replaying, Dm::NotMine, &group("r", 4..=5)), Step::Nothing);
+        assert_eq!(decide(replaying, Dm::NotMine, &group("r", 6..=6)), Step::PassOver);
+        assert_eq!(decide(replaying, Dm::NotMine, &group("r", 9..=9)), Step::PassOver);
+        assert_eq!(decide(replaying, Dm::Since(Some(0)), &group("dm:a:b", 9..=9)), Step::PassOver);
     }
 
     #[test]
@@ -163,7 +186,7 @@ mod tests {
         let mut c = Cursor::replaying(5);
         c.begin_read();
         // Message 6 is applied while the read runs, and passed over.
-        if decide(Some(c), false, None, &group("r", 6..=6)) == Step::PassOver {
+        if decide(Some(c), Dm::NotMine, &group("r", 6..=6)) == Step::PassOver {
             c.pass_over();
         }
         assert!(!c.go_live(5), "went live past a message it never sent");
@@ -173,7 +196,7 @@ mod tests {
         assert!(!c.go_live(5), "went live after a seq it was not at");
         assert!(c.go_live(6));
         assert!(c.go_live(0), "a live cursor stays live");
-        assert_eq!(decide(Some(c), false, None, &group("r", 5..=7)), Step::WriteFrom(2));
+        assert_eq!(decide(Some(c), Dm::NotMine, &group("r", 5..=7)), Step::WriteFrom(2));
         // Lost messages send it back to storage, and a read begun before must read again.
         c.lose();
         assert!(!c.go_live(6));
@@ -191,21 +214,34 @@ mod tests {
         let dm = group("dm:ann:bob", 1..=3); // stamped 10, 20, 30
         // Before the session has read the clock, nothing.
         assert_eq!(dm_start(None, &dm), None);
-        assert_eq!(decide(None, true, None, &dm), Step::Nothing);
+        assert_eq!(decide(None, Dm::Since(None), &dm), Step::Nothing);
         // Since 20 (or 11 to 20): messages 2 and 3.
         assert_eq!(dm_start(Some(20), &dm), Some(Cursor::sent(1)));
         assert_eq!(dm_start(Some(11), &dm), Some(Cursor::sent(1)));
-        assert_eq!(decide(None, true, Some(20), &dm), Step::WriteFrom(1));
+        assert_eq!(decide(None, Dm::Since(Some(20)), &dm), Step::WriteFrom(1));
         // Since the first or earlier: all of them.
         assert_eq!(dm_start(Some(0), &dm), Some(Cursor::sent(0)));
-        assert_eq!(decide(None, true, Some(10), &dm), Step::WriteFrom(0));
+        assert_eq!(decide(None, Dm::Since(Some(10)), &dm), Step::WriteFrom(0));
         // Nothing that recent.
         assert_eq!(dm_start(Some(31), &dm), None);
-        assert_eq!(decide(None, true, Some(31), &dm), Step::Nothing);
+        assert_eq!(decide(None, Dm::Since(Some(31)), &dm), Step::Nothing);
         // Not one of the two users: no cursor, nothing.
-        assert_eq!(decide(None, false, Some(0), &dm), Step::Nothing);
+        assert_eq!(decide(None, Dm::NotMine, &dm), Step::Nothing);
         // With a cursor, the DM room is like any other.
-        assert_eq!(decide(Some(Cursor::sent(2)), true, Some(0), &dm), Step::WriteFrom(2));
-        assert_eq!(decide(Some(Cursor::sent(3)), true, Some(0), &dm), Step::Nothing);
+        assert_eq!(decide(Some(Cursor::sent(2)), Dm::Since(Some(0)), &dm), Step::WriteFrom(2));
+        assert_eq!(decide(Some(Cursor::sent(3)), Dm::Since(Some(0)), &dm), Step::Nothing);
+    }
+
+    #[test]
+    fn after_a_loss_a_dm_room_without_a_cursor_is_entered_from_storage() {
+        let dm = group("dm:ann:bob", 4..=5); // stamped 40, 50
+        // Messages 2 and 3 may have been lost and stamped since 20: the group
+        // cannot say where the connection enters.
+        assert_eq!(decide(None, Dm::Place(20), &dm), Step::Place);
+        // Nothing in the group that recent, so nothing before it either.
+        assert_eq!(decide(None, Dm::Place(51), &dm), Step::Nothing);
+        // A room that has a cursor goes on as before.
+        assert_eq!(decide(Some(Cursor::sent(4)), Dm::Place(20), &dm), Step::WriteFrom(1));
+        assert_eq!(decide(None, Dm::NotMine, &dm), Step::Nothing);
     }
 }

@@ -2,7 +2,7 @@
 //! the socket has not taken yet, and its cursor in each room. Everything that
 //! writes to a connection holds the outbox lock for the whole frame.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,7 +13,7 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::cursors::{self, Cursor, Step};
+use super::cursors::{self, Cursor, Dm, Step};
 use super::window::Group;
 
 /// Frames queued to one connection before it counts as a slow consumer.
@@ -64,6 +64,15 @@ struct OutState {
     /// The fan-out lost messages since the session last looked, so a DM room
     /// this connection has no cursor in may hold some it never got.
     dm_lost: bool,
+    /// The fan-out lost messages and the session has not finished reading
+    /// from storage which DM rooms hold some since `dm_since`
+    /// ([`Outbox::finish_dm_scan`]): a DM room without a cursor is then
+    /// entered from storage, never by the fan-out.
+    dm_scan_pending: bool,
+    /// DM rooms without a cursor that the fan-out had messages for while
+    /// `dm_scan_pending`: each waits for the session to place it
+    /// ([`Outbox::open_dm`]) and takes nothing from the fan-out until then.
+    dm_unplaced: BTreeSet<String>,
     /// Set once; the first reason wins.
     closing: Closing,
     gone: bool,
@@ -297,8 +306,19 @@ impl Outbox {
         if st.closing.is_some() || st.gone {
             return 0;
         }
-        let skip = match cursors::decide(st.rooms.get(&group.room).copied(), dm, st.dm_since, group) {
+        let entry = match st.dm_since {
+            _ if !dm => Dm::NotMine,
+            Some(since) if st.dm_scan_pending || st.dm_unplaced.contains(&group.room) => Dm::Place(since),
+            since => Dm::Since(since),
+        };
+        let skip = match cursors::decide(st.rooms.get(&group.room).copied(), entry, group) {
             Step::Nothing => return 0,
+            Step::Place => {
+                // The session reads it from storage: in the scan it is in, or
+                // once the scan finishes ([`Outbox::finish_dm_scan`]).
+                st.dm_unplaced.insert(group.room.clone());
+                return 0;
+            }
             Step::PassOver => {
                 if let Some(c) = st.rooms.get_mut(&group.room) {
                     c.pass_over();
@@ -343,6 +363,7 @@ impl Outbox {
     pub(super) fn reset(&self) {
         let mut st = self.lock();
         st.dm_lost = st.dm_since.is_some();
+        st.dm_scan_pending |= st.dm_lost;
         if st.rooms.is_empty() && !st.dm_lost {
             return;
         }
@@ -378,11 +399,27 @@ impl Outbox {
     /// since the session read storage). Returns whether it made one.
     pub fn open_dm(&self, room: &str, last: u64) -> bool {
         let mut st = self.lock();
+        st.dm_unplaced.remove(room);
         if st.closing.is_some() || st.gone || st.rooms.contains_key(room) {
             return false;
         }
         st.rooms.insert(room.to_string(), Cursor::opened_after_loss(last));
         true
+    }
+
+    /// The session has read every DM room of its user from storage after a
+    /// loss ([`Outbox::take_dm_lost`]). Unless the fan-out lost messages
+    /// again meanwhile, DM rooms without a cursor are entered by the fan-out
+    /// again. Returns the rooms the fan-out had messages for during the
+    /// scan that are still without a cursor: the session reads where each
+    /// is entered and opens it ([`Outbox::open_dm`]); until then they take
+    /// nothing from the fan-out.
+    pub fn finish_dm_scan(&self) -> Vec<String> {
+        let mut st = self.lock();
+        if !st.dm_lost {
+            st.dm_scan_pending = false;
+        }
+        st.dm_unplaced.iter().cloned().collect()
     }
 
     pub fn close_with(&self, code: u16, reason: &'static str) {

@@ -18,7 +18,7 @@ use super::registry::Registry;
 use super::schedule::{round_delay, round_phase, wall_micros};
 use super::text_frame;
 use super::window::{Recent, Window};
-use crate::http::wire_message;
+use crate::ops::wire_message;
 
 /// Figures the fan-out keeps.
 #[derive(Clone)]

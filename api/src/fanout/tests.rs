@@ -136,6 +136,55 @@ async fn a_connection_gets_the_direct_messages_stamped_since_it_was_registered()
 }
 
 #[tokio::test]
+async fn after_a_loss_the_fan_out_enters_no_dm_room_until_the_session_has_read_it() -> io::Result<()> {
+    let (o, client) = connection("ann")?;
+    let (bob, cy) = ("dm:ann:bob", "dm:ann:cy");
+    o.receive_dms_since(20);
+    // The fan-out lost messages (2 and 3 of each room, stamped 20 and 30).
+    o.reset();
+    // Before the session looks, the next messages come: entering at them
+    // would pass 2 and 3 by for good.
+    assert_eq!(o.deliver(&group(bob, 4..=4), true), 0);
+    assert_eq!(o.cursor(bob), None);
+    assert_eq!(o.take_dm_lost(), Some(20));
+    // The session's scan reads bob's room (it holds 1-4) and opens it after 1;
+    // cy's room gets message 4 only after the scan read the room list.
+    assert!(o.open_dm(bob, 1));
+    assert_eq!(o.deliver(&group(cy, 4..=4), true), 0);
+    assert_eq!(o.finish_dm_scan(), [cy.to_string()]);
+    // The scan is over, but cy's room is still to be placed: the fan-out
+    // keeps out of it until the session opens it.
+    assert_eq!(o.deliver(&group(cy, 5..=5), true), 0);
+    assert!(o.open_dm(cy, 1));
+    assert_eq!(o.finish_dm_scan(), Vec::<String>::new());
+    // A new DM room after the scan is entered by the fan-out as before.
+    assert_eq!(o.deliver(&group("dm:ann:dee", 1..=2), true), 1);
+    for room in [bob, cy] {
+        let c = o.replay_from(room).map(|c| (c.last, c.live));
+        assert_eq!(c, Some((1, false)), "{room} is replayed from storage after 1");
+    }
+    let texts = flushed_texts(&o, client, 1).await?;
+    assert_eq!(texts, ["m2"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_loss_during_the_scan_keeps_dm_rooms_for_the_next_one() -> io::Result<()> {
+    let (o, _client) = connection("ann")?;
+    o.receive_dms_since(20);
+    o.reset();
+    assert_eq!(o.take_dm_lost(), Some(20));
+    // Lost again while the session reads storage: the next scan is due, and
+    // until it finishes the fan-out still enters no DM room.
+    o.reset();
+    assert_eq!(o.finish_dm_scan(), Vec::<String>::new());
+    assert_eq!(o.deliver(&group("dm:ann:bob", 4..=4), true), 0);
+    assert_eq!(o.take_dm_lost(), Some(20));
+    assert_eq!(o.finish_dm_scan(), ["dm:ann:bob".to_string()]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_replay_goes_live_only_if_the_fan_out_passed_nothing_over_since_its_read() -> io::Result<()> {
     let (o, client) = connection("ann")?;
     assert!(o.start_room("r", 5, text_frame("joined r".into())));
