@@ -29,13 +29,12 @@ use std::path::{Path, PathBuf};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::vote::RaftLeaderId;
 use openraft::RaftSnapshotBuilder;
-use rocksdb::WriteOptions;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::chat::{self, ClusterRecord, Table};
 use crate::codec::{decode, encode};
-use crate::db::{Store, CF_LOG, CF_NODE, CF_RAFT};
+use crate::db::{synced_write_options, Store, CF_LOG, CF_NODE, CF_RAFT};
 use crate::error::StoreError;
 use crate::log_store::{self, LogStore};
 use crate::snapshot::{SnapshotFile, SnapshotReader, SnapshotWriter};
@@ -238,8 +237,7 @@ pub fn seed(store: &Store, backup: &Path, me: NodeId, info: &NodeInfo, cluster_i
     }
     let header = verify(backup)?;
     let last = header.last_log_id.ok_or_else(|| corrupt("it holds no state (taken before the cluster's first entry)"))?;
-    let mut wo = WriteOptions::default();
-    wo.set_sync(true);
+    let wo = synced_write_options();
     store.db.put_cf_opt(store.cf(CF_NODE)?, KEY_SEEDING, b"1", &wo)?;
 
     // The snapshot, with the cluster record renamed. Written into the
@@ -275,9 +273,7 @@ pub fn finish_seed(store: &Store, backup: &Path) -> Result<(), StoreError> {
     if let Some(dir) = backup.parent() {
         File::open(dir)?.sync_all()?;
     }
-    let mut wo = WriteOptions::default();
-    wo.set_sync(true);
-    store.db.delete_cf_opt(store.cf(CF_NODE)?, KEY_SEEDING, &wo)?;
+    store.db.delete_cf_opt(store.cf(CF_NODE)?, KEY_SEEDING, &synced_write_options())?;
     Ok(())
 }
 
@@ -356,6 +352,7 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::chat::UserRecord;
+    use crate::read::ChatRead;
 
     fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
         LogId::new(RaftLeaderId::new(term, node), index)

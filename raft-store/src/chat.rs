@@ -274,7 +274,7 @@ pub fn dm_participants(room: &str) -> Option<(&str, &str)> {
 }
 
 fn get_record<T: for<'de> Deserialize<'de>>(
-    t: &impl TablesRead,
+    t: &(impl TablesRead + ?Sized),
     table: Table,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
@@ -297,35 +297,35 @@ pub struct ClockRecord {
     pub oldest_dedup_ms: Option<u64>,
 }
 
-fn clock_record(t: &impl TablesRead) -> Result<ClockRecord, StoreError> {
+fn clock_record(t: &(impl TablesRead + ?Sized)) -> Result<ClockRecord, StoreError> {
     Ok(get_record(t, Table::Meta, META_CLOCK)?.unwrap_or_default())
 }
 
 /// The cluster clock: the largest `ts_ms` of any applied command. Message
 /// timestamps come from it, so they never decrease, even when a new leader's wall
 /// clock is behind the old one's.
-pub fn clock(t: &impl TablesRead) -> Result<u64, StoreError> {
+pub fn clock(t: &(impl TablesRead + ?Sized)) -> Result<u64, StoreError> {
     Ok(clock_record(t)?.now_ms)
 }
 
-pub fn cluster(t: &impl TablesRead) -> Result<Option<ClusterRecord>, StoreError> {
+pub fn cluster(t: &(impl TablesRead + ?Sized)) -> Result<Option<ClusterRecord>, StoreError> {
     get_record(t, Table::Meta, META_CLUSTER)
 }
 
 /// The cluster's feature level as of this state.
-pub fn feature_level(t: &impl TablesRead) -> Result<u32, StoreError> {
+pub fn feature_level(t: &(impl TablesRead + ?Sized)) -> Result<u32, StoreError> {
     Ok(get_record(t, Table::Meta, META_LEVEL)?.unwrap_or(format::LEGACY))
 }
 
-pub fn user(t: &impl TablesRead, name: &str) -> Result<Option<UserRecord>, StoreError> {
+pub fn user(t: &(impl TablesRead + ?Sized), name: &str) -> Result<Option<UserRecord>, StoreError> {
     get_record(t, Table::Users, name.as_bytes())
 }
 
-pub fn room(t: &impl TablesRead, name: &str) -> Result<Option<RoomRecord>, StoreError> {
+pub fn room(t: &(impl TablesRead + ?Sized), name: &str) -> Result<Option<RoomRecord>, StoreError> {
     get_record(t, Table::Rooms, name.as_bytes())
 }
 
-pub fn is_member(t: &impl TablesRead, room: &str, user: &str) -> Result<bool, StoreError> {
+pub fn is_member(t: &(impl TablesRead + ?Sized), room: &str, user: &str) -> Result<bool, StoreError> {
     if let Some((a, b)) = dm_participants(room) {
         return Ok(user == a || user == b);
     }
@@ -354,101 +354,112 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
     put_record(t, Table::Meta, META_CLOCK, &clock)?;
 
     match &cmd.event {
-        Event::ClusterFormed { cluster_id, signing_key } => {
-            if let Some(existing) = cluster(t)? {
-                return Ok(Applied::outcome(Outcome::ClusterFormed { cluster_id: existing.cluster_id }));
-            }
-            let record = ClusterRecord { cluster_id: cluster_id.clone(), signing_key: signing_key.clone() };
-            put_record(t, Table::Meta, META_CLUSTER, &record)?;
-            Ok(Applied::outcome(Outcome::ClusterFormed { cluster_id: cluster_id.clone() }))
-        }
-        Event::UserRegistered { name, password_hash } => {
-            if !well_formed(&[name]) {
-                return Ok(rejected("malformed user name"));
-            }
-            if user(t, name)?.is_some() {
-                return Ok(Applied::outcome(Outcome::NameTaken));
-            }
-            put_record(t, Table::Users, name.as_bytes(), &UserRecord { password_hash: password_hash.clone() })?;
-            Ok(Applied::outcome(Outcome::Registered))
-        }
-        Event::RoomJoined { room: name, user } => {
-            if !well_formed(&[name, user]) || dm_participants(name).is_some() {
-                return Ok(rejected("malformed room or user name"));
-            }
-            let mut record = room(t, name)?.unwrap_or_default();
-            let key = member_key(name, user);
-            if t.get(Table::Members, &key)?.is_none() {
-                t.put(Table::Members, &key, &[]);
-                record.members += 1;
-                put_record(t, Table::Rooms, name.as_bytes(), &record)?;
-            }
-            Ok(Applied::outcome(Outcome::Joined { head: record.last_seq }))
-        }
-        Event::RoomLeft { room: name, user } => {
-            if !well_formed(&[name, user]) {
-                return Ok(rejected("malformed room or user name"));
-            }
-            let key = member_key(name, user);
-            if t.get(Table::Members, &key)?.is_some() {
-                t.delete(Table::Members, &key);
-                let mut record = room(t, name)?.unwrap_or_default();
-                record.members = record.members.saturating_sub(1);
-                put_record(t, Table::Rooms, name.as_bytes(), &record)?;
-            }
-            Ok(Applied::outcome(Outcome::Left))
-        }
-        Event::MessagePosted { room: name, from, client_id, text } => {
-            if !well_formed(&[name, from, client_id]) {
-                return Ok(rejected("malformed room, user or message id"));
-            }
-            let dkey = dedup_key(from, client_id);
-            if let Some(prior) = get_record::<DedupRecord>(t, Table::Dedup, &dkey)? {
-                return Ok(Applied::outcome(Outcome::Posted {
-                    room: prior.room,
-                    seq: prior.seq,
-                    ts_ms: prior.ts_ms,
-                    duplicate: true,
-                }));
-            }
-            if !is_member(t, name, from)? {
-                return Ok(Applied::outcome(Outcome::NotMember));
-            }
-            let mut record = room(t, name)?.unwrap_or_default();
-            record.last_seq += 1;
-            let message = Message {
-                room: name.clone(),
-                seq: record.last_seq,
-                client_id: client_id.clone(),
-                from: from.clone(),
-                text: text.clone(),
-                ts_ms: now,
-            };
-            put_record(t, Table::Rooms, name.as_bytes(), &record)?;
-            put_record(t, Table::Messages, &message_key(name, message.seq), &message)?;
-            let dedup = DedupRecord { room: name.clone(), seq: message.seq, ts_ms: now };
-            put_record(t, Table::Dedup, &dkey, &dedup)?;
-            t.put(Table::DedupExpiry, &expiry_key(now, &dkey), &[]);
-            Ok(Applied {
-                outcome: Outcome::Posted { room: name.clone(), seq: message.seq, ts_ms: now, duplicate: false },
-                delivery: Some(message),
-            })
-        }
-        Event::FeatureLevelRaised { level } => {
-            // Refusing is the only deterministic answer a binary can give to a
-            // level it does not know: applying or skipping it could make this
-            // node's state differ from its peers'. The upgrade gate keeps this
-            // from happening; this is what a node does if the gate was bypassed.
-            if *level > format::CURRENT {
-                return Err(StoreError::Unsupported(format::unsupported("the cluster", *level)));
-            }
-            let current = feature_level(t)?;
-            if *level > current {
-                put_record(t, Table::Meta, META_LEVEL, level)?;
-            }
-            Ok(Applied::outcome(Outcome::LevelRaised { level: current.max(*level) }))
-        }
+        Event::ClusterFormed { cluster_id, signing_key } => form_cluster(t, cluster_id, signing_key),
+        Event::UserRegistered { name, password_hash } => register(t, name, password_hash),
+        Event::RoomJoined { room, user } => join(t, room, user),
+        Event::RoomLeft { room, user } => leave(t, room, user),
+        Event::MessagePosted { room, from, client_id, text } => post(t, now, room, from, client_id, text),
+        Event::FeatureLevelRaised { level } => raise_level(t, *level),
     }
+}
+
+/// The first formation wins: a re-proposal after a failover keeps the key.
+fn form_cluster(t: &mut impl Tables, cluster_id: &str, signing_key: &[u8]) -> Result<Applied, StoreError> {
+    if let Some(existing) = cluster(t)? {
+        return Ok(Applied::outcome(Outcome::ClusterFormed { cluster_id: existing.cluster_id }));
+    }
+    let record = ClusterRecord { cluster_id: cluster_id.to_string(), signing_key: signing_key.to_vec() };
+    put_record(t, Table::Meta, META_CLUSTER, &record)?;
+    Ok(Applied::outcome(Outcome::ClusterFormed { cluster_id: cluster_id.to_string() }))
+}
+
+fn register(t: &mut impl Tables, name: &str, password_hash: &str) -> Result<Applied, StoreError> {
+    if !well_formed(&[name]) {
+        return Ok(rejected("malformed user name"));
+    }
+    if user(t, name)?.is_some() {
+        return Ok(Applied::outcome(Outcome::NameTaken));
+    }
+    put_record(t, Table::Users, name.as_bytes(), &UserRecord { password_hash: password_hash.to_string() })?;
+    Ok(Applied::outcome(Outcome::Registered))
+}
+
+/// Idempotent; a DM room has no stored membership, so it cannot be joined.
+fn join(t: &mut impl Tables, name: &str, user: &str) -> Result<Applied, StoreError> {
+    if !well_formed(&[name, user]) || dm_participants(name).is_some() {
+        return Ok(rejected("malformed room or user name"));
+    }
+    let mut record = room(t, name)?.unwrap_or_default();
+    let key = member_key(name, user);
+    if t.get(Table::Members, &key)?.is_none() {
+        t.put(Table::Members, &key, &[]);
+        record.members += 1;
+        put_record(t, Table::Rooms, name.as_bytes(), &record)?;
+    }
+    Ok(Applied::outcome(Outcome::Joined { head: record.last_seq }))
+}
+
+fn leave(t: &mut impl Tables, name: &str, user: &str) -> Result<Applied, StoreError> {
+    if !well_formed(&[name, user]) {
+        return Ok(rejected("malformed room or user name"));
+    }
+    let key = member_key(name, user);
+    if t.get(Table::Members, &key)?.is_some() {
+        t.delete(Table::Members, &key);
+        let mut record = room(t, name)?.unwrap_or_default();
+        record.members = record.members.saturating_sub(1);
+        put_record(t, Table::Rooms, name.as_bytes(), &record)?;
+    }
+    Ok(Applied::outcome(Outcome::Left))
+}
+
+/// Stores a member's message at the room's next seq, stamped `now`, unless
+/// `(from, client_id)` was posted before: then the first post's answer.
+fn post(t: &mut impl Tables, now: u64, name: &str, from: &str, client_id: &str, text: &str) -> Result<Applied, StoreError> {
+    if !well_formed(&[name, from, client_id]) {
+        return Ok(rejected("malformed room, user or message id"));
+    }
+    let dkey = dedup_key(from, client_id);
+    if let Some(prior) = get_record::<DedupRecord>(t, Table::Dedup, &dkey)? {
+        return Ok(Applied::outcome(Outcome::Posted { room: prior.room, seq: prior.seq, ts_ms: prior.ts_ms, duplicate: true }));
+    }
+    if !is_member(t, name, from)? {
+        return Ok(Applied::outcome(Outcome::NotMember));
+    }
+    let mut record = room(t, name)?.unwrap_or_default();
+    record.last_seq += 1;
+    let message = Message {
+        room: name.to_string(),
+        seq: record.last_seq,
+        client_id: client_id.to_string(),
+        from: from.to_string(),
+        text: text.to_string(),
+        ts_ms: now,
+    };
+    put_record(t, Table::Rooms, name.as_bytes(), &record)?;
+    put_record(t, Table::Messages, &message_key(name, message.seq), &message)?;
+    let dedup = DedupRecord { room: name.to_string(), seq: message.seq, ts_ms: now };
+    put_record(t, Table::Dedup, &dkey, &dedup)?;
+    t.put(Table::DedupExpiry, &expiry_key(now, &dkey), &[]);
+    Ok(Applied {
+        outcome: Outcome::Posted { room: name.to_string(), seq: message.seq, ts_ms: now, duplicate: false },
+        delivery: Some(message),
+    })
+}
+
+fn raise_level(t: &mut impl Tables, level: u32) -> Result<Applied, StoreError> {
+    // Refusing is the only deterministic answer a binary can give to a
+    // level it does not know: applying or skipping it could make this
+    // node's state differ from its peers'. The upgrade gate keeps this
+    // from happening; this is what a node does if the gate was bypassed.
+    if level > format::CURRENT {
+        return Err(StoreError::Unsupported(format::unsupported("the cluster", level)));
+    }
+    let current = feature_level(t)?;
+    if level > current {
+        put_record(t, Table::Meta, META_LEVEL, &level)?;
+    }
+    Ok(Applied::outcome(Outcome::LevelRaised { level: current.max(level) }))
 }
 
 /// Forgets dedup records older than the retention, oldest first, a few at a time.

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
 use crate::chat::Table;
 use crate::error::StoreError;
@@ -27,6 +27,16 @@ fn all_cfs() -> Vec<&'static str> {
     let mut cfs = vec![CF_LOG, CF_RAFT, CF_SM, CF_NODE];
     cfs.extend(Table::ALL.iter().map(|t| t.name()));
     cfs
+}
+
+/// Options for a synced write: the write is in the RocksDB write-ahead log and
+/// fsynced to disk before the call returns, so once it returns the write
+/// survives a crash of the process or of the machine. Writes made with the
+/// default options are in the WAL but not yet fsynced when the call returns.
+pub(crate) fn synced_write_options() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
 }
 
 /// The `CF_NODE` key of the cluster id this node belongs to.
@@ -162,9 +172,7 @@ impl Store {
     /// Writes a node-local fact, synced: these are identities (cluster id) that
     /// must not be forgotten after a crash.
     pub fn node_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_NODE)?, key, value, &wo)?;
+        self.db.put_cf_opt(self.cf(CF_NODE)?, key, value, &synced_write_options())?;
         Ok(())
     }
 }

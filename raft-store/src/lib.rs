@@ -9,6 +9,8 @@
 //! - [`log_store`]: the Raft log and vote ([`LogStore`]); what is synced and when.
 //! - [`state_machine`]: the event-sourced state machine persisted in RocksDB
 //!   ([`StateMachine`]), with read access for history and membership queries.
+//! - [`read`]: [`ChatRead`], the chat queries (history, members, rooms…)
+//!   written once over a ranged scan, for RocksDB and for `MemTables`.
 //! - [`snapshot`]: the streaming snapshot file format, build and install.
 //! - [`backup`]: the backup file (a snapshot with its origin and a checksum),
 //!   and seeding a data dir from one (restore, force-new).
@@ -25,6 +27,7 @@ pub mod db;
 pub mod error;
 pub mod format;
 pub mod log_store;
+pub mod read;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
@@ -32,5 +35,6 @@ pub mod types;
 pub use db::{open, Store};
 pub use error::StoreError;
 pub use log_store::LogStore;
+pub use read::ChatRead;
 pub use state_machine::StateMachine;
 pub use types::{NodeInfo, TypeConfig};

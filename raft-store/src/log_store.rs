@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::codec::{decode, encode};
-use crate::db::{Store, CF_LOG, CF_RAFT};
+use crate::db::{synced_write_options, Store, CF_LOG, CF_RAFT};
 use crate::error::StoreError;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
@@ -138,10 +138,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         // Synced: a vote forgotten in a crash could let this node vote twice in a term.
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
         let cf = self.store.cf(CF_RAFT)?;
-        self.store.db.put_cf_opt(cf, KEY_VOTE, encode(vote)?, &wo).map_err(StoreError::from)?;
+        self.store.db.put_cf_opt(cf, KEY_VOTE, encode(vote)?, &synced_write_options()).map_err(StoreError::from)?;
         Ok(())
     }
 
