@@ -1,0 +1,83 @@
+//! The acks phase: `--senders` closed-loop senders spread over the nodes, each
+//! in a room of its own (`load-i`); acked messages/s, ack latency and the
+//! send→deliver latency of each sender's own copy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use wire::ClientFrame;
+
+use super::deliveries::{frame_text, join, reader, Deliveries};
+use super::measure::Meters;
+use super::{micros, pct, Bench, BenchArgs};
+use crate::chat::{connect, Ws};
+
+pub(super) async fn run(bench: &Bench, args: &BenchArgs) -> anyhow::Result<()> {
+    let deliveries = Arc::new(Deliveries::default());
+    // The window and the meters open before the senders connect and join.
+    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    let meters = Meters::start(&bench.http, &bench.urls, &args.pids).await;
+    let senders = start_senders(bench, args.senders, deadline, &deliveries).await?;
+    let mut lat = Vec::new();
+    for s in senders {
+        lat.extend(s.await?);
+    }
+    lat.sort_unstable();
+    let (cpu, syncs) = meters.stop(&bench.http, &bench.urls, lat.len() as u64, "acked message").await;
+    // Lets the last sends' own copies arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dl = deliveries.latencies();
+    println!("acks: {} senders", args.senders);
+    println!("  acked messages/s {:.0}", lat.len() as f64 / args.secs as f64);
+    println!("  ack latency ms   p50 {:.2}  p99 {:.2}  p99.9 {:.2}", pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999));
+    println!("  send→deliver ms  p50 {:.2}  p99 {:.2}", pct(&dl, 0.5), pct(&dl, 0.99));
+    println!("  CPU              {cpu}");
+    println!("  log syncs        {syncs}");
+    Ok(())
+}
+
+/// Connects and joins sender i to node i mod n and room `load-i`, one after
+/// another, each sending from the moment it has joined; each task ends with
+/// its ack latencies in µs.
+async fn start_senders(bench: &Bench, n: usize, deadline: Instant, deliveries: &Arc<Deliveries>) -> anyhow::Result<Vec<JoinHandle<Vec<u64>>>> {
+    let mut senders = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut ws = connect(&bench.urls[i % bench.urls.len()], bench.users.token(i)).await?;
+        join(&mut ws, &format!("load-{i}")).await?;
+        let (tx, rx) = ws.split();
+        let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(reader(rx, bench.start, deliveries.clone(), Some(ack_tx), 1));
+        senders.push(tokio::spawn(send_closed_loop(tx, ack_rx, i, deadline, bench.start, bench.pad.clone())));
+    }
+    Ok(senders)
+}
+
+/// Sends to `load-i` until `deadline`, each message once the last is answered.
+async fn send_closed_loop(
+    mut tx: SplitSink<Ws, Message>,
+    mut ack_rx: UnboundedReceiver<()>,
+    i: usize,
+    deadline: Instant,
+    start: Instant,
+    pad: String,
+) -> Vec<u64> {
+    let mut lat = Vec::new();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let sent = micros(start);
+        let f = ClientFrame::Send { room: format!("load-{i}"), id: n.into(), text: format!("{sent:020} {pad}") };
+        if tx.send(Message::Text(frame_text(f).into())).await.is_err() || ack_rx.recv().await.is_none() {
+            break;
+        }
+        lat.push(micros(start) - sent);
+        n += 1;
+    }
+    let _ = tx.close().await;
+    lat
+}
