@@ -156,15 +156,51 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let client_addr = listeners.client.local_addr()?;
     let raft_addr = listeners.raft.local_addr()?;
     config.check_exposure(client_addr, raft_addr)?;
-
-    let dir = config.data_dir();
-    let store = open_store(&dir)?;
-    remove_partial_transfers(&store.snapshot_dir());
-    let identity = identity::Identity::load(store.clone(), config.cluster_secret.clone())?;
     let info = NodeInfo {
         raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
         client_url: config.advertise_client.clone().unwrap_or_else(|| format!("http://{client_addr}")),
     };
+    let Opened { node, store, identity, wal_syncs } = open_node(&config, info).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = vec![
+        serve_grpc(&node, listeners.raft, stop_rx.clone()),
+        serve_api(&node, &config, listeners.client, wal_syncs, stop_rx.clone())?,
+    ];
+    if !config.no_bootstrap && identity.cluster_id().is_none() && !node.raft.is_initialized().await? {
+        let cluster_id = new_cluster_id();
+        identity.adopt(&cluster_id).map_err(|s| anyhow::anyhow!(s.message().to_string()))?;
+        node.raft
+            .initialize(BTreeMap::from([(config.id, node.info.clone())]))
+            .await
+            .context("cannot form a single-node cluster")?;
+        tracing::info!(cluster_id, "formed a single-node cluster");
+    }
+    tasks.push(tokio::spawn(compaction_policy(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(presence_heartbeats(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(backup::automatic(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(refuse_reads_once_failed(node.clone(), store.clone(), stop_rx)));
+
+    tracing::info!(id = config.id, %client_addr, %raft_addr, "node started");
+    Ok(NodeHandle { node, client_addr, raft_addr, stop, tasks, store })
+}
+
+/// What [`open_node`] gives [`start`].
+struct Opened {
+    node: Arc<Node>,
+    store: raft_store::Store,
+    identity: identity::Identity,
+    /// The log store's fsync histogram, exported on `/metrics`.
+    wal_syncs: api::metrics::Histogram,
+}
+
+/// Opens the data dir (restoring a backup placed in it), the state machine and
+/// the log, and starts Raft with its proposer and forwarder.
+async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
+    let dir = config.data_dir();
+    let store = open_store(&dir)?;
+    remove_partial_transfers(&store.snapshot_dir());
+    let identity = identity::Identity::load(store.clone(), config.cluster_secret.clone())?;
     backup::seed_if_present(&store, &identity, config.id, &info)
         .with_context(|| format!("cannot restore the backup in {}", dir.display()))?;
     let sm = StateMachine::open(store.clone())?;
@@ -180,7 +216,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let peers = network::Peers::new(identity.clone(), config.peer_source_ip);
     let raft = openraft::Raft::new(
         config.id,
-        Arc::new(raft_config(&config)?),
+        Arc::new(raft_config(config)?),
         network::NetworkFactory { id: config.id, peers: peers.clone() },
         log_store,
         sm,
@@ -205,10 +241,11 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         connections: Arc::default(),
         level_gate: tokio::sync::Mutex::new(()),
     });
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    Ok(Opened { node, store, identity, wal_syncs })
+}
 
-    // gRPC: Raft between nodes and the admin service.
+/// Serves gRPC on the raft listener: Raft between nodes and the admin service.
+fn serve_grpc(node: &Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     // A peer behind a slow or lossy link cancels many timed-out heartbeats before
     // this side accepts them; h2's default limit (20) answers that with GOAWAY,
     // which drops the whole channel and every append in flight on it. The raft
@@ -223,20 +260,28 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         )
         .add_service(proto::v1::admin_server::AdminServer::new(admin::AdminService { node: node.clone() }));
     // Small Raft messages must not wait for Nagle's algorithm.
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listeners.raft), |s| {
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
         if let Ok(s) = &s {
             let _ = s.set_nodelay(true);
         }
         s
     });
-    let stop_grpc = until_stopped(stop_rx.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, stop_grpc).await {
+    tokio::spawn(async move {
+        if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, until_stopped(stop)).await {
             tracing::error!(error = %e, "gRPC server failed");
         }
-    }));
+    })
+}
 
-    // HTTP + WebSocket.
+/// Serves HTTP and WebSocket on the client listener, with the node's limits,
+/// and starts the fan-out thread and the presence relay.
+fn serve_api(
+    node: &Arc<Node>,
+    config: &Config,
+    listener: TcpListener,
+    wal_syncs: api::metrics::Histogram,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
     let limits = api::Limits {
         max_message_bytes: config.max_message_bytes,
         rate_messages: config.rate_limit.messages,
@@ -247,27 +292,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
             .context("cannot start the fan-out thread")?,
     );
     api::relay::start(&api_app);
-    let app = api::router(api_app);
-    let stop_http = until_stopped(stop_rx.clone());
-    tasks.push(tokio::spawn(api::serve::serve(listeners.client, app, stop_http)));
-
-    if !config.no_bootstrap && identity.cluster_id().is_none() && !node.raft.is_initialized().await? {
-        let cluster_id = new_cluster_id();
-        identity.adopt(&cluster_id).map_err(|s| anyhow::anyhow!(s.message().to_string()))?;
-        node.raft
-            .initialize(BTreeMap::from([(config.id, node.info.clone())]))
-            .await
-            .context("cannot form a single-node cluster")?;
-        tracing::info!(cluster_id, "formed a single-node cluster");
-    }
-    tasks.push(tokio::spawn(compaction_policy(node.clone(), stop_rx.clone())));
-    tasks.push(tokio::spawn(presence_heartbeats(node.clone(), stop_rx.clone())));
-    tasks.push(tokio::spawn(backup::automatic(node.clone(), stop_rx.clone())));
-    tasks.push(tokio::spawn(record_formation(node.clone(), stop_rx.clone())));
-    tasks.push(tokio::spawn(refuse_reads_once_failed(node.clone(), store.clone(), stop_rx)));
-
-    tracing::info!(id = config.id, %client_addr, %raft_addr, "node started");
-    Ok(NodeHandle { node, client_addr, raft_addr, stop, tasks, store })
+    Ok(tokio::spawn(api::serve::serve(listener, api::router(api_app), until_stopped(stop))))
 }
 
 async fn until_stopped(mut rx: watch::Receiver<bool>) {
@@ -290,7 +315,7 @@ fn remove_partial_transfers(dir: &std::path::Path) {
 async fn record_formation(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let mut metrics = node.raft.metrics();
     loop {
-        let formed = matches!(node.reader.cluster(), Ok(Some(_)));
+        let formed = matches!(raft_store::ChatRead::cluster(&node.reader), Ok(Some(_)));
         if formed {
             return;
         }
@@ -438,7 +463,9 @@ impl api::ChatBackend for Backend {
         self.0.ready()
     }
 
-    fn reader(&self) -> &raft_store::state_machine::ChatReader {
+    type Reader = raft_store::state_machine::ChatReader;
+
+    fn reader(&self) -> &Self::Reader {
         &self.0.reader
     }
 

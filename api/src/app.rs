@@ -1,0 +1,170 @@
+//! [`App`], the API state of one node (backend, limits, rate limiter, metrics,
+//! the cluster-view cache), and [`router`], which serves it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use axum::Router;
+use prometheus_client::metrics::histogram::Histogram;
+use raft_store::ChatRead;
+
+use crate::backend::{ChatBackend, ClusterView, MemberView};
+use crate::error::{ApiError, Code};
+use crate::limits::{Limits, RateLimiter};
+use crate::presence::Presence;
+use crate::{auth, fanout, http, metrics, web, ws};
+
+/// The API state of one node.
+pub struct App<B: ChatBackend> {
+    pub backend: Arc<B>,
+    pub limits: Limits,
+    pub presence: Arc<Presence>,
+    pub rate: RateLimiter,
+    pub metrics: metrics::ApiMetrics,
+    /// Open WebSocket connections on this node.
+    pub connections: Arc<AtomicU64>,
+    /// This node's connections by room and user, for the fan-out.
+    pub registry: Arc<fanout::Registry>,
+    /// argon2 for register and login, a few at a time.
+    pub passwords: auth::PasswordWork,
+    signing_key: OnceLock<Vec<u8>>,
+    /// The members as last probed, shared by `/v1/cluster` and `/v1/cluster/pick`.
+    cluster_view: tokio::sync::Mutex<Option<CachedView>>,
+}
+
+/// argon2 runs at once per node (each holds about 19 MiB while it runs).
+pub const PASSWORD_WORKERS: usize = 4;
+
+/// How long a probe of the members answers `/v1/cluster` and `/v1/cluster/pick`.
+/// Each probe asks every member over gRPC; a burst of clients picking a node
+/// would otherwise send one probe per client to every member.
+pub const CLUSTER_VIEW_TTL: Duration = Duration::from_millis(250);
+
+struct CachedView {
+    at: Instant,
+    view: ClusterView,
+    /// Clients sent to each member by `pick` since the probe: they count as its
+    /// connections, so a burst is spread instead of all sent to the member that
+    /// had the fewest when probed.
+    picked: HashMap<u64, u64>,
+}
+
+impl<B: ChatBackend> App<B> {
+    /// Starts the node's fan-out thread, which ends with the backend's deliveries.
+    /// `wal_syncs`: the log store's fsync histogram
+    /// ([`metrics::wal_sync_histogram`]), exported with the API's own figures.
+    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>, wal_syncs: Histogram) -> std::io::Result<Self> {
+        let metrics = metrics::ApiMetrics::new(wal_syncs);
+        let registry = Arc::new(fanout::Registry::default());
+        let figures = fanout::FanoutMetrics {
+            deliveries: metrics.deliveries.clone(),
+            lag: metrics.delivery_lag.clone(),
+            late: metrics.late_messages.clone(),
+            rounds: metrics.fanout_rounds.clone(),
+        };
+        fanout::start(backend.node_id(), backend.deliveries(), registry.clone(), figures)?;
+        Ok(App {
+            backend,
+            limits,
+            presence,
+            rate: RateLimiter::default(),
+            metrics,
+            connections,
+            registry,
+            passwords: auth::PasswordWork::new(PASSWORD_WORKERS),
+            signing_key: OnceLock::new(),
+            cluster_view: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The members, probed at most once per [`CLUSTER_VIEW_TTL`]; callers that
+    /// arrive during a probe wait for it rather than starting their own.
+    pub async fn cluster_view(&self) -> ClusterView {
+        self.cached_view(|_| {}).await
+    }
+
+    /// The reachable member with the fewest connections (counting the clients
+    /// already sent to it since the last probe), and counts this one.
+    pub async fn pick_member(&self) -> Option<MemberView> {
+        let mut chosen = None;
+        self.cached_view(|c| {
+            let best = c
+                .view
+                .members
+                .iter()
+                .filter(|m| m.reachable)
+                .min_by_key(|m| (m.connections + c.picked.get(&m.id).copied().unwrap_or(0), m.id))
+                .cloned();
+            if let Some(m) = &best {
+                *c.picked.entry(m.id).or_default() += 1;
+            }
+            chosen = best;
+        })
+        .await;
+        chosen
+    }
+
+    async fn cached_view(&self, mut with: impl FnMut(&mut CachedView)) -> ClusterView {
+        let mut cache = self.cluster_view.lock().await;
+        let c = match cache.take().filter(|c| c.at.elapsed() < CLUSTER_VIEW_TTL) {
+            Some(c) => cache.insert(c),
+            None => {
+                let view = self.backend.cluster().await;
+                cache.insert(CachedView { at: Instant::now(), view, picked: HashMap::new() })
+            }
+        };
+        with(c);
+        c.view.clone()
+    }
+
+    /// The cluster's token key, replicated at formation.
+    pub fn signing_key(&self) -> Result<&[u8], ApiError> {
+        if let Some(k) = self.signing_key.get() {
+            return Ok(k);
+        }
+        match self.backend.reader().cluster() {
+            Ok(Some(c)) => Ok(self.signing_key.get_or_init(|| c.signing_key)),
+            Ok(None) => Err(ApiError::new(Code::Unavailable, "the cluster is not formed yet")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The user a bearer token names.
+    pub fn authenticate(&self, token: &str) -> Result<String, ApiError> {
+        let key = self.signing_key()?;
+        auth::verify(key, token, now_ms()).ok_or_else(|| ApiError::new(Code::Unauthorized, "missing, bad or expired token"))
+    }
+
+    pub fn connection_count(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The router for the client address.
+pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
+    Router::new()
+        .route("/", get(web::chat_page))
+        .route("/cluster", get(web::cluster_page))
+        .route("/assets/{file}", get(web::asset))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(http::readyz::<B>))
+        .route("/metrics", get(metrics::serve::<B>))
+        .route("/v1/users", post(http::register::<B>))
+        .route("/v1/sessions", post(http::login::<B>))
+        .route("/v1/rooms", get(http::rooms::<B>))
+        .route("/v1/rooms/{room}/messages", get(http::history::<B>).post(http::post_message::<B>))
+        .route("/v1/cluster", get(http::cluster::<B>))
+        .route("/v1/cluster/pick", get(http::pick::<B>))
+        .route("/v1/ws", get(ws::upgrade::<B>))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(app.limits.frame_bytes()))
+        .with_state(app)
+}

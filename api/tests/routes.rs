@@ -1,0 +1,139 @@
+//! The HTTP routes of SPEC §3, one test each, on an in-memory backend.
+
+mod support;
+
+use raft_store::chat::Event;
+use serde_json::json;
+use support::{error_of, Api};
+use wire::http::{Cluster, HistoryPage, Pick, Posted, RoomSummary};
+use wire::ErrorCode;
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn register_creates_a_user_once() {
+    let api = Api::start().await;
+    let creds = json!({ "name": "ann", "password": "correct horse" });
+    let r = api.post("/v1/users").json(&creds).send().await.expect("register");
+    assert_eq!(r.status(), 201);
+    let again = api.post("/v1/users").json(&creds).send().await.expect("register again");
+    assert_eq!(error_of(again).await, (409, ErrorCode::NameTaken));
+    let bad = api.post("/v1/users").json(&json!({ "name": "no spaces", "password": "correct horse" })).send().await.expect("bad name");
+    assert_eq!(error_of(bad).await, (400, ErrorCode::BadRequest));
+    let not_json = api.post("/v1/users").header("content-type", "application/json").body("{").send().await.expect("not JSON");
+    assert_eq!(error_of(not_json).await, (400, ErrorCode::BadRequest));
+}
+
+#[tokio::test]
+async fn login_checks_the_password() {
+    let api = Api::start().await;
+    let token = api.user("ann").await;
+    assert!(!token.is_empty());
+    let wrong = api.post("/v1/sessions").json(&json!({ "name": "ann", "password": "wrong horse" })).send().await.expect("login");
+    assert_eq!(error_of(wrong).await, (401, ErrorCode::Unauthorized));
+    let unknown = api.post("/v1/sessions").json(&json!({ "name": "nobody", "password": "correct horse" })).send().await.expect("login");
+    assert_eq!(error_of(unknown).await, (401, ErrorCode::Unauthorized));
+}
+
+#[tokio::test]
+async fn rooms_lists_rooms_and_only_the_callers_direct_messages() {
+    let api = Api::start().await;
+    let ann = api.user("ann").await;
+    api.backend.apply(Event::RoomJoined { room: "lobby".into(), user: "ann".into() });
+    for (from, room) in [("bob", "dm:ann:bob"), ("bob", "dm:bob:cat")] {
+        api.backend.apply(Event::MessagePosted { room: room.into(), from: from.into(), client_id: "1".into(), text: "hi".into() });
+    }
+    let r = api.get("/v1/rooms").header("authorization", bearer(&ann)).send().await.expect("rooms");
+    assert_eq!(r.status(), 200);
+    let rooms: Vec<RoomSummary> = r.json().await.expect("room list");
+    let names: Vec<&str> = rooms.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["dm:ann:bob", "lobby"]);
+    assert_eq!((rooms[0].members, rooms[0].last_seq), (2, 1));
+    let anonymous = api.get("/v1/rooms").send().await.expect("rooms");
+    assert_eq!(error_of(anonymous).await, (401, ErrorCode::Unauthorized));
+}
+
+#[tokio::test]
+async fn post_message_acks_members_and_refuses_the_rest() {
+    let api = Api::start().await;
+    let ann = api.user("ann").await;
+    api.backend.apply(Event::RoomJoined { room: "lobby".into(), user: "ann".into() });
+    let post = |id: u64, text: &str| api.post("/v1/rooms/lobby/messages").header("authorization", bearer(&ann)).json(&json!({ "id": id, "text": text }));
+    let posted: Posted = post(7, "hello").send().await.expect("post").json().await.expect("posted");
+    assert_eq!((posted.seq, posted.duplicate), (1, false));
+    let again: Posted = post(7, "hello").send().await.expect("post").json().await.expect("posted");
+    assert_eq!((again.seq, again.duplicate), (1, true), "a retry is acked with the first seq");
+    let big = post(8, &"x".repeat(5000)).send().await.expect("post");
+    assert_eq!(error_of(big).await, (413, ErrorCode::TooLarge));
+    let elsewhere = api.post("/v1/rooms/other/messages").header("authorization", bearer(&ann)).json(&json!({ "id": 9, "text": "hi" }));
+    assert_eq!(error_of(elsewhere.send().await.expect("post")).await, (403, ErrorCode::NotMember));
+}
+
+#[tokio::test]
+async fn history_pages_through_a_room() {
+    let api = Api::start().await;
+    let ann = api.user("ann").await;
+    api.backend.apply(Event::RoomJoined { room: "lobby".into(), user: "ann".into() });
+    for i in 1..=5 {
+        api.backend.apply(Event::MessagePosted { room: "lobby".into(), from: "ann".into(), client_id: i.to_string(), text: format!("m{i}") });
+    }
+    let page = |q: &str| api.get(&format!("/v1/rooms/lobby/messages{q}")).header("authorization", bearer(&ann)).send();
+    let newest: HistoryPage = page("?limit=2").await.expect("history").json().await.expect("page");
+    assert_eq!(newest.head, 5);
+    assert_eq!(newest.messages.iter().map(|m| m.message.seq).collect::<Vec<_>>(), [4, 5]);
+    let after: HistoryPage = page("?after=1&limit=2").await.expect("history").json().await.expect("page");
+    assert_eq!(after.messages.iter().map(|m| m.message.text.as_str()).collect::<Vec<_>>(), ["m2", "m3"]);
+    assert_eq!(error_of(page("?limit=0").await.expect("history")).await, (400, ErrorCode::BadRequest));
+    assert_eq!(error_of(page("?limit=many").await.expect("history")).await, (400, ErrorCode::BadRequest));
+    let dm = api.get("/v1/rooms/dm:bob:cat/messages").header("authorization", bearer(&ann)).send().await.expect("history");
+    assert_eq!(error_of(dm).await, (403, ErrorCode::NotMember));
+}
+
+#[tokio::test]
+async fn cluster_and_pick_describe_the_members() {
+    let api = Api::start().await;
+    let r = api.get("/v1/cluster").send().await.expect("cluster");
+    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.as_bytes()), Some(&b"*"[..]));
+    let view: Cluster = r.json().await.expect("view");
+    assert_eq!((view.cluster_id.as_str(), view.leader, view.members.len()), ("mem", Some(1), 1));
+    let pick: Pick = api.get("/v1/cluster/pick").send().await.expect("pick").json().await.expect("pick body");
+    assert_eq!(pick.client_url, "http://mem");
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let api = Api::start().await;
+    assert_eq!(api.get("/healthz").send().await.expect("healthz").text().await.expect("body"), "ok");
+    assert_eq!(api.get("/readyz").send().await.expect("readyz").status(), 200);
+    let metrics = api.get("/metrics").send().await.expect("metrics").text().await.expect("body");
+    assert!(metrics.contains("chorus_"), "{metrics}");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_error_bodies() {
+    let api = Api::start().await;
+    assert_eq!(error_of(api.get("/v2/nothing").send().await.expect("get")).await, (404, ErrorCode::NotFound));
+    assert_eq!(error_of(api.http.delete(format!("{}/v1/users", api.url)).send().await.expect("delete")).await, (405, ErrorCode::MethodNotAllowed));
+}
+
+/// A storage read that fails reaches the client as `unavailable`, never as an
+/// empty answer or another error.
+#[tokio::test]
+async fn a_failed_storage_read_is_unavailable_on_every_route() {
+    let api = Api::start().await;
+    let ann = api.user("ann").await;
+    api.backend.apply(Event::RoomJoined { room: "lobby".into(), user: "ann".into() });
+    api.backend.fail_reads(true);
+    let auth = bearer(&ann);
+    let answers = [
+        api.get("/v1/rooms").header("authorization", &auth).send().await.expect("rooms"),
+        api.get("/v1/rooms/lobby/messages").header("authorization", &auth).send().await.expect("history"),
+        api.post("/v1/users").json(&json!({ "name": "bob", "password": "correct horse" })).send().await.expect("register"),
+        api.post("/v1/sessions").json(&json!({ "name": "ann", "password": "correct horse" })).send().await.expect("login"),
+    ];
+    for r in answers {
+        assert_eq!(error_of(r).await, (503, ErrorCode::Unavailable));
+    }
+}
