@@ -11,6 +11,7 @@
 //! network namespaces and network faults are iptables rules; otherwise they go
 //! through TCP fault proxies (see `cluster.rs`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use jepsen_like_tests::checker::check_all;
 use jepsen_like_tests::cluster::{Cluster, Layout};
-use jepsen_like_tests::history::{Expected, History};
+use jepsen_like_tests::history::{Expected, History, Msg};
 use jepsen_like_tests::report;
 use jepsen_like_tests::workload::{login, ms, read_room, sender, subscriber};
 use jepsen_like_tests::{nemesis, netns};
@@ -89,6 +90,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args, kinds, layout))
 }
 
+/// One run: start the cluster, drive the clients under the nemesis, heal, read
+/// every node's final history, check it and write the report.
 async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
     let cluster = Cluster::start(args.nodes, layout, &args.out.join("logs")).await?;
@@ -100,53 +103,92 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
         args.clients,
         kinds.join(",")
     );
-    // Ctrl-C or SIGTERM: the processes, the namespaces and the data go with us.
-    let on_signal = cluster.clone();
+    shut_down_on_signal(cluster.clone());
+    let addrs: Vec<(u64, String)> = cluster.addresses().into_iter().map(|(id, client, _)| (id, client)).collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let mut tokens = Vec::new();
+    for i in 0..args.clients + 2 {
+        tokens.push(login(&http, &addrs[i % addrs.len()].1, &format!("c{i}")).await?);
+    }
+
+    let start = Instant::now();
+    let (history, faults, mut fault_failures) = workload(&args, &cluster, kinds, &addrs, &tokens, seed, start).await?;
+    let duration_ms = ms(start);
+    // Heal, let every node catch up, then read every node's final history.
+    if let Err(e) = cluster.heal_all().await {
+        fault_failures.push(format!("healing the cluster after the faults: {e:#}"));
+    }
+    let (finals, final_errors) = final_histories(&http, &addrs, &tokens[0]).await;
+    let mut h = history;
+    h.finals = finals;
+    h.final_errors = final_errors;
+    h.fault_failures = fault_failures;
+    h.expected = Expected { nodes: addrs.iter().map(|(id, _)| *id).collect(), min_acked: args.min_acked.unwrap_or(10 * args.time as usize) };
+
+    let valid = write_report(&args, seed, duration_ms, &h, &faults)?;
+    cluster.shutdown();
+    if !valid {
+        bail!("the run is INVALID (seed {seed})");
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: the processes, the namespaces and the data go with us.
+fn shut_down_on_signal(cluster: Arc<Cluster>) {
     tokio::spawn(async move {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        on_signal.shutdown();
+        cluster.shutdown();
         eprintln!("chorus-jepsen: interrupted; nodes stopped, namespaces removed");
         std::process::exit(130);
     });
-    let addrs: Vec<(u64, String)> = cluster.addresses().into_iter().map(|(id, client, _)| (id, client)).collect();
+}
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let mut tokens = Vec::new();
-    for i in 0..args.clients + 2 {
-        tokens.push(login(&http, &addrs[i % addrs.len()].1, &format!("c{i}")).await?);
-    }
+/// `--clients` senders and two subscribers until `--time` is up, with the
+/// nemesis running beside them: the clients' history, the faults, and the
+/// faults that did not take hold.
+async fn workload(
+    args: &Args,
+    cluster: &Arc<Cluster>,
+    kinds: Vec<String>,
+    addrs: &[(u64, String)],
+    tokens: &[String],
+    seed: u64,
+    start: Instant,
+) -> anyhow::Result<(History, Vec<report::Fault>, Vec<String>)> {
     let history = Arc::new(Mutex::new(History::default()));
-    let start = Instant::now();
     let deadline = start + Duration::from_secs(args.time);
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().take(args.clients).enumerate() {
-        tasks.push(tokio::spawn(sender(i, addrs.clone(), token.clone(), seed, start, deadline, history.clone())));
+        tasks.push(tokio::spawn(sender(i, addrs.to_vec(), token.clone(), seed, start, deadline, history.clone())));
     }
     for j in 0..2 {
-        tasks.push(tokio::spawn(subscriber(j, addrs.clone(), tokens[args.clients + j].clone(), seed, deadline, history.clone())));
+        tasks.push(tokio::spawn(subscriber(j, addrs.to_vec(), tokens[args.clients + j].clone(), seed, deadline, history.clone())));
     }
     let schedule = nemesis::run(cluster.clone(), kinds, args.combine, seed, start, deadline).await;
-    let (faults, mut fault_failures) = (schedule.faults, schedule.failures);
     for t in tasks {
         t.await?;
     }
-    let duration_ms = ms(start);
+    let h = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((h, schedule.faults, schedule.failures))
+}
 
-    // Heal, let every node catch up, then read every node's final history.
-    if let Err(e) = cluster.heal_all().await {
-        fault_failures.push(format!("healing the cluster after the faults: {e:#}"));
-    }
-    let token = tokens[0].clone();
+/// Every node's history of the room once all nodes hold as many messages (or
+/// after 60 s, with what they hold then), and the nodes that could not be read.
+async fn final_histories(
+    http: &reqwest::Client,
+    addrs: &[(u64, String)],
+    token: &str,
+) -> (BTreeMap<u64, Vec<Msg>>, BTreeMap<u64, String>) {
     let settle = Instant::now() + Duration::from_secs(60);
-    let (finals, final_errors) = loop {
-        let mut finals = std::collections::BTreeMap::new();
-        let mut errors = std::collections::BTreeMap::new();
-        for (id, addr) in &addrs {
-            match read_room(&http, addr, &token, false).await {
+    loop {
+        let mut finals = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        for (id, addr) in addrs {
+            match read_room(http, addr, token, false).await {
                 Ok(h) => {
                     finals.insert(*id, h);
                 }
@@ -157,26 +199,25 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
         }
         let lens: Vec<usize> = finals.values().map(Vec::len).collect();
         if finals.len() == addrs.len() && lens.windows(2).all(|w| w[0] == w[1]) {
-            break (finals, errors);
+            return (finals, errors);
         }
         if Instant::now() > settle {
             eprintln!("nodes did not converge in 60 s: {lens:?}");
-            break (finals, errors);
+            return (finals, errors);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let mut h = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
-    h.finals = finals;
-    h.final_errors = final_errors;
-    h.fault_failures = fault_failures;
-    h.expected = Expected { nodes: addrs.iter().map(|(id, _)| *id).collect(), min_acked: args.min_acked.unwrap_or(10 * args.time as usize) };
+    }
+}
 
-    let verdicts = check_all(&h);
-    let results = report::results(seed, duration_ms, &h, &verdicts, &faults);
+/// Checks the history, writes results.json, history.json and report.html, and
+/// prints the verdicts. Whether the run is valid.
+fn write_report(args: &Args, seed: u64, duration_ms: u64, h: &History, faults: &[report::Fault]) -> anyhow::Result<bool> {
+    let verdicts = check_all(h);
+    let results = report::results(seed, duration_ms, h, &verdicts, faults);
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-    std::fs::write(args.out.join("history.json"), serde_json::to_string(&h)?)?;
-    std::fs::write(args.out.join("report.html"), report::html(&results, &h))?;
+    std::fs::write(args.out.join("history.json"), serde_json::to_string(h)?)?;
+    std::fs::write(args.out.join("report.html"), report::html(&results, h))?;
     println!(
         "sends ok {} / fail {} / unknown {}; reads ok {} / unknown {}; {} faults; {} messages stored",
         results.sends.ok, results.sends.fail, results.sends.unknown, results.reads.ok, results.reads.unknown, faults.len(),
@@ -186,9 +227,5 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
         println!("  {:<52} {}", v.property, if v.ok { "ok".to_string() } else { format!("VIOLATED ({} anomalies, first: {})", v.anomalies.len(), v.anomalies[0]) });
     }
     println!("report: {}", args.out.join("report.html").display());
-    cluster.shutdown();
-    if !results.valid {
-        bail!("the run is INVALID (seed {seed})");
-    }
-    Ok(())
+    Ok(results.valid)
 }

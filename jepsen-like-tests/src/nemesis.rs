@@ -105,22 +105,38 @@ impl Begun {
 /// How long a restarted node may take to serve again.
 const RESTART_SECS: u64 = 30;
 
+/// Where one step's faults may aim: the nodes, the running ones and the
+/// leader (asked for only by kinds that aim at it).
+struct Aim<'a> {
+    c: &'a Arc<Cluster>,
+    ids: Vec<u64>,
+    running: Vec<u64>,
+    leader: Option<u64>,
+    /// A node drawn at random, for kinds that aim anywhere.
+    random: u64,
+}
+
+impl Aim<'_> {
+    /// A running node that no pause of this step holds.
+    fn awake(&self, id: u64) -> bool {
+        self.running.contains(&id) && self.c.with_node(id, |n| !n.stopped()).unwrap_or(false)
+    }
+
+    /// A random awake node: a process fault aims at a live process, and one
+    /// combined with a kill must not pick the node the kill already took.
+    fn live(&self, rng: &mut StdRng, kind: &str) -> anyhow::Result<u64> {
+        let pool: Vec<u64> = self.running.iter().copied().filter(|id| self.awake(*id)).collect();
+        anyhow::ensure!(!pool.is_empty(), "no node is running to {kind}");
+        Ok(pool[rng.random_range(0..pool.len())])
+    }
+}
+
 /// Begins one fault and checks that it took hold: a killed process is gone, a
 /// paused one is stopped, a removed member is out of the voters, a skewed node
 /// serves again. An error means nothing was done and there is nothing to undo.
 async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result<Begun> {
     let ids = c.ids();
     let random = ids[rng.random_range(0..ids.len())];
-    // A process fault aims at a live process; one combined with a kill must not
-    // pick the node the kill already took.
-    let running = c.running_ids();
-    let live = |rng: &mut StdRng, pred: &dyn Fn(u64) -> bool| -> anyhow::Result<u64> {
-        let pool: Vec<u64> = running.iter().copied().filter(|id| pred(*id)).collect();
-        anyhow::ensure!(!pool.is_empty(), "no node is running to {kind}");
-        Ok(pool[rng.random_range(0..pool.len())])
-    };
-    // A running node that no pause of this step holds.
-    let awake = |id: u64| c.with_node(id, |n| !n.stopped()).unwrap_or(false);
     // Asking for the leader is a status round-trip: only for kinds that aim at it.
     let aims_at_leader = matches!(kind, "kill-leader" | "partition-leader" | "partition-oneway" | "membership" | "clock-skew");
     let leader = if aims_at_leader {
@@ -129,60 +145,95 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
     } else {
         None
     };
-    Ok(match kind {
-        "kill" | "kill-leader" => {
-            // Not a paused node: killing it would end the pause it is under.
-            let (id, target) = match leader.filter(|l| kind == "kill-leader" && running.contains(l) && awake(*l)) {
-                Some(l) => (l, format!("node {l}")),
-                // No leader known (an election under another fault): a node.
-                None if kind == "kill-leader" => {
-                    let id = live(rng, &awake)?;
-                    (id, format!("node {id} (no leader known)"))
-                }
-                None => {
-                    let id = live(rng, &awake)?;
-                    (id, format!("node {id}"))
-                }
-            };
-            anyhow::ensure!(c.with_node(id, |n| n.kill()) == Some(true), "node {id} had no process to kill");
-            Begun::new(target, Undo::Restart(id))
-        }
-        "pause" => {
-            let id = live(rng, &awake)?;
-            c.with_node(id, |n| n.signal("STOP"));
-            let mut b = Begun::new(format!("node {id}"), Undo::Resume(id));
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while c.with_node(id, |n| n.stopped()) != Some(true) {
-                if Instant::now() > deadline {
-                    b.problem = Some(format!("node {id} was sent SIGSTOP but did not stop"));
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            b
-        }
+    let aim = Aim { c, ids, running: c.running_ids(), leader, random };
+    match kind {
+        "kill" | "kill-leader" => kill(&aim, kind, rng),
+        "pause" => pause(&aim, rng).await,
         "crash-all" => {
             let killed = c.nodes().iter_mut().map(|n| n.kill()).filter(|k| *k).count();
             anyhow::ensure!(killed > 0, "no node had a process to kill");
-            Begun::new(format!("all nodes ({killed} running)"), Undo::RestartAll)
+            Ok(Begun::new(format!("all nodes ({killed} running)"), Undo::RestartAll))
         }
-        "partition-leader" => {
-            let l = leader.unwrap_or(random);
-            for &o in ids.iter().filter(|o| **o != l) {
-                c.cut(l, o)?;
-                c.cut(o, l)?;
+        "partition-leader" | "partition-half" | "partition-bridge" | "partition-oneway" => partition(&aim, kind, rng),
+        "loss" => {
+            let p = rng.random_range(0.05..0.25);
+            c.loss(p)?;
+            Ok(Begun::new(format!("{:.0}% of packets", p * 100.0), Undo::HealNetwork))
+        }
+        "slow" => {
+            let delay = Duration::from_millis(rng.random_range(50..300));
+            let targets: Vec<u64> = if rng.random_bool(0.5) { vec![random] } else { aim.ids.clone() };
+            for t in &targets {
+                c.slow(*t, delay);
             }
-            Begun::new(format!("{{{l}}} | rest"), Undo::HealNetwork)
+            Ok(Begun::new(format!("{} ms into {targets:?}", delay.as_millis()), Undo::HealNetwork))
+        }
+        "membership" => membership(&aim, rng).await,
+        "clock-skew" => clock_skew(&aim, rng).await,
+        other => anyhow::bail!("unknown nemesis {other}"),
+    }
+}
+
+/// SIGKILL: the leader for `kill-leader` (any node if none is known), else a
+/// random node. Never a paused node: killing it would end the pause it is under.
+fn kill(aim: &Aim<'_>, kind: &str, rng: &mut StdRng) -> anyhow::Result<Begun> {
+    let (id, target) = match aim.leader.filter(|l| kind == "kill-leader" && aim.awake(*l)) {
+        Some(l) => (l, format!("node {l}")),
+        // No leader known (an election under another fault): a node.
+        None if kind == "kill-leader" => {
+            let id = aim.live(rng, kind)?;
+            (id, format!("node {id} (no leader known)"))
+        }
+        None => {
+            let id = aim.live(rng, kind)?;
+            (id, format!("node {id}"))
+        }
+    };
+    anyhow::ensure!(aim.c.with_node(id, |n| n.kill()) == Some(true), "node {id} had no process to kill");
+    Ok(Begun::new(target, Undo::Restart(id)))
+}
+
+/// SIGSTOP a random node, and check that it stopped.
+async fn pause(aim: &Aim<'_>, rng: &mut StdRng) -> anyhow::Result<Begun> {
+    let c = aim.c;
+    let id = aim.live(rng, "pause")?;
+    c.with_node(id, |n| n.signal("STOP"));
+    let mut b = Begun::new(format!("node {id}"), Undo::Resume(id));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while c.with_node(id, |n| n.stopped()) != Some(true) {
+        if Instant::now() > deadline {
+            b.problem = Some(format!("node {id} was sent SIGSTOP but did not stop"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(b)
+}
+
+/// The four partitions: the leader alone, a minority, two sides joined by one
+/// bridge node, and the leader's packets dropped one way.
+fn partition(aim: &Aim<'_>, kind: &str, rng: &mut StdRng) -> anyhow::Result<Begun> {
+    let (c, ids) = (aim.c, &aim.ids);
+    let both = |a: u64, b: u64| -> anyhow::Result<()> {
+        c.cut(a, b)?;
+        c.cut(b, a)
+    };
+    let target = match kind {
+        "partition-leader" => {
+            let l = aim.leader.unwrap_or(aim.random);
+            for &o in ids.iter().filter(|o| **o != l) {
+                both(l, o)?;
+            }
+            format!("{{{l}}} | rest")
         }
         "partition-half" => {
-            let (major, minor) = halves(&ids, rng);
+            let (major, minor) = halves(ids, rng);
             for a in &major {
                 for b in &minor {
-                    c.cut(*a, *b)?;
-                    c.cut(*b, *a)?;
+                    both(*a, *b)?;
                 }
             }
-            Begun::new(format!("{major:?} | {minor:?}"), Undo::HealNetwork)
+            format!("{major:?} | {minor:?}")
         }
         "partition-bridge" => {
             // Two sides that cannot talk, and one node that talks to both.
@@ -193,83 +244,77 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
             let (left, right) = rest.split_at(rest.len() / 2);
             for a in left {
                 for b in right {
-                    c.cut(*a, *b)?;
-                    c.cut(*b, *a)?;
+                    both(*a, *b)?;
                 }
             }
-            Begun::new(format!("{left:?} - {bridge} - {right:?}"), Undo::HealNetwork)
+            format!("{left:?} - {bridge} - {right:?}")
         }
-        "partition-oneway" => {
-            // The leader's packets to the others are dropped; theirs reach it.
-            let l = leader.unwrap_or(random);
+        _ => {
+            // partition-oneway: the leader's packets to the others are
+            // dropped; theirs reach it.
+            let l = aim.leader.unwrap_or(aim.random);
             for &o in ids.iter().filter(|o| **o != l) {
                 c.cut(l, o)?;
             }
-            Begun::new(format!("{l} -> rest dropped"), Undo::HealNetwork)
+            format!("{l} -> rest dropped")
         }
-        "loss" => {
-            let p = rng.random_range(0.05..0.25);
-            c.loss(p)?;
-            Begun::new(format!("{:.0}% of packets", p * 100.0), Undo::HealNetwork)
-        }
-        "slow" => {
-            let delay = Duration::from_millis(rng.random_range(50..300));
-            let targets: Vec<u64> = if rng.random_bool(0.5) { vec![random] } else { ids.clone() };
-            for t in &targets {
-                c.slow(*t, delay);
+    };
+    Ok(Begun::new(target, Undo::HealNetwork))
+}
+
+/// Removes a member (the leader half of the time), and checks that the voters
+/// every member reports agree it is out; ending the fault adds it back.
+async fn membership(aim: &Aim<'_>, rng: &mut StdRng) -> anyhow::Result<Begun> {
+    let c = aim.c;
+    let id = if rng.random_bool(0.5) { aim.leader.unwrap_or(aim.random) } else { aim.random };
+    let c2 = c.clone();
+    blocking(move || c2.remove(id)).await?;
+    let mut b = Begun::new(format!("remove node {id}, add it back"), Undo::AddBack(id));
+    // `cluster remove` returns once the change is committed; the voters
+    // any member reports must agree (the removed leader steps down first).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c2 = c.clone();
+        match blocking(move || c2.voters()).await {
+            Some(v) if !v.contains(&id) => break,
+            seen if Instant::now() > deadline => {
+                b.problem = Some(format!("node {id} was removed but the voters are still {seen:?}"));
+                break;
             }
-            Begun::new(format!("{} ms into {targets:?}", delay.as_millis()), Undo::HealNetwork)
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        "membership" => {
-            let id = if rng.random_bool(0.5) { leader.unwrap_or(random) } else { random };
-            let c2 = c.clone();
-            blocking(move || c2.remove(id)).await?;
-            let mut b = Begun::new(format!("remove node {id}, add it back"), Undo::AddBack(id));
-            // `cluster remove` returns once the change is committed; the voters
-            // any member reports must agree (the removed leader steps down first).
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let c2 = c.clone();
-                match blocking(move || c2.voters()).await {
-                    Some(v) if !v.contains(&id) => break,
-                    seen if Instant::now() > deadline => {
-                        b.problem = Some(format!("node {id} was removed but the voters are still {seen:?}"));
-                        break;
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-            b
-        }
-        "clock-skew" => {
-            // The leader stamps `ts`, so skewing it is what tests monotonicity.
-            // It restarts its target: never one another fault of this step holds.
-            let id = match leader.filter(|l| running.contains(l) && awake(*l)) {
-                Some(l) => l,
-                None => live(rng, &awake)?,
-            };
-            let secs: i64 = if rng.random_bool(0.5) { -rng.random_range(30..300) } else { rng.random_range(30..300) };
-            let skew = format!("{secs:+}s");
-            c.with_node(id, |n| {
-                n.kill();
-                n.skew = Some(skew.clone());
-                n.start()
-            })
-            .transpose()?;
-            if let Err(e) = c.wait_ready(id, RESTART_SECS).await {
-                let mut b = Begun::new(format!("node {id} clock {skew}"), Undo::Unskew(id));
-                b.problem = Some(format!("{e:#}"));
-                return Ok(b);
-            }
-            // A restarted leader comes back a follower: hand it the leadership so
-            // its clock is the one stamping messages (best effort).
-            let c2 = c.clone();
-            let led = blocking(move || c2.make_leader(id)).await;
-            let how = if led.is_ok() { "leading" } else { "following" };
-            Begun::new(format!("node {id} clock {skew}, {how}"), Undo::Unskew(id))
-        }
-        other => anyhow::bail!("unknown nemesis {other}"),
+    }
+    Ok(b)
+}
+
+/// Restarts the leader (or a node) with its clock 30–300 s off, and hands it
+/// the leadership back: the leader stamps `ts`, so skewing it is what tests
+/// monotonicity. Never a node another fault of this step holds.
+async fn clock_skew(aim: &Aim<'_>, rng: &mut StdRng) -> anyhow::Result<Begun> {
+    let c = aim.c;
+    let id = match aim.leader.filter(|l| aim.awake(*l)) {
+        Some(l) => l,
+        None => aim.live(rng, "clock-skew")?,
+    };
+    let secs: i64 = if rng.random_bool(0.5) { -rng.random_range(30..300) } else { rng.random_range(30..300) };
+    let skew = format!("{secs:+}s");
+    c.with_node(id, |n| {
+        n.kill();
+        n.skew = Some(skew.clone());
+        n.start()
     })
+    .transpose()?;
+    if let Err(e) = c.wait_ready(id, RESTART_SECS).await {
+        let mut b = Begun::new(format!("node {id} clock {skew}"), Undo::Unskew(id));
+        b.problem = Some(format!("{e:#}"));
+        return Ok(b);
+    }
+    // A restarted leader comes back a follower: hand it the leadership so
+    // its clock is the one stamping messages (best effort).
+    let c2 = c.clone();
+    let led = blocking(move || c2.make_leader(id)).await;
+    let how = if led.is_ok() { "leading" } else { "following" };
+    Ok(Begun::new(format!("node {id} clock {skew}, {how}"), Undo::Unskew(id)))
 }
 
 /// Undoes a fault; a restarted node must serve again.

@@ -19,10 +19,19 @@ fn base(c: &TestCluster, id: u64) -> String {
     format!("http://{}", c.node(id).client_addr)
 }
 
+/// Posts `text` as the holder of `token` to `room` through `base`.
+async fn post(base: &str, token: &str, room: &str, id: Value, text: &str) -> reqwest::Response {
+    client::http().post(format!("{base}/v1/rooms/{room}/messages")).bearer_auth(token).json(&json!({ "id": id, "text": text })).send().await.unwrap()
+}
+
+async fn error_code(r: reqwest::Response) -> Value {
+    r.json::<Value>().await.unwrap()["error"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn http_routes_and_errors() {
+async fn register_and_log_in_on_any_node() {
     let c = TestCluster::start_with(3, unlimited).await;
-    let (b1, b2) = (base(&c, 1), base(&c, 2));
+    let (b1, b2, b3) = (base(&c, 1), base(&c, 2), base(&c, 3));
     let http = client::http();
     let creds = json!({ "name": "alice", "password": "password-1" });
 
@@ -31,11 +40,11 @@ async fn http_routes_and_errors() {
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "name": "alice" }));
     let r = http.post(format!("{b2}/v1/users")).json(&creds).send().await.unwrap();
     assert_eq!(r.status(), 409);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "name_taken");
+    assert_eq!(error_code(r).await, "name_taken");
     for bad in [json!({ "name": "no spaces", "password": "password-1" }), json!({ "name": "bob", "password": "short" }), json!({ "name": 5 })] {
         let r = http.post(format!("{b1}/v1/users")).json(&bad).send().await.unwrap();
         assert_eq!(r.status(), 400, "{bad}");
-        assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
+        assert_eq!(error_code(r).await, "bad_request");
     }
     let r = http.post(format!("{b1}/v1/users")).body("{not json").header("content-type", "application/json").send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -46,69 +55,91 @@ async fn http_routes_and_errors() {
     let session: Value = r.json().await.unwrap();
     let token = session["token"].as_str().unwrap().to_string();
     assert!(session["expires_at"].as_u64().unwrap() > 0);
+    let r = http.get(format!("{b3}/v1/rooms")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     let wrong = json!({ "name": "alice", "password": "password-2" });
     let r = http.post(format!("{b1}/v1/sessions")).json(&wrong).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
-
-    let b3 = base(&c, 3);
+    assert_eq!(error_code(r).await, "unauthorized");
     let r = http.get(format!("{b3}/v1/rooms")).send().await.unwrap();
     assert_eq!(r.status(), 401, "no token");
     let r = http.get(format!("{b3}/v1/rooms")).bearer_auth("forged.token").send().await.unwrap();
     assert_eq!(r.status(), 401);
+    c.shutdown().await;
+}
 
-    // Posting needs membership; joining (over WebSocket) gives it.
-    let post = |room: &str, id: Value, text: &str| {
-        http.post(format!("{b3}/v1/rooms/{room}/messages")).bearer_auth(&token).json(&json!({ "id": id, "text": text })).send()
-    };
-    let r = post("general", json!("c1"), "hi").await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posting_needs_membership_and_an_id_is_stored_once() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b3) = (base(&c, 1), base(&c, 3));
+    let token = login(&b1, "alice").await;
+    let r = post(&b3, &token, "general", json!("c1"), "hi").await;
     assert_eq!(r.status(), 403);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_member");
+    assert_eq!(error_code(r).await, "not_member");
+    // Joining (over WebSocket) gives membership.
     let mut ws = connect(&b3, &token).await;
     let joined = join(&mut ws, "general", None).await;
-    assert_eq!(joined["head"], 0);
-    assert_eq!(joined["req"], "j");
-    let r = post("general", json!("c1"), "hi").await.unwrap();
+    assert_eq!((joined["head"].clone(), joined["req"].clone()), (json!(0), json!("j")));
+    let r = post(&b3, &token, "general", json!("c1"), "hi").await;
     assert_eq!(r.status(), 200);
     let ack: Value = r.json().await.unwrap();
     assert_eq!((ack["room"].clone(), ack["seq"].clone(), ack["id"].clone(), ack["duplicate"].clone()), (json!("general"), json!(1), json!("c1"), json!(false)));
-    let again: Value = post("general", json!("c1"), "hi").await.unwrap().json().await.unwrap();
+    let again: Value = post(&b3, &token, "general", json!("c1"), "hi").await.json().await.unwrap();
     assert_eq!((again["seq"].clone(), again["duplicate"].clone()), (json!(1), json!(true)));
     // The id reused in another room stores nothing there, and the ack names
     // the room the message is in.
     join(&mut ws, "elsewhere", None).await;
-    let reused: Value = post("elsewhere", json!("c1"), "hi again").await.unwrap().json().await.unwrap();
+    let reused: Value = post(&b3, &token, "elsewhere", json!("c1"), "hi again").await.json().await.unwrap();
     assert_eq!((reused["room"].clone(), reused["seq"].clone(), reused["duplicate"].clone()), (json!("general"), json!(1), json!(true)));
-    let r = post("general", json!(7), &"x".repeat(4097)).await.unwrap();
+    let r = post(&b3, &token, "general", json!(7), &"x".repeat(4097)).await;
     assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
-    post("general", json!(7), "numeric id").await.unwrap();
+    assert_eq!(error_code(r).await, "too_large");
+    // A body over the frame limit is refused as too large, not as malformed.
+    let r = post(&b3, &token, "general", json!(8), &"x".repeat(70 * 1024)).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(error_code(r).await, "too_large");
+    assert_eq!(post(&b3, &token, "general", json!(7), "numeric id").await.status(), 200);
 
-    // History, both consistencies, on every node.
-    for b in [&b1, &b2, &b3] {
-        for consistency in ["linearizable", "local"] {
-            let url = format!("{b}/v1/rooms/general/messages?consistency={consistency}&limit=10");
-            let page: Value = http.get(url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-            if consistency == "linearizable" {
-                assert_eq!(page["head"], 2, "{b}");
-                let msgs = page["messages"].as_array().unwrap();
-                assert_eq!(msgs[0]["text"], "hi");
-                assert_eq!(msgs[0]["from"], "alice");
-                assert_eq!(msgs[1]["id"], "7");
-            }
-        }
+    // History, both consistencies, on every node; the room list.
+    let http = client::http();
+    for b in [&b1, &base(&c, 2), &b3] {
+        let url = format!("{b}/v1/rooms/general/messages?consistency=linearizable&limit=10");
+        let page: Value = http.get(url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(page["head"], 2, "{b}");
+        let msgs = page["messages"].as_array().unwrap();
+        assert_eq!((msgs[0]["text"].clone(), msgs[0]["from"].clone(), msgs[1]["id"].clone()), (json!("hi"), json!("alice"), json!("7")));
+        let r = http.get(format!("{b}/v1/rooms/general/messages?consistency=local")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{b}");
     }
-    let r = http.get(format!("{b1}/v1/rooms/general/messages?limit=5000")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(r.status(), 400);
-    let r = http.get(format!("{b1}/v1/rooms/general/messages?after=x")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(r.status(), 400);
+    for query in ["limit=5000", "after=x"] {
+        let r = http.get(format!("{b1}/v1/rooms/general/messages?{query}")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+    }
     let rooms: Value = http.get(format!("{b1}/v1/rooms")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(rooms, json!([{ "name": "elsewhere", "members": 1, "last_seq": 0 }, { "name": "general", "members": 1, "last_seq": 2 }]));
+    c.shutdown().await;
+}
 
-    // Cluster routes, health, metrics.
-    let cluster: Value = http.get(format!("{b2}/v1/cluster")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(cluster["members"].as_array().unwrap().len(), 3);
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_routes_name_every_member_and_spread_picks() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b3) = (base(&c, 1), base(&c, 3));
+    let http = client::http();
+    let token = login(&b1, "alice").await;
+    let _ws = connect(&b3, &token).await;
+    // The connection counts once the session is open.
+    let mut cluster = Value::Null;
+    for _ in 0..50 {
+        cluster = http.get(format!("{}/v1/cluster", base(&c, 2))).send().await.unwrap().json().await.unwrap();
+        if cluster["members"].as_array().unwrap().iter().any(|m| m["id"] == 3 && m["connections"] == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_3 = cluster["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).unwrap().clone();
+    assert_eq!(on_3["connections"], 1, "{cluster}");
     let leader = cluster["leader"].as_u64().unwrap();
+    assert!(cluster["members"].as_array().unwrap().iter().any(|m| m["id"] == leader && m["role"] == "leader"));
     // Every node names the same cluster, a term, and each member's client URL
     // (the address it serves on) and applied index.
     let mut cluster_ids = Vec::new();
@@ -128,9 +159,6 @@ async fn http_routes_and_errors() {
     }
     assert!(!cluster_ids[0].is_empty());
     assert!(cluster_ids.iter().all(|i| *i == cluster_ids[0]), "{cluster_ids:?}");
-    assert!(cluster["members"].as_array().unwrap().iter().any(|m| m["id"] == leader && m["role"] == "leader"));
-    let on_3 = cluster["members"].as_array().unwrap().iter().find(|m| m["id"] == 3).unwrap().clone();
-    assert_eq!(on_3["connections"], 1, "{cluster}");
     let pick: Value = http.get(format!("{b3}/v1/cluster/pick")).send().await.unwrap().json().await.unwrap();
     assert_ne!(pick["client_url"], json!(b3), "node 3 has the one connection");
     // A burst of clients picking at once is spread over the members, not all
@@ -142,6 +170,20 @@ async fn http_routes_and_errors() {
     .await;
     let distinct: std::collections::BTreeSet<String> = burst.iter().map(|u| u.to_string()).collect();
     assert!(distinct.len() >= 2, "a burst of picks all went to one member: {burst:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_metrics_and_unknown_routes() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b3) = (base(&c, 1), base(&c, 3));
+    let http = client::http();
+    let token = login(&b1, "alice").await;
+    let mut ws = connect(&b3, &token).await;
+    join(&mut ws, "general", None).await;
+    for id in ["m1", "m2"] {
+        assert_eq!(post(&b3, &token, "general", json!(id), "hi").await.status(), 200);
+    }
     assert_eq!(http.get(format!("{b1}/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{b1}/readyz")).send().await.unwrap().status(), 200);
     let metrics = http.get(format!("{b3}/metrics")).send().await.unwrap().text().await.unwrap();
@@ -170,17 +212,23 @@ async fn http_routes_and_errors() {
     for (method, path) in [(reqwest::Method::POST, "/v1/ws"), (reqwest::Method::DELETE, "/v1/users"), (reqwest::Method::PUT, "/v1/rooms")] {
         let r = http.request(method.clone(), format!("{b1}{path}")).send().await.unwrap();
         assert_eq!(r.status(), 405, "{method} {path}");
-        assert_eq!(r.json::<Value>().await.unwrap()["error"], "method_not_allowed", "{method} {path}");
+        assert_eq!(error_code(r).await, "method_not_allowed", "{method} {path}");
     }
-    // A body over the limit is refused as too large, not as malformed.
-    let r = post("general", json!(8), &"x".repeat(70 * 1024)).await.unwrap();
-    assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "too_large");
+    c.shutdown().await;
+}
 
-    // DM rooms: listed for their two users only, with both as members, and
-    // readable by them only.
+/// DM rooms: listed for their two users only, with both as members, and
+/// readable by them only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dm_rooms_are_listed_and_readable_by_their_two_users_only() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b3) = (base(&c, 1), base(&c, 3));
+    let http = client::http();
+    let token = login(&b1, "alice").await;
     let bob = login(&b1, "bob").await;
     let carl = login(&b1, "carl").await;
+    let mut ws = connect(&b3, &token).await;
+    join(&mut ws, "general", None).await;
     send(&mut ws, json!({ "type": "dm", "to": "bob", "id": "d1", "text": "psst" })).await;
     assert_eq!(next_of(&mut ws, "ack").await["room"], "dm:alice:bob");
     for (who, tok) in [("alice", &token), ("bob", &bob)] {
@@ -190,17 +238,27 @@ async fn http_routes_and_errors() {
         assert_eq!(page["messages"][0]["text"], "psst", "{who}");
     }
     let rooms: Value = http.get(format!("{b3}/v1/rooms")).bearer_auth(&carl).send().await.unwrap().json().await.unwrap();
-    assert_eq!(rooms, json!([{ "name": "elsewhere", "members": 1, "last_seq": 0 }, { "name": "general", "members": 1, "last_seq": 2 }]));
+    assert_eq!(rooms, json!([{ "name": "general", "members": 1, "last_seq": 0 }]));
     let r = http.get(format!("{b3}/v1/rooms/dm:alice:bob/messages")).bearer_auth(&carl).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_member");
+    assert_eq!(error_code(r).await, "not_member");
+    c.shutdown().await;
+}
 
-    // History paging, in a room with more than a default page (50) of messages.
+/// History paging, in a room with more than a default page (50) of messages,
+/// over HTTP on node 1 and WebSocket on node 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_pages_hold_every_message_as_acknowledged() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b3) = (base(&c, 1), base(&c, 3));
+    let http = client::http();
+    let token = login(&b1, "alice").await;
+    let mut ws = connect(&b3, &token).await;
     join(&mut ws, "paging", None).await;
     let acks = futures::future::join_all((1..=55).map(|i| {
-        let (http, url, token) = (http.clone(), format!("{b3}/v1/rooms/paging/messages"), token.clone());
+        let (b3, token) = (b3.clone(), token.clone());
         async move {
-            let r = http.post(url).bearer_auth(&token).json(&json!({ "id": format!("p{i}"), "text": format!("page {i}") })).send().await.unwrap();
+            let r = post(&b3, &token, "paging", json!(format!("p{i}")), &format!("page {i}")).await;
             assert_eq!(r.status(), 200, "post p{i}");
             r.json::<Value>().await.unwrap()
         }

@@ -7,6 +7,7 @@ use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
 use common::TestCluster;
+use raft_store::ChatRead;
 use proto::v1::{AddRequest, Empty, IdRequest};
 use raft_store::chat::Outcome;
 

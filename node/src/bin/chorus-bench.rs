@@ -219,14 +219,24 @@ async fn main() -> anyhow::Result<()> {
         "both" => &[("unary", false), ("gathered", true)],
         other => bail!("unknown client {other:?}; try unary, gathered or both"),
     };
+    load_steps(&args, &c, modes, &leader_addr, &cluster_id).await?;
+    if !args.no_failover {
+        failover(&args, &mut c, leader, &cluster_id).await?;
+    }
+    Ok(())
+}
+
+/// Each client mode at each writer count, one step of `--secs` each: one row
+/// of entries/s, latency and node CPU per step.
+async fn load_steps(args: &Args, c: &ProcCluster, modes: &[(&str, bool)], leader_addr: &str, cluster_id: &str) -> anyhow::Result<()> {
     println!("chorus-bench log: {} nodes, {}-byte messages, {} s per step, fsync on every commit", args.nodes, args.bytes, args.secs);
     println!("{:>9} {:>8} {:>12} {:>10} {:>10} {:>10} {:>14}", "client", "writers", "entries/s", "p50 ms", "p99 ms", "max ms", "node CPU µs/e");
     for &(name, gathered) in modes {
         for &w in &args.writers {
-            let cpu_before = nodes_cpu(&c);
-            let (n, lat) = run_load(&leader_addr, &cluster_id, gathered, w, args.secs, args.bytes).await?;
+            let cpu_before = nodes_cpu(c);
+            let (n, lat) = run_load(leader_addr, cluster_id, gathered, w, args.secs, args.bytes).await?;
             // All three nodes' CPU per committed entry: steadier than the rate.
-            let cpu = match (cpu_before, nodes_cpu(&c)) {
+            let cpu = match (cpu_before, nodes_cpu(c)) {
                 (Some(a), Some(b)) if n > 0 => format!("{:.0}", (b - a).as_secs_f64() * 1e6 / n as f64),
                 _ => "-".to_string(),
             };
@@ -243,46 +253,47 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
 
-    if !args.no_failover {
-        // Kill the leader and time the first write that any node commits after it.
-        let others: Vec<String> = c.procs.iter().filter(|p| p.id != leader).map(|p| p.raft_addr.clone()).collect();
-        let mut conns = Vec::new();
-        for a in &others {
-            conns.push(RaftClient::connect(format!("http://{a}")).await?);
-        }
-        // Clients that retry: every 10 ms a fresh write goes to every surviving
-        // node, each attempt with its own deadline, so the figure is the
-        // cluster's unavailability window and not the spacing of one client's
-        // timeouts.
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
-        c.proc(leader).kill();
-        let killed = Instant::now();
-        let bytes = args.bytes;
-        let probe_cluster = cluster_id.clone();
-        let probes = tokio::spawn(async move {
-            let mut i = 0u64;
-            loop {
-                for client in &conns {
-                    let (mut client, cluster_id, done) = (client.clone(), probe_cluster.clone(), done_tx.clone());
-                    let ev = message(9999, i, bytes);
-                    i += 1;
-                    tokio::spawn(async move {
-                        if let Ok(ProposeReply::Committed { .. }) = propose_at(&mut client, &cluster_id, None, &ev, Duration::from_secs(2)).await {
-                            let _ = done.try_send(());
-                        }
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-        let first = tokio::time::timeout(Duration::from_secs(30), done_rx.recv()).await;
-        let elapsed = killed.elapsed();
-        probes.abort();
-        if first.is_err() {
-            bail!("no write succeeded within 30 s of the leader kill");
-        }
-        println!("leader SIGKILL → next committed write: {:.0} ms", elapsed.as_secs_f64() * 1000.0);
+/// Kills the leader and times the first write that any node commits after it.
+async fn failover(args: &Args, c: &mut ProcCluster, leader: u64, cluster_id: &str) -> anyhow::Result<()> {
+    let others: Vec<String> = c.procs.iter().filter(|p| p.id != leader).map(|p| p.raft_addr.clone()).collect();
+    let mut conns = Vec::new();
+    for a in &others {
+        conns.push(RaftClient::connect(format!("http://{a}")).await?);
     }
+    // Clients that retry: every 10 ms a fresh write goes to every surviving
+    // node, each attempt with its own deadline, so the figure is the
+    // cluster's unavailability window and not the spacing of one client's
+    // timeouts.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    c.proc(leader).kill();
+    let killed = Instant::now();
+    let bytes = args.bytes;
+    let probe_cluster = cluster_id.to_string();
+    let probes = tokio::spawn(async move {
+        let mut i = 0u64;
+        loop {
+            for client in &conns {
+                let (mut client, cluster_id, done) = (client.clone(), probe_cluster.clone(), done_tx.clone());
+                let ev = message(9999, i, bytes);
+                i += 1;
+                tokio::spawn(async move {
+                    if let Ok(ProposeReply::Committed { .. }) = propose_at(&mut client, &cluster_id, None, &ev, Duration::from_secs(2)).await {
+                        let _ = done.try_send(());
+                    }
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(30), done_rx.recv()).await;
+    let elapsed = killed.elapsed();
+    probes.abort();
+    if first.is_err() {
+        bail!("no write succeeded within 30 s of the leader kill");
+    }
+    println!("leader SIGKILL → next committed write: {:.0} ms", elapsed.as_secs_f64() * 1000.0);
     Ok(())
 }
