@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds Chorus and runs a local three-node cluster formed with chorusctl.
-# Ctrl-C stops every node. Data lives in ./chorus-data (kept between runs).
+# Builds Chorus and runs a local three-node cluster formed with chorusctl, its
+# raft ports on mutual TLS with certificates from `chorusctl certs init`.
+# Ctrl-C stops every node. Data and certificates live in ./chorus-data (kept
+# between runs).
 #   CHORUS_NODES=3 scripts/run.sh
 source "$(dirname "$0")/env.sh"
 cd "$CHORUS_ROOT"
@@ -10,6 +12,14 @@ cargo build --workspace --bins --tests --locked
 n="${CHORUS_NODES:-3}"
 data="${CHORUS_DATA:-$CHORUS_ROOT/chorus-data}"
 mkdir -p "$data"
+certs="$data/certs"
+if [ ! -f "$certs/ca.key" ]; then
+  "$CHORUS_BIN/chorusctl" certs init "$certs" --nodes "$n" >/dev/null
+elif [ ! -f "$certs/node-$n.crt" ]; then
+  for i in $(seq 1 "$n"); do [ -f "$certs/node-$i.crt" ] || "$CHORUS_BIN/chorusctl" certs node "$certs" --id "$i" >/dev/null; done
+fi
+# chorusctl reads its operator credentials from these.
+export CHORUS_CA="$certs/ca.crt" CHORUS_CERT="$certs/operator.crt" CHORUS_KEY="$certs/operator.key"
 pids=()
 stopped=0
 stop() {
@@ -29,7 +39,8 @@ for i in $(seq 1 "$n"); do
   client="127.0.0.1:$((8079 + i))"; raft="127.0.0.1:$((9079 + i))"
   rm -f "$data/node-$i.ready"
   "$CHORUS_BIN/chorusd" --id "$i" --data-dir "$data/node-$i" --client-addr "$client" --raft-addr "$raft" \
-    --no-bootstrap --ready-file "$data/node-$i.ready" --log-file "$data/node-$i.log" >/dev/null &
+    --no-bootstrap --ready-file "$data/node-$i.ready" --log-file "$data/node-$i.log" \
+    --tls-cert "$certs/node-$i.crt" --tls-key "$certs/node-$i.key" --tls-ca "$certs/ca.crt" >/dev/null &
   pids+=($!)
   addrs+=("$raft")
   echo "node $i: chat http://$client/   raft $raft   log $data/node-$i.log"
@@ -44,5 +55,6 @@ if "$CHORUS_BIN/chorusctl" --node "${addrs[0]}" --json cluster status | grep -q 
   "$CHORUS_BIN/chorusctl" cluster init "${addrs[@]}" >/dev/null
 fi
 "$CHORUS_BIN/chorusctl" --node "${addrs[0]}" cluster status
+echo "chorusctl as the operator: export CHORUS_CA=$CHORUS_CA CHORUS_CERT=$CHORUS_CERT CHORUS_KEY=$CHORUS_KEY"
 echo "Ctrl-C stops the cluster."
 wait

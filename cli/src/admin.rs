@@ -6,16 +6,58 @@ use anyhow::{anyhow, bail, Context};
 use proto::v1::admin_client::AdminClient;
 use proto::v1::{AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, UpgradeRequest};
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{Cli, ClusterCommand};
 
 pub(crate) async fn connect(cli: &Cli, addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| anyhow!("{addr:?} is not a host:port address"))?
-        .connect_timeout(cli.timeout());
+    let endpoint = match tls(cli)? {
+        // The node's certificate must name the host of `addr`.
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|_| anyhow!("{addr:?} is not a host:port address"))?
+            .tls_config(tls)
+            .map_err(|e| anyhow!("cannot set up TLS to {addr}: {}", root_cause(&e)))?,
+        None => Endpoint::from_shared(format!("http://{addr}")).map_err(|_| anyhow!("{addr:?} is not a host:port address"))?,
+    }
+    .connect_timeout(cli.timeout());
     let channel = endpoint.connect().await.map_err(|e| anyhow!("cannot reach the node at {addr}: {}", root_cause(&e)))?;
     Ok(AdminClient::new(channel))
+}
+
+/// The client TLS of `--ca`, `--cert` and `--key`: all three, or none for a
+/// cluster without TLS.
+fn tls(cli: &Cli) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let (ca, cert, key) = match (&cli.ca, &cli.cert, &cli.key) {
+        (None, None, None) => return Ok(None),
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ => bail!("--ca, --cert and --key go together: give all three for a cluster that runs mutual TLS"),
+    };
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    Ok(Some(
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, read(key)?)),
+    ))
+}
+
+/// Calls `call` on the node at `addr`. A node that is not the leader refuses
+/// calls only the leader carries out, naming the leader: the call is repeated
+/// there (a few times, as leadership may move meanwhile).
+pub(crate) async fn at_leader<T, F, Fut>(cli: &Cli, addr: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut(AdminClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut addr = addr.to_string();
+    for _ in 0..4 {
+        let status = match call(connect(cli, &addr).await?).await {
+            Ok(v) => return Ok(v),
+            Err(status) => status,
+        };
+        match status.metadata().get(proto::LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(leader) if leader != addr => addr = leader.to_string(),
+            _ => return Err(failed(status)),
+        }
+    }
+    bail!("leadership kept moving while the command was sent; try again")
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -41,7 +83,8 @@ pub(crate) fn request<T>(cli: &Cli, msg: T, timeout: std::time::Duration) -> ton
 pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::DeadlineExceeded => anyhow!("timed out: {}", status.message()),
-        tonic::Code::Unauthenticated => anyhow!("refused: {} (pass --secret)", status.message()),
+        tonic::Code::Unauthenticated => anyhow!("refused: {} (pass --secret, or --ca, --cert and --key)", status.message()),
+        tonic::Code::PermissionDenied => anyhow!("refused: {}", status.message()),
         _ => anyhow!("{}", status.message()),
     }
 }
@@ -59,17 +102,45 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
             let init = InitRequest { raft_addrs: addrs.clone() };
             client.init(request(cli, init, t.max(std::time::Duration::from_secs(20)))).await.map_err(failed)?.into_inner()
         }
-        ClusterCommand::Add { addr, learner } => return add(cli, &mut client, addr, *learner).await,
-        ClusterCommand::Promote { id } => client.promote(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner(),
-        ClusterCommand::Remove { id } => client.remove(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner(),
+        ClusterCommand::Add { addr, learner } => return add(cli, addr, *learner).await,
+        ClusterCommand::Promote { id } => {
+            let id = IdRequest { id: *id };
+            at_leader(cli, target, |mut c| {
+                let id = id.clone();
+                async move { c.promote(request(cli, id, t)).await }
+            })
+            .await?
+            .into_inner()
+        }
+        ClusterCommand::Remove { id } => {
+            let id = IdRequest { id: *id };
+            at_leader(cli, target, |mut c| {
+                let id = id.clone();
+                async move { c.remove(request(cli, id, t)).await }
+            })
+            .await?
+            .into_inner()
+        }
         ClusterCommand::TransferLeader { id } => {
-            client.transfer_leader(request(cli, IdRequest { id: *id }, t)).await.map_err(failed)?.into_inner()
+            let id = IdRequest { id: *id };
+            at_leader(cli, target, |mut c| {
+                let id = id.clone();
+                async move { c.transfer_leader(request(cli, id, t)).await }
+            })
+            .await?
+            .into_inner()
         }
         ClusterCommand::ForceNew { .. } => bail!("cluster force-new works on data dirs, not through a node"),
         ClusterCommand::Status => client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner(),
         ClusterCommand::Upgrade { level: requested } => {
             let before = client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner().feature_level;
-            let after = client.upgrade(request(cli, UpgradeRequest { level: requested.unwrap_or(0) }, t)).await.map_err(failed)?.into_inner();
+            let up = UpgradeRequest { level: requested.unwrap_or(0) };
+            let after = at_leader(cli, target, |mut c| {
+                let up = up.clone();
+                async move { c.upgrade(request(cli, up, t)).await }
+            })
+            .await?
+            .into_inner();
             if cli.json {
                 println!("{}", json!({ "feature_level": after.feature_level, "was": before }));
             } else if after.feature_level > before {
@@ -104,14 +175,16 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn add(cli: &Cli, client: &mut AdminClient<Channel>, addr: &str, learner: bool) -> anyhow::Result<()> {
+async fn add(cli: &Cli, addr: &str, learner: bool) -> anyhow::Result<()> {
     // Catching up can take long; the whole stream gets a generous deadline.
     let deadline = cli.timeout().max(std::time::Duration::from_secs(600));
-    let mut stream = client
-        .add(request(cli, AddRequest { raft_addr: addr.to_string(), learner }, deadline))
-        .await
-        .map_err(failed)?
-        .into_inner();
+    let add = AddRequest { raft_addr: addr.to_string(), learner };
+    let mut stream = at_leader(cli, &cli.node, |mut c| {
+        let add = add.clone();
+        async move { c.add(request(cli, add, deadline)).await }
+    })
+    .await?
+    .into_inner();
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(

@@ -1,13 +1,15 @@
 //! `chorusctl`: form and change a Chorus cluster, and (later) chat from a terminal.
 //!
 //! It talks to running nodes only over their public protocols (the admin gRPC
-//! service on the raft address). It opens storage only for the offline
+//! service on the raft address, over mutual TLS with an operator certificate
+//! when the cluster runs it). It opens storage only for the offline
 //! commands on a stopped node's data dir (`restore`, `cluster force-new`). Exit codes: 0 success, 1 failure with
 //! a one-line reason on stderr, 2 bad usage.
 
 mod admin;
 mod backup;
 mod bench;
+mod certs;
 mod chat;
 
 use std::process::ExitCode;
@@ -26,6 +28,19 @@ pub struct Cli {
     #[arg(long, global = true, env = "CHORUS_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
+    /// The cluster's CA certificate (PEM), for a cluster that runs mutual TLS;
+    /// with --cert and --key, an operator certificate it signed.
+    #[arg(long, global = true, env = "CHORUS_CA")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Operator certificate (PEM), as `chorusctl certs init` writes it.
+    #[arg(long, global = true, env = "CHORUS_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, env = "CHORUS_KEY")]
+    pub key: Option<std::path::PathBuf>,
+
     /// Machine-readable output.
     #[arg(long, global = true, env = "CHORUS_JSON")]
     pub json: bool,
@@ -43,6 +58,9 @@ pub enum Command {
     /// Form and change the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Make the certificates of a cluster that runs mutual TLS (offline).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// An interactive terminal chat client.
     Chat {
         /// Client URL of any node, e.g. http://127.0.0.1:8080
@@ -127,6 +145,7 @@ async fn main() -> ExitCode {
             chat::run(chat::ChatArgs { url, user, password: password.as_deref(), room }).await
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Certs(cmd) => certs::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,9 +20,10 @@ use proto::v1::{
 use raft_store::chat::{Event, Outcome};
 use raft_store::types::NodeId;
 use raft_store::NodeInfo;
-use tonic::transport::Channel;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use crate::identity::Need;
 use crate::node::{Committed, Node};
 use crate::upgrade;
 
@@ -56,16 +57,22 @@ fn role_name(state: ServerState, voter: bool) -> &'static str {
     }
 }
 
+/// "Ask the leader at `leader`": chorusctl repeats the call there. Nodes do
+/// not forward admin calls themselves: under mutual TLS they would make them
+/// with a member's certificate, which admin calls do not accept.
+fn redirect(leader: &str) -> Status {
+    let mut status = Status::failed_precondition(format!("this node is not the leader; the leader is at {leader}"));
+    if let Ok(v) = MetadataValue::try_from(leader) {
+        status.metadata_mut().insert(proto::LEADER_HEADER, v);
+    }
+    status
+}
+
 fn raft_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(e.to_string())
 }
 
 impl AdminService {
-    fn admin_client(&self, addr: &str) -> Result<AdminClient<Channel>, Status> {
-        let ch = self.node.peers.channel(addr).map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?;
-        Ok(AdminClient::new(ch))
-    }
-
     /// This node's own view of itself.
     pub fn local_info(node: &Node) -> NodeInfoMsg {
         let m = node.raft.metrics().borrow_watched().clone();
@@ -93,13 +100,14 @@ impl AdminService {
         remote_info(&self.node, addr, PEER_ADMIN_TIMEOUT).await
     }
 
-    /// The leader's raft address, when this node is not the leader.
-    fn leader_elsewhere(&self) -> Result<Option<String>, Status> {
+    /// Refuses a call only the leader can carry out when this node is not
+    /// the leader, naming the leader (see [`redirect`]).
+    fn at_leader(&self) -> Result<(), Status> {
         if self.node.is_leader() {
-            return Ok(None);
+            return Ok(());
         }
         match self.node.leader() {
-            Some((_, info)) => Ok(Some(info.raft_addr)),
+            Some((_, info)) => Err(redirect(&info.raft_addr)),
             None => Err(Status::unavailable("no leader is known; is a majority of voters up?")),
         }
     }
@@ -154,13 +162,13 @@ impl Admin for AdminService {
     type AddStream = AddStream;
     type BackupStream = crate::backup::ChunkStream;
 
-    async fn info(&self, request: Request<Empty>) -> Result<Response<NodeInfoMsg>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+    async fn info(&self, _request: Request<Empty>) -> Result<Response<NodeInfoMsg>, Status> {
+        // Members ask each other this; the interceptor let in peers and operators.
         Ok(Response::new(Self::local_info(&self.node)))
     }
 
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         let addrs = request.into_inner().raft_addrs;
         if addrs.is_empty() {
             return Err(Status::invalid_argument("cluster init needs at least one raft address"));
@@ -201,13 +209,9 @@ impl Admin for AdminService {
     }
 
     async fn add(&self, request: Request<AddRequest>) -> Result<Response<AddStream>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         let req = request.into_inner();
-        if let Some(leader) = self.leader_elsewhere()? {
-            let mut client = self.admin_client(&leader)?;
-            let stream = client.add(self.node.peers.request(req, CATCH_UP_TIMEOUT)).await?.into_inner();
-            return Ok(Response::new(Box::pin(stream)));
-        }
+        self.at_leader()?;
         let info = self.remote_info(&req.raft_addr).await?;
         let ours = self.node.peers.identity.cluster_id().unwrap_or_default();
         if !info.cluster_id.is_empty() && info.cluster_id != ours {
@@ -239,12 +243,9 @@ impl Admin for AdminService {
     }
 
     async fn promote(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         let id = request.into_inner().id;
-        if let Some(leader) = self.leader_elsewhere()? {
-            let mut client = self.admin_client(&leader)?;
-            return client.promote(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 3)).await;
-        }
+        self.at_leader()?;
         match self.node.members().get(&id) {
             None => return Err(Status::not_found(format!("no member has id {id}"))),
             Some((_, true)) => return Err(Status::already_exists(format!("member {id} is already a voter"))),
@@ -259,12 +260,9 @@ impl Admin for AdminService {
     }
 
     async fn remove(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         let id = request.into_inner().id;
-        if let Some(leader) = self.leader_elsewhere()? {
-            let mut client = self.admin_client(&leader)?;
-            return client.remove(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 3)).await;
-        }
+        self.at_leader()?;
         let members = self.node.members();
         let voters: Vec<NodeId> = members.iter().filter(|(_, (_, v))| *v).map(|(id, _)| *id).collect();
         let Some((_, voter)) = members.get(&id) else {
@@ -281,8 +279,7 @@ impl Admin for AdminService {
             self.node.raft.trigger().transfer_leader(next).await.map_err(raft_status)?;
             self.wait_for_leader(Some(next), TRANSFER_TIMEOUT).await?;
             let addr = members.get(&next).map(|(i, _)| i.raft_addr.clone()).unwrap_or_default();
-            let mut client = self.admin_client(&addr)?;
-            return client.remove(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 3)).await;
+            return Err(redirect(&addr));
         }
         let change = if *voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -294,12 +291,9 @@ impl Admin for AdminService {
     }
 
     async fn transfer_leader(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         let id = request.into_inner().id;
-        if let Some(leader) = self.leader_elsewhere()? {
-            let mut client = self.admin_client(&leader)?;
-            return client.transfer_leader(self.node.peers.request(IdRequest { id }, TRANSFER_TIMEOUT * 2)).await;
-        }
+        self.at_leader()?;
         match self.node.members().get(&id) {
             None => return Err(Status::not_found(format!("no member has id {id}"))),
             Some((_, false)) => return Err(Status::failed_precondition(format!("member {id} is a learner, not a voter"))),
@@ -313,28 +307,25 @@ impl Admin for AdminService {
     }
 
     async fn status(&self, request: Request<Empty>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         Ok(Response::new(AdminService::status(self).await))
     }
 
     async fn upgrade(&self, request: Request<UpgradeRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         let req = request.into_inner();
-        if let Some(leader) = self.leader_elsewhere()? {
-            let mut client = self.admin_client(&leader)?;
-            return client.upgrade(self.node.peers.request(req, TRANSFER_TIMEOUT * 2)).await;
-        }
+        self.at_leader()?;
         raise_level(&self.node, req.level).await?;
         Ok(Response::new(self.status().await))
     }
 
     async fn backup(&self, request: Request<Empty>) -> Result<Response<Self::BackupStream>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         Ok(Response::new(crate::backup::stream(&self.node).await?))
     }
 
     async fn snapshot(&self, request: Request<Empty>) -> Result<Response<SnapshotReply>, Status> {
-        self.node.peers.identity.check_secret(request.metadata())?;
+        self.node.peers.identity.authorize(&request, Need::Operator)?;
         let target = self.node.applied_index();
         self.node.raft.trigger().snapshot().await.map_err(raft_status)?;
         match self.node.snapshot_covering(target, Duration::from_secs(120)).await {

@@ -91,11 +91,26 @@ pub struct Config {
     #[arg(long, env = "CHORUS_NO_BOOTSTRAP")]
     pub no_bootstrap: bool,
 
-    /// Shared secret required on every gRPC call (peers and CLI).
+    /// Shared secret required on every gRPC call (peers and CLI). Weaker than
+    /// mutual TLS: it travels in plain text, and peers and operators share it.
     #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
 
-    /// Allow binding non-loopback addresses without a cluster secret.
+    /// This node's certificate (PEM) for mutual TLS on the raft port: it must
+    /// name the node's raft host and `chorus://peer/<id>` (`chorusctl certs`).
+    #[arg(long, env = "CHORUS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "CHORUS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster's CA certificate (PEM): peers and operators must present a
+    /// certificate it signed.
+    #[arg(long, env = "CHORUS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Allow binding non-loopback addresses without mutual TLS or a cluster secret.
     #[arg(long, env = "CHORUS_INSECURE")]
     pub insecure: bool,
 
@@ -165,6 +180,10 @@ pub struct Config {
     #[arg(long)]
     pub print_config: bool,
 }
+
+/// The shortest `--cluster-secret` taken: 16 bytes of `openssl rand -hex 8`
+/// are 64 bits, out of reach of guessing over the network.
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// Flags that select how settings are read, not settings themselves: neither
 /// taken from a config file nor printed by `--print-config`.
@@ -321,9 +340,18 @@ impl Config {
     /// Refuses a non-loopback bind without a secret unless `--insecure`.
     pub fn check_exposure(&self, client: SocketAddr, raft: SocketAddr) -> anyhow::Result<()> {
         let exposed = !client.ip().is_loopback() || !raft.ip().is_loopback();
-        if exposed && self.cluster_secret.is_none() && !self.insecure {
+        let tls = self.tls_cert.is_some();
+        if exposed && !tls && self.cluster_secret.is_none() && !self.insecure {
             anyhow::bail!(
-                "refusing to listen on a non-loopback address without --cluster-secret; pass --insecure to do it anyway"
+                "refusing to listen on a non-loopback address without mutual TLS (--tls-cert, --tls-key, --tls-ca; \
+                 `chorusctl certs init` writes them) or --cluster-secret; pass --insecure to do it anyway"
+            );
+        }
+        if let Some(secret) = &self.cluster_secret {
+            anyhow::ensure!(
+                secret.len() >= MIN_SECRET_BYTES,
+                "--cluster-secret must be at least {MIN_SECRET_BYTES} bytes (it is {}); `openssl rand -hex 16` makes one",
+                secret.len()
             );
         }
         Ok(())

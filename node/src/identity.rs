@@ -1,13 +1,17 @@
 //! Who this node is, cluster-wise: the cluster id it belongs to (learned at
-//! formation or from the first peer that contacts it, then fixed and persisted)
-//! and the shared secret every gRPC call must carry.
+//! formation or from the first peer that contacts it, then fixed and persisted),
+//! and who may call it: the shared secret every gRPC call must carry, if one is
+//! set, and under mutual TLS the role in the caller's certificate
+//! ([`crate::tls`]).
 
 use std::sync::{Arc, RwLock};
 
 use proto::{CLUSTER_HEADER, SECRET_HEADER};
 use raft_store::Store;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::Status;
+use tonic::{Request, Status};
+
+use crate::tls::Caller;
 
 use raft_store::db::NODE_CLUSTER_ID as KEY_CLUSTER_ID;
 
@@ -15,7 +19,20 @@ use raft_store::db::NODE_CLUSTER_ID as KEY_CLUSTER_ID;
 pub struct Identity {
     cluster_id: Arc<RwLock<Option<String>>>,
     secret: Option<Arc<str>>,
+    /// Whether the raft port runs mutual TLS, so every caller has a role.
+    tls: bool,
     store: Store,
+}
+
+/// Who a gRPC method is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The `Raft` service: cluster members only.
+    Peer,
+    /// Admin commands: operators only, never a member's certificate.
+    Operator,
+    /// `Admin.Info`, which members ask each other and operators ask too.
+    PeerOrOperator,
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much of
@@ -25,12 +42,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Identity {
-    pub fn load(store: Store, secret: Option<String>) -> anyhow::Result<Self> {
+    pub fn load(store: Store, secret: Option<String>, tls: bool) -> anyhow::Result<Self> {
         let cluster_id = match store.node_get(KEY_CLUSTER_ID)? {
             Some(bytes) => Some(String::from_utf8(bytes)?),
             None => None,
         };
-        Ok(Identity { cluster_id: Arc::new(RwLock::new(cluster_id)), secret: secret.map(Arc::from), store })
+        Ok(Identity { cluster_id: Arc::new(RwLock::new(cluster_id)), secret: secret.map(Arc::from), tls, store })
     }
 
     pub fn cluster_id(&self) -> Option<String> {
@@ -81,9 +98,29 @@ impl Identity {
         }
     }
 
-    /// Checks an incoming peer call's cluster id; a node with none yet adopts it.
+    /// Whether `request` may call a method that is for `need`: the secret, if
+    /// one is set, and under mutual TLS the role of the caller's certificate.
+    /// Without TLS there are no roles: the secret grants everything.
+    pub fn authorize<T>(&self, request: &Request<T>, need: Need) -> Result<(), Status> {
+        self.check_secret(request.metadata())?;
+        if !self.tls {
+            return Ok(());
+        }
+        match (need, Caller::of(request)?) {
+            (Need::Peer, Caller::Peer(_)) | (Need::Operator, Caller::Operator(_)) | (Need::PeerOrOperator, _) => Ok(()),
+            (Need::Peer, Caller::Operator(name)) => Err(Status::permission_denied(format!(
+                "operator {name} may not call the Raft service: it is for cluster members"
+            ))),
+            (Need::Operator, Caller::Peer(id)) => Err(Status::permission_denied(format!(
+                "the certificate of node {id} is a member's, not an operator's; run chorusctl with an operator certificate"
+            ))),
+        }
+    }
+
+    /// Checks an incoming peer call's cluster id; a node with none yet adopts
+    /// it. The caller was authorized as a peer before its request was decoded
+    /// (see `serve_grpc`).
     pub fn check_peer(&self, md: &MetadataMap) -> Result<(), Status> {
-        self.check_secret(md)?;
         let given = md
             .get(CLUSTER_HEADER)
             .and_then(|v| v.to_str().ok())

@@ -3,7 +3,9 @@
 //! # Layout
 //!
 //! - [`config`]: the SPEC §1 flags (`chorusd` parses them, tests build them).
-//! - [`identity`]: the cluster id this node belongs to, and the shared secret.
+//! - [`identity`]: the cluster id this node belongs to, and who may call it
+//!   (the shared secret; under mutual TLS, the role of each caller).
+//! - [`tls`]: mutual TLS on the raft port, and the roles certificates grant.
 //! - [`network`]: openraft's network over gRPC, one channel per peer.
 //! - [`gather`]: batching of concurrent requests (proposer, forwarder, benchmark).
 //! - [`node`]: [`Node`], the running Raft with propose / read-index / wait-applied.
@@ -26,6 +28,7 @@ pub mod node;
 pub mod procs;
 pub mod ready;
 pub mod rpc;
+pub mod tls;
 pub mod upgrade;
 
 use std::collections::BTreeMap;
@@ -160,10 +163,10 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
         client_url: config.advertise_client.clone().unwrap_or_else(|| format!("http://{client_addr}")),
     };
-    let Opened { node, store, identity, wal_syncs } = open_node(&config, info).await?;
+    let Opened { node, store, identity, tls, wal_syncs } = open_node(&config, info).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
-        serve_grpc(&node, listeners.raft, stop_rx.clone()),
+        serve_grpc(&node, tls.as_ref(), listeners.raft, stop_rx.clone())?,
         serve_api(&node, &config, listeners.client, wal_syncs, stop_rx.clone())?,
     ];
     if !config.no_bootstrap && identity.cluster_id().is_none() && !node.raft.is_initialized().await? {
@@ -190,6 +193,8 @@ struct Opened {
     node: Arc<Node>,
     store: raft_store::Store,
     identity: identity::Identity,
+    /// Mutual TLS for the raft port, if configured.
+    tls: Option<tls::Tls>,
     /// The log store's fsync histogram, exported on `/metrics`.
     wal_syncs: api::metrics::Histogram,
 }
@@ -200,7 +205,8 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
     let dir = config.data_dir();
     let store = open_store(&dir)?;
     remove_partial_transfers(&store.snapshot_dir());
-    let identity = identity::Identity::load(store.clone(), config.cluster_secret.clone())?;
+    let tls = tls::Tls::load(config.tls_cert.as_deref(), config.tls_key.as_deref(), config.tls_ca.as_deref())?;
+    let identity = identity::Identity::load(store.clone(), config.cluster_secret.clone(), tls.is_some())?;
     backup::seed_if_present(&store, &identity, config.id, &info)
         .with_context(|| format!("cannot restore the backup in {}", dir.display()))?;
     let sm = StateMachine::open(store.clone())?;
@@ -213,7 +219,7 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
         LogStore::observed(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())))?
     };
 
-    let peers = network::Peers::new(identity.clone(), config.peer_source_ip);
+    let peers = network::Peers::new(identity.clone(), config.peer_source_ip, tls.as_ref().map(tls::Tls::client));
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config(config)?),
@@ -241,24 +247,36 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
         connections: Arc::default(),
         level_gate: tokio::sync::Mutex::new(()),
     });
-    Ok(Opened { node, store, identity, wal_syncs })
+    Ok(Opened { node, store, identity, tls, wal_syncs })
 }
 
-/// Serves gRPC on the raft listener: Raft between nodes and the admin service.
-fn serve_grpc(node: &Arc<Node>, listener: TcpListener, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Serves gRPC on the raft listener: Raft between nodes and the admin service,
+/// over mutual TLS if configured. Each service checks its caller (the secret,
+/// the certificate's role) in an interceptor, before a request body is read.
+fn serve_grpc(node: &Arc<Node>, tls: Option<&tls::Tls>, listener: TcpListener, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
+    use identity::Need;
+    use tonic::service::interceptor::InterceptedService;
+    let gate = |need: Need| {
+        let identity = node.peers.identity.clone();
+        move |req: tonic::Request<()>| identity.authorize(&req, need).map(|()| req)
+    };
+    let raft = proto::v1::raft_server::RaftServer::new(rpc::RaftService { node: node.clone() })
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let admin = proto::v1::admin_server::AdminServer::new(admin::AdminService { node: node.clone() });
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.server()).context("cannot set up TLS on the raft port")?;
+    }
     // A peer behind a slow or lossy link cancels many timed-out heartbeats before
     // this side accepts them; h2's default limit (20) answers that with GOAWAY,
     // which drops the whole channel and every append in flight on it. The raft
     // port faces cluster members, so a higher bound against rapid-reset floods
     // is enough.
-    let grpc = tonic::transport::Server::builder()
+    let grpc = server
         .http2_max_pending_accept_reset_streams(Some(256))
-        .add_service(
-            proto::v1::raft_server::RaftServer::new(rpc::RaftService { node: node.clone() })
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .add_service(proto::v1::admin_server::AdminServer::new(admin::AdminService { node: node.clone() }));
+        .add_service(InterceptedService::new(raft, gate(Need::Peer)))
+        .add_service(InterceptedService::new(admin, gate(Need::PeerOrOperator)));
     // Small Raft messages must not wait for Nagle's algorithm.
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
         if let Ok(s) = &s {
@@ -266,11 +284,11 @@ fn serve_grpc(node: &Arc<Node>, listener: TcpListener, stop: watch::Receiver<boo
         }
         s
     });
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, until_stopped(stop)).await {
             tracing::error!(error = %e, "gRPC server failed");
         }
-    })
+    }))
 }
 
 /// Serves HTTP and WebSocket on the client listener, with the node's limits,

@@ -24,7 +24,7 @@ use raft_store::types::{NodeId, Snapshot, Vote};
 use raft_store::{NodeInfo, TypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::identity::Identity;
 
@@ -45,11 +45,13 @@ pub struct Peers {
     pub identity: Identity,
     /// The local address outgoing connections are bound to, when configured.
     source_ip: Option<std::net::IpAddr>,
+    /// Mutual TLS to the peers, when the raft port runs it.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
-    pub fn new(identity: Identity, source_ip: Option<std::net::IpAddr>) -> Self {
-        Peers { channels: Arc::default(), identity, source_ip }
+    pub fn new(identity: Identity, source_ip: Option<std::net::IpAddr>, tls: Option<ClientTlsConfig>) -> Self {
+        Peers { channels: Arc::default(), identity, source_ip, tls }
     }
 
     /// The channel to `addr`, created on first use and reused after.
@@ -58,7 +60,12 @@ impl Peers {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = match &self.tls {
+            // The peer's certificate must name the host of `addr`.
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?,
+            None => Endpoint::from_shared(format!("http://{addr}"))?,
+        };
+        let ch = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .local_address(self.source_ip)

@@ -168,9 +168,19 @@ impl TestCluster {
         self.admin(via).await.status(Empty {}).await.unwrap().into_inner()
     }
 
+    /// The admin client of the node that answered `via`'s call by naming
+    /// the leader (see `proto::LEADER_HEADER`), as chorusctl follows it.
+    pub async fn redirected(&self, e: &tonic::Status) -> Option<AdminClient<tonic::transport::Channel>> {
+        let leader = e.metadata().get(proto::LEADER_HEADER)?.to_str().ok()?;
+        Some(AdminClient::connect(format!("http://{leader}")).await.unwrap())
+    }
+
     pub async fn add(&self, via: u64, id: u64, learner: bool) {
-        let addr = self.node(id).raft_addr.to_string();
-        let mut stream = self.admin(via).await.add(AddRequest { raft_addr: addr, learner }).await.unwrap().into_inner();
+        let add = AddRequest { raft_addr: self.node(id).raft_addr.to_string(), learner };
+        let mut stream = match self.admin(via).await.add(add.clone()).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => self.redirected(&e).await.unwrap_or_else(|| panic!("add via {via}: {e:?}")).add(add).await.unwrap().into_inner(),
+        };
         while let Some(p) = stream.message().await.unwrap() {
             if p.done {
                 return;
@@ -179,8 +189,20 @@ impl TestCluster {
         panic!("add of node {id} ended early");
     }
 
+    /// Removes member `id` through node `via`, following redirects to the
+    /// leader (removing the leader redirects to its successor).
     pub async fn remove(&self, via: u64, id: u64) -> Result<ClusterStatus, tonic::Status> {
-        self.admin(via).await.remove(IdRequest { id }).await.map(|r| r.into_inner())
+        let mut admin = self.admin(via).await;
+        for _ in 0..3 {
+            match admin.remove(IdRequest { id }).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(e) => match self.redirected(&e).await {
+                    Some(next) => admin = next,
+                    None => return Err(e),
+                },
+            }
+        }
+        admin.remove(IdRequest { id }).await.map(|r| r.into_inner())
     }
 
     pub async fn shutdown(mut self) {

@@ -1,0 +1,118 @@
+//! Mutual TLS on the raft port, and who a caller is.
+//!
+//! With `--tls-cert`, `--tls-key` and `--tls-ca`, the gRPC server accepts only
+//! connections whose client certificate the cluster's CA signed (the
+//! handshake fails otherwise, before a byte of a request is read), and this
+//! node presents its own certificate when it calls its peers. The role a
+//! certificate grants is in its URI subject alternative name
+//! ([`proto::roles`]): a **peer** may call the `Raft` service and ask another
+//! node's `Admin.Info`; an **operator** may call the `Admin` service and
+//! nothing of `Raft`, so it can change the cluster but cannot append entries
+//! or propose a user's event. The roles are checked by [`Caller::of`] in
+//! interceptors, before a request body is decoded, and per admin method.
+
+use std::path::Path;
+
+use anyhow::Context;
+use proto::roles::{OPERATOR_URI_PREFIX, PEER_URI_PREFIX};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::Status;
+
+/// How long a TLS handshake on the raft port may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// This node's certificate and key, and the cluster's CA, read at start.
+#[derive(Clone)]
+pub struct Tls {
+    identity: Identity,
+    ca: Certificate,
+}
+
+impl Tls {
+    /// Reads the three PEM files; all three or none must be given.
+    pub fn load(cert: Option<&Path>, key: Option<&Path>, ca: Option<&Path>) -> anyhow::Result<Option<Tls>> {
+        let (cert, key, ca) = match (cert, key, ca) {
+            (None, None, None) => return Ok(None),
+            (Some(c), Some(k), Some(a)) => (c, k, a),
+            _ => anyhow::bail!("--tls-cert, --tls-key and --tls-ca go together: give all three or none"),
+        };
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let (cert_pem, key_pem, ca_pem) = (read(cert)?, read(key)?, read(ca)?);
+        for (what, pem, path) in [("certificate", &cert_pem, cert), ("key", &key_pem, key), ("CA certificate", &ca_pem, ca)] {
+            anyhow::ensure!(pem.starts_with(b"-----BEGIN"), "{} is not a PEM {what}", path.display());
+        }
+        Ok(Some(Tls { identity: Identity::from_pem(cert_pem, key_pem), ca: Certificate::from_pem(ca_pem) }))
+    }
+
+    /// The raft port's TLS: this node's certificate, and a client certificate
+    /// from the cluster's CA required of every caller.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new().identity(self.identity.clone()).client_ca_root(self.ca.clone()).timeout(HANDSHAKE_TIMEOUT)
+    }
+
+    /// Calls to peers: their certificate must be the CA's and name the host
+    /// called (a DNS or IP subject alternative name); this node's goes with it.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(self.identity.clone())
+    }
+}
+
+/// Who made a gRPC call, by its client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A member of the cluster, by node id.
+    Peer(u64),
+    /// Someone running `chorusctl`, by the name in their certificate.
+    Operator(String),
+}
+
+impl Caller {
+    /// The caller of `request` under mutual TLS: the role in the URI subject
+    /// alternative name of its certificate (the handshake already checked
+    /// that the cluster's CA signed it).
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+        let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        role(leaf.as_ref()).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "the client certificate names no Chorus role (a URI {PEER_URI_PREFIX}<id> or {OPERATOR_URI_PREFIX}<name>)"
+            ))
+        })
+    }
+}
+
+/// The role a DER certificate names, if it names exactly one.
+pub fn role(der: &[u8]) -> Option<Caller> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut roles = san.value.general_names.iter().filter_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => parse_role(uri),
+        _ => None,
+    });
+    let first = roles.next()?;
+    // A certificate that claims two roles is not trusted with either.
+    roles.next().is_none().then_some(first)
+}
+
+fn parse_role(uri: &str) -> Option<Caller> {
+    if let Some(id) = uri.strip_prefix(PEER_URI_PREFIX) {
+        return id.parse().ok().filter(|id| *id > 0).map(Caller::Peer);
+    }
+    let name = uri.strip_prefix(OPERATOR_URI_PREFIX)?;
+    (!name.is_empty()).then(|| Caller::Operator(name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_read_from_uris() {
+        assert_eq!(parse_role("chorus://peer/3"), Some(Caller::Peer(3)));
+        assert_eq!(parse_role("chorus://operator/ops"), Some(Caller::Operator("ops".into())));
+        assert_eq!(parse_role("chorus://peer/0"), None);
+        assert_eq!(parse_role("chorus://peer/x"), None);
+        assert_eq!(parse_role("chorus://operator/"), None);
+        assert_eq!(parse_role("https://example.com"), None);
+    }
+}
