@@ -13,6 +13,9 @@ pub struct Limits {
     /// Messages per user per node per `rate_window`; 0 disables.
     pub rate_messages: u32,
     pub rate_window: Duration,
+    /// Bytes one connection's outgoing queue may hold before it is closed
+    /// as a slow consumer (`--max-outbox-bytes`).
+    pub max_outbox_bytes: usize,
 }
 
 impl Limits {
@@ -27,7 +30,12 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message_bytes: 4096, rate_messages: 20, rate_window: Duration::from_secs(10) }
+        Limits {
+            max_message_bytes: 4096,
+            rate_messages: 20,
+            rate_window: Duration::from_secs(10),
+            max_outbox_bytes: crate::fanout::OUTBOX_BYTES,
+        }
     }
 }
 

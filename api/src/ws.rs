@@ -57,6 +57,10 @@ pub const STALL: Duration = Duration::from_secs(5);
 /// How long the close frame may wait behind unread data before the socket is
 /// dropped without it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long a closed connection's socket is read (and what comes dropped)
+/// after its close frame, for the client to take that frame before the
+/// socket goes (see [`Outbox::linger`]).
+pub const LINGER: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -182,7 +186,7 @@ async fn websocket<B: ChatBackend>(app: &App<B>, out: &Arc<Outbox>, read_buf: By
 }
 
 async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStream, read_buf: Bytes) {
-    let out = Outbox::new(stream, user.clone());
+    let out = Outbox::new(stream, user.clone(), app.limits.max_outbox_bytes);
     let ws = websocket(&app, &out, read_buf).await;
     // From here on, direct messages to this user reach this connection: the
     // fan-out sees it, and then learns from when (see `receive_dms_since`).
@@ -238,11 +242,22 @@ impl<B: ChatBackend> Session<B> {
     /// in the queue, but no longer than [`STALL`]: a client that takes nothing
     /// in that time is a slow consumer.
     async fn push_replayed(&mut self, room: &str, m: &Message) -> bool {
+        if !self.room_in_queue().await {
+            return false;
+        }
+        self.out.push_replayed(room, m.seq, text_frame(ServerFrame::Message(wire_message(m)).to_text()))
+    }
+
+    /// Waits for room in the queue, but no longer than [`STALL`]: a client
+    /// that takes nothing in that time is closed as a slow consumer. What a
+    /// client asks for in bulk (replays, history pages) waits here, so asking
+    /// faster than it reads holds its own session up, not the node's memory.
+    async fn room_in_queue(&mut self) -> bool {
         if tokio::time::timeout(STALL, poll_fn(|cx| self.out.poll_room(cx))).await.is_err() {
             self.close_with(SLOW_CONSUMER, "slow consumer");
             return false;
         }
-        self.out.push_replayed(room, m.seq, text_frame(ServerFrame::Message(wire_message(m)).to_text()))
+        true
     }
 
     fn close_with(&mut self, code: u16, reason: &'static str) {
@@ -273,6 +288,7 @@ impl<B: ChatBackend> Session<B> {
         // tungstenite may have left its reply to the client's close queued in
         // the outbox without waiting for it: send it before the socket drops.
         let _ = tokio::time::timeout(CLOSE_GRACE, poll_fn(|cx| self.out.poll_flushed(cx))).await;
+        self.out.linger(LINGER).await;
     }
 
     async fn client_frame(&mut self, text: &str) {
@@ -525,6 +541,9 @@ impl<B: ChatBackend> Session<B> {
     }
 
     async fn history(&mut self, room: String, q: HistoryQuery, req: Option<Id>) -> Result<(), ApiError> {
+        if !self.room_in_queue().await {
+            return Ok(());
+        }
         let page = read_history(&self.app, &self.user, &room, &q).await?;
         self.push(ServerFrame::History { room: page.room, head: page.head, messages: page.messages, req });
         Ok(())

@@ -132,35 +132,7 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::ForceNew { .. } => bail!("cluster force-new works on data dirs, not through a node"),
         ClusterCommand::Status => client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner(),
-        ClusterCommand::Upgrade { level: requested } => {
-            let before = client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner().feature_level;
-            let up = UpgradeRequest { level: requested.unwrap_or(0) };
-            let after = at_leader(cli, target, |mut c| {
-                let up = up.clone();
-                async move { c.upgrade(request(cli, up, t)).await }
-            })
-            .await?
-            .into_inner();
-            if cli.json {
-                println!("{}", json!({ "feature_level": after.feature_level, "was": before }));
-            } else if after.feature_level > before {
-                println!("cluster raised from feature level {before} to {}", after.feature_level);
-            } else {
-                println!("cluster already at feature level {}: nothing to do", after.feature_level);
-                // Who keeps it there: the members whose binary reads no newer level.
-                let newest = after.members.iter().map(|m| m.max_feature_level).max().unwrap_or(0);
-                let held: Vec<String> = after
-                    .members
-                    .iter()
-                    .filter(|m| m.max_feature_level < newest)
-                    .map(|m| format!("{} (reads up to {})", m.id, level(m.max_feature_level)))
-                    .collect();
-                if !held.is_empty() {
-                    println!("member(s) {} must run a newer chorusd before level {newest}", held.join(", "));
-                }
-            }
-            return Ok(());
-        }
+        ClusterCommand::Upgrade { level: requested } => return upgrade(cli, &mut client, target, *requested).await,
         ClusterCommand::Snapshot => {
             let reply = client.snapshot(request(cli, Empty {}, t.max(std::time::Duration::from_secs(120)))).await.map_err(failed)?.into_inner();
             if cli.json {
@@ -172,6 +144,39 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
         }
     };
     print_status(cli, &status);
+    Ok(())
+}
+
+/// Raises the feature level through the leader, and says what held it back
+/// if nothing changed.
+async fn upgrade(cli: &Cli, client: &mut AdminClient<Channel>, target: &str, requested: Option<u32>) -> anyhow::Result<()> {
+    let t = cli.timeout();
+    let before = client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner().feature_level;
+    let up = UpgradeRequest { level: requested.unwrap_or(0) };
+    let after = at_leader(cli, target, |mut c| {
+        let up = up.clone();
+        async move { c.upgrade(request(cli, up, t)).await }
+    })
+    .await?
+    .into_inner();
+    if cli.json {
+        println!("{}", json!({ "feature_level": after.feature_level, "was": before }));
+    } else if after.feature_level > before {
+        println!("cluster raised from feature level {before} to {}", after.feature_level);
+    } else {
+        println!("cluster already at feature level {}: nothing to do", after.feature_level);
+        // Who keeps it there: the members whose binary reads no newer level.
+        let newest = after.members.iter().map(|m| m.max_feature_level).max().unwrap_or(0);
+        let held: Vec<String> = after
+            .members
+            .iter()
+            .filter(|m| m.max_feature_level < newest)
+            .map(|m| format!("{} (reads up to {})", m.id, level(m.max_feature_level)))
+            .collect();
+        if !held.is_empty() {
+            println!("member(s) {} must run a newer chorusd before level {newest}", held.join(", "));
+        }
+    }
     Ok(())
 }
 

@@ -114,6 +114,13 @@ pub struct Config {
     #[arg(long, env = "CHORUS_INSECURE")]
     pub insecure: bool,
 
+    /// Bytes a WebSocket connection's outgoing queue may hold before it is
+    /// closed with 4008 (slow consumer): what one client can make the node
+    /// hold for it, whatever it asks for.
+    /// At least 64 KiB.
+    #[arg(long, env = "CHORUS_MAX_OUTBOX_BYTES", default_value_t = api::fanout::OUTBOX_BYTES as u64, value_parser = clap::value_parser!(u64).range(64 << 10..))]
+    pub max_outbox_bytes: u64,
+
     /// Larger message text is refused with `too_large`.
     #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = 4096)]
     pub max_message_bytes: usize,

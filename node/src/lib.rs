@@ -304,6 +304,7 @@ fn serve_api(
         max_message_bytes: config.max_message_bytes,
         rate_messages: config.rate_limit.messages,
         rate_window: config.rate_limit.window,
+        max_outbox_bytes: usize::try_from(config.max_outbox_bytes).unwrap_or(usize::MAX),
     };
     let api_app = Arc::new(
         api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), wal_syncs)

@@ -18,6 +18,9 @@ use super::window::Group;
 
 /// Frames queued to one connection before it counts as a slow consumer.
 pub const OUTBOX_FRAMES: usize = 1024;
+/// Bytes queued to one connection before it counts as a slow consumer, unless
+/// the node says otherwise (`--max-outbox-bytes`).
+pub const OUTBOX_BYTES: usize = 4 << 20;
 /// Close code for a connection whose queue overflowed.
 pub const SLOW_CONSUMER: u16 = 4008;
 
@@ -54,6 +57,12 @@ struct OutState {
     written: usize,
     /// Frames in `queue`, held to [`OUTBOX_FRAMES`].
     frames: usize,
+    /// Bytes of the chunks in `queue` (the front one whole), held to `max_bytes`.
+    bytes: usize,
+    /// The most bytes the queue may hold before the connection counts as a
+    /// slow consumer. Whatever a client asks for or is sent, this is what one
+    /// connection can make the node hold for it.
+    max_bytes: usize,
     rooms: HashMap<String, Cursor>,
     /// Some cursor went stale since the session last looked.
     stale: bool,
@@ -96,11 +105,22 @@ impl OutState {
         }
     }
 
-    /// Whether `frames` more frames, queued behind what waits already, would
-    /// pass [`OUTBOX_FRAMES`]. Frames that can go straight to the socket
-    /// (nothing queued ahead) always may try.
-    fn overflows(&self, frames: usize) -> bool {
-        !self.queue.is_empty() && self.frames + frames > OUTBOX_FRAMES
+    /// Whether `frames` more frames of `bytes`, queued behind what waits
+    /// already, would pass [`OUTBOX_FRAMES`] or the byte bound. Frames that
+    /// can go straight to the socket (nothing queued ahead) always may try.
+    fn overflows(&self, frames: usize, bytes: usize) -> bool {
+        !self.queue.is_empty() && (self.frames + frames > OUTBOX_FRAMES || self.bytes + bytes > self.max_bytes)
+    }
+
+    /// Whether the queue is at either bound.
+    fn full(&self) -> bool {
+        self.frames >= OUTBOX_FRAMES || self.bytes >= self.max_bytes
+    }
+
+    fn enqueue(&mut self, chunk: Bytes, frames: usize) {
+        self.bytes += chunk.len();
+        self.frames += frames;
+        self.queue.push_back((chunk, frames));
     }
 
     /// The socket took `n` more bytes of the front chunk.
@@ -112,13 +132,17 @@ impl OutState {
             self.queue.pop_front();
             self.written = 0;
             self.frames -= frames;
+            self.bytes -= len;
         }
     }
 }
 
 impl Outbox {
-    pub fn new(stream: TcpStream, user: String) -> Arc<Self> {
-        Arc::new(Outbox { stream, user, state: Mutex::new(OutState::default()), session: AtomicWaker::new() })
+    /// The outbox of a connection on `stream`, whose queue may hold
+    /// `max_bytes` (and [`OUTBOX_FRAMES`] frames).
+    pub fn new(stream: TcpStream, user: String, max_bytes: usize) -> Arc<Self> {
+        let state = OutState { max_bytes, ..OutState::default() };
+        Arc::new(Outbox { stream, user, state: Mutex::new(state), session: AtomicWaker::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, OutState> {
@@ -140,8 +164,7 @@ impl Outbox {
             return Written::Gone;
         }
         if !st.queue.is_empty() {
-            st.queue.push_back((chunk, frames));
-            st.frames += frames;
+            st.enqueue(chunk, frames);
             return Written::Queued;
         }
         let frame = chunk;
@@ -161,8 +184,7 @@ impl Outbox {
         if done == frame.len() {
             return Written::Sent;
         }
-        st.queue.push_back((frame, frames));
-        st.frames += frames;
+        st.enqueue(frame, frames);
         st.written = done;
         Written::Queued
     }
@@ -231,7 +253,7 @@ impl Outbox {
         if st.closing.is_some() || st.gone {
             return false;
         }
-        if st.frames >= OUTBOX_FRAMES {
+        if st.full() {
             st.close_with(SLOW_CONSUMER, "slow consumer");
             return false;
         }
@@ -243,7 +265,7 @@ impl Outbox {
     pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.lock();
         let _ = self.poll_drain(&mut st, cx);
-        if st.gone || st.closing.is_some() || st.frames < OUTBOX_FRAMES {
+        if st.gone || st.closing.is_some() || !st.full() {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -266,7 +288,7 @@ impl Outbox {
             return;
         }
         let was_queued = !st.queue.is_empty();
-        if st.overflows(mine.len()) {
+        if st.overflows(mine.len(), mine.iter().map(|f| f.len()).sum()) {
             st.close_with(SLOW_CONSUMER, "slow consumer");
         } else {
             let chunk = match mine.as_slice() {
@@ -335,7 +357,7 @@ impl Outbox {
             Step::WriteFrom(skip) => skip,
         };
         let frames = group.starts.len() - skip;
-        if st.overflows(frames) {
+        if st.overflows(frames, group.bytes.len() - group.starts[skip]) {
             st.close_with(SLOW_CONSUMER, "slow consumer");
             drop(guard);
             self.session.wake();
@@ -452,6 +474,34 @@ impl Outbox {
         true
     }
 
+    /// The end of a connection once the close frame is out: sends FIN, then
+    /// reads and drops whatever the client still sends until it closes its
+    /// side or `linger` passes. Dropping a socket with unread data makes the
+    /// kernel answer with a reset, and a reset can destroy the close frame
+    /// (and the frames before it) in the client's receive buffer before the
+    /// client reads them; a client that sent more than it read would then
+    /// never learn why it was closed.
+    pub async fn linger(&self, linger: std::time::Duration) {
+        if socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write).is_err() {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.stream.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(linger, drain).await;
+    }
+
     /// Ready once everything queued has gone to the socket (or it failed).
     pub fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut st = self.lock();
@@ -498,6 +548,12 @@ impl Outbox {
         self.lock().queue.len()
     }
 
+    /// How many bytes wait in the queue.
+    #[cfg(test)]
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// For the end of a session: drops every cursor and every queued frame but
     /// the one partly written, which must go out whole for the close frame
     /// after it to be read as a frame.
@@ -507,6 +563,7 @@ impl Outbox {
         let keep = usize::from(st.written > 0);
         st.queue.truncate(keep);
         st.frames = st.queue.iter().map(|(_, n)| n).sum();
+        st.bytes = st.queue.iter().map(|(c, _)| c.len()).sum();
     }
 }
 

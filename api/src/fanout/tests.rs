@@ -14,6 +14,7 @@ use raft_store::state_machine::Delivery;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
+use super::outbox::{OUTBOX_BYTES, SLOW_CONSUMER};
 use super::window::Group;
 use super::{start, text_frame, FanoutMetrics, Outbox, Registry};
 
@@ -74,7 +75,7 @@ fn connection(user: &str) -> io::Result<(Arc<Outbox>, std::net::TcpStream)> {
     client.set_read_timeout(Some(Duration::from_secs(10)))?;
     let (server, _) = listener.accept()?;
     server.set_nonblocking(true)?;
-    Ok((Outbox::new(TcpStream::from_std(server)?, user.into()), client))
+    Ok((Outbox::new(TcpStream::from_std(server)?, user.into(), OUTBOX_BYTES), client))
 }
 
 #[tokio::test]
@@ -277,7 +278,7 @@ async fn messages_that_come_mid_round_reach_every_connection_once_in_order() -> 
         client.set_read_timeout(Some(Duration::from_secs(20)))?;
         let (server, _) = listener.accept()?;
         server.set_nonblocking(true)?;
-        let o = Outbox::new(TcpStream::from_std(server)?, format!("u{i}"));
+        let o = Outbox::new(TcpStream::from_std(server)?, format!("u{i}"), OUTBOX_BYTES);
         assert!(o.start_room("r", 0, text_frame("joined".into())));
         assert_eq!(o.replay_from("r").map(|c| c.last), Some(0));
         assert!(o.go_live("r", 0));
@@ -324,7 +325,7 @@ async fn connections_opening_while_direct_messages_flow_get_every_later_one_once
             client.set_read_timeout(Some(Duration::from_secs(20)))?;
             let (server, _) = listener.accept()?;
             server.set_nonblocking(true)?;
-            let o = Outbox::new(TcpStream::from_std(server)?, "ann".into());
+            let o = Outbox::new(TcpStream::from_std(server)?, "ann".into(), OUTBOX_BYTES);
             registry.connect(&o);
             // What a session does next: read the clock, here the stamp of
             // the last message applied (message n is stamped n).
@@ -346,5 +347,28 @@ async fn connections_opening_while_direct_messages_flow_get_every_later_one_once
     }
     assert!(metrics.late.get() > 0, "no message came mid-round, so the test did not test that");
     drop(tx);
+    Ok(())
+}
+
+/// A client that reads nothing can make its node hold no more than the byte
+/// bound for it (plus the one frame that found the queue under it), however
+/// large the frames: then it is closed as a slow consumer.
+#[tokio::test]
+async fn a_queue_is_bounded_in_bytes_not_only_in_frames() -> io::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let _client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    server.set_nonblocking(true)?;
+    const MAX: usize = 256 << 10;
+    let o = Outbox::new(TcpStream::from_std(server)?, "ann".into(), MAX);
+    let frame = Bytes::from(vec![b'x'; 64 << 10]);
+    let mut pushed = 0;
+    // Far more than the socket's buffers and the bound together.
+    while pushed < 2_000 && o.push(frame.clone()) {
+        pushed += 1;
+        assert!(o.queued_bytes() <= MAX + frame.len(), "{} bytes queued after {pushed} frames", o.queued_bytes());
+    }
+    assert!(pushed < 2_000, "2,000 frames of 64 KiB went into a socket nobody reads");
+    assert_eq!(o.closing(), Some((SLOW_CONSUMER, "slow consumer")));
     Ok(())
 }
