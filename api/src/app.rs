@@ -23,6 +23,8 @@ pub struct App<B: ChatBackend> {
     pub limits: Limits,
     pub presence: Arc<Presence>,
     pub rate: RateLimiter,
+    /// Registrations and logins per client address.
+    pub account_rate: RateLimiter,
     pub metrics: metrics::ApiMetrics,
     /// Open WebSocket connections on this node.
     pub connections: Arc<AtomicU64>,
@@ -71,6 +73,7 @@ impl<B: ChatBackend> App<B> {
             limits,
             presence,
             rate: RateLimiter::default(),
+            account_rate: RateLimiter::default(),
             metrics,
             connections,
             registry,
@@ -136,6 +139,13 @@ impl<B: ChatBackend> App<B> {
     pub fn authenticate(&self, token: &str) -> Result<String, ApiError> {
         let key = self.signing_key()?;
         auth::verify(key, token, now_ms()).ok_or_else(|| ApiError::new(Code::Unauthorized, "missing, bad or expired token"))
+    }
+
+    /// Counts one registration or login from `peer`: refused with
+    /// `rate_limited` past `--account-rate-limit` (each costs an argon2 run).
+    pub fn account_attempt(&self, peer: std::net::IpAddr) -> Result<(), ApiError> {
+        let l = &self.limits;
+        self.account_rate.check(&peer.to_string(), l.account_rate, l.account_window, "registrations and logins from one address", Instant::now())
     }
 
     pub fn connection_count(&self) -> u64 {

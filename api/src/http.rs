@@ -1,8 +1,9 @@
 //! The JSON routes of SPEC §3, over the operations in [`crate::ops`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft_store::chat::{self, Event, Outcome};
@@ -46,10 +47,16 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     ApiError::new(Code::MethodNotAllowed, format!("{} does not take {method}", uri.path()))
 }
 
+/// The client's address, as the listener saw it ([`crate::serve`] puts it in
+/// every request).
+type Peer = axum::Extension<ConnectInfo<SocketAddr>>;
+
 pub async fn register<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
+    axum::Extension(ConnectInfo(peer)): Peer,
     creds: Result<Json<Credentials>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
+    app.account_attempt(peer.ip())?;
     let Credentials { name, password } = body(creds)?;
     validate::user_name(&name)?;
     validate::password(&password)?;
@@ -67,8 +74,10 @@ pub async fn register<B: ChatBackend>(
 
 pub async fn login<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
+    axum::Extension(ConnectInfo(peer)): Peer,
     creds: Result<Json<Credentials>, JsonRejection>,
 ) -> ApiResult<Json<Session>> {
+    app.account_attempt(peer.ip())?;
     let Credentials { name, password } = body(creds)?;
     let denied = || ApiError::new(Code::Unauthorized, "wrong name or password");
     if validate::user_name(&name).is_err() {

@@ -1,4 +1,5 @@
-//! The node's limits on what one user may send, and the per-user rate limiter.
+//! The node's limits on what one user (or one address) may send, and the
+//! fixed-window rate limiter that counts it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +17,11 @@ pub struct Limits {
     /// Bytes one connection's outgoing queue may hold before it is closed
     /// as a slow consumer (`--max-outbox-bytes`).
     pub max_outbox_bytes: usize,
+    /// Registrations and logins per client address per node per
+    /// `account_window` (`--account-rate-limit`); 0 disables. Each runs
+    /// argon2, so this is what one address can make the node hash.
+    pub account_rate: u32,
+    pub account_window: Duration,
 }
 
 impl Limits {
@@ -35,34 +41,35 @@ impl Default for Limits {
             rate_messages: 20,
             rate_window: Duration::from_secs(10),
             max_outbox_bytes: crate::fanout::OUTBOX_BYTES,
+            account_rate: 60,
+            account_window: Duration::from_secs(10),
         }
     }
 }
 
-/// Fixed-window message counts per user on this node.
+/// Fixed-window counts per key (a user, a client address) on this node.
 #[derive(Default)]
 pub struct RateLimiter {
     windows: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl RateLimiter {
-    pub fn check(&self, user: &str, limits: &Limits, now: Instant) -> Result<(), ApiError> {
-        if limits.rate_messages == 0 {
+    /// Counts one `what` for `key`: refused with `rate_limited` once `key` had
+    /// `limit` in the current `window` (0: no limit).
+    pub fn check(&self, key: &str, limit: u32, window: Duration, what: &str, now: Instant) -> Result<(), ApiError> {
+        if limit == 0 {
             return Ok(());
         }
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() > 100_000 {
-            w.retain(|_, (start, _)| now.duration_since(*start) < limits.rate_window);
+            w.retain(|_, (start, _)| now.duration_since(*start) < window);
         }
-        let entry = w.entry(user.to_string()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= limits.rate_window {
+        let entry = w.entry(key.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
             *entry = (now, 0);
         }
-        if entry.1 >= limits.rate_messages {
-            return Err(ApiError::new(
-                Code::RateLimited,
-                format!("at most {} messages per {} s", limits.rate_messages, limits.rate_window.as_secs()),
-            ));
+        if entry.1 >= limit {
+            return Err(ApiError::new(Code::RateLimited, format!("at most {limit} {what} per {} s", window.as_secs())));
         }
         entry.1 += 1;
         Ok(())

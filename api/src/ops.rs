@@ -78,7 +78,7 @@ pub async fn send_message<B: ChatBackend>(app: &App<B>, user: &str, room: &str, 
     validate::room_name(room)?;
     validate::client_id(id)?;
     validate::text(text, app.limits.max_message_bytes)?;
-    app.rate.check(user, &app.limits, Instant::now())?;
+    app.rate.check(user, app.limits.rate_messages, app.limits.rate_window, "messages", Instant::now())?;
     let started = Instant::now();
     let event = Event::MessagePosted { room: room.into(), from: user.into(), client_id: id.into(), text: text.into() };
     match app.backend.propose(event).await? {

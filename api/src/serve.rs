@@ -10,7 +10,8 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -31,9 +32,9 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: let some close.
                     tracing::warn!(error = %e, "cannot accept a client connection");
@@ -52,7 +53,8 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
+            // Each request carries the client's address (for the per-address limits).
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone().layer(Extension(ConnectInfo(peer)))))
             .with_upgrades();
         let mut stop = stop_rx.clone();
         connections.spawn(async move {

@@ -137,3 +137,23 @@ async fn a_failed_storage_read_is_unavailable_on_every_route() {
         assert_eq!(error_of(r).await, (503, ErrorCode::Unavailable));
     }
 }
+
+/// Each registration and login costs an argon2 run: one address gets
+/// `--account-rate-limit` of them per window, then 429 `rate_limited`.
+#[tokio::test]
+async fn registrations_and_logins_are_limited_per_address() {
+    let limits = api::Limits { rate_messages: 0, account_rate: 5, account_window: std::time::Duration::from_secs(60), ..api::Limits::default() };
+    let api = Api::with_limits(limits).await;
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let r = api.post("/v1/users").json(&json!({ "name": format!("u{i}"), "password": "correct horse" })).send().await.expect("register");
+        codes.push(r.status().as_u16());
+    }
+    let login = api.post("/v1/sessions").json(&json!({ "name": "u0", "password": "correct horse" })).send().await.expect("login");
+    codes.push(login.status().as_u16());
+    assert_eq!(codes, [201, 201, 201, 201, 200]);
+    let refused = api.post("/v1/users").json(&json!({ "name": "u9", "password": "correct horse" })).send().await.expect("register");
+    assert_eq!(error_of(refused).await, (429, ErrorCode::RateLimited));
+    let refused = api.post("/v1/sessions").json(&json!({ "name": "u0", "password": "correct horse" })).send().await.expect("login");
+    assert_eq!(error_of(refused).await, (429, ErrorCode::RateLimited));
+}

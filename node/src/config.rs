@@ -114,6 +114,11 @@ pub struct Config {
     #[arg(long, env = "CHORUS_INSECURE")]
     pub insecure: bool,
 
+    /// Registrations and logins per client address per node, as N/SECS; `0`
+    /// disables. Each costs an argon2 run (about 19 MiB for a moment).
+    #[arg(long, env = "CHORUS_ACCOUNT_RATE_LIMIT", default_value = "60/10")]
+    pub account_rate_limit: RateLimit,
+
     /// Bytes a WebSocket connection's outgoing queue may hold before it is
     /// closed with 4008 (slow consumer): what one client can make the node
     /// hold for it, whatever it asks for.

@@ -305,6 +305,8 @@ fn serve_api(
         rate_messages: config.rate_limit.messages,
         rate_window: config.rate_limit.window,
         max_outbox_bytes: usize::try_from(config.max_outbox_bytes).unwrap_or(usize::MAX),
+        account_rate: config.account_rate_limit.messages,
+        account_window: config.account_rate_limit.window,
     };
     let api_app = Arc::new(
         api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), wal_syncs)

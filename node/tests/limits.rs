@@ -92,3 +92,36 @@ async fn a_client_that_asks_for_history_and_reads_nothing_is_closed_with_bounded
     assert_eq!(close, Some(CloseCode::from(4008)), "closed as a slow consumer");
     sender.abort();
 }
+
+/// A flood of logins from one address: past `--account-rate-limit` (60 per
+/// 10 s by default) they are refused with 429 before any argon2 runs, and the
+/// ones let in wait for the node's four argon2 workers, so memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_is_refused_with_429_and_bounded_memory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut p = Proc::new(1, tmp.path().join("node-1"), &[]);
+    p.start().expect("start chorusd");
+    let out = node::procs::chorusctl(&["--node", &p.raft_addr, "cluster", "init", &p.raft_addr]).expect("chorusctl");
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    let pid = p.child.as_ref().expect("running").id();
+    let base = format!("http://{}", p.client_addr);
+    let before = rss_kib(pid);
+    let http = client::http();
+    let attempts = (0..300).map(|i| {
+        let (http, url) = (http.clone(), format!("{base}/v1/sessions"));
+        async move {
+            let creds = json!({ "name": format!("nobody{i}"), "password": "not-a-password" });
+            http.post(url).json(&creds).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }
+    });
+    let codes = futures::future::join_all(attempts).await;
+    let peak = rss_kib(pid);
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    let denied = codes.iter().filter(|c| **c == 401).count();
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    println!("300 logins: {denied} checked and denied, {limited} refused with 429; RSS grew {grown_mib} MiB");
+    assert_eq!(denied + limited, 300, "every attempt is answered 401 or 429: {codes:?}");
+    assert!(denied <= 60, "{denied} attempts ran argon2 in one window");
+    assert!(limited >= 240, "only {limited} were refused");
+    assert!(grown_mib < 128, "RSS grew by {grown_mib} MiB");
+}
