@@ -22,6 +22,9 @@ pub struct Limits {
     /// argon2, so this is what one address can make the node hash.
     pub account_rate: u32,
     pub account_window: Duration,
+    /// WebSocket connections this node serves at once (`--max-connections`);
+    /// past it an upgrade is answered 503 `overloaded`. 0: no limit.
+    pub max_connections: usize,
 }
 
 impl Limits {
@@ -43,6 +46,7 @@ impl Default for Limits {
             max_outbox_bytes: crate::fanout::OUTBOX_BYTES,
             account_rate: 60,
             account_window: Duration::from_secs(10),
+            max_connections: 0,
         }
     }
 }

@@ -109,16 +109,31 @@ pub async fn upgrade<B: ChatBackend>(
         *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
         return r;
     };
+    // The connection counts from here, so a burst of upgrades cannot pass the
+    // cap between checking it and opening the sessions.
+    let open = app.connections.fetch_add(1, Ordering::Relaxed);
+    let max = app.limits.max_connections;
+    if max > 0 && open >= max as u64 {
+        app.connections.fetch_sub(1, Ordering::Relaxed);
+        let e = ApiError::new(Code::Overloaded, format!("this node serves its limit of {max} connections; GET /v1/cluster/pick names another"));
+        return e.into_response();
+    }
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
-            Err(e) => return tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            Err(e) => {
+                app.connections.fetch_sub(1, Ordering::Relaxed);
+                return tracing::debug!(error = %e, "WebSocket upgrade failed");
+            }
         };
         // The client listener serves plain TCP (see `serve`); anything else
         // has no socket to hand to the fan-out.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => session(app, user, parts.io.into_inner(), parts.read_buf).await,
-            Err(_) => tracing::error!("an upgraded connection is not a TCP stream; is the API served by api::serve?"),
+            Err(_) => {
+                app.connections.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!("an upgraded connection is not a TCP stream; is the API served by api::serve?")
+            }
         }
     });
     let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -200,7 +215,7 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
         }
     }
     let (acks, acked) = mpsc::channel(MAX_IN_FLIGHT);
-    app.connections.fetch_add(1, Ordering::Relaxed);
+    // Counted by `upgrade` already; uncounted when the session ends, below.
     if let Some(sig) = app.presence.connected(&user) {
         app.backend.send_signal(sig);
     }

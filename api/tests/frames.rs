@@ -151,3 +151,28 @@ async fn a_failed_storage_read_is_unavailable_on_join_and_history() {
     c.send(ClientFrame::Dm { to: "bob".into(), id: num(4), text: "hi".into() }).await;
     assert!(matches!(c.next().await, ServerFrame::Error { code: ErrorCode::Unavailable, id: Some(id), .. } if id == num(4)));
 }
+
+/// Past `--max-connections`, an upgrade is answered 503 `overloaded` and the
+/// node keeps serving the connections it has; a closed one frees its place.
+#[tokio::test]
+async fn past_the_connection_limit_an_upgrade_gets_503() {
+    let api = Api::with_limits(api::Limits { rate_messages: 0, max_connections: 2, ..api::Limits::default() }).await;
+    let ann = api.user("ann").await;
+    let mut first = api.connect(&ann).await;
+    let second = api.connect(&ann).await;
+    let url = format!("{}/v1/ws?token={ann}", api.url.replacen("http", "ws", 1));
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("a third connection was not refused: {other:?}"),
+    }
+    assert_eq!(first.join("lobby").await, 0, "the first connection still serves");
+    drop(second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if tokio_tungstenite::connect_async(url.as_str()).await.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the closed connection's place was not freed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

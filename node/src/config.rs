@@ -114,6 +114,12 @@ pub struct Config {
     #[arg(long, env = "CHORUS_INSECURE")]
     pub insecure: bool,
 
+    /// WebSocket connections served at once; past it an upgrade gets 503
+    /// `overloaded` (the client picks another node) instead of the node
+    /// running out of file descriptors. 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
     /// Registrations and logins per client address per node, as N/SECS; `0`
     /// disables. Each costs an argon2 run (about 19 MiB for a moment).
     #[arg(long, env = "CHORUS_ACCOUNT_RATE_LIMIT", default_value = "60/10")]

@@ -307,6 +307,7 @@ fn serve_api(
         max_outbox_bytes: usize::try_from(config.max_outbox_bytes).unwrap_or(usize::MAX),
         account_rate: config.account_rate_limit.messages,
         account_window: config.account_rate_limit.window,
+        max_connections: config.max_connections,
     };
     let api_app = Arc::new(
         api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), wal_syncs)
