@@ -168,7 +168,7 @@ impl Admin for AdminService {
     }
 
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         let addrs = request.into_inner().raft_addrs;
         if addrs.is_empty() {
             return Err(Status::invalid_argument("cluster init needs at least one raft address"));
@@ -209,7 +209,7 @@ impl Admin for AdminService {
     }
 
     async fn add(&self, request: Request<AddRequest>) -> Result<Response<AddStream>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         let req = request.into_inner();
         self.at_leader()?;
         let info = self.remote_info(&req.raft_addr).await?;
@@ -243,7 +243,7 @@ impl Admin for AdminService {
     }
 
     async fn promote(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         let id = request.into_inner().id;
         self.at_leader()?;
         match self.node.members().get(&id) {
@@ -260,7 +260,7 @@ impl Admin for AdminService {
     }
 
     async fn remove(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         let id = request.into_inner().id;
         self.at_leader()?;
         let members = self.node.members();
@@ -291,7 +291,7 @@ impl Admin for AdminService {
     }
 
     async fn transfer_leader(&self, request: Request<IdRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         let id = request.into_inner().id;
         self.at_leader()?;
         match self.node.members().get(&id) {
@@ -307,12 +307,12 @@ impl Admin for AdminService {
     }
 
     async fn status(&self, request: Request<Empty>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         Ok(Response::new(AdminService::status(self).await))
     }
 
     async fn upgrade(&self, request: Request<UpgradeRequest>) -> Result<Response<ClusterStatus>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         let req = request.into_inner();
         self.at_leader()?;
         raise_level(&self.node, req.level).await?;
@@ -320,12 +320,12 @@ impl Admin for AdminService {
     }
 
     async fn backup(&self, request: Request<Empty>) -> Result<Response<Self::BackupStream>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         Ok(Response::new(crate::backup::stream(&self.node).await?))
     }
 
     async fn snapshot(&self, request: Request<Empty>) -> Result<Response<SnapshotReply>, Status> {
-        self.node.peers.identity.authorize(&request, Need::Operator)?;
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
         let target = self.node.applied_index();
         self.node.raft.trigger().snapshot().await.map_err(raft_status)?;
         match self.node.snapshot_covering(target, Duration::from_secs(120)).await {

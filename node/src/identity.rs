@@ -11,7 +11,7 @@ use raft_store::Store;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Status};
 
-use crate::tls::Caller;
+use crate::tls::{Caller, Callers};
 
 use raft_store::db::NODE_CLUSTER_ID as KEY_CLUSTER_ID;
 
@@ -21,6 +21,7 @@ pub struct Identity {
     secret: Option<Arc<str>>,
     /// Whether the raft port runs mutual TLS, so every caller has a role.
     tls: bool,
+    callers: Callers,
     store: Store,
 }
 
@@ -47,7 +48,7 @@ impl Identity {
             Some(bytes) => Some(String::from_utf8(bytes)?),
             None => None,
         };
-        Ok(Identity { cluster_id: Arc::new(RwLock::new(cluster_id)), secret: secret.map(Arc::from), tls, store })
+        Ok(Identity { cluster_id: Arc::new(RwLock::new(cluster_id)), secret: secret.map(Arc::from), tls, callers: Callers::default(), store })
     }
 
     pub fn cluster_id(&self) -> Option<String> {
@@ -98,15 +99,23 @@ impl Identity {
         }
     }
 
-    /// Whether `request` may call a method that is for `need`: the secret, if
-    /// one is set, and under mutual TLS the role of the caller's certificate.
-    /// Without TLS there are no roles: the secret grants everything.
+    /// Whether `request` may call a service that is for `need`: the secret,
+    /// if one is set, and the role (see [`Identity::check_role`]). Run by the
+    /// interceptors, before the request body is decoded.
     pub fn authorize<T>(&self, request: &Request<T>, need: Need) -> Result<(), Status> {
         self.check_secret(request.metadata())?;
+        self.check_role(request, need)
+    }
+
+    /// Under mutual TLS, whether the role of the caller's certificate is for
+    /// `need`; an admin method that is for operators only checks this again
+    /// (its service admits peers too). Without TLS there are no roles: the
+    /// secret grants everything.
+    pub fn check_role<T>(&self, request: &Request<T>, need: Need) -> Result<(), Status> {
         if !self.tls {
             return Ok(());
         }
-        match (need, Caller::of(request)?) {
+        match (need, self.callers.of(request)?) {
             (Need::Peer, Caller::Peer(_)) | (Need::Operator, Caller::Operator(_)) | (Need::PeerOrOperator, _) => Ok(()),
             (Need::Peer, Caller::Operator(name)) => Err(Status::permission_denied(format!(
                 "operator {name} may not call the Raft service: it is for cluster members"

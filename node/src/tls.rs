@@ -8,14 +8,17 @@
 //! ([`proto::roles`]): a **peer** may call the `Raft` service and ask another
 //! node's `Admin.Info`; an **operator** may call the `Admin` service and
 //! nothing of `Raft`, so it can change the cluster but cannot append entries
-//! or propose a user's event. The roles are checked by [`Caller::of`] in
-//! interceptors, before a request body is decoded, and per admin method.
+//! or propose a user's event. The roles are read by [`Callers::of`] and
+//! checked in interceptors, before a request body is decoded, and per admin
+//! method.
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use proto::roles::{OPERATOR_URI_PREFIX, PEER_URI_PREFIX};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, CertificateDer, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::Status;
 
 /// How long a TLS handshake on the raft port may take.
@@ -66,18 +69,40 @@ pub enum Caller {
     Operator(String),
 }
 
-impl Caller {
+/// The roles of recent connections' certificates. Every request of one TLS
+/// connection carries the same certificate chain (one `Arc`, made at the
+/// handshake), so a Raft call on a known connection compares a pointer
+/// instead of parsing X.509 again.
+#[derive(Clone, Default)]
+pub struct Callers {
+    recent: Arc<Mutex<VecDeque<(Arc<Vec<CertificateDer<'static>>>, Caller)>>>,
+}
+
+/// Connections whose role is remembered: a node has one per peer, plus the
+/// operators' short-lived ones.
+const REMEMBERED: usize = 32;
+
+impl Callers {
     /// The caller of `request` under mutual TLS: the role in the URI subject
     /// alternative name of its certificate (the handshake already checked
     /// that the cluster's CA signed it).
-    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    pub fn of<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
         let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, caller)) = recent.iter().find(|(c, _)| Arc::ptr_eq(c, &certs)) {
+            return Ok(caller.clone());
+        }
         let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        role(leaf.as_ref()).ok_or_else(|| {
+        let caller = role(leaf.as_ref()).ok_or_else(|| {
             Status::permission_denied(format!(
                 "the client certificate names no Chorus role (a URI {PEER_URI_PREFIX}<id> or {OPERATOR_URI_PREFIX}<name>)"
             ))
-        })
+        })?;
+        if recent.len() == REMEMBERED {
+            recent.pop_back();
+        }
+        recent.push_front((certs, caller.clone()));
+        Ok(caller)
     }
 }
 
