@@ -355,7 +355,8 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("./chorus-data/node-{}", self.id)))
     }
 
-    /// Refuses a non-loopback bind without a secret unless `--insecure`.
+    /// Refuses a non-loopback bind without mutual TLS or a secret (of at least
+    /// [`MIN_SECRET_BYTES`]) unless `--insecure`.
     pub fn check_exposure(&self, client: SocketAddr, raft: SocketAddr) -> anyhow::Result<()> {
         let exposed = !client.ip().is_loopback() || !raft.ip().is_loopback();
         let tls = self.tls_cert.is_some();
@@ -365,7 +366,9 @@ impl Config {
                  `chorusctl certs init` writes them) or --cluster-secret; pass --insecure to do it anyway"
             );
         }
-        if let Some(secret) = &self.cluster_secret {
+        // On loopback a short secret keeps working, as it always did; where
+        // the raft port can be reached from elsewhere it must resist guessing.
+        if let Some(secret) = self.cluster_secret.as_ref().filter(|_| exposed && !tls && !self.insecure) {
             anyhow::ensure!(
                 secret.len() >= MIN_SECRET_BYTES,
                 "--cluster-secret must be at least {MIN_SECRET_BYTES} bytes (it is {}); `openssl rand -hex 16` makes one",
