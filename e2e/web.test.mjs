@@ -197,6 +197,16 @@ async function main() {
   // Bring node 2 back, then watch the cluster view follow a leader change.
   await startNode(benNode);
   await waitFor('node 2 back', async () => (await status()).members.every((m) => m.reachable));
+
+  // An operator revokes ben's sessions: his page returns to the login form
+  // instead of reconnecting with a refused token, and he logs in again.
+  ctl('--node', nodes[0].raft, '--timeout', '20', 'users', 'revoke', 'ben');
+  await ben.waitForSelector('#login:not([hidden])', { timeout: 20000 });
+  assert.match(await ben.textContent('#login-error'), /revoked/);
+  await ben.fill('#password', 'password-123');
+  await ben.click('#login-btn');
+  await ben.waitForSelector('#conn.on');
+  await ben.waitForSelector('#messages li:has-text("during outage 5")');
   let st = await status();
   const viewer = nodes.find((n) => n.id !== st.leader);
   const cluster = await (await browser.newContext({ viewport: { width: 1100, height: 400 } })).newPage();

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use axum::Router;
 use prometheus_client::metrics::histogram::Histogram;
+use raft_store::sessions::SigningKeys;
 use raft_store::ChatRead;
 
 use crate::backend::{ChatBackend, ClusterView, MemberView};
@@ -32,7 +33,6 @@ pub struct App<B: ChatBackend> {
     pub registry: Arc<fanout::Registry>,
     /// argon2 for register and login, a few at a time.
     pub passwords: auth::PasswordWork,
-    signing_key: OnceLock<Vec<u8>>,
     /// The members as last probed, shared by `/v1/cluster` and `/v1/cluster/pick`.
     cluster_view: tokio::sync::Mutex<Option<CachedView>>,
 }
@@ -78,7 +78,6 @@ impl<B: ChatBackend> App<B> {
             connections,
             registry,
             passwords: auth::PasswordWork::new(PASSWORD_WORKERS),
-            signing_key: OnceLock::new(),
             cluster_view: tokio::sync::Mutex::new(None),
         })
     }
@@ -123,22 +122,34 @@ impl<B: ChatBackend> App<B> {
         c.view.clone()
     }
 
-    /// The cluster's token key, replicated at formation.
-    pub fn signing_key(&self) -> Result<&[u8], ApiError> {
-        if let Some(k) = self.signing_key.get() {
-            return Ok(k);
-        }
-        match self.backend.reader().cluster() {
-            Ok(Some(c)) => Ok(self.signing_key.get_or_init(|| c.signing_key)),
-            Ok(None) => Err(ApiError::new(Code::Unavailable, "the cluster is not formed yet")),
-            Err(e) => Err(e.into()),
+    /// The cluster's token keys, replicated (formation, then each rotation).
+    pub fn signing_keys(&self) -> Result<SigningKeys, ApiError> {
+        let keys = self.backend.reader().signing_keys()?;
+        match keys.current() {
+            Some(_) => Ok(keys),
+            None => Err(ApiError::new(Code::Unavailable, "the cluster is not formed yet")),
         }
     }
 
-    /// The user a bearer token names.
-    pub fn authenticate(&self, token: &str) -> Result<String, ApiError> {
-        let key = self.signing_key()?;
-        auth::verify(key, token, now_ms()).ok_or_else(|| ApiError::new(Code::Unauthorized, "missing, bad or expired token"))
+    /// A token for `user`, signed with the current key at the user's session
+    /// epoch as this node has applied it.
+    pub fn issue_token(&self, user: &str, expires_at_ms: u64) -> Result<String, ApiError> {
+        let keys = self.signing_keys()?;
+        let epoch = self.backend.reader().session_epoch(user)?;
+        keys.current()
+            .and_then(|key| auth::issue(key, user, expires_at_ms, epoch))
+            .ok_or_else(|| ApiError::new(Code::Unavailable, "cannot sign a token"))
+    }
+
+    /// The user a bearer token names: signed by a key the cluster holds, not
+    /// expired, and not revoked (issued at the user's current session epoch).
+    pub fn authenticate(&self, token: &str) -> Result<auth::Claims, ApiError> {
+        let refused = || ApiError::new(Code::Unauthorized, "missing, bad, expired or revoked token");
+        let claims = auth::verify(&self.signing_keys()?, token, now_ms()).ok_or_else(refused)?;
+        if claims.epoch < self.backend.reader().session_epoch(&claims.user)? {
+            return Err(refused());
+        }
+        Ok(claims)
     }
 
     /// Counts one registration or login from `peer`: refused with
@@ -168,6 +179,7 @@ pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
         .route("/metrics", get(metrics::serve::<B>))
         .route("/v1/users", post(http::register::<B>))
         .route("/v1/sessions", post(http::login::<B>))
+        .route("/v1/sessions/revoke", post(http::revoke::<B>))
         .route("/v1/rooms", get(http::rooms::<B>))
         .route("/v1/rooms/{room}/messages", get(http::history::<B>).post(http::post_message::<B>))
         .route("/v1/cluster", get(http::cluster::<B>))

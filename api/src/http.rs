@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft_store::chat::{self, Event, Outcome};
 use raft_store::ChatRead;
-use wire::http::{Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, RoomSummary, Session};
+use wire::http::{Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, Session};
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::ops::{read_history, send_message, unexpected};
@@ -27,7 +27,7 @@ fn bearer<B: ChatBackend>(app: &App<B>, headers: &HeaderMap) -> ApiResult<String
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::new(Code::Unauthorized, "missing Authorization: Bearer token"))?;
-    app.authenticate(token.trim())
+    app.authenticate(token.trim()).map(|claims| claims.user)
 }
 
 pub async fn readyz<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> (StatusCode, &'static str) {
@@ -92,9 +92,18 @@ pub async fn login<B: ChatBackend>(
         return Err(denied());
     }
     let expires_at = crate::now_ms() + auth::TOKEN_LIFETIME_MS;
-    let token = auth::issue(app.signing_key()?, &name, expires_at)
-        .ok_or_else(|| ApiError::new(Code::Unavailable, "cannot sign a token"))?;
+    let token = app.issue_token(&name, expires_at)?;
     Ok(Json(Session { token, expires_at }))
+}
+
+/// Revokes every token of the caller (this one too), on every node once it
+/// has applied the revocation.
+pub async fn revoke<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> ApiResult<Json<Revoked>> {
+    let name = bearer(&app, &headers)?;
+    match app.backend.propose(Event::SessionsRevoked { user: name.clone() }).await? {
+        Outcome::Revoked { .. } => Ok(Json(Revoked { name })),
+        other => Err(unexpected(other)),
+    }
 }
 
 pub async fn rooms<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> ApiResult<Json<Vec<RoomSummary>>> {

@@ -42,10 +42,10 @@ use wire::http::HistoryQuery;
 use wire::{ClientFrame, Id, ServerFrame};
 
 use crate::error::{ApiError, Code};
-use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SLOW_CONSUMER};
+use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SESSION_REVOKED, SLOW_CONSUMER};
 use crate::ops::{read_history, send_message, unexpected, wire_message};
 use crate::presence::PeerSignal;
-use crate::{validate, App, ChatBackend};
+use crate::{auth, validate, App, ChatBackend};
 
 /// Sends one connection may have awaiting their ack.
 const MAX_IN_FLIGHT: usize = 256;
@@ -100,8 +100,8 @@ pub async fn upgrade<B: ChatBackend>(
     };
     let accept = derive_accept_key(key.as_bytes());
     let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
-    let user = match app.authenticate(&token) {
-        Ok(u) => u,
+    let claims = match app.authenticate(&token) {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
@@ -129,7 +129,7 @@ pub async fn upgrade<B: ChatBackend>(
         // The client listener serves plain TCP (see `serve`); anything else
         // has no socket to hand to the fan-out.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => session(app, user, parts.io.into_inner(), parts.read_buf).await,
+            Ok(parts) => session(app, claims, parts.io.into_inner(), parts.read_buf).await,
             Err(_) => {
                 app.connections.fetch_sub(1, Ordering::Relaxed);
                 tracing::error!("an upgraded connection is not a TCP stream; is the API served by api::serve?")
@@ -200,8 +200,22 @@ async fn websocket<B: ChatBackend>(app: &App<B>, out: &Arc<Outbox>, read_buf: By
     }
 }
 
-async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStream, read_buf: Bytes) {
-    let out = Outbox::new(stream, user.clone(), app.limits.max_outbox_bytes);
+/// Closes `out` with [`SESSION_REVOKED`] if its user's sessions were revoked
+/// since the token it was opened with was issued, or the key that signed the
+/// token was dropped.
+fn close_if_revoked<B: ChatBackend>(app: &App<B>, out: &Outbox) {
+    let reader = app.backend.reader();
+    match (reader.session_epoch(&out.user), reader.signing_keys()) {
+        (Ok(epoch), _) if epoch > out.epoch => out.close_with(SESSION_REVOKED, "session revoked"),
+        (_, Ok(keys)) if keys.version(out.key_version).is_none() => out.close_with(SESSION_REVOKED, "signing key dropped"),
+        (Ok(_), Ok(_)) => {}
+        (Err(e), _) | (_, Err(e)) => tracing::warn!(user = %out.user, error = %e, "cannot read the session epoch or keys"),
+    }
+}
+
+async fn session<B: ChatBackend>(app: Arc<App<B>>, claims: auth::Claims, stream: TcpStream, read_buf: Bytes) {
+    let user = claims.user.clone();
+    let out = Outbox::new(stream, claims, app.limits.max_outbox_bytes);
     let ws = websocket(&app, &out, read_buf).await;
     // From here on, direct messages to this user reach this connection: the
     // fan-out sees it, and then learns from when (see `receive_dms_since`).
@@ -214,6 +228,9 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, user: String, stream: TcpStre
             out.receive_dms_since(0);
         }
     }
+    // A revocation applied between `authenticate` and `connect` passed this
+    // connection by in the fan-out: look once more, now that it is registered.
+    close_if_revoked(&app, &out);
     let (acks, acked) = mpsc::channel(MAX_IN_FLIGHT);
     // Counted by `upgrade` already; uncounted when the session ends, below.
     if let Some(sig) = app.presence.connected(&user) {
@@ -368,6 +385,8 @@ impl<B: ChatBackend> Session<B> {
             OutboxEvent::Gone => self.gone = true,
             OutboxEvent::Closing(..) => {}
             OutboxEvent::Stale => {
+                // The fan-out lost deliveries, perhaps a revocation among them.
+                close_if_revoked(&self.app, &self.out);
                 if let Some(since) = self.out.take_dm_lost() {
                     self.open_lost_dms(since);
                 }

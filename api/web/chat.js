@@ -108,15 +108,46 @@ function connect() {
     try { f = JSON.parse(ev.data); } catch { return; }
     handle(f);
   };
-  ws.onclose = () => {
+  ws.onclose = async (ev) => {
     if (state.ws !== ws) return;
+    const opened = state.connected;
     state.connected = false;
+    // 4001: the user's sessions were revoked, or the key of this token dropped.
+    if (ev.code === 4001) return signedOut('Your session was revoked: log in again.');
+    // An upgrade refused with 401 reaches the page only as a failed connection:
+    // ask the node whether the token is still good before trying again.
+    if (!opened && await tokenRefused()) return signedOut('Your session expired: log in again.');
     setConn('off', 'reconnecting');
     // Another member, if we know one; this one again otherwise.
     const others = state.members.filter((u) => u !== state.base);
     if (others.length) state.base = others[Math.floor(Math.random() * others.length)];
     setTimeout(connect, 500);
   };
+}
+
+// Whether the node refuses this page's token (401); a node that cannot be
+// reached says nothing about it.
+async function tokenRefused() {
+  try {
+    const r = await fetch(`${state.base}/v1/rooms`, { headers: { authorization: `Bearer ${state.token}` }, cache: 'no-store' });
+    return r.status === 401;
+  } catch {
+    return false;
+  }
+}
+
+// Back to the login form, with `reason` shown, instead of reconnecting with
+// a token no node accepts.
+function signedOut(reason) {
+  const ws = state.ws;
+  state.ws = null;
+  if (ws) ws.close();
+  state.token = null;
+  sessionStorage.removeItem('chorus');
+  setConn('off', 'signed out');
+  $('chat').hidden = true;
+  $('login').hidden = false;
+  $('login-error').textContent = reason;
 }
 
 function handle(f) {

@@ -11,6 +11,7 @@ mod backup;
 mod bench;
 mod certs;
 mod chat;
+mod users;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Make the certificates of a cluster that runs mutual TLS (offline).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Rotate the token-signing key, revoke a user's sessions.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
     /// An interactive terminal chat client.
     Chat {
         /// Client URL of any node, e.g. http://127.0.0.1:8080
@@ -146,6 +150,7 @@ async fn main() -> ExitCode {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Users(cmd) => users::run(&cli, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

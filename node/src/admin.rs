@@ -15,16 +15,17 @@ use openraft::{ChangeMembers, ServerState};
 use proto::v1::admin_client::AdminClient;
 use proto::v1::admin_server::Admin;
 use proto::v1::{
-    AddProgress, AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, Member, NodeInfo as NodeInfoMsg, SnapshotReply, UpgradeRequest,
+    AddProgress, AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, Member, NodeInfo as NodeInfoMsg, RevokeReply, RevokeRequest, RotateKeyReply,
+    RotateKeyRequest, SnapshotReply, UpgradeRequest,
 };
-use raft_store::chat::{Event, Outcome};
+use raft_store::chat::{Command, Event, Outcome};
 use raft_store::types::NodeId;
 use raft_store::NodeInfo;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::identity::Need;
-use crate::node::{Committed, Node};
+use crate::node::{Committed, Node, NodeError};
 use crate::upgrade;
 
 /// Deadline of one admin call from node to node.
@@ -324,6 +325,27 @@ impl Admin for AdminService {
         Ok(Response::new(crate::backup::stream(&self.node).await?))
     }
 
+    async fn rotate_key(&self, request: Request<RotateKeyRequest>) -> Result<Response<RotateKeyReply>, Status> {
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
+        self.at_leader()?;
+        let key: [u8; 32] = rand::Rng::random(&mut rand::rng());
+        let event = Event::SigningKeyRotated { key: key.to_vec(), drop_old: request.get_ref().drop_old };
+        match commit_credential(&self.node, event).await? {
+            Outcome::KeyRotated { version } => Ok(Response::new(RotateKeyReply { version })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn revoke(&self, request: Request<RevokeRequest>) -> Result<Response<RevokeReply>, Status> {
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
+        self.at_leader()?;
+        let user = request.into_inner().user;
+        match commit_credential(&self.node, Event::SessionsRevoked { user }).await? {
+            Outcome::Revoked { epoch } => Ok(Response::new(RevokeReply { epoch })),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn snapshot(&self, request: Request<Empty>) -> Result<Response<SnapshotReply>, Status> {
         self.node.peers.identity.check_role(&request, Need::Operator)?;
         let target = self.node.applied_index();
@@ -332,6 +354,22 @@ impl Admin for AdminService {
             Some(index) => Ok(Response::new(SnapshotReply { index })),
             None => Err(Status::deadline_exceeded("the snapshot did not finish in time")),
         }
+    }
+}
+
+/// On the leader: commits a credential event (rotation, revocation) and
+/// returns its outcome.
+async fn commit_credential(node: &Node, event: Event) -> Result<Outcome, Status> {
+    // Display names the event without its secrets (never the key itself).
+    let what = Command { ts_ms: 0, event: event.clone() }.to_string();
+    match node.propose(event, TRANSFER_TIMEOUT).await {
+        Ok(Committed { outcome: Outcome::Rejected { reason }, .. }) => Err(Status::invalid_argument(reason)),
+        Ok(Committed { outcome, .. }) => {
+            tracing::info!(%what, ?outcome, "committed a credential change");
+            Ok(outcome)
+        }
+        Err(e @ NodeError::NotEnabled(_)) => Err(Status::failed_precondition(e.to_string())),
+        Err(e) => Err(Status::unavailable(e.to_string())),
     }
 }
 

@@ -115,35 +115,44 @@ async fn a_level_1_cluster_opens_serves_and_is_upgraded() -> anyhow::Result<()> 
         converges(&http, &two.client_addr, &ann, room, &recorded(root, room)?).await?;
     }
 
-    // Every member reads level 2: raise the cluster to it, through either node.
+    // Credential events need level 3: refused, with what to do, until the upgrade.
+    let e = ctl(FIXTURE_RAFT, &["users", "revoke", "ann"]).expect_err("a revocation at level 1");
+    assert!(e.to_string().contains("needs feature level 3") && e.to_string().contains("cluster upgrade"), "{e}");
+    let r = http.post(format!("http://{}/v1/sessions/revoke", one.client_addr)).bearer_auth(&ann).send().await?;
+    assert_eq!(r.status(), 400, "a revocation over HTTP at level 1");
+
+    // Every member reads the current level: raise the cluster to it, through either node.
+    let current = raft_store::format::CURRENT;
     let out = ctl(&two.raft_addr, &["cluster", "upgrade"])?;
-    assert!(out.contains("from feature level 1 to 2"), "{out}");
+    assert!(out.contains(&format!("from feature level 1 to {current}")), "{out}");
     for raft in [FIXTURE_RAFT, two.raft_addr.as_str()] {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while status(raft)?["feature_level"] != 2 {
-            ensure!(std::time::Instant::now() < deadline, "node at {raft} is not at level 2");
+        while status(raft)?["feature_level"] != current {
+            ensure!(std::time::Instant::now() < deadline, "node at {raft} is not at level {current}");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    assert!(ctl(FIXTURE_RAFT, &["cluster", "upgrade"])?.contains("already at feature level 2"));
+    assert!(ctl(FIXTURE_RAFT, &["cluster", "upgrade"])?.contains(&format!("already at feature level {current}")));
     let e = chorusctl(&["--node", FIXTURE_RAFT, "cluster", "upgrade", "--level", "9"])?;
     assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("must run a newer chorusd"), "{e:?}");
 
-    // Level-2 entries and a level-2 snapshot, read back after a restart.
-    let posted = post(&http, &two.client_addr, &bob, "after-upgrade", "a level-2 entry").await?;
+    // Entries and a snapshot at the current level, read back after a restart.
+    let posted = post(&http, &two.client_addr, &bob, "after-upgrade", "a current-level entry").await?;
     assert_eq!(posted.seq, 52);
     ctl(FIXTURE_RAFT, &["cluster", "snapshot"])?;
     let head = std::fs::read(snapshot_in(&root.join("node-1/snapshots"))?)?;
-    assert!(head.starts_with(b"CHORUSSNAP2\n\x02\0\0\0"), "{:?}", &head[..16.min(head.len())]);
+    let mut expected = b"CHORUSSNAP2\n".to_vec();
+    expected.extend_from_slice(&current.to_le_bytes());
+    assert!(head.starts_with(&expected), "{:?}", &head[..16.min(head.len())]);
     one.kill();
     one.start()?;
     lobby = history(&http, &two.client_addr, &bob, "lobby").await?;
     let messages = lobby["messages"].as_array().context("messages")?;
     assert_eq!(messages.len(), 52);
-    assert_eq!(messages[51]["text"], "a level-2 entry");
+    assert_eq!(messages[51]["text"], "a current-level entry");
     let ann = login(&http, &one.client_addr, "ann").await?;
     converges(&http, &one.client_addr, &ann, "lobby", &lobby).await?;
-    assert_eq!(status(FIXTURE_RAFT)?["feature_level"], 2);
+    assert_eq!(status(FIXTURE_RAFT)?["feature_level"], current);
     let _: HistoryPage = serde_json::from_value(lobby)?;
     Ok(())
 }

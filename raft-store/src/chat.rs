@@ -40,6 +40,8 @@ impl std::fmt::Display for Command {
                 write!(f, "message-posted({room}, {from}, {client_id}, {} bytes)", text.len())
             }
             Event::FeatureLevelRaised { level } => write!(f, "feature-level-raised({level})"),
+            Event::SigningKeyRotated { drop_old, .. } => write!(f, "signing-key-rotated(drop_old: {drop_old})"),
+            Event::SessionsRevoked { user } => write!(f, "sessions-revoked({user})"),
         }
     }
 }
@@ -63,6 +65,13 @@ pub enum Event {
     /// `chorusctl cluster upgrade` once every member reads that level, and at
     /// formation to what every founding member reads.
     FeatureLevelRaised { level: u32 },
+    /// A new token-signing key, proposed by the leader for `chorusctl users
+    /// rotate-key`; see [`crate::sessions`]. With `drop_old`, tokens signed by
+    /// any older key are refused at once.
+    SigningKeyRotated { key: Vec<u8>, drop_old: bool },
+    /// Every session token of `user` issued before this is refused
+    /// (`POST /v1/sessions/revoke`, `chorusctl users revoke`).
+    SessionsRevoked { user: String },
 }
 
 impl Event {
@@ -70,8 +79,12 @@ impl Event {
     /// it to the leader); the others are proposed by the leader itself.
     pub fn from_client(&self) -> bool {
         match self {
-            Event::UserRegistered { .. } | Event::RoomJoined { .. } | Event::RoomLeft { .. } | Event::MessagePosted { .. } => true,
-            Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } => false,
+            Event::UserRegistered { .. }
+            | Event::RoomJoined { .. }
+            | Event::RoomLeft { .. }
+            | Event::MessagePosted { .. }
+            | Event::SessionsRevoked { .. } => true,
+            Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } | Event::SigningKeyRotated { .. } => false,
         }
     }
 
@@ -85,6 +98,7 @@ impl Event {
             | Event::RoomLeft { .. }
             | Event::MessagePosted { .. } => format::LEGACY,
             Event::FeatureLevelRaised { .. } => 2,
+            Event::SigningKeyRotated { .. } | Event::SessionsRevoked { .. } => 3,
         }
     }
 }
@@ -107,6 +121,10 @@ pub enum Outcome {
     /// The cluster's feature level after the command (a raise to a lower level
     /// than the current one changes nothing).
     LevelRaised { level: u32 },
+    /// The signing key's new version.
+    KeyRotated { version: u32 },
+    /// The user's session epoch after the revocation.
+    Revoked { epoch: u64 },
 }
 
 /// A stored chat message, as history and delivery serve it.
@@ -137,7 +155,8 @@ impl Applied {
 /// The logical tables of the chat state. Each is a column family in RocksDB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
-    /// Cluster-wide singletons: the clock, the cluster id, the signing key.
+    /// Cluster-wide singletons (the clock, the cluster id, the signing keys)
+    /// and each user's session epoch ([`crate::sessions`]).
     Meta,
     Users,
     Rooms,
@@ -273,7 +292,7 @@ pub fn dm_participants(room: &str) -> Option<(&str, &str)> {
     (!a.is_empty() && !b.is_empty() && !b.contains(':')).then_some((a, b))
 }
 
-fn get_record<T: for<'de> Deserialize<'de>>(
+pub(crate) fn get_record<T: for<'de> Deserialize<'de>>(
     t: &(impl TablesRead + ?Sized),
     table: Table,
     key: &[u8],
@@ -284,7 +303,7 @@ fn get_record<T: for<'de> Deserialize<'de>>(
     }
 }
 
-fn put_record<T: Serialize>(t: &mut impl Tables, table: Table, key: &[u8], value: &T) -> Result<(), StoreError> {
+pub(crate) fn put_record<T: Serialize>(t: &mut impl Tables, table: Table, key: &[u8], value: &T) -> Result<(), StoreError> {
     t.put(table, key, &encode(value)?);
     Ok(())
 }
@@ -360,6 +379,8 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
         Event::RoomLeft { room, user } => leave(t, room, user),
         Event::MessagePosted { room, from, client_id, text } => post(t, now, room, from, client_id, text),
         Event::FeatureLevelRaised { level } => raise_level(t, *level),
+        Event::SigningKeyRotated { key, drop_old } => crate::sessions::rotate_key(t, now, key, *drop_old),
+        Event::SessionsRevoked { user } => crate::sessions::revoke(t, user),
     }
 }
 

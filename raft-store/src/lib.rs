@@ -11,6 +11,8 @@
 //!   ([`StateMachine`]), with read access for history and membership queries.
 //! - [`read`]: [`ChatRead`], the chat queries (history, members, rooms…)
 //!   written once over a ranged scan, for RocksDB and for `MemTables`.
+//! - [`sessions`]: the versioned token-signing keys and each user's session
+//!   epoch (rotation and revocation).
 //! - [`snapshot`]: the streaming snapshot file format, build and install.
 //! - [`backup`]: the backup file (a snapshot with its origin and a checksum),
 //!   and seeding a data dir from one (restore, force-new).
@@ -28,6 +30,7 @@ pub mod error;
 pub mod format;
 pub mod log_store;
 pub mod read;
+pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

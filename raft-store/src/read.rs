@@ -59,6 +59,16 @@ pub trait ChatRead: TablesRead + Send + Sync {
         chat::cluster(self)
     }
 
+    /// The token-signing keys ([`crate::sessions::signing_keys`]).
+    fn signing_keys(&self) -> Result<crate::sessions::SigningKeys, StoreError> {
+        crate::sessions::signing_keys(self)
+    }
+
+    /// The user's session epoch ([`crate::sessions::session_epoch`]).
+    fn session_epoch(&self, user: &str) -> Result<u64, StoreError> {
+        crate::sessions::session_epoch(self, user)
+    }
+
     /// The cluster clock ([`chat::clock`]).
     fn clock(&self) -> Result<u64, StoreError> {
         chat::clock(self)

@@ -25,6 +25,13 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+/// `POST /v1/sessions/revoke` → 200: every token of `name` issued before
+/// this is refused, on each node once it has applied the revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub name: String,
+}
+
 /// One row of `GET /v1/rooms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSummary {

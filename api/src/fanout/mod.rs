@@ -84,7 +84,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 
 pub use cursors::Cursor;
-pub use outbox::{Closing, ConnIo, Outbox, OutboxEvent, OUTBOX_BYTES, OUTBOX_FRAMES, SLOW_CONSUMER};
+pub use outbox::{Closing, ConnIo, Outbox, OutboxEvent, OUTBOX_BYTES, OUTBOX_FRAMES, SESSION_REVOKED, SLOW_CONSUMER};
 pub use registry::Registry;
 pub use round::{start, FanoutMetrics};
 pub use schedule::ROUND_INTERVAL;

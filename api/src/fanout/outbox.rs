@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::cursors::{self, Cursor, Dm, Step};
+use crate::auth::Claims;
 use super::window::Group;
 
 /// Frames queued to one connection before it counts as a slow consumer.
@@ -23,6 +24,9 @@ pub const OUTBOX_FRAMES: usize = 1024;
 pub const OUTBOX_BYTES: usize = 4 << 20;
 /// Close code for a connection whose queue overflowed.
 pub const SLOW_CONSUMER: u16 = 4008;
+
+/// The close code of a connection whose token was revoked: log in again.
+pub const SESSION_REVOKED: u16 = 4001;
 
 /// Why and how a session ends, once decided: close code and reason.
 pub type Closing = Option<(u16, &'static str)>;
@@ -43,6 +47,12 @@ pub struct Outbox {
     stream: TcpStream,
     /// The user the connection belongs to.
     pub user: String,
+    /// The session epoch of the token it was opened with: a revocation to a
+    /// higher epoch closes it ([`SESSION_REVOKED`]).
+    pub epoch: u64,
+    /// The version of the key that signed that token: dropping the key
+    /// closes the connection too.
+    pub key_version: u32,
     state: Mutex<OutState>,
     /// The session task, woken when the fan-out leaves it something to do.
     session: AtomicWaker,
@@ -138,11 +148,13 @@ impl OutState {
 }
 
 impl Outbox {
-    /// The outbox of a connection on `stream`, whose queue may hold
+    /// The outbox of a connection on `stream` of `user` (with a token of
+    /// session `epoch`), whose queue may hold
     /// `max_bytes` (and [`OUTBOX_FRAMES`] frames).
-    pub fn new(stream: TcpStream, user: String, max_bytes: usize) -> Arc<Self> {
+    pub fn new(stream: TcpStream, claims: Claims, max_bytes: usize) -> Arc<Self> {
         let state = OutState { max_bytes, ..OutState::default() };
-        Arc::new(Outbox { stream, user, state: Mutex::new(state), session: AtomicWaker::new() })
+        let Claims { user, epoch, key_version, .. } = claims;
+        Arc::new(Outbox { stream, user, epoch, key_version, state: Mutex::new(state), session: AtomicWaker::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, OutState> {

@@ -93,7 +93,7 @@ impl Registry {
         self.lock().rooms.get(room).cloned()
     }
 
-    fn user(&self, user: &str) -> Option<Arc<Vec<Arc<Outbox>>>> {
+    pub(super) fn user(&self, user: &str) -> Option<Arc<Vec<Arc<Outbox>>>> {
         self.lock().users.get(user).cloned()
     }
 

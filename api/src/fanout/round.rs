@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use super::registry::Registry;
 use super::schedule::{round_delay, round_phase, wall_micros};
-use super::text_frame;
+use super::{text_frame, SESSION_REVOKED};
 use super::window::{Recent, Window};
 use crate::ops::wire_message;
 
@@ -91,6 +91,8 @@ impl Fanout<'_> {
                 match self.from.blocking_recv() {
                     Ok(Delivery::Message(m)) => first = Some(m),
                     Ok(Delivery::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => self.reset(),
+                    Ok(Delivery::Revoked { user, epoch }) => self.revoke(&user, epoch),
+                    Ok(Delivery::KeysDropped { oldest }) => self.drop_keys(oldest),
                     Err(broadcast::error::RecvError::Closed) => self.closed = true,
                 }
                 if first.is_none() {
@@ -126,6 +128,24 @@ impl Fanout<'_> {
         self.registry.all().iter().for_each(|o| o.reset());
     }
 
+    /// Closes the user's connections opened with a token the revocation to
+    /// `epoch` refuses (a connection opened since, with a newer token, stays).
+    fn revoke(&self, user: &str, epoch: u64) {
+        for o in self.registry.user(user).iter().flat_map(|list| list.iter()) {
+            if o.epoch < epoch {
+                o.close_with(SESSION_REVOKED, "session revoked");
+            }
+        }
+    }
+
+    /// Closes every connection opened with a token signed by a key older than
+    /// `oldest`: those keys were dropped.
+    fn drop_keys(&self, oldest: u32) {
+        for o in self.registry.all().iter().filter(|o| o.key_version < oldest) {
+            o.close_with(SESSION_REVOKED, "signing key dropped");
+        }
+    }
+
     /// Adds a message to this round's, framed once.
     fn offer(&mut self, m: Arc<Message>) {
         let now = crate::now_ms();
@@ -153,6 +173,8 @@ impl Fanout<'_> {
                     self.offer(m);
                 }
                 Ok(Delivery::Reset) | Err(broadcast::error::TryRecvError::Lagged(_)) => self.reset(),
+                Ok(Delivery::Revoked { user, epoch }) => self.revoke(&user, epoch),
+                Ok(Delivery::KeysDropped { oldest }) => self.drop_keys(oldest),
                 Err(broadcast::error::TryRecvError::Closed) => self.closed = true,
                 Err(broadcast::error::TryRecvError::Empty) => break,
             }

@@ -14,9 +14,15 @@ use raft_store::state_machine::Delivery;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
-use super::outbox::{OUTBOX_BYTES, SLOW_CONSUMER};
+use super::outbox::{OUTBOX_BYTES, SESSION_REVOKED, SLOW_CONSUMER};
 use super::window::Group;
 use super::{start, text_frame, FanoutMetrics, Outbox, Registry};
+use crate::auth::Claims;
+
+/// A session at epoch 0 under key 0.
+fn claims(user: &str) -> Claims {
+    Claims { user: user.into(), expires_at_ms: u64::MAX, key_version: 0, epoch: 0 }
+}
 
 /// Reads unmasked server text frames off `sock` until `count` have come.
 fn read_texts(sock: std::net::TcpStream, count: usize) -> io::Result<Vec<String>> {
@@ -75,7 +81,7 @@ fn connection(user: &str) -> io::Result<(Arc<Outbox>, std::net::TcpStream)> {
     client.set_read_timeout(Some(Duration::from_secs(10)))?;
     let (server, _) = listener.accept()?;
     server.set_nonblocking(true)?;
-    Ok((Outbox::new(TcpStream::from_std(server)?, user.into(), OUTBOX_BYTES), client))
+    Ok((Outbox::new(TcpStream::from_std(server)?, claims(user), OUTBOX_BYTES), client))
 }
 
 #[tokio::test]
@@ -278,7 +284,7 @@ async fn messages_that_come_mid_round_reach_every_connection_once_in_order() -> 
         client.set_read_timeout(Some(Duration::from_secs(20)))?;
         let (server, _) = listener.accept()?;
         server.set_nonblocking(true)?;
-        let o = Outbox::new(TcpStream::from_std(server)?, format!("u{i}"), OUTBOX_BYTES);
+        let o = Outbox::new(TcpStream::from_std(server)?, claims(&format!("u{i}")), OUTBOX_BYTES);
         assert!(o.start_room("r", 0, text_frame("joined".into())));
         assert_eq!(o.replay_from("r").map(|c| c.last), Some(0));
         assert!(o.go_live("r", 0));
@@ -325,7 +331,7 @@ async fn connections_opening_while_direct_messages_flow_get_every_later_one_once
             client.set_read_timeout(Some(Duration::from_secs(20)))?;
             let (server, _) = listener.accept()?;
             server.set_nonblocking(true)?;
-            let o = Outbox::new(TcpStream::from_std(server)?, "ann".into(), OUTBOX_BYTES);
+            let o = Outbox::new(TcpStream::from_std(server)?, claims("ann"), OUTBOX_BYTES);
             registry.connect(&o);
             // What a session does next: read the clock, here the stamp of
             // the last message applied (message n is stamped n).
@@ -360,7 +366,7 @@ async fn a_queue_is_bounded_in_bytes_not_only_in_frames() -> io::Result<()> {
     let (server, _) = listener.accept()?;
     server.set_nonblocking(true)?;
     const MAX: usize = 256 << 10;
-    let o = Outbox::new(TcpStream::from_std(server)?, "ann".into(), MAX);
+    let o = Outbox::new(TcpStream::from_std(server)?, claims("ann"), MAX);
     let frame = Bytes::from(vec![b'x'; 64 << 10]);
     let mut pushed = 0;
     // Far more than the socket's buffers and the bound together.
@@ -370,5 +376,63 @@ async fn a_queue_is_bounded_in_bytes_not_only_in_frames() -> io::Result<()> {
     }
     assert!(pushed < 2_000, "2,000 frames of 64 KiB went into a socket nobody reads");
     assert_eq!(o.closing(), Some((SLOW_CONSUMER, "slow consumer")));
+    Ok(())
+}
+
+/// The event the session would see next, if one is ready.
+fn ready_event(o: &Outbox) -> Option<super::OutboxEvent> {
+    let waker = futures::task::noop_waker();
+    match o.poll_event(&mut std::task::Context::from_waker(&waker)) {
+        std::task::Poll::Ready(e) => Some(e),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Waits up to 10 s for the fan-out to close `o`; the code it closed with.
+async fn closed_with(o: &Outbox) -> Option<u16> {
+    for _ in 0..1000 {
+        if let Some(super::OutboxEvent::Closing(code, _)) = ready_event(o) {
+            return Some(code);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// A revocation closes the user's connections opened before it, and no one
+/// else's; dropping keys closes the connections their tokens opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_and_dropped_keys_close_exactly_the_connections_they_refuse() -> io::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let registry = Arc::new(Registry::default());
+    let open = |user: &str, epoch: u64, key_version: u32| -> io::Result<(Arc<Outbox>, std::net::TcpStream)> {
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (server, _) = listener.accept()?;
+        server.set_nonblocking(true)?;
+        let o = Outbox::new(TcpStream::from_std(server)?, Claims { epoch, key_version, ..claims(user) }, OUTBOX_BYTES);
+        registry.connect(&o);
+        Ok((o, client))
+    };
+    let (ann_old, _c1) = open("ann", 0, 0)?;
+    let (ann_new, _c2) = open("ann", 1, 1)?;
+    let (bob, _c3) = open("bob", 0, 0)?;
+    let (bob_new_key, _c4) = open("bob", 0, 1)?;
+    let (tx, _metrics) = fan_out(&registry)?;
+    let stopped = |_| io::Error::other("the fan-out has stopped");
+
+    tx.send(Delivery::Revoked { user: "ann".into(), epoch: 1 }).map_err(stopped)?;
+    assert_eq!(closed_with(&ann_old).await, Some(SESSION_REVOKED));
+    // A message after the revocation has passed through the same round loop.
+    let m = Message { room: "r".into(), seq: 1, client_id: "1".into(), from: "s".into(), text: "x".into(), ts_ms: crate::now_ms() };
+    tx.send(Delivery::Message(Arc::new(m))).map_err(stopped)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(ready_event(&ann_new).is_none(), "a session opened at the new epoch was closed");
+    assert!(ready_event(&bob).is_none(), "another user's session was closed");
+
+    tx.send(Delivery::KeysDropped { oldest: 1 }).map_err(stopped)?;
+    assert_eq!(closed_with(&bob).await, Some(SESSION_REVOKED));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(ready_event(&bob_new_key).is_none(), "a session under the kept key was closed");
+    assert!(ready_event(&ann_new).is_none(), "a session under the kept key was closed");
     Ok(())
 }

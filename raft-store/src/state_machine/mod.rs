@@ -28,7 +28,7 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::EntryPayload;
 use tokio::sync::{broadcast, watch};
 
-use crate::chat::{self, Message, Outcome};
+use crate::chat::{self, Event, Message, Outcome};
 use crate::codec::{decode, encode};
 use crate::db::{Store, CF_SM};
 use crate::error::StoreError;
@@ -64,6 +64,12 @@ pub enum Delivery {
     /// A snapshot replaced the state: subscribers must re-read from storage, as
     /// messages may have arrived that were never delivered one by one.
     Reset,
+    /// The user's sessions were revoked: connections opened with a token
+    /// below `epoch` are to be closed.
+    Revoked { user: String, epoch: u64 },
+    /// Every signing key older than `oldest` was dropped: connections opened
+    /// with a token they signed are to be closed.
+    KeysDropped { oldest: u32 },
 }
 
 /// The state machine openraft drives. Cheap to clone handles are given out with
@@ -131,7 +137,7 @@ impl StateMachine {
         last: &Option<LogId>,
         membership: Option<&StoredMembership>,
         replies: &mut Vec<(Responder, Response)>,
-        delivered: &mut Vec<Message>,
+        delivered: &mut Vec<Delivery>,
         level: Option<u32>,
     ) -> Result<(), StoreError> {
         let sm = self.store.cf(CF_SM)?;
@@ -147,9 +153,9 @@ impl StateMachine {
         if let Some(id) = last {
             self.applied.send_replace(id.index);
         }
-        for message in delivered.drain(..) {
+        for delivery in delivered.drain(..) {
             // No receiver is not an error: nobody is subscribed on this node.
-            let _ = self.deliveries.send(Delivery::Message(Arc::new(message)));
+            let _ = self.deliveries.send(delivery);
         }
         for (responder, response) in replies.drain(..) {
             responder.send(response);
@@ -194,11 +200,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let mut outcomes = Vec::with_capacity(batch.commands.len());
                     for cmd in &batch.commands {
                         let applied = chat::apply(&mut txn, cmd)?;
-                        if let Outcome::LevelRaised { level: l } = applied.outcome {
-                            level = Some(l);
+                        match (&applied.outcome, &cmd.event) {
+                            (Outcome::LevelRaised { level: l }, _) => level = Some(*l),
+                            (Outcome::Revoked { epoch }, Event::SessionsRevoked { user }) => {
+                                delivered.push(Delivery::Revoked { user: user.clone(), epoch: *epoch })
+                            }
+                            (Outcome::KeyRotated { version }, Event::SigningKeyRotated { drop_old: true, .. }) => {
+                                delivered.push(Delivery::KeysDropped { oldest: *version })
+                            }
+                            _ => {}
                         }
+                        delivered.extend(applied.delivery.map(|m| Delivery::Message(Arc::new(m))));
                         outcomes.push(applied.outcome);
-                        delivered.extend(applied.delivery);
                     }
                     Response { outcomes }
                 }
