@@ -26,6 +26,8 @@ pub struct App<B: ChatBackend> {
     pub rate: RateLimiter,
     /// Registrations and logins per client address.
     pub account_rate: RateLimiter,
+    /// Joins, leaves and reads per user (`--request-rate-limit`).
+    pub request_rate: RateLimiter,
     pub metrics: metrics::ApiMetrics,
     /// Open WebSocket connections on this node.
     pub connections: Arc<AtomicU64>,
@@ -74,6 +76,7 @@ impl<B: ChatBackend> App<B> {
             presence,
             rate: RateLimiter::default(),
             account_rate: RateLimiter::default(),
+            request_rate: RateLimiter::default(),
             metrics,
             connections,
             registry,
@@ -157,6 +160,29 @@ impl<B: ChatBackend> App<B> {
     pub fn account_attempt(&self, peer: std::net::IpAddr) -> Result<(), ApiError> {
         let l = &self.limits;
         self.account_rate.check(&peer.to_string(), l.account_rate, l.account_window, "registrations and logins from one address", Instant::now())
+    }
+
+    /// Counts one `join`, `leave`, `history` or room listing by `user`:
+    /// refused with `rate_limited` past `--request-rate-limit`.
+    pub fn request_attempt(&self, user: &str) -> Result<(), ApiError> {
+        let l = &self.limits;
+        self.request_rate.check(user, l.request_rate, l.request_window, "joins, leaves and reads", Instant::now())
+    }
+
+    /// Refuses, with `rate_limited`, a join by `user` that would create `room`
+    /// once the user created `--max-rooms-per-user` rooms (as the log counts
+    /// them: [`raft_store::quota`]).
+    pub fn may_create(&self, user: &str, room: &str) -> Result<(), ApiError> {
+        let max = self.limits.max_rooms_per_user;
+        let reader = self.backend.reader();
+        if max == 0 || reader.room(room)?.is_some() {
+            return Ok(());
+        }
+        let created = reader.rooms_created(user)?;
+        if created >= max {
+            return Err(ApiError::new(Code::RateLimited, format!("{user} created {created} rooms, the most one user may: join an existing room")));
+        }
+        Ok(())
     }
 
     pub fn connection_count(&self) -> u64 {

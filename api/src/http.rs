@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft_store::chat::{self, Event, Outcome};
 use raft_store::ChatRead;
-use wire::http::{Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, Session};
+use wire::http::{Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, RoomsQuery, Session};
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::ops::{read_history, send_message, unexpected};
@@ -106,10 +106,31 @@ pub async fn revoke<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: Hea
     }
 }
 
-pub async fn rooms<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> ApiResult<Json<Vec<RoomSummary>>> {
+/// The most rooms one `GET /v1/rooms` answers with.
+pub const ROOMS_PAGE: u64 = 1000;
+
+/// A page of rooms by name (plain rooms and the caller's own DM rooms); a
+/// `Link: rel="next"` header names the next page while there may be one.
+pub async fn rooms<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+) -> ApiResult<impl axum::response::IntoResponse> {
     let user = bearer(&app, &headers)?;
-    let rooms = app.backend.reader().rooms()?;
-    let list = rooms
+    app.request_attempt(&user)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(after) = &q.after {
+        validate::room_name(after)?;
+    }
+    let limit = q.limit.unwrap_or(ROOMS_PAGE);
+    if !(1..=ROOMS_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1-{ROOMS_PAGE}")));
+    }
+    // Other users' DM rooms are scanned and left out, so a page may hold
+    // fewer rooms than `limit` and still have a next one.
+    let rooms = app.backend.reader().rooms_page(q.after.as_deref(), limit as usize)?;
+    let next = (rooms.len() as u64 == limit).then(|| rooms.last().map(|(name, _)| name.clone())).flatten();
+    let list: Vec<RoomSummary> = rooms
         .into_iter()
         .filter(|(name, _)| chat::dm_participants(name).is_none_or(|(a, b)| a == user || b == user))
         .map(|(name, r)| {
@@ -118,7 +139,15 @@ pub async fn rooms<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: Head
             RoomSummary { name, members, last_seq: r.last_seq }
         })
         .collect();
-    Ok(Json(list))
+    let mut headers = HeaderMap::new();
+    if let Some(last) = next {
+        // Room names are of A-Z a-z 0-9 _ . - and `:`: nothing to escape in a query.
+        let link = format!("</v1/rooms?after={last}&limit={limit}>; rel=\"next\"");
+        if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
+            headers.insert(axum::http::header::LINK, v);
+        }
+    }
+    Ok((headers, Json(list)))
 }
 
 pub async fn history<B: ChatBackend>(
@@ -128,6 +157,7 @@ pub async fn history<B: ChatBackend>(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<Json<HistoryPage>> {
     let user = bearer(&app, &headers)?;
+    app.request_attempt(&user)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Ok(Json(read_history(&app, &user, &room, &q).await?))
 }

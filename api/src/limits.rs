@@ -22,6 +22,13 @@ pub struct Limits {
     /// argon2, so this is what one address can make the node hash.
     pub account_rate: u32,
     pub account_window: Duration,
+    /// `join`, `leave` and `history` frames and room and history reads over
+    /// HTTP per user per node per `request_window` (`--request-rate-limit`);
+    /// 0 disables.
+    pub request_rate: u32,
+    pub request_window: Duration,
+    /// Rooms one user may create (`--max-rooms-per-user`); 0: no limit.
+    pub max_rooms_per_user: u64,
     /// WebSocket connections this node serves at once (`--max-connections`);
     /// past it an upgrade is answered 503 `overloaded`. 0: no limit.
     pub max_connections: usize,
@@ -46,6 +53,9 @@ impl Default for Limits {
             max_outbox_bytes: crate::fanout::OUTBOX_BYTES,
             account_rate: 60,
             account_window: Duration::from_secs(10),
+            request_rate: 300,
+            request_window: Duration::from_secs(10),
+            max_rooms_per_user: 1000,
             max_connections: 0,
         }
     }

@@ -176,3 +176,67 @@ async fn past_the_connection_limit_an_upgrade_gets_503() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+fn history(room: &str) -> ClientFrame {
+    ClientFrame::History { room: room.into(), after: None, before: None, limit: None, consistency: None }
+}
+
+/// Past `--request-rate-limit`, `join`, `leave`, `history` and HTTP reads get
+/// `rate_limited`; the connection stays open, and other users are not counted.
+#[tokio::test]
+async fn joins_leaves_and_reads_are_metered_per_user() {
+    let limits = api::Limits { rate_messages: 0, request_rate: 4, request_window: std::time::Duration::from_secs(60), ..api::Limits::default() };
+    let api = Api::with_limits(limits).await;
+    let (ann, bob) = (api.user("ann").await, api.user("bob").await);
+    let mut a = api.connect(&ann).await;
+    a.join("lobby").await;
+    a.send(history("lobby")).await;
+    assert!(matches!(a.next().await, ServerFrame::History { .. }));
+    a.send(ClientFrame::Leave { room: "lobby".into() }).await;
+    assert!(matches!(a.next().await, ServerFrame::Left { .. }));
+    a.join("lobby").await;
+    // The fifth in the window, of any of the three kinds, is refused.
+    for frame in [history("lobby"), ClientFrame::Join { room: "dev".into(), after: None }, ClientFrame::Leave { room: "lobby".into() }] {
+        a.send(frame).await;
+        assert!(matches!(a.next().await, ServerFrame::Error { code: ErrorCode::RateLimited, .. }));
+    }
+    let r = api.get("/v1/rooms").bearer_auth(&ann).send().await.expect("rooms");
+    assert_eq!(support::error_of(r).await, (429, ErrorCode::RateLimited));
+    // The connection still serves: sends are metered apart (and off here).
+    a.send(send("lobby", 1, "still here")).await;
+    loop {
+        match a.next().await {
+            ServerFrame::Ack { seq, .. } => break assert_eq!(seq, 1),
+            ServerFrame::Message(m) => assert_eq!(m.text, "still here"),
+            other => panic!("expected the ack, got {other:?}"),
+        }
+    }
+    // Another user is counted apart.
+    let mut b = api.connect(&bob).await;
+    assert_eq!(b.join("lobby").await, 1);
+    let r = api.get("/v1/rooms/lobby/messages").bearer_auth(&bob).send().await.expect("history");
+    assert_eq!(r.status(), 200);
+}
+
+/// Past `--max-rooms-per-user`, a join that would create a room is refused;
+/// joining rooms that exist is not.
+#[tokio::test]
+async fn a_user_may_create_only_so_many_rooms() {
+    let api = Api::with_limits(api::Limits { rate_messages: 0, max_rooms_per_user: 2, ..api::Limits::default() }).await;
+    let (ann, bob) = (api.user("ann").await, api.user("bob").await);
+    let mut b = api.connect(&bob).await;
+    b.join("bobs").await;
+    let mut a = api.connect(&ann).await;
+    a.join("one").await;
+    a.join("two").await;
+    a.send(ClientFrame::Join { room: "three".into(), after: None }).await;
+    match a.next().await {
+        ServerFrame::Error { code: ErrorCode::RateLimited, message, .. } => assert!(message.contains("created 2 rooms"), "{message}"),
+        other => panic!("a third room was not refused: {other:?}"),
+    }
+    // Rooms that exist may be joined, again or for the first time.
+    a.join("one").await;
+    a.join("bobs").await;
+    b.join("three").await;
+    a.join("three").await;
+}

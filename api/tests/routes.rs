@@ -2,7 +2,7 @@
 
 mod support;
 
-use raft_store::chat::Event;
+use raft_store::chat::{Event, TablesRead};
 use serde_json::json;
 use support::{error_of, Api};
 use wire::http::{Cluster, HistoryPage, Pick, Posted, RoomSummary};
@@ -156,4 +156,42 @@ async fn registrations_and_logins_are_limited_per_address() {
     assert_eq!(error_of(refused).await, (429, ErrorCode::RateLimited));
     let refused = api.post("/v1/sessions").json(&json!({ "name": "u0", "password": "correct horse" })).send().await.expect("login");
     assert_eq!(error_of(refused).await, (429, ErrorCode::RateLimited));
+}
+
+/// `GET /v1/rooms` pages by name: `limit` rooms at most, the next page named
+/// by a `Link: rel="next"` header, other users' DM rooms left out.
+#[tokio::test]
+async fn rooms_are_listed_in_pages_by_name() {
+    let api = Api::start().await;
+    let ann = api.user("ann").await;
+    for room in ["a", "b", "c", "d", "e"] {
+        api.backend.apply(Event::RoomJoined { room: room.into(), user: "ann".into() });
+    }
+    // A DM room exists once it has a message.
+    api.backend.apply(Event::MessagePosted { room: "dm:bob:cy".into(), from: "bob".into(), client_id: "1".into(), text: "psst".into() });
+    assert!(api.backend.reader.tables.read().expect("tables").get(raft_store::chat::Table::Rooms, b"dm:bob:cy").expect("read").is_some());
+    let page = |query: String| {
+        let r = api.get(&format!("/v1/rooms{query}")).bearer_auth(&ann).send();
+        async move {
+            let r = r.await.expect("rooms");
+            assert_eq!(r.status(), 200);
+            let next = r.headers().get("link").map(|v| v.to_str().expect("an ASCII link").to_string());
+            let names: Vec<String> = r.json::<Vec<RoomSummary>>().await.expect("rooms body").into_iter().map(|s| s.name).collect();
+            (names, next)
+        }
+    };
+    assert_eq!(page(String::new()).await, (vec!["a", "b", "c", "d", "e"].into_iter().map(String::from).collect(), None));
+    let (names, next) = page("?limit=2".into()).await;
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(next.as_deref(), Some("</v1/rooms?after=b&limit=2>; rel=\"next\""));
+    let (names, next) = page("?after=b&limit=2".into()).await;
+    assert_eq!((names, next.as_deref()), (vec!["c".to_string(), "d".to_string()], Some("</v1/rooms?after=d&limit=2>; rel=\"next\"")));
+    // Bob's DM room is scanned but not shown: a short page that is not the last.
+    let (names, next) = page("?after=d&limit=2".into()).await;
+    assert_eq!((names, next.as_deref()), (vec!["e".to_string()], Some("</v1/rooms?after=e&limit=2>; rel=\"next\"")));
+    assert_eq!(page("?after=e&limit=2".into()).await, (vec![], None));
+    for bad in ["?limit=0", "?limit=1001", "?after=no%20spaces", "?limit=x"] {
+        let r = api.get(&format!("/v1/rooms{bad}")).bearer_auth(&ann).send().await.expect("rooms");
+        assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest), "{bad}");
+    }
 }

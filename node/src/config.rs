@@ -125,6 +125,18 @@ pub struct Config {
     #[arg(long, env = "CHORUS_ACCOUNT_RATE_LIMIT", default_value = "60/10")]
     pub account_rate_limit: RateLimit,
 
+    /// `join`, `leave` and `history` frames, and room and history reads over
+    /// HTTP, per user per node, as N/SECS; `0` disables. Past it they get
+    /// `rate_limited` and the connection stays open.
+    #[arg(long, env = "CHORUS_REQUEST_RATE_LIMIT", default_value = "300/10")]
+    pub request_rate_limit: RateLimit,
+
+    /// Rooms one user may create (join first); past it a join that would
+    /// create a room gets `rate_limited`. Counted in the log from feature
+    /// level 3. 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_ROOMS_PER_USER", default_value_t = 1000)]
+    pub max_rooms_per_user: u64,
+
     /// Bytes a WebSocket connection's outgoing queue may hold before it is
     /// closed with 4008 (slow consumer): what one client can make the node
     /// hold for it, whatever it asks for.

@@ -307,6 +307,9 @@ fn serve_api(
         max_outbox_bytes: usize::try_from(config.max_outbox_bytes).unwrap_or(usize::MAX),
         account_rate: config.account_rate_limit.messages,
         account_window: config.account_rate_limit.window,
+        request_rate: config.request_rate_limit.messages,
+        request_window: config.request_rate_limit.window,
+        max_rooms_per_user: config.max_rooms_per_user,
         max_connections: config.max_connections,
     };
     let api_app = Arc::new(

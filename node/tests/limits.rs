@@ -23,7 +23,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_asks_for_history_and_reads_nothing_is_closed_with_bounded_memory() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut p = Proc::new(1, tmp.path().join("node-1"), &["--rate-limit", "0"]);
+    let mut p = Proc::new(1, tmp.path().join("node-1"), &["--rate-limit", "0", "--request-rate-limit", "0"]);
     p.start().expect("start chorusd");
     let out = node::procs::chorusctl(&["--node", &p.raft_addr, "cluster", "init", &p.raft_addr]).expect("chorusctl");
     assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));

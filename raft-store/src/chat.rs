@@ -410,7 +410,11 @@ fn join(t: &mut impl Tables, name: &str, user: &str) -> Result<Applied, StoreErr
     if !well_formed(&[name, user]) || dm_participants(name).is_some() {
         return Ok(rejected("malformed room or user name"));
     }
-    let mut record = room(t, name)?.unwrap_or_default();
+    let existing = room(t, name)?;
+    if existing.is_none() {
+        crate::quota::count_room_created(t, user)?;
+    }
+    let mut record = existing.unwrap_or_default();
     let key = member_key(name, user);
     if t.get(Table::Members, &key)?.is_none() {
         t.put(Table::Members, &key, &[]);

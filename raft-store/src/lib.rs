@@ -29,6 +29,7 @@ pub mod db;
 pub mod error;
 pub mod format;
 pub mod log_store;
+pub mod quota;
 pub mod read;
 pub mod sessions;
 pub mod snapshot;

@@ -69,6 +69,11 @@ pub trait ChatRead: TablesRead + Send + Sync {
         crate::sessions::session_epoch(self, user)
     }
 
+    /// How many rooms the user created ([`crate::quota::rooms_created`]).
+    fn rooms_created(&self, user: &str) -> Result<u64, StoreError> {
+        crate::quota::rooms_created(self, user)
+    }
+
     /// The cluster clock ([`chat::clock`]).
     fn clock(&self) -> Result<u64, StoreError> {
         chat::clock(self)
@@ -88,7 +93,14 @@ pub trait ChatRead: TablesRead + Send + Sync {
 
     /// Every room with its record, by name.
     fn rooms(&self) -> Result<Vec<(String, RoomRecord)>, StoreError> {
-        self.scan(Table::Rooms, &[], None, usize::MAX, Order::Ascending)?
+        self.rooms_page(None, usize::MAX)
+    }
+
+    /// At most `limit` rooms, by name, starting after `after`.
+    fn rooms_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, RoomRecord)>, StoreError> {
+        // The smallest key greater than `after` is `after` with a 0 byte added.
+        let lower = after.map(|a| [a.as_bytes(), &[0]].concat()).unwrap_or_default();
+        self.scan(Table::Rooms, &lower, None, limit, Order::Ascending)?
             .into_iter()
             .map(|(key, value)| Ok((String::from_utf8_lossy(&key).into_owned(), decode(&value)?)))
             .collect()

@@ -40,6 +40,17 @@ pub struct RoomSummary {
     pub last_seq: u64,
 }
 
+/// The query of `GET /v1/rooms`: a page of rooms by name. Without `after`,
+/// the first; the answer's `Link: <…>; rel="next"` header names the next
+/// page while there may be one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsQuery {
+    /// Only rooms whose name sorts after this one.
+    pub after: Option<String>,
+    /// At most 1000; 1000 when absent.
+    pub limit: Option<u64>,
+}
+
 /// The query of `GET /v1/rooms/{room}/messages`, and the fields of a
 /// `history` frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

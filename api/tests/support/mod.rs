@@ -70,11 +70,14 @@ pub struct MemBackend {
 }
 
 impl MemBackend {
-    /// A formed cluster (it has a token key) and nothing else.
+    /// A formed cluster (it has a token key, at the newest feature level) and nothing else.
     pub fn formed() -> Arc<Self> {
         let backend = Arc::new(MemBackend { reader: MemReader::default(), deliveries: broadcast::channel(1024).0, clock: AtomicU64::new(1_000) });
         let formed = backend.apply(Event::ClusterFormed { cluster_id: "mem".into(), signing_key: vec![7; 32] });
         assert_eq!(formed, Outcome::ClusterFormed { cluster_id: "mem".into() });
+        // As a cluster formed by today's binaries: at the newest level.
+        let level = raft_store::format::CURRENT;
+        assert_eq!(backend.apply(Event::FeatureLevelRaised { level }), Outcome::LevelRaised { level });
         backend
     }
 

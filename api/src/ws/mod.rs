@@ -18,24 +18,14 @@
 //! channel, so a slow commit holds up nothing else.
 
 use std::future::poll_fn;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use raft_store::chat::{self, Event, Message, Outcome};
 use raft_store::ChatRead;
-use serde::Deserialize;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use wire::http::HistoryQuery;
@@ -45,7 +35,10 @@ use crate::error::{ApiError, Code};
 use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SESSION_REVOKED, SLOW_CONSUMER};
 use crate::ops::{read_history, send_message, unexpected, wire_message};
 use crate::presence::PeerSignal;
-use crate::{auth, validate, App, ChatBackend};
+use crate::{validate, App, ChatBackend};
+
+mod upgrade;
+pub use upgrade::{upgrade, WsQuery};
 
 /// Sends one connection may have awaiting their ack.
 const MAX_IN_FLIGHT: usize = 256;
@@ -61,94 +54,6 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// after its close frame, for the client to take that frame before the
 /// socket goes (see [`Outbox::linger`]).
 pub const LINGER: Duration = Duration::from_secs(2);
-
-#[derive(Deserialize)]
-pub struct WsQuery {
-    token: Option<String>,
-}
-
-/// Whether a comma-separated header holds `token` (case-insensitive).
-fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// The upgrade request (RFC 6455 §4.2): checked first, then the token (a bad
-/// one gets 401 before any upgrade), then the socket is taken over from HTTP.
-pub async fn upgrade<B: ChatBackend>(
-    State(app): State<Arc<App<B>>>,
-    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
-    mut req: Request,
-) -> Response {
-    let headers = req.headers();
-    if !header_has(headers, header::CONNECTION, "upgrade") || !header_has(headers, header::UPGRADE, "websocket") {
-        return ApiError::bad_request("this route only speaks WebSocket: Connection: upgrade, Upgrade: websocket").into_response();
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        // RFC 6455 §4.4: 426 Upgrade Required, naming the version this node speaks.
-        let mut r = ApiError::bad_request("Sec-WebSocket-Version must be 13").into_response();
-        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return r;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return ApiError::bad_request("Sec-WebSocket-Key is missing").into_response();
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let token = query.ok().and_then(|Query(q)| q.token).unwrap_or_default();
-    let claims = match app.authenticate(&token) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        let mut r = ApiError::bad_request("this connection cannot be upgraded (HTTP/1.1 is needed)").into_response();
-        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        return r;
-    };
-    // The connection counts from here, so a burst of upgrades cannot pass the
-    // cap between checking it and opening the sessions.
-    let open = app.connections.fetch_add(1, Ordering::Relaxed);
-    let max = app.limits.max_connections;
-    if max > 0 && open >= max as u64 {
-        app.connections.fetch_sub(1, Ordering::Relaxed);
-        let e = ApiError::new(Code::Overloaded, format!("this node serves its limit of {max} connections; GET /v1/cluster/pick names another"));
-        return e.into_response();
-    }
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                app.connections.fetch_sub(1, Ordering::Relaxed);
-                return tracing::debug!(error = %e, "WebSocket upgrade failed");
-            }
-        };
-        // The client listener serves plain TCP (see `serve`); anything else
-        // has no socket to hand to the fan-out.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => session(app, claims, parts.io.into_inner(), parts.read_buf).await,
-            Err(_) => {
-                app.connections.fetch_sub(1, Ordering::Relaxed);
-                tracing::error!("an upgraded connection is not a TCP stream; is the API served by api::serve?")
-            }
-        }
-    });
-    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = r.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    match HeaderValue::from_str(&accept) {
-        Ok(v) => {
-            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-        }
-        // Base64 is always a valid header value.
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-    r
-}
 
 /// Where a `send` or `dm` goes.
 enum Target {
@@ -176,30 +81,6 @@ struct Session<B: ChatBackend> {
     awaiting: usize,
 }
 
-/// The WebSocket over `out`'s socket, with the bytes the client sent along
-/// with its upgrade request.
-async fn websocket<B: ChatBackend>(app: &App<B>, out: &Arc<Outbox>, read_buf: Bytes) -> WebSocketStream<ConnIo> {
-    // A small read buffer: it is per connection, and the default (128 KiB)
-    // would dominate the memory of ten thousand mostly idle connections.
-    // Client frames are small; a large one just takes more reads. Writes are
-    // not buffered by tungstenite: they are control frames, and go to `out`.
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(app.limits.frame_bytes()))
-        .max_frame_size(Some(app.limits.frame_bytes()))
-        .read_buffer_size(1024)
-        .write_buffer_size(0);
-    let io = ConnIo(out.clone());
-    // `read_buf` shares hyper's whole read buffer (kilobytes) even when empty:
-    // copy out what it holds and let the buffer go, not keep it for the session.
-    let early = (!read_buf.is_empty()).then(|| read_buf.to_vec());
-    drop(read_buf);
-    match early {
-        None => WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await,
-        // The client's first bytes came in with the upgrade request.
-        Some(bytes) => WebSocketStream::from_partially_read(io, bytes, Role::Server, Some(config)).await,
-    }
-}
-
 /// Closes `out` with [`SESSION_REVOKED`] if its user's sessions were revoked
 /// since the token it was opened with was issued, or the key that signed the
 /// token was dropped.
@@ -210,48 +91,6 @@ fn close_if_revoked<B: ChatBackend>(app: &App<B>, out: &Outbox) {
         (_, Ok(keys)) if keys.version(out.key_version).is_none() => out.close_with(SESSION_REVOKED, "signing key dropped"),
         (Ok(_), Ok(_)) => {}
         (Err(e), _) | (_, Err(e)) => tracing::warn!(user = %out.user, error = %e, "cannot read the session epoch or keys"),
-    }
-}
-
-async fn session<B: ChatBackend>(app: Arc<App<B>>, claims: auth::Claims, stream: TcpStream, read_buf: Bytes) {
-    let user = claims.user.clone();
-    let out = Outbox::new(stream, claims, app.limits.max_outbox_bytes);
-    let ws = websocket(&app, &out, read_buf).await;
-    // From here on, direct messages to this user reach this connection: the
-    // fan-out sees it, and then learns from when (see `receive_dms_since`).
-    app.registry.connect(&out);
-    match app.backend.reader().clock() {
-        Ok(clock) => out.receive_dms_since(clock),
-        Err(e) => {
-            // Every direct message the fan-out still holds, then.
-            tracing::warn!(user = %user, error = %e, "cannot read the cluster clock");
-            out.receive_dms_since(0);
-        }
-    }
-    // A revocation applied between `authenticate` and `connect` passed this
-    // connection by in the fan-out: look once more, now that it is registered.
-    close_if_revoked(&app, &out);
-    let (acks, acked) = mpsc::channel(MAX_IN_FLIGHT);
-    // Counted by `upgrade` already; uncounted when the session ends, below.
-    if let Some(sig) = app.presence.connected(&user) {
-        app.backend.send_signal(sig);
-    }
-
-    let mut s = Session {
-        app: app.clone(),
-        user: user.clone(),
-        ws,
-        out,
-        gone: false,
-        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        acks,
-        awaiting: 0,
-    };
-    s.serve(acked).await;
-    s.finish().await;
-    app.connections.fetch_sub(1, Ordering::Relaxed);
-    if let Some(sig) = app.presence.disconnected(&user) {
-        app.backend.send_signal(sig);
     }
 }
 
@@ -403,12 +242,14 @@ impl<B: ChatBackend> Session<B> {
 
     async fn join(&mut self, room: String, after: Option<u64>, req: Option<Id>) -> Result<(), ApiError> {
         validate::room_name(&room)?;
+        self.app.request_attempt(&self.user)?;
         let head = if let Some((a, b)) = chat::dm_participants(&room) {
             if self.user != a && self.user != b {
                 return Err(ApiError::new(Code::NotMember, "not your direct-message room"));
             }
             self.app.backend.reader().room(&room)?.map_or(0, |r| r.last_seq)
         } else {
+            self.app.may_create(&self.user, &room)?;
             match self.app.backend.propose(Event::RoomJoined { room: room.clone(), user: self.user.clone() }).await? {
                 Outcome::Joined { head } => head,
                 other => return Err(unexpected(other)),
@@ -530,6 +371,7 @@ impl<B: ChatBackend> Session<B> {
     /// they do, so `left` changes nothing there.
     async fn leave(&mut self, room: String, req: Option<Id>) -> Result<(), ApiError> {
         validate::room_name(&room)?;
+        self.app.request_attempt(&self.user)?;
         if chat::dm_participants(&room).is_none() {
             self.app.backend.propose(Event::RoomLeft { room: room.clone(), user: self.user.clone() }).await?;
             self.out.leave_room(&room);
@@ -575,6 +417,7 @@ impl<B: ChatBackend> Session<B> {
     }
 
     async fn history(&mut self, room: String, q: HistoryQuery, req: Option<Id>) -> Result<(), ApiError> {
+        self.app.request_attempt(&self.user)?;
         if !self.room_in_queue().await {
             return Ok(());
         }
