@@ -214,5 +214,9 @@ pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(app.limits.frame_bytes()))
+        // A client that sends its body slowly (or not at all) holds its request
+        // no longer than this; a WebSocket upgrade is answered at once, and the
+        // session that follows is not a request any more.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, app.limits.http_timeout))
         .with_state(app)
 }

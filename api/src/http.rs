@@ -162,13 +162,15 @@ pub async fn history<B: ChatBackend>(
     Ok(Json(read_history(&app, &user, &room, &q).await?))
 }
 
+/// The token is checked before the body is read: a caller without one gets
+/// 401 having sent at most the headers' worth.
 pub async fn post_message<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
     Path(room): Path<String>,
-    headers: HeaderMap,
-    post: Result<Json<PostMessage>, JsonRejection>,
+    request: axum::extract::Request,
 ) -> ApiResult<Json<Posted>> {
-    let user = bearer(&app, &headers)?;
+    let user = bearer(&app, request.headers())?;
+    let post = <Json<PostMessage> as axum::extract::FromRequest<()>>::from_request(request, &()).await;
     let PostMessage { id, text } = body(post)?;
     let ack = send_message(&app, &user, &room, &id.text(), &text).await?;
     Ok(Json(ack.posted(id)))

@@ -29,6 +29,12 @@ pub struct Limits {
     pub request_window: Duration,
     /// Rooms one user may create (`--max-rooms-per-user`); 0: no limit.
     pub max_rooms_per_user: u64,
+    /// How long a client may take to send a request's headers (on a kept-alive
+    /// connection, counted from the end of the last answer, so this is also
+    /// how long an idle connection stays open), and then to finish a request:
+    /// send its body and get its answer (`--http-timeout-secs`). A request
+    /// that takes longer gets 408.
+    pub http_timeout: Duration,
     /// WebSocket connections this node serves at once (`--max-connections`);
     /// past it an upgrade is answered 503 `overloaded`. 0: no limit.
     pub max_connections: usize,
@@ -56,6 +62,7 @@ impl Default for Limits {
             request_rate: 300,
             request_window: Duration::from_secs(10),
             max_rooms_per_user: 1000,
+            http_timeout: Duration::from_secs(30),
             max_connections: 0,
         }
     }

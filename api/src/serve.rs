@@ -20,15 +20,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long requests in progress get to finish once the node stops.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets requests
 /// in progress finish (for at most [`DRAIN`]). Upgraded WebSocket connections
-/// have left hyper by then and are not waited for.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
+/// have left hyper by then and are not waited for. A client gets
+/// `header_timeout` to send each request's headers; hyper starts that clock
+/// when the connection opens and again once an answer is written, so an idle
+/// kept-alive connection is closed after it too.
+pub async fn serve(listener: TcpListener, router: Router, header_timeout: Duration, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -53,7 +54,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         }
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(header_timeout)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(WithPeer { router: router.clone(), peer }))
             .with_upgrades();
         let mut stop = stop_rx.clone();

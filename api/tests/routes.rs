@@ -195,3 +195,63 @@ async fn rooms_are_listed_in_pages_by_name() {
         assert_eq!(error_of(r).await, (400, ErrorCode::BadRequest), "{bad}");
     }
 }
+
+/// Reads `stream` until the peer closes it (or 5 s pass): what came, and
+/// whether it was closed.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+/// A client that sends nothing, idles on a kept-alive connection, or sends
+/// its body too slowly is cut off after `--http-timeout-secs`.
+#[tokio::test]
+async fn idle_and_slow_clients_are_cut_off_after_the_http_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let limits = api::Limits { rate_messages: 0, http_timeout: std::time::Duration::from_secs(1), ..api::Limits::default() };
+    let api = Api::with_limits(limits).await;
+    let addr = api.url.trim_start_matches("http://").to_string();
+
+    // Connected, and not a byte sent.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let (_, closed) = read_to_close(&mut silent).await;
+    assert!(closed, "a connection that sent nothing was kept open");
+
+    // One request answered, then idle.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.expect("write");
+    let answered = std::time::Instant::now();
+    let (got, closed) = read_to_close(&mut idle).await;
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got:?}");
+    assert!(closed, "an idle kept-alive connection was kept open");
+    assert!(answered.elapsed() >= std::time::Duration::from_millis(500), "closed at once, not kept alive");
+
+    // A body promised and never sent: 408.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"name\"").await.expect("write");
+    let (got, _) = read_to_close(&mut slow).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+}
+
+/// A post without a token is refused before its body is read: the answer
+/// comes although the body never does.
+#[tokio::test]
+async fn a_post_without_a_token_is_refused_before_its_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let api = Api::start().await;
+    let addr = api.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = "POST /v1/rooms/lobby/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.expect("write");
+    let (got, _) = read_to_close(&mut s).await;
+    assert!(got.starts_with("HTTP/1.1 401"), "{got:?}");
+}

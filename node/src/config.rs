@@ -120,6 +120,12 @@ pub struct Config {
     #[arg(long, env = "CHORUS_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
 
+    /// Connections to the raft port open at once from one source address;
+    /// more are closed as they are accepted. Members keep one to each peer
+    /// and `chorusctl` one per command. 0: no limit.
+    #[arg(long, env = "CHORUS_MAX_PEER_CONNECTIONS", default_value_t = 256)]
+    pub max_peer_connections: usize,
+
     /// Registrations and logins per client address per node, as N/SECS; `0`
     /// disables. Each costs an argon2 run (about 19 MiB for a moment).
     #[arg(long, env = "CHORUS_ACCOUNT_RATE_LIMIT", default_value = "60/10")]
@@ -136,6 +142,12 @@ pub struct Config {
     /// level 3. 0: no limit.
     #[arg(long, env = "CHORUS_MAX_ROOMS_PER_USER", default_value_t = 1000)]
     pub max_rooms_per_user: u64,
+
+    /// Seconds a client gets to send a request's headers (also how long an
+    /// idle kept-alive HTTP connection stays open), and then to finish the
+    /// request; past it, 408 or a closed connection. At least 1.
+    #[arg(long, env = "CHORUS_HTTP_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_timeout_secs: u64,
 
     /// Bytes a WebSocket connection's outgoing queue may hold before it is
     /// closed with 4008 (slow consumer): what one client can make the node

@@ -25,6 +25,7 @@ pub mod gather;
 pub mod identity;
 pub mod network;
 pub mod node;
+pub mod peer_conns;
 pub mod procs;
 pub mod ready;
 pub mod rpc;
@@ -166,7 +167,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     let Opened { node, store, identity, tls, wal_syncs } = open_node(&config, info).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
-        serve_grpc(&node, tls.as_ref(), listeners.raft, stop_rx.clone())?,
+        serve_grpc(&node, tls.as_ref(), listeners.raft, config.max_peer_connections, stop_rx.clone())?,
         serve_api(&node, &config, listeners.client, wal_syncs, stop_rx.clone())?,
     ];
     if !config.no_bootstrap && identity.cluster_id().is_none() && !node.raft.is_initialized().await? {
@@ -250,10 +251,19 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
     Ok(Opened { node, store, identity, tls, wal_syncs })
 }
 
+/// Requests one connection to the raft port may have in progress at once.
+const PEER_STREAMS: u32 = 256;
+
 /// Serves gRPC on the raft listener: Raft between nodes and the admin service,
 /// over mutual TLS if configured. Each service checks its caller (the secret,
 /// the certificate's role) in an interceptor, before a request body is read.
-fn serve_grpc(node: &Arc<Node>, tls: Option<&tls::Tls>, listener: TcpListener, stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
+fn serve_grpc(
+    node: &Arc<Node>,
+    tls: Option<&tls::Tls>,
+    listener: TcpListener,
+    max_per_address: usize,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
     use identity::Need;
     use tonic::service::interceptor::InterceptedService;
     let gate = |need: Need| {
@@ -273,16 +283,24 @@ fn serve_grpc(node: &Arc<Node>, tls: Option<&tls::Tls>, listener: TcpListener, s
     // which drops the whole channel and every append in flight on it. The raft
     // port faces cluster members, so a higher bound against rapid-reset floods
     // is enough.
+    // Each caller's connection serves at most PEER_STREAMS requests at once
+    // (more wait for a place): replication, heartbeats, a snapshot stream and
+    // admin calls need a few.
     let grpc = server
         .http2_max_pending_accept_reset_streams(Some(256))
+        .max_concurrent_streams(Some(PEER_STREAMS))
+        .concurrency_limit_per_connection(PEER_STREAMS as usize)
         .add_service(InterceptedService::new(raft, gate(Need::Peer)))
         .add_service(InterceptedService::new(admin, gate(Need::PeerOrOperator)));
-    // Small Raft messages must not wait for Nagle's algorithm.
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-        if let Ok(s) = &s {
+    // At most `max_per_address` connections per source address, counted at
+    // accept; small Raft messages must not wait for Nagle's algorithm.
+    let caps = peer_conns::PeerConnections::new(max_per_address);
+    let incoming = tokio_stream::StreamExt::filter_map(tokio_stream::wrappers::TcpListenerStream::new(listener), move |s| match s {
+        Ok(s) => {
             let _ = s.set_nodelay(true);
+            caps.admit(s).map(Ok)
         }
-        s
+        Err(e) => Some(Err(e)),
     });
     Ok(tokio::spawn(async move {
         if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, until_stopped(stop)).await {
@@ -310,6 +328,7 @@ fn serve_api(
         request_rate: config.request_rate_limit.messages,
         request_window: config.request_rate_limit.window,
         max_rooms_per_user: config.max_rooms_per_user,
+        http_timeout: Duration::from_secs(config.http_timeout_secs),
         max_connections: config.max_connections,
     };
     let api_app = Arc::new(
@@ -317,7 +336,7 @@ fn serve_api(
             .context("cannot start the fan-out thread")?,
     );
     api::relay::start(&api_app);
-    Ok(tokio::spawn(api::serve::serve(listener, api::router(api_app), until_stopped(stop))))
+    Ok(tokio::spawn(api::serve::serve(listener, api::router(api_app.clone()), api_app.limits.http_timeout, until_stopped(stop))))
 }
 
 async fn until_stopped(mut rx: watch::Receiver<bool>) {

@@ -125,3 +125,33 @@ async fn a_login_flood_is_refused_with_429_and_bounded_memory() {
     assert!(limited >= 240, "only {limited} were refused");
     assert!(grown_mib < 128, "RSS grew by {grown_mib} MiB");
 }
+
+/// Past `--max-peer-connections` from one address, the raft port closes a
+/// new connection at once; the ones it holds, and a freed place, still serve.
+#[test]
+fn the_raft_port_takes_only_so_many_connections_from_one_address() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut p = Proc::new(1, tmp.path().join("node-1"), &["--max-peer-connections", "3"]);
+    p.start().expect("start chorusd");
+    let init = node::procs::chorusctl(&["--node", &p.raft_addr, "cluster", "init", &p.raft_addr]).expect("chorusctl");
+    assert!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
+    let held: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(&p.raft_addr).expect("connect")).collect();
+    let mut extra = std::net::TcpStream::connect(&p.raft_addr).expect("connect");
+    extra.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut buf = [0u8; 16];
+    assert!(matches!(extra.read(&mut buf), Ok(0)), "a fourth connection was not closed");
+    // chorusctl needs a place too, so it is refused while the three are held.
+    let refused = node::procs::chorusctl(&["--node", &p.raft_addr, "--timeout", "2", "cluster", "status"]).expect("chorusctl");
+    assert!(!refused.status.success(), "cluster status got through past the cap");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = node::procs::chorusctl(&["--node", &p.raft_addr, "--timeout", "2", "cluster", "status"]).expect("chorusctl");
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed places were not given: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

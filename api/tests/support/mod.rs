@@ -167,7 +167,8 @@ impl Api {
         let app = App::new(backend.clone(), limits, presence, Arc::new(AtomicU64::new(0)), api::metrics::wal_sync_histogram()).expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(api::serve::serve(listener, api::router(Arc::new(app)), std::future::pending()));
+        let timeout = app.limits.http_timeout;
+        tokio::spawn(api::serve::serve(listener, api::router(Arc::new(app)), timeout, std::future::pending()));
         Api { backend, url, http: reqwest::Client::new() }
     }
 
