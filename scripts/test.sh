@@ -23,6 +23,9 @@ results="$CHORUS_ROOT/jepsen-like-tests/results"
 "$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis membership,clock-skew,kill-leader,partition-leader --combine 0.5 --out "$results/membership-clock"
 "$CHORUS_BIN/chorus-jepsen" --time 30 --nemesis all --net proxy --out "$results/proxy"
 
+echo "== fuzz targets, 20 s each (scripts/fuzz.sh; longer runs: scripts/fuzz.sh SECS)"
+bash scripts/fuzz.sh 20
+
 echo "== Prometheus alert rules and their unit tests (Debian's promtool)"
 if ! command -v promtool >/dev/null; then
   echo "installing: prometheus (for promtool)" >&2

@@ -126,6 +126,12 @@ pub struct Config {
     #[arg(long, env = "CHORUS_MAX_PEER_CONNECTIONS", default_value_t = 256)]
     pub max_peer_connections: usize,
 
+    /// The largest snapshot this node takes from a leader, in bytes; a larger
+    /// stream is refused and its file removed. Snapshots are received one at
+    /// a time.
+    #[arg(long, env = "CHORUS_MAX_SNAPSHOT_BYTES", default_value_t = 64 << 30)]
+    pub max_snapshot_bytes: u64,
+
     /// Registrations and logins per client address per node, as N/SECS; `0`
     /// disables. Each costs an argon2 run (about 19 MiB for a moment).
     #[arg(long, env = "CHORUS_ACCOUNT_RATE_LIMIT", default_value = "60/10")]

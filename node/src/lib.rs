@@ -270,7 +270,7 @@ fn serve_grpc(
         let identity = node.peers.identity.clone();
         move |req: tonic::Request<()>| identity.authorize(&req, need).map(|()| req)
     };
-    let raft = proto::v1::raft_server::RaftServer::new(rpc::RaftService { node: node.clone() })
+    let raft = proto::v1::raft_server::RaftServer::new(rpc::RaftService::new(node.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let admin = proto::v1::admin_server::AdminServer::new(admin::AdminService { node: node.clone() });

@@ -29,7 +29,19 @@ pub enum ProposeReply {
 
 pub struct RaftService {
     pub node: Arc<Node>,
+    /// Held while a snapshot is received: one at a time, so a peer cannot
+    /// fill the disk with streams in parallel.
+    pub receiving: tokio::sync::Mutex<()>,
 }
+
+impl RaftService {
+    pub fn new(node: Arc<Node>) -> Self {
+        RaftService { node, receiving: tokio::sync::Mutex::new(()) }
+    }
+}
+
+/// How long a snapshot stream may go without a chunk before it is dropped.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn bad_payload(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("undecodable payload: {e}"))
@@ -57,6 +69,8 @@ impl RaftRpc for RaftService {
 
     async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<Bytes>, Status> {
         self.node.peers.identity.check_peer(request.metadata())?;
+        let _receiving = self.receiving.try_lock().map_err(|_| Status::resource_exhausted("a snapshot is being received already; try again later"))?;
+        let max = self.node.config.max_snapshot_bytes;
         let mut chunks = request.into_inner();
         let first = chunks.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_payload)?;
@@ -67,11 +81,21 @@ impl RaftRpc for RaftService {
         let path = dir.join(format!("incoming-{}-{}.recv", self.node.id, crate::node::now_ms()));
         let result = async {
             let mut file = tokio::fs::File::create(&path).await?;
-            file.write_all(&first.data).await?;
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(std::io::Error::other)?;
+            let mut written = 0u64;
+            let mut next = Some(first);
+            while let Some(chunk) = next {
+                written += chunk.data.len() as u64;
+                if written > max {
+                    return Err(std::io::Error::other(format!("the snapshot is larger than --max-snapshot-bytes ({max})")));
+                }
                 file.write_all(&chunk.data).await?;
+                next = match tokio::time::timeout(CHUNK_TIMEOUT, chunks.next()).await {
+                    Ok(chunk) => chunk.transpose().map_err(std::io::Error::other)?,
+                    Err(_) => return Err(std::io::Error::other(format!("no chunk for {} s", CHUNK_TIMEOUT.as_secs()))),
+                };
             }
+            // Synced before openraft is handed the file, so an installed
+            // snapshot is on disk whole.
             file.sync_all().await?;
             SnapshotFile::open(path.clone())
         }

@@ -124,3 +124,15 @@ fn error_codes_are_spelled_as_spec_spells_them() {
         assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
     }
 }
+
+/// Found by `scripts/fuzz.sh` (http_bodies): a numeric id of many digits was
+/// read as a slightly different f64 than its own written form, so an ack
+/// echoing it named another number. Read exactly, it reads back the same.
+#[test]
+fn a_long_numeric_id_reads_back_as_the_same_number() {
+    let sent = format!("{{\"id\":-6{},\"text\":\"\"}}", "9".repeat(92));
+    let post: crate::http::PostMessage = serde_json::from_str(&sent).unwrap();
+    let again: crate::http::PostMessage = serde_json::from_str(&serde_json::to_string(&post).unwrap()).unwrap();
+    assert_eq!(again, post);
+    assert_eq!(again.id.text(), post.id.text());
+}
