@@ -6,6 +6,7 @@
 pub enum StoreError {
     // Not `#[from]`: that would also make the inner error the source, and an
     // error chain printed whole (`{:#}`) would say the same thing twice.
+    #[cfg(feature = "rocksdb")]
     #[error("rocksdb: {0}")]
     Rocks(rocksdb::Error),
     #[error("io: {0}")]
@@ -25,6 +26,7 @@ pub enum StoreError {
     MissingColumnFamily(&'static str),
 }
 
+#[cfg(feature = "rocksdb")]
 impl From<rocksdb::Error> for StoreError {
     fn from(e: rocksdb::Error) -> Self {
         StoreError::Rocks(e)

@@ -22,23 +22,30 @@
 //!
 //! Nothing here knows of HTTP, WebSocket, gRPC or the CLI.
 
+#[cfg(feature = "rocksdb")]
 pub mod backup;
 pub mod chat;
 pub mod codec;
+#[cfg(feature = "rocksdb")]
 pub mod db;
 pub mod error;
 pub mod format;
+#[cfg(feature = "rocksdb")]
 pub mod log_store;
 pub mod quota;
 pub mod read;
 pub mod sessions;
 pub mod snapshot;
+#[cfg(feature = "rocksdb")]
 pub mod state_machine;
 pub mod types;
 
+#[cfg(feature = "rocksdb")]
 pub use db::{open, Store};
 pub use error::StoreError;
+#[cfg(feature = "rocksdb")]
 pub use log_store::LogStore;
 pub use read::ChatRead;
+#[cfg(feature = "rocksdb")]
 pub use state_machine::StateMachine;
 pub use types::{NodeInfo, TypeConfig};

@@ -91,7 +91,13 @@ impl<'de> Visitor<'de> for BatchVisitor {
         if first < LEVEL_MARK {
             let mut commands = Vec::with_capacity((first as usize).min(4096));
             for _ in 0..first {
-                commands.push(seq.next_element()?.ok_or_else(|| A::Error::custom("batch ends early"))?);
+                let command: Command = seq.next_element()?.ok_or_else(|| A::Error::custom("batch ends early"))?;
+                // Written before levels, or at level 1: no event of a later
+                // level can be in it (`Batch::new` marks a batch that has one).
+                if command.event.level() > format::LEGACY {
+                    return Err(A::Error::custom(format!("{command} needs feature level {}, its entry is at level 1", command.event.level())));
+                }
+                commands.push(command);
             }
             return Ok(Batch { level: format::LEGACY, commands });
         }
@@ -136,6 +142,7 @@ openraft::declare_raft_types!(
 );
 
 pub type NodeId = u64;
+#[cfg(feature = "rocksdb")]
 pub type Raft = openraft::Raft<TypeConfig, crate::StateMachine>;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
@@ -189,6 +196,13 @@ mod tests {
         assert_eq!(Batch::new(1, vec![post("a")]).level, 1);
         let e = encode(&Batch { level: 1, commands: vec![raise(2)] }).unwrap_err();
         assert!(e.to_string().contains("needs feature level 2"), "{e}");
+        // Nor read below it (found by the `log_entry` fuzz target: an unmarked
+        // entry holding a level-2 event decoded, and could not be written back).
+        let unmarked = encode(&LegacyBatch(vec![post("a"), raise(2)])).unwrap();
+        match decode::<Batch>(&unmarked) {
+            Err(StoreError::Codec(msg)) => assert!(msg.contains("needs feature level 2"), "{msg}"),
+            other => panic!("an unmarked entry with a level-2 event was read: {other:?}"),
+        }
     }
 
     #[test]
