@@ -147,7 +147,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn outcome(outcome: Outcome) -> Self {
+    pub(crate) fn outcome(outcome: Outcome) -> Self {
         Applied { outcome, delivery: None }
     }
 }
@@ -355,7 +355,7 @@ fn well_formed(parts: &[&str]) -> bool {
     parts.iter().all(|p| !p.is_empty() && p.len() <= MAX_KEY_PART)
 }
 
-fn rejected(reason: &str) -> Applied {
+pub(crate) fn rejected(reason: &str) -> Applied {
     Applied::outcome(Outcome::Rejected { reason: reason.to_string() })
 }
 

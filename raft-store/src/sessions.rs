@@ -84,11 +84,11 @@ pub fn session_epoch(t: &(impl TablesRead + ?Sized), user: &str) -> Result<u64, 
 /// is (each token they signed is refused at once: everyone logs in again).
 pub(crate) fn rotate_key(t: &mut impl Tables, now: u64, key: &[u8], drop_old: bool) -> Result<Applied, StoreError> {
     if key.len() < 16 {
-        return Ok(Applied { outcome: Outcome::Rejected { reason: "a signing key needs at least 16 bytes".into() }, delivery: None });
+        return Ok(chat::rejected("a signing key needs at least 16 bytes"));
     }
     let mut keys = signing_keys(t)?;
     if keys.keys.is_empty() {
-        return Ok(Applied { outcome: Outcome::Rejected { reason: "the cluster is not formed".into() }, delivery: None });
+        return Ok(chat::rejected("the cluster is not formed"));
     }
     let version = keys.keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
     for k in &mut keys.keys {
@@ -99,17 +99,17 @@ pub(crate) fn rotate_key(t: &mut impl Tables, now: u64, key: &[u8], drop_old: bo
     let excess = keys.keys.len().saturating_sub(MAX_KEYS);
     keys.keys.drain(..excess);
     put_record(t, Table::Meta, META_KEYS, &keys)?;
-    Ok(Applied { outcome: Outcome::KeyRotated { version }, delivery: None })
+    Ok(Applied::outcome(Outcome::KeyRotated { version }))
 }
 
 /// Raises the user's epoch by one: every token issued before this is refused.
 pub(crate) fn revoke(t: &mut impl Tables, user: &str) -> Result<Applied, StoreError> {
     if chat::user(t, user)?.is_none() {
-        return Ok(Applied { outcome: Outcome::Rejected { reason: format!("no user named {user}") }, delivery: None });
+        return Ok(chat::rejected(&format!("no user named {user}")));
     }
     let epoch = session_epoch(t, user)? + 1;
     put_record(t, Table::Meta, &epoch_key(user), &epoch)?;
-    Ok(Applied { outcome: Outcome::Revoked { epoch }, delivery: None })
+    Ok(Applied::outcome(Outcome::Revoked { epoch }))
 }
 
 #[cfg(test)]
