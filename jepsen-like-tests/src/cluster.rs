@@ -77,7 +77,22 @@ pub struct NodeProc {
     source_ip: Option<IpAddr>,
     /// A libfaketime offset such as `-90s`, while the clock-skew nemesis holds it.
     pub skew: Option<String>,
+    /// Where the power-loss library journals this node's writes, when the node
+    /// runs under it (see [`crate::powerloss`]).
+    power_journal: Option<PathBuf>,
+    /// More `chorusd` arguments, from [`NodeOptions`].
+    extra_args: Vec<String>,
     child: Option<Child>,
+}
+
+/// How the nodes of a [`Cluster`] run.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Run every node under the power-loss library, so that
+    /// [`NodeProc::power_off`] can drop what it had not synced.
+    pub power_loss: bool,
+    /// More arguments for every `chorusd`.
+    pub extra_args: Vec<String>,
 }
 
 impl NodeProc {
@@ -116,9 +131,21 @@ impl NodeProc {
         if let Some(ip) = self.source_ip {
             cmd.args(["--peer-source-ip", &ip.to_string()]);
         }
+        cmd.args(&self.extra_args);
+        let mut preload: Vec<PathBuf> = Vec::new();
+        if let Some(journal) = &self.power_journal {
+            std::fs::create_dir_all(&self.dir)?;
+            let dir = self.dir.canonicalize().with_context(|| format!("cannot resolve {}", self.dir.display()))?;
+            cmd.env("CHORUS_POWERLOSS_DIR", dir).env("CHORUS_POWERLOSS_JOURNAL", journal);
+            preload.push(crate::powerloss::library()?);
+        }
         if let Some(skew) = &self.skew {
-            let lib = faketime_lib().context("libfaketime is not installed")?;
-            cmd.env("LD_PRELOAD", lib).env("FAKETIME", skew).env("FAKETIME_DONT_FAKE_MONOTONIC", "1").env("FAKETIME_NO_CACHE", "1");
+            preload.push(faketime_lib().context("libfaketime is not installed")?);
+            cmd.env("FAKETIME", skew).env("FAKETIME_DONT_FAKE_MONOTONIC", "1").env("FAKETIME_NO_CACHE", "1");
+        }
+        if !preload.is_empty() {
+            let list: Vec<String> = preload.iter().map(|p| p.display().to_string()).collect();
+            cmd.env("LD_PRELOAD", list.join(":"));
         }
         // If this process dies without cleaning up (SIGKILL), the node dies
         // with it instead of running on as an orphan. The signal follows the
@@ -168,6 +195,20 @@ impl NodeProc {
             }
             None => false,
         }
+    }
+
+    /// A power cut: SIGKILL, then every write the node had not synced is
+    /// dropped from its files. True if a process was running. Fails if the
+    /// node does not run under the power-loss library.
+    pub fn power_off(&mut self) -> anyhow::Result<bool> {
+        let journal = self.power_journal.clone().context("node does not run under the power-loss library (NodeOptions::power_loss)")?;
+        // A stopped (paused) process dies on SIGKILL all the same.
+        let was_running = self.kill();
+        let dropped = crate::powerloss::drop_unsynced(&journal).with_context(|| format!("node {}: cannot drop unsynced writes", self.id))?;
+        if dropped.files > 0 {
+            eprintln!("power-loss: node {} lost {} bytes appended and {} bytes overwritten in {} files since their last sync", self.id, dropped.truncated, dropped.restored, dropped.files);
+        }
+        Ok(was_running)
     }
 
     /// Whether the process is stopped by a signal (state `T` in /proc), as a
@@ -222,6 +263,11 @@ impl Cluster {
     /// Starts `n` nodes, their proxies, and forms them into one cluster. Node
     /// logs go to `logs/node-<id>.log`; data to a temporary directory.
     pub async fn start(n: u64, layout: Layout, logs: &std::path::Path) -> anyhow::Result<Arc<Cluster>> {
+        Self::start_with(n, layout, logs, NodeOptions::default()).await
+    }
+
+    /// As [`Cluster::start`], with the nodes run as `opts` says.
+    pub async fn start_with(n: u64, layout: Layout, logs: &std::path::Path, opts: NodeOptions) -> anyhow::Result<Arc<Cluster>> {
         let tmp = tempfile::tempdir()?;
         std::fs::create_dir_all(logs)?;
         let faults = Faults::default();
@@ -256,7 +302,9 @@ impl Cluster {
             let log = logs.join(format!("node-{id}.log"));
             let _ = std::fs::remove_file(&log);
             let ready = tmp.path().join(format!("node-{id}.ready"));
-            let node = NodeProc { id, client, raft, advertised, dir, log, ready, netns, source_ip, skew: None, child: None };
+            let power_journal = opts.power_loss.then(|| tmp.path().join(format!("node-{id}.powerloss")));
+            let extra_args = opts.extra_args.clone();
+            let node = NodeProc { id, client, raft, advertised, dir, log, ready, netns, source_ip, skew: None, power_journal, extra_args, child: None };
             planned.push((node, listener, identify));
         }
         let mut nodes = Vec::new();

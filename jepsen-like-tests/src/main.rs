@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use jepsen_like_tests::checker::check_all;
-use jepsen_like_tests::cluster::{Cluster, Layout};
+use jepsen_like_tests::cluster::{Cluster, Layout, NodeOptions};
 use jepsen_like_tests::history::{Expected, History, Msg};
 use jepsen_like_tests::report;
 use jepsen_like_tests::workload::{login, ms, read_room, sender, subscriber};
@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, default_value_t = 6)]
     clients: usize,
     /// Comma-separated fault kinds or groups: kill, kill-leader, pause, crash-all,
-    /// partition-leader, partition-half, partition-bridge, partition-oneway, loss,
+    /// power-loss, partition-leader, partition-half, partition-bridge, partition-oneway, loss,
     /// slow, membership, clock-skew; groups all, process, network; or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
@@ -64,6 +64,11 @@ struct Args {
     /// Where results.json and report.html go.
     #[arg(long, default_value = "jepsen-like-tests/results")]
     out: PathBuf,
+    /// Start every node with `--unsafe-skip-wal-sync`: Raft appends are not
+    /// fsynced. With `--nemesis power-loss` the run must then fail with acked
+    /// messages lost; that is how the power-loss nemesis is shown to bite.
+    #[arg(long)]
+    unsafe_skip_wal_sync: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,7 +99,11 @@ fn main() -> anyhow::Result<()> {
 /// every node's final history, check it and write the report.
 async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
-    let cluster = Cluster::start(args.nodes, layout, &args.out.join("logs")).await?;
+    let opts = NodeOptions {
+        power_loss: kinds.iter().any(|k| k == "power-loss"),
+        extra_args: if args.unsafe_skip_wal_sync { vec!["--unsafe-skip-wal-sync".into()] } else { Vec::new() },
+    };
+    let cluster = Cluster::start_with(args.nodes, layout, &args.out.join("logs"), opts).await?;
     println!(
         "chorus-jepsen: seed {seed} (replay with --seed {seed}), {} s, {} nodes ({}), {} clients, nemesis {}",
         args.time,

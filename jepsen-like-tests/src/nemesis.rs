@@ -21,6 +21,7 @@ pub const KINDS: &[&str] = &[
     "kill-leader",
     "pause",
     "crash-all",
+    "power-loss",
     "partition-leader",
     "partition-half",
     "partition-bridge",
@@ -37,7 +38,7 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<String>> {
     for k in spec.split(',').map(str::trim).filter(|k| !k.is_empty() && *k != "none") {
         let group: &[&str] = match k {
             "all" => KINDS,
-            "process" => &["kill", "kill-leader", "pause", "crash-all"],
+            "process" => &["kill", "kill-leader", "pause", "crash-all", "power-loss"],
             "network" => &["partition-leader", "partition-half", "partition-bridge", "partition-oneway", "loss", "slow"],
             k if KINDS.contains(&k) => &[k][..],
             other => anyhow::bail!("unknown nemesis {other:?}; known: {}, all, process, network, none", KINDS.join(", ")),
@@ -48,6 +49,9 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<String>> {
             }
         }
     }
+    if out.iter().any(|k| k == "power-loss") {
+        crate::powerloss::library()?;
+    }
     if out.iter().any(|k| k == "clock-skew") && faketime_lib().is_none() {
         anyhow::bail!("the clock-skew nemesis needs libfaketime (apt-get install faketime)");
     }
@@ -56,7 +60,7 @@ pub fn parse(spec: &str) -> anyhow::Result<Vec<String>> {
 
 /// Kinds that take the whole cluster through a change and do not combine.
 fn solo(kind: &str) -> bool {
-    matches!(kind, "crash-all" | "membership")
+    matches!(kind, "crash-all" | "power-loss" | "membership")
 }
 
 /// What ending a fault must undo.
@@ -153,6 +157,18 @@ async fn begin(c: &Arc<Cluster>, kind: &str, rng: &mut StdRng) -> anyhow::Result
             let killed = c.nodes().iter_mut().map(|n| n.kill()).filter(|k| *k).count();
             anyhow::ensure!(killed > 0, "no node had a process to kill");
             Ok(Begun::new(format!("all nodes ({killed} running)"), Undo::RestartAll))
+        }
+        "power-loss" => {
+            // The whole cluster loses power at once: each node's unsynced
+            // writes go with it, so only what a majority synced survives.
+            let mut off = 0;
+            for n in c.nodes().iter_mut() {
+                if n.power_off()? {
+                    off += 1;
+                }
+            }
+            anyhow::ensure!(off > 0, "no node had a process to power off");
+            Ok(Begun::new(format!("all nodes ({off} running), unsynced writes dropped"), Undo::RestartAll))
         }
         "partition-leader" | "partition-half" | "partition-bridge" | "partition-oneway" => partition(&aim, kind, rng),
         "loss" => {

@@ -132,6 +132,13 @@ pub struct Config {
     #[arg(long, env = "CHORUS_MAX_SNAPSHOT_BYTES", default_value_t = 64 << 30)]
     pub max_snapshot_bytes: u64,
 
+    /// Complete Raft appends without fsyncing the write-ahead log. UNSAFE: a
+    /// power loss then loses acknowledged messages. It exists only for the
+    /// fault-injection suite's test that its power-loss nemesis catches a
+    /// missing fsync; never set it on a node that holds data you want.
+    #[arg(long, hide = true)]
+    pub unsafe_skip_wal_sync: bool,
+
     /// Registrations and logins per client address per node, as N/SECS; `0`
     /// disables. Each costs an argon2 run (about 19 MiB for a moment).
     #[arg(long, env = "CHORUS_ACCOUNT_RATE_LIMIT", default_value = "60/10")]

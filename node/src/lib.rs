@@ -41,7 +41,7 @@ use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use openraft::SnapshotPolicy;
 use raft_store::chat::Event;
-use raft_store::{LogStore, NodeInfo, StateMachine};
+use raft_store::{LogStore, NodeInfo, StateMachine, WalSync};
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -217,7 +217,13 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
     let wal_syncs = api::metrics::wal_sync_histogram();
     let log_store = {
         let h = wal_syncs.clone();
-        LogStore::observed(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())))?
+        let sync = if config.unsafe_skip_wal_sync {
+            tracing::warn!("--unsafe-skip-wal-sync: Raft appends are not fsynced; a power loss can lose acknowledged messages");
+            WalSync::SkipUnsafe
+        } else {
+            WalSync::Fsync
+        };
+        LogStore::with_wal_sync(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())), sync)?
     };
 
     let peers = network::Peers::new(identity.clone(), config.peer_source_ip, tls.as_ref().map(tls::Tls::client));

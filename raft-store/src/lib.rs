@@ -44,7 +44,7 @@ pub mod types;
 pub use db::{open, Store};
 pub use error::StoreError;
 #[cfg(feature = "rocksdb")]
-pub use log_store::LogStore;
+pub use log_store::{LogStore, WalSync};
 pub use read::ChatRead;
 #[cfg(feature = "rocksdb")]
 pub use state_machine::StateMachine;

@@ -61,7 +61,14 @@ impl LogStore {
 
     /// A log store that reports each WAL fsync's duration to `on_sync`.
     pub fn observed(store: Store, on_sync: SyncObserver) -> Result<Self, StoreError> {
-        let syncer = Arc::new(WalSyncer::start(store.clone(), on_sync)?);
+        Self::with_wal_sync(store, on_sync, WalSync::Fsync)
+    }
+
+    /// As [`LogStore::observed`], with the WAL sync chosen: only the
+    /// fault-injection suite's proof that its power-loss nemesis bites asks for
+    /// [`WalSync::SkipUnsafe`].
+    pub fn with_wal_sync(store: Store, on_sync: SyncObserver, sync: WalSync) -> Result<Self, StoreError> {
+        let syncer = Arc::new(WalSyncer::start(store.clone(), on_sync, sync)?);
         Ok(LogStore { store, syncer })
     }
 
@@ -187,6 +194,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Whether an append waits for an fsync of the write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalSync {
+    /// Appends complete once the WAL is fsynced: what Raft needs.
+    Fsync,
+    /// Appends complete once the WAL is written to the OS, not synced. A
+    /// power loss can then lose acknowledged entries; this exists only so the
+    /// fault-injection suite can show that its power-loss nemesis catches that.
+    SkipUnsafe,
+}
+
 /// A thread that fsyncs RocksDB's write-ahead log and then completes the append
 /// callbacks that were waiting for it, in order.
 pub struct WalSyncer {
@@ -194,7 +212,7 @@ pub struct WalSyncer {
 }
 
 impl WalSyncer {
-    fn start(store: Store, on_sync: SyncObserver) -> Result<Self, StoreError> {
+    fn start(store: Store, on_sync: SyncObserver, sync: WalSync) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         std::thread::Builder::new()
             .name("chorus-wal-sync".into())
@@ -204,7 +222,7 @@ impl WalSyncer {
                     waiting.extend(rx.try_iter());
                     // One fsync covers every write made before it.
                     let began = Instant::now();
-                    let result = store.db.flush_wal(true);
+                    let result = store.db.flush_wal(sync == WalSync::Fsync);
                     on_sync(began.elapsed());
                     for callback in waiting {
                         let r = match &result {
