@@ -5,10 +5,16 @@
 //! that wraps each socket in a private type, so an upgraded connection could not
 //! be turned back into its `TcpStream`. The WebSocket sessions need the socket
 //! itself (see [`crate::ws`]): the fan-out writes each delivery to it directly.
+//!
+//! With a TLS configuration (`--client-tls-cert`) every connection first
+//! completes a TLS handshake, within the header timeout, and is then served
+//! the same way; its upgraded WebSocket keeps the socket and the rustls
+//! session (see [`crate::fanout::Wire`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -16,9 +22,12 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 /// How long requests in progress get to finish once the node stops.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -26,13 +35,21 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// Serves `router` on `listener` until `shutdown` completes, then lets requests
 /// in progress finish (for at most [`DRAIN`]). Upgraded WebSocket connections
 /// have left hyper by then and are not waited for. A client gets
-/// `header_timeout` to send each request's headers; hyper starts that clock
-/// when the connection opens and again once an answer is written, so an idle
-/// kept-alive connection is closed after it too.
-pub async fn serve(listener: TcpListener, router: Router, header_timeout: Duration, shutdown: impl Future<Output = ()>) {
+/// `header_timeout` to finish the TLS handshake (with `tls`) and to send each
+/// request's headers; hyper starts that clock when the connection opens and
+/// again once an answer is written, so an idle kept-alive connection is closed
+/// after it too.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<ServerConfig>>,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
+    let acceptor = tls.map(TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -52,20 +69,21 @@ pub async fn serve(listener: TcpListener, router: Router, header_timeout: Durati
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set on a client connection");
         }
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(WithPeer { router: router.clone(), peer }))
-            .with_upgrades();
-        let mut stop = stop_rx.clone();
-        connections.spawn(async move {
-            let mut conn = pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => return log_end(result),
-                _ = stop.wait_for(|stopping| *stopping) => conn.as_mut().graceful_shutdown(),
+        let service = WithPeer { router: router.clone(), peer };
+        let stop = stop_rx.clone();
+        match &acceptor {
+            None => connections.spawn(connection(stream, service, header_timeout, stop)),
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                connections.spawn(async move {
+                    match tokio::time::timeout(header_timeout, handshake).await {
+                        Ok(Ok(tls)) => connection(tls, service, header_timeout, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                })
             }
-            log_end(conn.await);
-        });
+        };
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -73,6 +91,25 @@ pub async fn serve(listener: TcpListener, router: Router, header_timeout: Durati
     if drained.is_err() {
         tracing::debug!(left = connections.len(), "client connections still busy at shutdown; dropping them");
     }
+}
+
+/// Serves one connection (a `TcpStream`, or TLS over one) until it ends or,
+/// once the node stops, until its request in progress is answered.
+async fn connection<S>(stream: S, service: WithPeer, header_timeout: Duration, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .with_upgrades();
+    let mut conn = pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return log_end(result),
+        _ = stop.wait_for(|stopping| *stopping) => conn.as_mut().graceful_shutdown(),
+    }
+    log_end(conn.await);
 }
 
 /// The router, with the client's address put in each request as

@@ -6,8 +6,11 @@
 //! `chorus://peer/<id>` URI; an operator's carries `chorus://operator/<name>`
 //! and no host (it is only ever a client). The URIs are the roles a node
 //! grants (see `node::tls` and docs/SECURITY.md). `node` and `operator` sign
-//! more certificates with the CA of an existing DIR. Private keys are written
-//! owner-only (0600).
+//! more certificates with the CA of an existing DIR. `init` also signs
+//! `https.crt`, the client port's certificate (`chorusd --client-tls-cert`):
+//! a server certificate only, with no role, so a node's HTTPS key cannot be
+//! used to reach any raft port. `https` signs another with more hosts.
+//! Private keys are written owner-only (0600).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -54,6 +57,15 @@ pub enum CertsCommand {
         #[arg(long)]
         name: String,
     },
+    /// Sign the client port's certificate (HTTPS and WSS) with DIR's CA:
+    /// https.crt/.key, replacing any there.
+    Https {
+        dir: PathBuf,
+        /// A host name or IP address clients reach the nodes by, besides
+        /// localhost, 127.0.0.1 and ::1 (repeat for more).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 pub fn run(cmd: &CertsCommand) -> anyhow::Result<()> {
@@ -65,7 +77,8 @@ pub fn run(cmd: &CertsCommand) -> anyhow::Result<()> {
                 node_cert(dir, &issuer, id, hosts)?;
             }
             operator_cert(dir, &issuer, operator, "operator")?;
-            println!("wrote ca.crt, ca.key, node-1..{nodes}.crt/.key and operator.crt/.key to {}", dir.display());
+            https_cert(dir, &issuer, hosts)?;
+            println!("wrote ca.crt, ca.key, node-1..{nodes}.crt/.key, operator.crt/.key and https.crt/.key to {}", dir.display());
             println!("keep ca.key offline: whoever holds it can make members and operators");
         }
         CertsCommand::Node { dir, id, hosts } => {
@@ -77,6 +90,10 @@ pub fn run(cmd: &CertsCommand) -> anyhow::Result<()> {
             let stem = format!("operator-{name}");
             operator_cert(dir, &load_ca(dir)?, name, &stem)?;
             println!("wrote {stem}.crt and {stem}.key to {}", dir.display());
+        }
+        CertsCommand::Https { dir, hosts } => {
+            https_cert(dir, &load_ca(dir)?, hosts)?;
+            println!("wrote https.crt and https.key to {}", dir.display());
         }
     }
     Ok(())
@@ -124,15 +141,29 @@ fn load_ca(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
 }
 
 fn node_cert(dir: &Path, issuer: &Issuer<'_, KeyPair>, id: u64, hosts: &[String]) -> anyhow::Result<()> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    names.extend(hosts.iter().cloned());
     // IP addresses become IP names, the rest DNS names.
-    let mut params = CertificateParams::new(names)?;
+    let mut params = CertificateParams::new(host_names(hosts))?;
     params.subject_alt_names.push(SanType::URI(format!("{PEER_URI_PREFIX}{id}").try_into()?));
     params.distinguished_name = named(&format!("chorus node {id}"));
     // A member is the server of its raft port and the client of its peers'.
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     signed(dir, issuer, params, &format!("node-{id}"))
+}
+
+/// Names every certificate a host presents carries: loopback, and `hosts`.
+fn host_names(hosts: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    names.extend(hosts.iter().cloned());
+    names
+}
+
+/// The client port's certificate: the same for every node (clients may be
+/// sent to any), a server's only.
+fn https_cert(dir: &Path, issuer: &Issuer<'_, KeyPair>, hosts: &[String]) -> anyhow::Result<()> {
+    let mut params = CertificateParams::new(host_names(hosts))?;
+    params.distinguished_name = named("chorus client port");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    signed(dir, issuer, params, "https")
 }
 
 fn operator_cert(dir: &Path, issuer: &Issuer<'_, KeyPair>, name: &str, stem: &str) -> anyhow::Result<()> {

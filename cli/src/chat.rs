@@ -6,15 +6,21 @@
 //! `/v1/cluster/pick`, falling back to each known member and `--url` in turn; there it
 //! resumes every room with `after` the last message shown (nothing missed or shown
 //! twice) and resends every `send`/`dm` not yet acknowledged with its id (stored once).
+//! An `https://` URL is reached over TLS, trusting the cluster's CA (`--ca`, the
+//! `ca.crt` of `chorusctl certs init`) for HTTPS and WSS alike.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::Connector;
 use wire::http::{Cluster as ClusterView, Credentials, ErrorBody, Pick, Session};
 use wire::{ClientFrame, ErrorCode, Id, ServerFrame};
 
@@ -37,6 +43,8 @@ pub struct ChatArgs<'a> {
     pub user: &'a str,
     pub password: Option<&'a str>,
     pub room: &'a str,
+    /// The CA that signed the nodes' client-port certificates, for `https://`.
+    pub ca: Option<&'a Path>,
 }
 
 /// Registers `user` if new, logs in, and returns a token.
@@ -62,13 +70,49 @@ async fn error_text(r: reqwest::Response) -> String {
     }
 }
 
+/// TLS to the client port trusting only the CA in the PEM file `ca`.
+pub fn client_tls(ca: &Path) -> anyhow::Result<Arc<ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    anyhow::ensure!(added > 0, "{} holds no usable CA certificate", ca.display());
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// An HTTP client for the client port: `ca` is the only root it trusts for
+/// `https://` (none without it: HTTPS then fails with a certificate error).
+pub fn http_client(ca: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
+}
+
 pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
+    connect_with(url, token, None).await
+}
+
+/// Opens a WebSocket to the node at `url`; a `wss://` one over `tls`.
+pub async fn connect_with(url: &str, token: &str, tls: Option<&Arc<ClientConfig>>) -> anyhow::Result<Ws> {
     let ws_url = format!("{}/v1/ws?token={token}", url.replacen("http", "ws", 1));
     // tungstenite's default 128 KiB read buffer is zeroed on every read attempt;
     // chat frames are a few hundred bytes, and the bench holds thousands of these
     // connections, each read once per frame.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(2 * 1024);
-    Ok(tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true)
+    let connector = tls.map(|t| Connector::Rustls(t.clone()));
+    Ok(tokio_tungstenite::connect_async_tls_with_config(ws_url, Some(config), true, connector)
         .await
         .with_context(|| format!("cannot open a WebSocket to {url}"))?
         .0)
@@ -330,6 +374,8 @@ impl State {
 /// takes (tokens are signed with the cluster's key).
 struct Cluster<'a> {
     http: reqwest::Client,
+    /// TLS for `wss://` members, with the CA given.
+    tls: Option<Arc<ClientConfig>>,
     /// `--url`: the last resort.
     origin: String,
     /// `members[].client_url` from the last `GET /v1/cluster` answered.
@@ -351,11 +397,11 @@ impl Cluster<'_> {
 
     /// Opens a WebSocket to `url`, logging in again there if it refuses the token.
     async fn open(&mut self, url: &str) -> anyhow::Result<Ws> {
-        match open_ws(url, &self.token).await {
+        match open_ws(url, &self.token, self.tls.as_ref()).await {
             Err(e) if is_unauthorized(&e) => {
                 eprintln!("! {url} refused the session token; logging in again");
                 self.token = session(&self.http, url, self.user, self.password).await?;
-                open_ws(url, &self.token).await
+                open_ws(url, &self.token, self.tls.as_ref()).await
             }
             opened => opened,
         }
@@ -403,8 +449,8 @@ fn fallbacks(members: &[String], origin: &str, failed: &str) -> Vec<String> {
     urls
 }
 
-async fn open_ws(url: &str, token: &str) -> anyhow::Result<Ws> {
-    tokio::time::timeout(CONNECT_TIMEOUT, connect(url, token)).await.map_err(|_| anyhow!("timed out opening a WebSocket to {url}"))?
+async fn open_ws(url: &str, token: &str, tls: Option<&Arc<ClientConfig>>) -> anyhow::Result<Ws> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_with(url, token, tls)).await.map_err(|_| anyhow!("timed out opening a WebSocket to {url}"))?
 }
 
 /// Whether the WebSocket upgrade was answered 401 (a token this node does not take).
@@ -437,10 +483,11 @@ pub async fn run(args: ChatArgs<'_>) -> anyhow::Result<()> {
         Some(p) => p.to_string(),
         None => std::env::var("CHORUS_PASSWORD").map_err(|_| anyhow!("pass --password or set CHORUS_PASSWORD"))?,
     };
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = http_client(args.ca, Duration::from_secs(10))?;
+    let tls = args.ca.map(client_tls).transpose()?;
     let origin = args.url.trim_end_matches('/').to_string();
     let token = session(&http, &origin, args.user, &password).await?;
-    let mut cluster = Cluster { http, origin: origin.clone(), members: Vec::new(), user: args.user, password: &password, token };
+    let mut cluster = Cluster { http, tls, origin: origin.clone(), members: Vec::new(), user: args.user, password: &password, token };
     let mut state = State::new(args.room, format!("{}-{:x}", args.user, rand::random::<u32>()));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let (mut url, mut ws) = match cluster.open(&origin).await {

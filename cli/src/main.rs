@@ -30,7 +30,8 @@ pub struct Cli {
     pub secret: Option<String>,
 
     /// The cluster's CA certificate (PEM), for a cluster that runs mutual TLS;
-    /// with --cert and --key, an operator certificate it signed.
+    /// with --cert and --key, an operator certificate it signed. `chat`
+    /// trusts it for an https:// URL.
     #[arg(long, global = true, env = "CHORUS_CA")]
     pub ca: Option<std::path::PathBuf>,
 
@@ -67,7 +68,7 @@ pub enum Command {
     Users(users::UsersCommand),
     /// An interactive terminal chat client.
     Chat {
-        /// Client URL of any node, e.g. http://127.0.0.1:8080
+        /// Client URL of any node, e.g. http://127.0.0.1:8080 (https:// with --ca)
         #[arg(long, env = "CHORUS_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
         #[arg(long)]
@@ -146,7 +147,7 @@ async fn main() -> ExitCode {
         Command::Backup { file } => backup::backup(&cli, file).await,
         Command::Restore { file, data_dir } => backup::restore(&cli, file, data_dir),
         Command::Chat { url, user, password, room } => {
-            chat::run(chat::ChatArgs { url, user, password: password.as_deref(), room }).await
+            chat::run(chat::ChatArgs { url, user, password: password.as_deref(), room, ca: cli.ca.as_deref() }).await
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Certs(cmd) => certs::run(cmd),

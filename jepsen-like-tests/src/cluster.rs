@@ -125,7 +125,9 @@ impl NodeProc {
             .arg(&self.dir)
             .arg("--ready-file")
             .arg(&self.ready)
-            .args(["--no-bootstrap", "--cluster-secret", SECRET, "--rate-limit", "0", "--request-rate-limit", "0", "--heartbeat-ms", "50", "--election-ms", "300"])
+            // Plain HTTP on addresses of the suite's own network namespaces,
+            // which nothing outside the test can reach: hence --insecure.
+            .args(["--no-bootstrap", "--insecure", "--cluster-secret", SECRET, "--rate-limit", "0", "--request-rate-limit", "0", "--heartbeat-ms", "50", "--election-ms", "300"])
             // Small thresholds so snapshot install and compaction run under faults.
             .args(["--snapshot-every", "300", "--snapshot-ratio", "0", "--snapshot-keep", "20"]);
         if let Some(ip) = self.source_ip {

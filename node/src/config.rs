@@ -110,7 +110,20 @@ pub struct Config {
     #[arg(long, env = "CHORUS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 
-    /// Allow binding non-loopback addresses without mutual TLS or a cluster secret.
+    /// A certificate (PEM, its chain after it) to serve HTTPS and WSS on the
+    /// client port with; `chorusctl certs init` writes `https.crt`. Without
+    /// it the client port speaks plain HTTP.
+    #[arg(long, env = "CHORUS_CLIENT_TLS_CERT", requires = "client_tls_key")]
+    pub client_tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of `--client-tls-cert`.
+    #[arg(long, env = "CHORUS_CLIENT_TLS_KEY", requires = "client_tls_cert")]
+    pub client_tls_key: Option<PathBuf>,
+
+    /// Allow binding non-loopback addresses without TLS: the raft port without
+    /// mutual TLS or a cluster secret, the client port without
+    /// `--client-tls-cert` (passwords and tokens then cross the network in
+    /// plain text).
     #[arg(long, env = "CHORUS_INSECURE")]
     pub insecure: bool,
 
@@ -392,20 +405,31 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("./chorus-data/node-{}", self.id)))
     }
 
-    /// Refuses a non-loopback bind without mutual TLS or a secret (of at least
-    /// [`MIN_SECRET_BYTES`]) unless `--insecure`.
+    /// Refuses, unless `--insecure`, a non-loopback raft address without
+    /// mutual TLS or a secret (of at least [`MIN_SECRET_BYTES`]), and a
+    /// non-loopback client address without `--client-tls-cert`.
     pub fn check_exposure(&self, client: SocketAddr, raft: SocketAddr) -> anyhow::Result<()> {
-        let exposed = !client.ip().is_loopback() || !raft.ip().is_loopback();
+        if self.insecure {
+            return Ok(());
+        }
+        let raft_exposed = !raft.ip().is_loopback();
         let tls = self.tls_cert.is_some();
-        if exposed && !tls && self.cluster_secret.is_none() && !self.insecure {
+        if raft_exposed && !tls && self.cluster_secret.is_none() {
             anyhow::bail!(
-                "refusing to listen on a non-loopback address without mutual TLS (--tls-cert, --tls-key, --tls-ca; \
+                "refusing to listen on non-loopback raft address {raft} without mutual TLS (--tls-cert, --tls-key, --tls-ca; \
                  `chorusctl certs init` writes them) or --cluster-secret; pass --insecure to do it anyway"
+            );
+        }
+        if !client.ip().is_loopback() && self.client_tls_cert.is_none() {
+            anyhow::bail!(
+                "refusing to serve clients on non-loopback address {client} without TLS: passwords and tokens would cross \
+                 the network in plain text; give --client-tls-cert and --client-tls-key (`chorusctl certs init` writes \
+                 https.crt and https.key) or pass --insecure to do it anyway"
             );
         }
         // On loopback a short secret keeps working, as it always did; where
         // the raft port can be reached from elsewhere it must resist guessing.
-        if let Some(secret) = self.cluster_secret.as_ref().filter(|_| exposed && !tls && !self.insecure) {
+        if let Some(secret) = self.cluster_secret.as_ref().filter(|_| raft_exposed && !tls) {
             anyhow::ensure!(
                 secret.len() >= MIN_SECRET_BYTES,
                 "--cluster-secret must be at least {MIN_SECRET_BYTES} bytes (it is {}); `openssl rand -hex 16` makes one",
@@ -428,6 +452,36 @@ mod tests {
         assert!("5".parse::<RateLimit>().is_err());
         assert!("5/0".parse::<RateLimit>().is_err());
         assert!("x/3".parse::<RateLimit>().is_err());
+    }
+
+    #[test]
+    fn exposed_ports_need_tls_or_insecure() {
+        let lo: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let out: SocketAddr = "198.18.0.1:1".parse().unwrap();
+        let c = Config::for_node(1, "d".into());
+        assert!(c.check_exposure(lo, lo).is_ok(), "loopback needs nothing");
+        let raft = c.check_exposure(lo, out).unwrap_err().to_string();
+        assert!(raft.contains("raft address 198.18.0.1:1") && raft.contains("--insecure"), "{raft}");
+        let client = c.check_exposure(out, lo).unwrap_err().to_string();
+        assert!(client.contains("serve clients on non-loopback address") && client.contains("--client-tls-cert"), "{client}");
+
+        let mut tls = Config::for_node(1, "d".into());
+        tls.tls_cert = Some("n.crt".into());
+        assert!(tls.check_exposure(lo, out).is_ok(), "mutual TLS covers the raft port");
+        assert!(tls.check_exposure(out, lo).is_err(), "but not the client port");
+        tls.client_tls_cert = Some("https.crt".into());
+        assert!(tls.check_exposure(out, out).is_ok());
+
+        let mut secret = Config::for_node(1, "d".into());
+        secret.cluster_secret = Some("short".into());
+        assert!(secret.check_exposure(lo, lo).is_ok(), "a short secret keeps working on loopback");
+        assert!(secret.check_exposure(lo, out).unwrap_err().to_string().contains("at least"));
+        secret.cluster_secret = Some("0123456789abcdef".into());
+        assert!(secret.check_exposure(lo, out).is_ok());
+
+        let mut insecure = Config::for_node(1, "d".into());
+        insecure.insecure = true;
+        assert!(insecure.check_exposure(out, out).is_ok());
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {

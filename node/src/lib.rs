@@ -342,7 +342,9 @@ fn serve_api(
             .context("cannot start the fan-out thread")?,
     );
     api::relay::start(&api_app);
-    Ok(tokio::spawn(api::serve::serve(listener, api::router(api_app.clone()), api_app.limits.http_timeout, until_stopped(stop))))
+    let tls = tls::client_port(config.client_tls_cert.as_deref(), config.client_tls_key.as_deref())?;
+    let router = api::router(api_app.clone());
+    Ok(tokio::spawn(api::serve::serve(listener, router, tls, api_app.limits.http_timeout, until_stopped(stop))))
 }
 
 async fn until_stopped(mut rx: watch::Receiver<bool>) {

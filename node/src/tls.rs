@@ -1,4 +1,4 @@
-//! Mutual TLS on the raft port, and who a caller is.
+//! Mutual TLS on the raft port, who a caller is, and TLS on the client port.
 //!
 //! With `--tls-cert`, `--tls-key` and `--tls-ca`, the gRPC server accepts only
 //! connections whose client certificate the cluster's CA signed (the
@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use proto::roles::{OPERATOR_URI_PREFIX, PEER_URI_PREFIX};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+use tokio_rustls::rustls::ServerConfig;
 use tonic::transport::{Certificate, CertificateDer, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::Status;
 
@@ -58,6 +61,32 @@ impl Tls {
     pub fn client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(self.identity.clone())
     }
+}
+
+/// The client port's TLS (`--client-tls-cert`, `--client-tls-key`): HTTPS and
+/// WSS with this certificate, HTTP/1.1 only (the WebSocket upgrade needs
+/// it), no client certificate asked for (clients prove who they are with
+/// tokens). `None` without the flags.
+pub fn client_port(cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<Option<Arc<ServerConfig>>> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => anyhow::bail!("--client-tls-cert and --client-tls-key go together: give both or neither"),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read the certificate {}", cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{} holds no PEM certificate", cert.display());
+    let key_der = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read the private key {}", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .with_context(|| format!("{} and {} do not make a usable TLS identity", cert.display(), key.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 /// Who made a gRPC call, by its client certificate.

@@ -16,7 +16,7 @@ fn unlimited(c: &mut node::Config) {
 }
 
 fn base(c: &TestCluster, id: u64) -> String {
-    format!("http://{}", c.node(id).client_addr)
+    c.base(id)
 }
 
 /// Posts `text` as the holder of `token` to `room` through `base`.
@@ -711,13 +711,13 @@ async fn rate_limit_refuses_the_fourth_message() {
 /// A WebSocket client with a small fixed receive buffer (no autotuning up to
 /// tens of MiB), so a client that does not read fills up after a known amount.
 async fn connect_small(base: &str, token: &str) -> common::client::Ws {
-    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let (scheme, host) = base.split_once("://").unwrap();
+    let addr: std::net::SocketAddr = host.parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
-    let url = format!("ws://{addr}/v1/ws?token={token}");
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
-    tokio_tungstenite::client_async(url, stream).await.unwrap().0
+    let url = format!("{}://{addr}/v1/ws?token={token}", scheme.replacen("http", "ws", 1));
+    tokio_tungstenite::client_async_tls_with_config(url, tcp, None, client::connector()).await.unwrap().0
 }
 
 /// `chorus_slow_consumer_closes_total` on the node at `base`.

@@ -1,5 +1,9 @@
 //! In-process clusters for integration tests: real nodes, real RocksDB in
 //! temporary directories, real gRPC on 127.0.0.1 ports chosen by the OS.
+//!
+//! With `CHORUS_TEST_CLIENT_TLS=1` every node serves its client port over TLS
+//! (HTTPS and WSS, a certificate from a CA made once per test process), and
+//! [`client`] speaks TLS trusting that CA: the same tests then run over TLS.
 
 #![allow(dead_code)]
 
@@ -31,7 +35,12 @@ pub struct TestCluster {
 fn no_tweak(_: &mut Config) {}
 
 pub fn config(id: u64, dir: PathBuf, tweak: fn(&mut Config)) -> Config {
-    let mut c = Config::for_node(id, dir);
+    let mut c = Config::for_node(id, dir.clone());
+    if let Some(tls) = client_tls::get() {
+        let (cert, key) = tls.write_identity(&dir);
+        c.client_tls_cert = Some(cert);
+        c.client_tls_key = Some(key);
+    }
     c.no_bootstrap = true;
     c.heartbeat_ms = 50;
     c.election_ms = 300;
@@ -80,6 +89,11 @@ impl TestCluster {
             handle: Some(handle),
         });
         self.nodes.last().unwrap()
+    }
+
+    /// The client URL of node `id`: `https://` with client TLS.
+    pub fn base(&self, id: u64) -> String {
+        format!("{}://{}", client::scheme(), self.node(id).client_addr)
     }
 
     pub fn node(&self, id: u64) -> &TestNode {
@@ -213,6 +227,65 @@ impl TestCluster {
     }
 }
 
+/// TLS on the client port, when `CHORUS_TEST_CLIENT_TLS=1`: one CA and one
+/// server certificate for 127.0.0.1 per test process, made with rcgen.
+pub mod client_tls {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, OnceLock};
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    pub struct ClientTls {
+        ca_pem: String,
+        cert_pem: String,
+        key_pem: String,
+        /// TLS for the test's clients, trusting only the CA.
+        pub client: Arc<ClientConfig>,
+    }
+
+    /// The process's client TLS, if the tests run with it.
+    pub fn get() -> Option<&'static ClientTls> {
+        static TLS: OnceLock<Option<ClientTls>> = OnceLock::new();
+        TLS.get_or_init(|| (std::env::var("CHORUS_TEST_CLIENT_TLS").as_deref() == Ok("1")).then(make)).as_ref()
+    }
+
+    fn make() -> ClientTls {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ClientTls { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem(), client: Arc::new(client) }
+    }
+
+    impl ClientTls {
+        /// Writes the server certificate and key next to a node's data dir.
+        pub fn write_identity(&self, data_dir: &Path) -> (PathBuf, PathBuf) {
+            let parent = data_dir.parent().unwrap_or(data_dir);
+            std::fs::create_dir_all(parent).unwrap();
+            let (cert, key) = (parent.join("https.crt"), parent.join("https.key"));
+            std::fs::write(&cert, &self.cert_pem).unwrap();
+            std::fs::write(&key, &self.key_pem).unwrap();
+            (cert, key)
+        }
+
+        pub fn ca_pem(&self) -> &str {
+            &self.ca_pem
+        }
+    }
+}
+
 /// A WebSocket chat client for tests.
 pub mod client {
     use std::time::Duration;
@@ -220,11 +293,30 @@ pub mod client {
     use futures::{SinkExt, StreamExt};
     use serde_json::{json, Value};
     use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::Connector;
 
     pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+    /// `https` when the tests run with client TLS, else `http`.
+    pub fn scheme() -> &'static str {
+        if super::client_tls::get().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The connector for `wss://` URLs (the test CA), if the tests use TLS.
+    pub fn connector() -> Option<Connector> {
+        super::client_tls::get().map(|t| Connector::Rustls(t.client.clone()))
+    }
+
     pub fn http() -> reqwest::Client {
-        reqwest::Client::new()
+        let mut b = reqwest::Client::builder();
+        if let Some(tls) = super::client_tls::get() {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem().as_bytes()).unwrap());
+        }
+        b.build().unwrap()
     }
 
     /// Registers `name` (if new) and logs in through `base`; returns the token.
@@ -239,7 +331,7 @@ pub mod client {
 
     pub async fn connect(base: &str, token: &str) -> Ws {
         let url = format!("{}/v1/ws?token={token}", base.replacen("http", "ws", 1));
-        tokio_tungstenite::connect_async(url).await.unwrap().0
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector()).await.unwrap().0
     }
 
     pub async fn send(ws: &mut Ws, frame: Value) {

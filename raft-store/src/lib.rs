@@ -13,6 +13,7 @@
 //!   written once over a ranged scan, for RocksDB and for `MemTables`.
 //! - [`sessions`]: the versioned token-signing keys and each user's session
 //!   epoch (rotation and revocation).
+//! - [`token`]: the session token format, issued and verified under those keys.
 //! - [`snapshot`]: the streaming snapshot file format, build and install.
 //! - [`backup`]: the backup file (a snapshot with its origin and a checksum),
 //!   and seeding a data dir from one (restore, force-new).
@@ -35,6 +36,7 @@ pub mod log_store;
 pub mod quota;
 pub mod read;
 pub mod sessions;
+pub mod token;
 pub mod snapshot;
 #[cfg(feature = "rocksdb")]
 pub mod state_machine;

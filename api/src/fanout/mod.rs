@@ -65,6 +65,8 @@
 //!   connection's cursor (nothing, pass over, stale, write from frame n).
 //! - `outbox`: [`Outbox`], a connection's socket and write queue, and
 //!   [`ConnIo`], the connection as tungstenite sees it.
+//! - `wire`: [`Wire`], the socket under an outbox, plain or TLS, written
+//!   without blocking from any thread.
 //! - `registry`: [`Registry`], the node's connections by room and by user.
 //! - `window`: each room's recent messages and the gap-free groups cut from them.
 //! - `schedule`: when rounds start ([`ROUND_INTERVAL`], the node's grid).
@@ -76,6 +78,7 @@ mod registry;
 mod round;
 mod schedule;
 mod window;
+mod wire;
 #[cfg(test)]
 mod tests;
 
@@ -88,6 +91,7 @@ pub use outbox::{Closing, ConnIo, Outbox, OutboxEvent, OUTBOX_BYTES, OUTBOX_FRAM
 pub use registry::Registry;
 pub use round::{start, FanoutMetrics};
 pub use schedule::ROUND_INTERVAL;
+pub use wire::Wire;
 
 /// A text frame as a server sends it (unmasked), ready for any connection.
 pub fn text_frame(text: String) -> Bytes {

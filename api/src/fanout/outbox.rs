@@ -11,11 +11,11 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::cursors::{self, Cursor, Dm, Step};
 use crate::auth::Claims;
 use super::window::Group;
+use super::wire::Wire;
 
 /// Frames queued to one connection before it counts as a slow consumer.
 pub const OUTBOX_FRAMES: usize = 1024;
@@ -44,7 +44,7 @@ pub enum OutboxEvent {
 
 /// The outgoing side of one WebSocket connection.
 pub struct Outbox {
-    stream: TcpStream,
+    wire: Wire,
     /// The user the connection belongs to.
     pub user: String,
     /// The session epoch of the token it was opened with: a revocation to a
@@ -104,6 +104,9 @@ enum Written {
     Sent,
     /// Some or all of it waits in the queue.
     Queued,
+    /// The wire took all of it, but holds some back for the socket (sealed
+    /// TLS records): the session must drain it as it would a queue.
+    Held,
     /// The socket is unusable.
     Gone,
 }
@@ -148,13 +151,14 @@ impl OutState {
 }
 
 impl Outbox {
-    /// The outbox of a connection on `stream` of `user` (with a token of
-    /// session `epoch`), whose queue may hold
+    /// The outbox of a connection on `wire` (a socket, or TLS on one) of
+    /// `user` (with a token of session `epoch`), whose queue may hold
     /// `max_bytes` (and [`OUTBOX_FRAMES`] frames).
-    pub fn new(stream: TcpStream, claims: Claims, max_bytes: usize) -> Arc<Self> {
+    pub fn new(wire: impl Into<Wire>, claims: Claims, max_bytes: usize) -> Arc<Self> {
         let state = OutState { max_bytes, ..OutState::default() };
         let Claims { user, epoch, key_version, .. } = claims;
-        Arc::new(Outbox { stream, user, epoch, key_version, state: Mutex::new(state), session: AtomicWaker::new() })
+        let wire = wire.into();
+        Arc::new(Outbox { wire, user, epoch, key_version, state: Mutex::new(state), session: AtomicWaker::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, OutState> {
@@ -182,7 +186,7 @@ impl Outbox {
         let frame = chunk;
         let mut done = 0;
         while done < frame.len() {
-            match self.stream.try_write(&frame[done..]) {
+            match self.wire.try_write(&frame[done..]) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -194,7 +198,7 @@ impl Outbox {
             }
         }
         if done == frame.len() {
-            return Written::Sent;
+            return if self.wire.holds_output() { Written::Held } else { Written::Sent };
         }
         st.enqueue(frame, frames);
         st.written = done;
@@ -205,7 +209,7 @@ impl Outbox {
     /// registering for its readiness (the fan-out thread has no task to wake).
     fn try_drain(&self, st: &mut OutState) {
         while let Some((front, _)) = st.queue.front() {
-            match self.stream.try_write(&front[st.written..]) {
+            match self.wire.try_write(&front[st.written..]) {
                 Ok(0) => return,
                 Ok(n) => st.wrote_front(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -222,11 +226,20 @@ impl Outbox {
     /// would block (pending, woken when the socket is writable).
     fn poll_drain(&self, st: &mut OutState, cx: &mut Context<'_>) -> Poll<()> {
         while !st.gone {
-            let Some((front, _)) = st.queue.front() else { return Poll::Ready(()) };
-            if self.stream.poll_write_ready(cx).is_pending() {
+            let Some((front, _)) = st.queue.front() else {
+                return match self.wire.poll_flush_held(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(())) => Poll::Ready(()),
+                    Poll::Ready(Err(_)) => {
+                        st.gone = true;
+                        Poll::Ready(())
+                    }
+                };
+            };
+            if self.wire.poll_write_ready(cx).is_pending() {
                 return Poll::Pending;
             }
-            match self.stream.try_write(&front[st.written..]) {
+            match self.wire.try_write(&front[st.written..]) {
                 Ok(n) if n > 0 => st.wrote_front(n),
                 Ok(_) => return Poll::Pending,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
@@ -300,6 +313,7 @@ impl Outbox {
             return;
         }
         let was_queued = !st.queue.is_empty();
+        let mut held = false;
         if st.overflows(mine.len(), mine.iter().map(|f| f.len()).sum()) {
             st.close_with(SLOW_CONSUMER, "slow consumer");
         } else {
@@ -307,9 +321,9 @@ impl Outbox {
                 [one] => (*one).clone(),
                 many => Bytes::from(many.iter().flat_map(|f| f.iter().copied()).collect::<Vec<u8>>()),
             };
-            self.write(st, chunk, mine.len());
+            held = self.write(st, chunk, mine.len()) == Written::Held;
         }
-        let wake = st.closing.is_some() || st.gone || (!was_queued && !st.queue.is_empty());
+        let wake = st.closing.is_some() || st.gone || held || (!was_queued && !st.queue.is_empty());
         drop(guard);
         if wake {
             self.session.wake();
@@ -379,7 +393,7 @@ impl Outbox {
         let written = self.write(st, group.bytes.slice(group.starts[skip]..), frames);
         // The session drains a queue it knows about (it waits for the socket to
         // be writable); it learns of a new one here.
-        let newly_queued = written == Written::Queued && st.queue.len() == 1;
+        let newly_queued = (written == Written::Queued && st.queue.len() == 1) || written == Written::Held;
         drop(guard);
         if written == Written::Gone || newly_queued {
             self.session.wake();
@@ -494,16 +508,17 @@ impl Outbox {
     /// client reads them; a client that sent more than it read would then
     /// never learn why it was closed.
     pub async fn linger(&self, linger: std::time::Duration) {
-        if socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write).is_err() {
+        if self.wire.shutdown_write().is_err() {
             return;
         }
+        let sock = self.wire.socket();
         let mut sink = [0u8; 4096];
         let drain = async {
             loop {
-                if self.stream.readable().await.is_err() {
+                if sock.readable().await.is_err() {
                     return;
                 }
-                match self.stream.try_read(&mut sink) {
+                match sock.try_read(&mut sink) {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
@@ -586,17 +601,7 @@ pub struct ConnIo(pub Arc<Outbox>);
 
 impl AsyncRead for ConnIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.stream.poll_read_ready(cx))?;
-            match self.0.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        self.0.wire.poll_read(cx, buf)
     }
 }
 
@@ -612,7 +617,7 @@ impl AsyncWrite for ConnIo {
         }
         match self.0.write(&mut st, Bytes::copy_from_slice(data), 0) {
             Written::Gone => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            Written::Sent | Written::Queued => Poll::Ready(Ok(data.len())),
+            Written::Sent | Written::Queued | Written::Held => Poll::Ready(Ok(data.len())),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The WebSocket upgrade (RFC 6455 §4.2) and the start of a session: the
 //! request is checked and the token verified before anything is upgraded,
 //! the connection is counted against `--max-connections`, and the socket is
-//! taken over from hyper and handed to the fan-out's [`Outbox`].
+//! taken over from hyper (with its TLS session, over TLS) and handed to the
+//! fan-out's [`Outbox`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use raft_store::ChatRead;
 use serde::Deserialize;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -22,7 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::{close_if_revoked, Session, MAX_IN_FLIGHT};
 use crate::error::{ApiError, Code};
-use crate::fanout::{ConnIo, Outbox};
+use crate::fanout::{ConnIo, Outbox, Wire};
 use crate::{auth, App, ChatBackend};
 
 #[derive(Deserialize)]
@@ -89,13 +91,20 @@ pub async fn upgrade<B: ChatBackend>(
                 return tracing::debug!(error = %e, "WebSocket upgrade failed");
             }
         };
-        // The client listener serves plain TCP (see `serve`); anything else
-        // has no socket to hand to the fan-out.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => session(app, claims, parts.io.into_inner(), parts.read_buf).await,
+        // The client listener serves TCP, or TLS over TCP (see `serve`);
+        // anything else has no socket to hand to the fan-out.
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => return session(app, claims, Wire::from(parts.io.into_inner()), parts.read_buf).await,
+            Err(other) => other,
+        };
+        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+            Ok(parts) => {
+                let (sock, conn) = parts.io.into_inner().into_inner();
+                session(app, claims, Wire::tls(sock, conn), parts.read_buf).await
+            }
             Err(_) => {
                 app.connections.fetch_sub(1, Ordering::Relaxed);
-                tracing::error!("an upgraded connection is not a TCP stream; is the API served by api::serve?")
+                tracing::error!("an upgraded connection is not a TCP or TLS stream; is the API served by api::serve?")
             }
         }
     });
@@ -137,9 +146,9 @@ async fn websocket<B: ChatBackend>(app: &App<B>, out: &Arc<Outbox>, read_buf: By
     }
 }
 
-async fn session<B: ChatBackend>(app: Arc<App<B>>, claims: auth::Claims, stream: TcpStream, read_buf: Bytes) {
+async fn session<B: ChatBackend>(app: Arc<App<B>>, claims: auth::Claims, wire: Wire, read_buf: Bytes) {
     let user = claims.user.clone();
-    let out = Outbox::new(stream, claims, app.limits.max_outbox_bytes);
+    let out = Outbox::new(wire, claims, app.limits.max_outbox_bytes);
     let ws = websocket(&app, &out, read_buf).await;
     // From here on, direct messages to this user reach this connection: the
     // fan-out sees it, and then learns from when (see `receive_dms_since`).

@@ -168,7 +168,7 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let timeout = app.limits.http_timeout;
-        tokio::spawn(api::serve::serve(listener, api::router(Arc::new(app)), timeout, std::future::pending()));
+        tokio::spawn(api::serve::serve(listener, api::router(Arc::new(app)), None, timeout, std::future::pending()));
         Api { backend, url, http: reqwest::Client::new() }
     }
 
