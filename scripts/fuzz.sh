@@ -12,7 +12,7 @@ cd "$CHORUS_ROOT/fuzz"
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(client_frame server_frame http_bodies log_entry snapshot_read)
+[ "${#targets[@]}" -gt 0 ] || targets=(client_frame server_frame http_bodies token_verify log_entry snapshot_read)
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then

@@ -13,6 +13,9 @@ echo "== cargo tests"
 # from starving Raft heartbeats.
 cargo test --workspace --locked -- --test-threads=2
 
+echo "== the chat suite again, every node on TLS (raft: mutual TLS; clients: HTTPS and WSS)"
+CHORUS_TEST_TLS=1 cargo test -p node --test chat --locked -- --test-threads=2
+
 echo "== fault injection, short profile (every nemesis; replay a run with its printed seed)"
 # As root the nodes run in network namespaces (iptables faults); the last
 # schedule forces the TCP-proxy layout that non-root runs fall back to.

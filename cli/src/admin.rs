@@ -106,7 +106,6 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Promote { id } => {
             let id = IdRequest { id: *id };
             at_leader(cli, target, |mut c| {
-                let id = id.clone();
                 async move { c.promote(request(cli, id, t)).await }
             })
             .await?
@@ -115,7 +114,6 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Remove { id } => {
             let id = IdRequest { id: *id };
             at_leader(cli, target, |mut c| {
-                let id = id.clone();
                 async move { c.remove(request(cli, id, t)).await }
             })
             .await?
@@ -124,7 +122,6 @@ pub async fn run(cli: &Cli, cmd: &ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::TransferLeader { id } => {
             let id = IdRequest { id: *id };
             at_leader(cli, target, |mut c| {
-                let id = id.clone();
                 async move { c.transfer_leader(request(cli, id, t)).await }
             })
             .await?
@@ -154,7 +151,6 @@ async fn upgrade(cli: &Cli, client: &mut AdminClient<Channel>, target: &str, req
     let before = client.status(request(cli, Empty {}, t)).await.map_err(failed)?.into_inner().feature_level;
     let up = UpgradeRequest { level: requested.unwrap_or(0) };
     let after = at_leader(cli, target, |mut c| {
-        let up = up.clone();
         async move { c.upgrade(request(cli, up, t)).await }
     })
     .await?

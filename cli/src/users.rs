@@ -28,7 +28,6 @@ pub async fn run(cli: &Cli, cmd: &UsersCommand) -> anyhow::Result<()> {
         UsersCommand::RotateKey { drop_old } => {
             let rotate = RotateKeyRequest { drop_old: *drop_old };
             let reply = at_leader(cli, &cli.node, |mut c| {
-                let rotate = rotate.clone();
                 async move { c.rotate_key(request(cli, rotate, t)).await }
             })
             .await?

@@ -72,7 +72,8 @@ pub struct Config {
     #[arg(long, env = "CHORUS_READY_FILE")]
     pub ready_file: Option<PathBuf>,
 
-    /// Client URL told to other nodes and clients [default: http://<client-addr>]
+    /// Client URL told to other nodes and clients [default: http://<client-addr>,
+    /// or https:// with --client-tls-cert]
     #[arg(long, env = "CHORUS_ADVERTISE_CLIENT")]
     pub advertise_client: Option<String>,
 
@@ -405,6 +406,14 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("./chorus-data/node-{}", self.id)))
     }
 
+    /// The client URL this node advertises: `--advertise-client`, or the bound
+    /// address with the scheme the client port serves, so clients that follow
+    /// `GET /v1/cluster` to another node stay on TLS.
+    pub fn client_url(&self, bound: SocketAddr) -> String {
+        let scheme = if self.client_tls_cert.is_some() { "https" } else { "http" };
+        self.advertise_client.clone().unwrap_or_else(|| format!("{scheme}://{bound}"))
+    }
+
     /// Refuses, unless `--insecure`, a non-loopback raft address without
     /// mutual TLS or a secret (of at least [`MIN_SECRET_BYTES`]), and a
     /// non-loopback client address without `--client-tls-cert`.
@@ -482,6 +491,17 @@ mod tests {
         let mut insecure = Config::for_node(1, "d".into());
         insecure.insecure = true;
         assert!(insecure.check_exposure(out, out).is_ok());
+    }
+
+    #[test]
+    fn advertised_client_url_follows_the_client_port_scheme() {
+        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let mut c = Config::for_node(1, "d".into());
+        assert_eq!(c.client_url(addr), "http://127.0.0.1:8443");
+        c.client_tls_cert = Some("https.crt".into());
+        assert_eq!(c.client_url(addr), "https://127.0.0.1:8443");
+        c.advertise_client = Some("https://chat.example:443".into());
+        assert_eq!(c.client_url(addr), "https://chat.example:443");
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {

@@ -162,7 +162,7 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
     config.check_exposure(client_addr, raft_addr)?;
     let info = NodeInfo {
         raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
-        client_url: config.advertise_client.clone().unwrap_or_else(|| format!("http://{client_addr}")),
+        client_url: config.client_url(client_addr),
     };
     let Opened { node, store, identity, tls, wal_syncs } = open_node(&config, info).await?;
     let (stop, stop_rx) = watch::channel(false);

@@ -318,7 +318,7 @@ async fn websocket_frames_across_nodes() {
     // A bad or missing token gets 401 before the upgrade.
     for query in ["?token=nope", ""] {
         let url = format!("{}/v1/ws{query}", b1.replacen("http", "ws", 1));
-        match tokio_tungstenite::connect_async(url).await {
+        match tokio_tungstenite::connect_async_tls_with_config(url, None, false, client::connector()).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401, "{query}"),
             other => panic!("expected 401 for {query:?}, got {other:?}"),
         }
@@ -560,7 +560,8 @@ async fn acked_messages_survive_a_leader_failover_exactly_once() {
                         None => {
                             attempt += 1;
                             let target = &others[attempt % others.len()];
-                            if let Ok((w, _)) = tokio_tungstenite::connect_async(format!("{}/v1/ws?token={token}", target.replacen("http", "ws", 1))).await {
+                            let url = format!("{}/v1/ws?token={token}", target.replacen("http", "ws", 1));
+                            if let Ok((w, _)) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, client::connector()).await {
                                 ws = w;
                             }
                         }

@@ -1,8 +1,9 @@
 //! In-process clusters for integration tests: real nodes, real RocksDB in
 //! temporary directories, real gRPC on 127.0.0.1 ports chosen by the OS.
 //!
-//! With `CHORUS_TEST_CLIENT_TLS=1` every node serves its client port over TLS
-//! (HTTPS and WSS, a certificate from a CA made once per test process), and
+//! With `CHORUS_TEST_TLS=1` every node runs its raft port on mutual TLS and
+//! serves its client port over HTTPS and WSS, with certificates from a CA made
+//! once per test process ([`tls`]); admin calls go as an operator and
 //! [`client`] speaks TLS trusting that CA: the same tests then run over TLS.
 
 #![allow(dead_code)]
@@ -36,10 +37,13 @@ fn no_tweak(_: &mut Config) {}
 
 pub fn config(id: u64, dir: PathBuf, tweak: fn(&mut Config)) -> Config {
     let mut c = Config::for_node(id, dir.clone());
-    if let Some(tls) = client_tls::get() {
-        let (cert, key) = tls.write_identity(&dir);
-        c.client_tls_cert = Some(cert);
-        c.client_tls_key = Some(key);
+    if let Some(tls) = tls::get() {
+        let files = tls.write_identity(&dir, id);
+        c.client_tls_cert = Some(files.https_cert);
+        c.client_tls_key = Some(files.https_key);
+        c.tls_cert = Some(files.peer_cert);
+        c.tls_key = Some(files.peer_key);
+        c.tls_ca = Some(files.ca);
     }
     c.no_bootstrap = true;
     c.heartbeat_ms = 50;
@@ -59,6 +63,14 @@ async fn bind(client: SocketAddr, raft: SocketAddr) -> Listeners {
     panic!("cannot bind {client} and {raft}");
 }
 
+/// The admin client of the raft port at `raft`: as the tests' operator, with TLS.
+pub async fn admin_at(raft: SocketAddr) -> AdminClient<tonic::transport::Channel> {
+    match tls::get() {
+        Some(tls) => AdminClient::new(tls.operator_channel(raft).await),
+        None => AdminClient::connect(format!("http://{raft}")).await.unwrap(),
+    }
+}
+
 impl TestCluster {
     /// Starts `n` nodes that wait to be formed, and forms them with `init`.
     pub async fn start(n: u64) -> Self {
@@ -71,6 +83,12 @@ impl TestCluster {
             c.spawn(id).await;
         }
         let addrs = c.nodes.iter().map(|n| n.raft_addr.to_string()).collect();
+        if tls::get().is_some() {
+            // The raft port really is on TLS: plain gRPC gets no answer.
+            if let Ok(mut plain) = AdminClient::connect(format!("http://{}", c.nodes[0].raft_addr)).await {
+                assert!(plain.status(Empty {}).await.is_err(), "a TLS raft port answered plain gRPC");
+            }
+        }
         c.admin(1).await.init(InitRequest { raft_addrs: addrs }).await.unwrap();
         c.wait_leader().await;
         c
@@ -125,7 +143,7 @@ impl TestCluster {
     }
 
     pub async fn admin(&self, id: u64) -> AdminClient<tonic::transport::Channel> {
-        AdminClient::connect(format!("http://{}", self.node(id).raft_addr)).await.unwrap()
+        admin_at(self.node(id).raft_addr).await
     }
 
     /// Waits until the running nodes agree on a leader, and returns it.
@@ -186,7 +204,7 @@ impl TestCluster {
     /// the leader (see `proto::LEADER_HEADER`), as chorusctl follows it.
     pub async fn redirected(&self, e: &tonic::Status) -> Option<AdminClient<tonic::transport::Channel>> {
         let leader = e.metadata().get(proto::LEADER_HEADER)?.to_str().ok()?;
-        Some(AdminClient::connect(format!("http://{leader}")).await.unwrap())
+        Some(admin_at(leader.parse().ok()?).await)
     }
 
     pub async fn add(&self, via: u64, id: u64, learner: bool) {
@@ -227,62 +245,128 @@ impl TestCluster {
     }
 }
 
-/// TLS on the client port, when `CHORUS_TEST_CLIENT_TLS=1`: one CA and one
-/// server certificate for 127.0.0.1 per test process, made with rcgen.
-pub mod client_tls {
+/// TLS, when `CHORUS_TEST_TLS=1`: one CA per test process (rcgen), and from
+/// it a server certificate for the client port, a peer certificate per node
+/// id for mutual TLS on the raft port, and an operator certificate for the
+/// tests' admin calls, as `chorusctl certs init` makes them.
+pub mod tls {
+    use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
     use std::sync::{Arc, OnceLock};
 
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use proto::roles::{OPERATOR_URI_PREFIX, PEER_URI_PREFIX};
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
     use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-    pub struct ClientTls {
+    /// The node ids that get a peer certificate.
+    const MAX_NODE_ID: u64 = 16;
+
+    /// A certificate and its key, PEM.
+    struct Pair {
+        cert: String,
+        key: String,
+    }
+
+    pub struct TestTls {
         ca_pem: String,
-        cert_pem: String,
-        key_pem: String,
-        /// TLS for the test's clients, trusting only the CA.
+        https: Pair,
+        peers: Vec<Pair>,
+        operator: Pair,
+        /// TLS for the test's chat clients, trusting only the CA.
         pub client: Arc<ClientConfig>,
     }
 
-    /// The process's client TLS, if the tests run with it.
-    pub fn get() -> Option<&'static ClientTls> {
-        static TLS: OnceLock<Option<ClientTls>> = OnceLock::new();
-        TLS.get_or_init(|| (std::env::var("CHORUS_TEST_CLIENT_TLS").as_deref() == Ok("1")).then(make)).as_ref()
+    /// The process's TLS, if the tests run with it.
+    pub fn get() -> Option<&'static TestTls> {
+        static TLS: OnceLock<Option<TestTls>> = OnceLock::new();
+        TLS.get_or_init(|| (std::env::var("CHORUS_TEST_TLS").as_deref() == Ok("1")).then(make)).as_ref()
     }
 
-    fn make() -> ClientTls {
+    fn sign(issuer: &Issuer<'_, KeyPair>, uri: Option<String>, usages: Vec<ExtendedKeyUsagePurpose>) -> Pair {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        if let Some(uri) = uri {
+            params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
+        }
+        params.extended_key_usages = usages;
+        Pair { cert: params.signed_by(&key, issuer).unwrap().pem(), key: key.serialize_pem() }
+    }
+
+    fn make() -> TestTls {
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
         let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(ca_cert.der().clone()).unwrap();
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        ClientTls { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem(), client: Arc::new(client) }
+        let peers = (1..=MAX_NODE_ID).map(|id| sign(&issuer, Some(format!("{PEER_URI_PREFIX}{id}")), vec![ServerAuth, ClientAuth])).collect();
+        TestTls {
+            https: sign(&issuer, None, vec![ServerAuth]),
+            peers,
+            operator: sign(&issuer, Some(format!("{OPERATOR_URI_PREFIX}tests")), vec![ClientAuth]),
+            client: trusting(ca_pem.as_bytes()),
+            ca_pem,
+        }
     }
 
-    impl ClientTls {
-        /// Writes the server certificate and key next to a node's data dir.
-        pub fn write_identity(&self, data_dir: &Path) -> (PathBuf, PathBuf) {
-            let parent = data_dir.parent().unwrap_or(data_dir);
-            std::fs::create_dir_all(parent).unwrap();
-            let (cert, key) = (parent.join("https.crt"), parent.join("https.key"));
-            std::fs::write(&cert, &self.cert_pem).unwrap();
-            std::fs::write(&key, &self.key_pem).unwrap();
-            (cert, key)
+    /// Where [`TestTls::write_identity`] put a node's files.
+    pub struct NodeFiles {
+        pub https_cert: PathBuf,
+        pub https_key: PathBuf,
+        pub peer_cert: PathBuf,
+        pub peer_key: PathBuf,
+        pub ca: PathBuf,
+    }
+
+    impl TestTls {
+        /// Writes node `id`'s certificates and keys next to its data dir.
+        pub fn write_identity(&self, data_dir: &Path, id: u64) -> NodeFiles {
+            let parent = data_dir.parent().unwrap_or(data_dir).join(format!("certs-{id}"));
+            std::fs::create_dir_all(&parent).unwrap();
+            let peer = &self.peers[usize::try_from(id - 1).unwrap()];
+            let files = NodeFiles {
+                https_cert: parent.join("https.crt"),
+                https_key: parent.join("https.key"),
+                peer_cert: parent.join("node.crt"),
+                peer_key: parent.join("node.key"),
+                ca: parent.join("ca.crt"),
+            };
+            for (path, pem) in [
+                (&files.https_cert, &self.https.cert),
+                (&files.https_key, &self.https.key),
+                (&files.peer_cert, &peer.cert),
+                (&files.peer_key, &peer.key),
+                (&files.ca, &self.ca_pem),
+            ] {
+                std::fs::write(path, pem).unwrap();
+            }
+            files
         }
 
         pub fn ca_pem(&self) -> &str {
             &self.ca_pem
         }
+
+        /// A gRPC channel to a raft port, as the tests' operator.
+        pub async fn operator_channel(&self, raft: SocketAddr) -> Channel {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&self.ca_pem))
+                .identity(Identity::from_pem(&self.operator.cert, &self.operator.key));
+            Endpoint::from_shared(format!("https://{raft}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+        }
+    }
+
+    /// Client TLS trusting only the CA certificates in `ca_pem`.
+    pub fn trusting(ca_pem: &[u8]) -> Arc<ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(cert.expect("a PEM certificate")).expect("add the CA");
+        }
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap();
+        Arc::new(config.with_root_certificates(roots).with_no_client_auth())
     }
 }
 
@@ -299,7 +383,7 @@ pub mod client {
 
     /// `https` when the tests run with client TLS, else `http`.
     pub fn scheme() -> &'static str {
-        if super::client_tls::get().is_some() {
+        if super::tls::get().is_some() {
             "https"
         } else {
             "http"
@@ -308,12 +392,12 @@ pub mod client {
 
     /// The connector for `wss://` URLs (the test CA), if the tests use TLS.
     pub fn connector() -> Option<Connector> {
-        super::client_tls::get().map(|t| Connector::Rustls(t.client.clone()))
+        super::tls::get().map(|t| Connector::Rustls(t.client.clone()))
     }
 
     pub fn http() -> reqwest::Client {
         let mut b = reqwest::Client::builder();
-        if let Some(tls) = super::client_tls::get() {
+        if let Some(tls) = super::tls::get() {
             b = b.add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem().as_bytes()).unwrap());
         }
         b.build().unwrap()

@@ -5,7 +5,7 @@
 //! `chorusctl chat`, and Ctrl-C (SIGTERM) stops every node.
 //!
 //! The whole chat suite (`tests/chat.rs`) also runs over client TLS, in
-//! process, with `CHORUS_TEST_CLIENT_TLS=1` (scripts/test.sh does both).
+//! process, with `CHORUS_TEST_TLS=1` (scripts/test.sh does both).
 
 mod common;
 
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::client::{join, next_of, send, Ws};
 use node::procs::bin_dir;
 use serde_json::{json, Value};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_tungstenite::Connector;
 
 /// Ports `base + 1 ..= base + 3` free now for clients, and `base + 101 ..=
@@ -104,17 +104,6 @@ impl Drop for RunSh {
     }
 }
 
-fn tls_to(ca: &Path) -> Arc<ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("read ca.crt") {
-        roots.add(cert.expect("a PEM certificate")).expect("add the CA");
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap();
-    Arc::new(config.with_root_certificates(roots).with_no_client_auth())
-}
-
 async fn login(http: &reqwest::Client, base: &str, name: &str) -> String {
     let creds = json!({ "name": name, "password": "password-1" });
     let r = http.post(format!("{base}/v1/users")).json(&creds).send().await.expect("register over HTTPS");
@@ -154,7 +143,7 @@ async fn run_sh_forms_a_tls_cluster_that_serves_chat_over_https_and_wss() {
     let (client_base, raft_base) = free_bases();
     let mut run = RunSh::start(tmp.path(), client_base, raft_base);
     let ca = run.ca();
-    let tls = tls_to(&ca);
+    let tls = common::tls::trusting(&std::fs::read(&ca).expect("read ca.crt"));
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("ca.crt")).expect("PEM"))
         .timeout(Duration::from_secs(10))

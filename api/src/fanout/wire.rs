@@ -23,7 +23,8 @@ use tokio_rustls::rustls::ServerConnection;
 /// The stream under one WebSocket connection.
 pub enum Wire {
     Plain(TcpStream),
-    Tls(TlsWire),
+    // Boxed: a rustls connection is large, and most sockets are plain.
+    Tls(Box<TlsWire>),
 }
 
 /// A socket and the TLS session on it (handshake done).
@@ -42,7 +43,7 @@ impl Wire {
     /// A TLS connection whose handshake finished on `sock`. Plaintext the
     /// client sent that was not read yet stays in `conn` and is read first.
     pub fn tls(sock: TcpStream, conn: ServerConnection) -> Self {
-        Wire::Tls(TlsWire { sock, conn: Mutex::new(conn) })
+        Wire::Tls(Box::new(TlsWire { sock, conn: Mutex::new(conn) }))
     }
 
     /// The socket itself.
