@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use axum::Router;
-use prometheus_client::metrics::histogram::Histogram;
 use raft_store::sessions::SigningKeys;
 use raft_store::ChatRead;
 
@@ -58,10 +57,10 @@ struct CachedView {
 
 impl<B: ChatBackend> App<B> {
     /// Starts the node's fan-out thread, which ends with the backend's deliveries.
-    /// `wal_syncs`: the log store's fsync histogram
-    /// ([`metrics::wal_sync_histogram`]), exported with the API's own figures.
-    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>, wal_syncs: Histogram) -> std::io::Result<Self> {
-        let metrics = metrics::ApiMetrics::new(wal_syncs);
+    /// `writes`: the figures the log store and Raft feed
+    /// ([`metrics::WriteFigures`]), exported with the API's own.
+    pub fn new(backend: Arc<B>, limits: Limits, presence: Arc<Presence>, connections: Arc<AtomicU64>, writes: metrics::WriteFigures) -> std::io::Result<Self> {
+        let metrics = metrics::ApiMetrics::new(writes);
         let registry = Arc::new(fanout::Registry::default());
         let figures = fanout::FanoutMetrics {
             deliveries: metrics.deliveries.clone(),

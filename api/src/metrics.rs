@@ -8,11 +8,12 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
-/// The histogram type of [`wal_sync_histogram`], for the node that fills it.
 pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use raft_store::stages::{Stage, StageObserver};
 
 use crate::{App, ChatBackend};
 
@@ -26,8 +27,8 @@ pub struct ApiMetrics {
     pub deliveries: Counter,
     pub late_messages: Counter,
     pub fanout_rounds: Histogram,
-    /// Fed by the log store (see [`wal_sync_histogram`]).
-    wal_syncs: Histogram,
+    /// Fed by the log store, the state machine and Raft (see [`WriteFigures`]).
+    writes: WriteFigures,
     pub slow_consumer_closes: Counter,
     ws_connections: Gauge,
     raft_term: Gauge,
@@ -36,15 +37,44 @@ pub struct ApiMetrics {
     raft_applied_index: Gauge,
 }
 
-/// The histogram of the Raft log's fsyncs, made before the log store that
-/// feeds it and handed to [`ApiMetrics::new`] to export.
-pub fn wal_sync_histogram() -> Histogram {
-    // 0.05 ms .. ~0.8 s: a local SSD syncs in well under a millisecond.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
+type StageLabels = [(&'static str, &'static str); 1];
+type StageFamily = Family<StageLabels, Histogram, fn() -> Histogram>;
+
+/// The figures the write path below the API feeds: each fsync of the Raft log
+/// and the time of each stage of a write ([`raft_store::stages`]). Made before
+/// the log store, fed through [`WriteFigures::observer`], and handed to
+/// [`ApiMetrics::new`] to export.
+#[derive(Clone)]
+pub struct WriteFigures {
+    wal_syncs: Histogram,
+    stages: StageFamily,
+}
+
+impl Default for WriteFigures {
+    fn default() -> Self {
+        // 0.05 ms .. ~0.8 s: a local SSD syncs in well under a millisecond.
+        let wal_syncs = Histogram::new(exponential_buckets(0.000_05, 2.0, 15));
+        // 10 µs .. ~0.3 s: the stages of one write are microseconds to milliseconds.
+        let stages: StageFamily = Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_01, 2.0, 16)));
+        WriteFigures { wal_syncs, stages }
+    }
+}
+
+impl WriteFigures {
+    /// What the log store, state machine, proposer and network report to.
+    pub fn observer(&self) -> StageObserver {
+        let figures = self.clone();
+        Arc::new(move |stage: Stage, took: Duration| {
+            if stage == Stage::Fsync {
+                figures.wal_syncs.observe(took.as_secs_f64());
+            }
+            figures.stages.get_or_create(&[("stage", stage.name())]).observe(took.as_secs_f64());
+        })
+    }
 }
 
 impl ApiMetrics {
-    pub fn new(wal_syncs: Histogram) -> Self {
+    pub fn new(writes: WriteFigures) -> Self {
         let mut registry = Registry::with_prefix("chorus");
         let m = ApiMetrics {
             messages_committed: Counter::default(),
@@ -56,7 +86,7 @@ impl ApiMetrics {
             late_messages: Counter::default(),
             // 0.5 ms .. ~0.5 s: a round near the 50 ms interval is at capacity.
             fanout_rounds: Histogram::new(exponential_buckets(0.000_5, 2.0, 11)),
-            wal_syncs,
+            writes,
             slow_consumer_closes: Counter::default(),
             ws_connections: Gauge::default(),
             raft_term: Gauge::default(),
@@ -87,7 +117,12 @@ impl ApiMetrics {
         registry.register(
             "log_sync_seconds",
             "Wall time of each fsync of the Raft log (RocksDB's write-ahead log); every acknowledged write waits for one, and one covers every append made before it",
-            m.wal_syncs.clone(),
+            m.writes.wal_syncs.clone(),
+        );
+        registry.register(
+            "write_stage_seconds",
+            "Time of each stage of a write on this node (propose, append, sync, fsync, replicate, follower_append, commit, apply, reply, total); see raft_store::stages",
+            m.writes.stages.clone(),
         );
         registry.register("slow_consumer_closes", "Connections closed because their queue overflowed", m.slow_consumer_closes.clone());
         registry.register("ws_connections", "Open WebSocket connections", m.ws_connections.clone());

@@ -41,6 +41,7 @@ use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use openraft::SnapshotPolicy;
 use raft_store::chat::Event;
+use raft_store::stages::WriteStages;
 use raft_store::{LogStore, NodeInfo, StateMachine, WalSync};
 use rand::Rng;
 use tokio::net::TcpListener;
@@ -164,11 +165,11 @@ pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<NodeH
         raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_addr.to_string()),
         client_url: config.client_url(client_addr),
     };
-    let Opened { node, store, identity, tls, wal_syncs } = open_node(&config, info).await?;
+    let Opened { node, store, identity, tls, writes } = open_node(&config, info).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![
         serve_grpc(&node, tls.as_ref(), listeners.raft, config.max_peer_connections, stop_rx.clone())?,
-        serve_api(&node, &config, listeners.client, wal_syncs, stop_rx.clone())?,
+        serve_api(&node, &config, listeners.client, writes, stop_rx.clone())?,
     ];
     if !config.no_bootstrap && identity.cluster_id().is_none() && !node.raft.is_initialized().await? {
         let cluster_id = new_cluster_id();
@@ -196,8 +197,8 @@ struct Opened {
     identity: identity::Identity,
     /// Mutual TLS for the raft port, if configured.
     tls: Option<tls::Tls>,
-    /// The log store's fsync histogram, exported on `/metrics`.
-    wal_syncs: api::metrics::Histogram,
+    /// What the log store, state machine and Raft time, exported on `/metrics`.
+    writes: api::metrics::WriteFigures,
 }
 
 /// Opens the data dir (restoring a backup placed in it), the state machine and
@@ -210,34 +211,34 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
     let identity = identity::Identity::load(store.clone(), config.cluster_secret.clone(), tls.is_some())?;
     backup::seed_if_present(&store, &identity, config.id, &info)
         .with_context(|| format!("cannot restore the backup in {}", dir.display()))?;
-    let sm = StateMachine::open(store.clone())?;
+    let writes = api::metrics::WriteFigures::default();
+    let stages = WriteStages::new(writes.observer());
+    let sm = StateMachine::open(store.clone())?.with_stages(stages.clone());
     let reader = sm.reader();
     let applied = sm.applied_watch();
     let deliveries = sm.deliveries().downgrade();
-    let wal_syncs = api::metrics::wal_sync_histogram();
     let log_store = {
-        let h = wal_syncs.clone();
         let sync = if config.unsafe_skip_wal_sync {
             tracing::warn!("--unsafe-skip-wal-sync: Raft appends are not fsynced; a power loss can lose acknowledged messages");
             WalSync::SkipUnsafe
         } else {
             WalSync::Fsync
         };
-        LogStore::with_wal_sync(store.clone(), Arc::new(move |d: Duration| h.observe(d.as_secs_f64())), sync)?
+        LogStore::with_wal_sync(store.clone(), stages.clone(), sync)?
     };
 
     let peers = network::Peers::new(identity.clone(), config.peer_source_ip, tls.as_ref().map(tls::Tls::client));
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config(config)?),
-        network::NetworkFactory { id: config.id, peers: peers.clone() },
+        network::NetworkFactory { id: config.id, peers: peers.clone(), stages: stages.clone() },
         log_store,
         sm,
     )
     .await
     .context("cannot start raft")?;
 
-    let proposer = node::Proposer::start(raft.clone(), reader.clone());
+    let proposer = node::Proposer::start(raft.clone(), reader.clone(), stages.clone());
     let forwarder = node::Forwarder::start(raft.clone(), peers.clone(), info.raft_addr.clone());
     let node = Arc::new(Node {
         id: config.id,
@@ -252,9 +253,10 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
         forwarder,
         presence: Arc::new(api::presence::Presence::new(config.id)),
         connections: Arc::default(),
+        stages,
         level_gate: tokio::sync::Mutex::new(()),
     });
-    Ok(Opened { node, store, identity, tls, wal_syncs })
+    Ok(Opened { node, store, identity, tls, writes })
 }
 
 /// Requests one connection to the raft port may have in progress at once.
@@ -321,7 +323,7 @@ fn serve_api(
     node: &Arc<Node>,
     config: &Config,
     listener: TcpListener,
-    wal_syncs: api::metrics::Histogram,
+    writes: api::metrics::WriteFigures,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let limits = api::Limits {
@@ -338,7 +340,7 @@ fn serve_api(
         max_connections: config.max_connections,
     };
     let api_app = Arc::new(
-        api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), wal_syncs)
+        api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), writes)
             .context("cannot start the fan-out thread")?,
     );
     api::relay::start(&api_app);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
@@ -20,6 +20,7 @@ use proto::v1::raft_client::RaftClient;
 use proto::v1::{Bytes, SnapshotChunk};
 use raft_store::codec::{decode, encode};
 use raft_store::snapshot::SnapshotFile;
+use raft_store::stages::{Stage, WriteStages};
 use raft_store::types::{NodeId, Snapshot, Vote};
 use raft_store::{NodeInfo, TypeConfig};
 use serde::de::DeserializeOwned;
@@ -95,13 +96,15 @@ pub struct NetworkFactory {
     /// This node's id.
     pub id: NodeId,
     pub peers: Peers,
+    /// Where replication round trips are timed.
+    pub stages: Arc<WriteStages>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
-        PeerNetwork { id: self.id, target, addr: node.raft_addr.clone(), peers: self.peers.clone() }
+        PeerNetwork { id: self.id, target, addr: node.raft_addr.clone(), peers: self.peers.clone(), stages: self.stages.clone() }
     }
 }
 
@@ -111,6 +114,7 @@ pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     peers: Peers,
+    stages: Arc<WriteStages>,
 }
 
 /// The deadline of an AppendEntries call. openraft offers the heartbeat interval
@@ -187,8 +191,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let deadline = append_deadline(!rpc.entries.is_empty(), &option);
-        self.call(RPCTypes::AppendEntries, &rpc, deadline, |mut c, r| async move { c.append(r).await }).await
+        let carries_entries = !rpc.entries.is_empty();
+        let deadline = append_deadline(carries_entries, &option);
+        let sent = Instant::now();
+        let answer = self.call(RPCTypes::AppendEntries, &rpc, deadline, |mut c, r| async move { c.append(r).await }).await;
+        if carries_entries && answer.is_ok() {
+            self.stages.observe(Stage::Replicate, sent.elapsed());
+        }
+        answer
     }
 
     async fn vote(

@@ -14,6 +14,7 @@ use raft_store::state_machine::{ChatReader, Delivery};
 use raft_store::types::{NodeId, Raft};
 use raft_store::NodeInfo;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use raft_store::stages::WriteStages;
 use raft_store::types::Batch;
 
 use crate::config::Config;
@@ -69,6 +70,8 @@ pub struct Node {
     /// its level check to the learner's addition, so a node that reads less
     /// cannot join between an upgrade's look at the members and its raise.
     pub(crate) level_gate: tokio::sync::Mutex<()>,
+    /// Where this node times the stages of its writes ([`raft_store::stages`]).
+    pub(crate) stages: Arc<WriteStages>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -201,7 +204,7 @@ impl Node {
     /// writes of this node's clients into shared RPCs.
     async fn forward(&self, event: Event, deadline: Instant) -> Result<Committed, Retry> {
         let (tx, rx) = oneshot::channel();
-        if self.forwarder.send(Pending { event, reply: tx }).await.is_err() {
+        if self.forwarder.send(Pending { event, at: Instant::now(), reply: tx }).await.is_err() {
             return Err(Retry::Fatal("the forwarder stopped".into()));
         }
         match tokio::time::timeout_at(deadline.into(), rx).await {
@@ -215,7 +218,7 @@ impl Node {
     /// concurrent commands into shared log entries.
     pub(crate) async fn propose_local(&self, event: Event) -> Result<Committed, Retry> {
         let (tx, rx) = oneshot::channel();
-        if self.proposer.send(Pending { event, reply: tx }).await.is_err() {
+        if self.proposer.send(Pending { event, at: Instant::now(), reply: tx }).await.is_err() {
             return Err(Retry::Fatal("the proposer stopped".into()));
         }
         rx.await.unwrap_or_else(|_| Err(Retry::Unknown("the proposal was dropped".into())))
@@ -301,6 +304,8 @@ pub type SharedNode = Arc<Node>;
 /// A command waiting to be proposed, and where its result goes.
 pub(crate) struct Pending {
     event: Event,
+    /// When the proposal was handed over, for [`Stage::Propose`](raft_store::stages::Stage::Propose).
+    at: Instant,
     reply: oneshot::Sender<Result<Committed, Retry>>,
 }
 
@@ -311,22 +316,28 @@ pub(crate) struct Proposer;
 
 impl Proposer {
     /// `reader` gives the cluster's feature level, which every batch is written at.
-    pub(crate) fn start(raft: Raft, reader: ChatReader) -> mpsc::Sender<Pending> {
+    /// `stages` times each batch from its first proposal's hand-over.
+    pub(crate) fn start(raft: Raft, reader: ChatReader, stages: Arc<WriteStages>) -> mpsc::Sender<Pending> {
         let (tx, gatherer) = gather::channel();
-        tokio::spawn(Self::run(raft, reader, gatherer));
+        tokio::spawn(Self::run(raft, reader, stages, gatherer));
         tx
     }
 
-    async fn run(raft: Raft, reader: ChatReader, mut gatherer: Gatherer<Pending>) {
+    async fn run(raft: Raft, reader: ChatReader, stages: Arc<WriteStages>, mut gatherer: Gatherer<Pending>) {
         while let Some((slot, batch)) = gatherer.next_batch().await {
-            let raft = raft.clone();
+            let (raft, stages) = (raft.clone(), stages.clone());
             let level = reader.feature_level();
             tokio::spawn(async move {
                 let ts_ms = now_ms();
+                let first = batch.first().map_or_else(Instant::now, |p| p.at);
                 let (commands, replies): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (Command { ts_ms, event: p.event }, p.reply)).unzip();
                 let n = commands.len();
-                match raft.client_write(Batch::new(level, commands)).await {
+                let written = raft.client_write(Batch::new(level, commands)).await;
+                if let Ok(resp) = &written {
+                    stages.answered(resp.log_id.index, first);
+                }
+                match written {
                     Ok(resp) if resp.data.outcomes.len() == n => {
                         for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {
                             let _ = reply.send(Ok(Committed { outcome, index: resp.log_id.index }));

@@ -62,9 +62,15 @@ impl RaftRpc for RaftService {
 
     async fn append(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         self.node.peers.identity.check_peer(request.metadata())?;
-        let req = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let arrived = std::time::Instant::now();
+        let req: openraft::raft::AppendEntriesRequest<raft_store::TypeConfig> = decode(&request.into_inner().data).map_err(bad_payload)?;
+        let carries_entries = !req.entries.is_empty();
         let result = self.node.raft.append_entries(req).await.map_err(|e| e.to_string());
-        reply(&result)
+        let answer = reply(&result);
+        if carries_entries {
+            self.node.stages.observe(raft_store::stages::Stage::FollowerAppend, arrived.elapsed());
+        }
+        answer
     }
 
     async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<Bytes>, Status> {

@@ -98,13 +98,16 @@ pub enum Caller {
     Operator(String),
 }
 
+/// A peer's certificate chain, as the handshake gave it.
+type Chain = Arc<Vec<CertificateDer<'static>>>;
+
 /// The roles of recent connections' certificates. Every request of one TLS
 /// connection carries the same certificate chain (one `Arc`, made at the
 /// handshake), so a Raft call on a known connection compares a pointer
 /// instead of parsing X.509 again.
 #[derive(Clone, Default)]
 pub struct Callers {
-    recent: Arc<Mutex<VecDeque<(Arc<Vec<CertificateDer<'static>>>, Caller)>>>,
+    recent: Arc<Mutex<VecDeque<(Chain, Caller)>>>,
 }
 
 /// Connections whose role is remembered: a node has one per peer, plus the

@@ -187,7 +187,7 @@ async fn health_metrics_and_unknown_routes() {
     assert_eq!(http.get(format!("{b1}/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{b1}/readyz")).send().await.unwrap().status(), 200);
     let metrics = http.get(format!("{b3}/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in ["chorus_raft_term", "chorus_raft_leader", "chorus_raft_commit_index", "chorus_raft_applied_index", "chorus_ws_connections", "chorus_messages_committed_total", "chorus_ack_latency_seconds_bucket", "chorus_delivery_lag_seconds_bucket", "chorus_deliveries_total", "chorus_slow_consumer_closes_total", "chorus_log_sync_seconds_bucket"] {
+    for name in ["chorus_raft_term", "chorus_raft_leader", "chorus_raft_commit_index", "chorus_raft_applied_index", "chorus_ws_connections", "chorus_messages_committed_total", "chorus_ack_latency_seconds_bucket", "chorus_delivery_lag_seconds_bucket", "chorus_deliveries_total", "chorus_slow_consumer_closes_total", "chorus_log_sync_seconds_bucket", "chorus_write_stage_seconds_count{stage=\"commit\"}", "chorus_write_stage_seconds_count{stage=\"sync\"}"] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     // Node 3 synced its log for them (every node syncs what it appends).

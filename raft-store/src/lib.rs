@@ -19,6 +19,7 @@
 //!   and seeding a data dir from one (restore, force-new).
 //! - [`format`]: the cluster's feature level, and the level every entry and
 //!   snapshot carries.
+//! - [`stages`]: where one write's time goes on a node, timed per stage.
 //! - [`codec`], [`error`]: the one binary encoding, and storage errors.
 //!
 //! Nothing here knows of HTTP, WebSocket, gRPC or the CLI.
@@ -38,6 +39,7 @@ pub mod read;
 pub mod sessions;
 pub mod token;
 pub mod snapshot;
+pub mod stages;
 #[cfg(feature = "rocksdb")]
 pub mod state_machine;
 pub mod types;

@@ -19,7 +19,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -28,6 +28,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use crate::codec::{decode, encode};
 use crate::db::{synced_write_options, Store, CF_LOG, CF_RAFT};
 use crate::error::StoreError;
+use crate::stages::{Stage, WriteStages};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
@@ -48,28 +49,21 @@ fn index_of(key: &[u8]) -> Result<u64, StoreError> {
 pub struct LogStore {
     store: Store,
     syncer: Arc<WalSyncer>,
+    stages: Arc<WriteStages>,
 }
-
-/// Told the wall time of each fsync of the write-ahead log (for metrics).
-pub type SyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 impl LogStore {
     /// Fails only if the WAL sync thread cannot be started.
     pub fn new(store: Store) -> Result<Self, StoreError> {
-        Self::observed(store, Arc::new(|_| {}))
+        Self::with_wal_sync(store, WriteStages::off(), WalSync::Fsync)
     }
 
-    /// A log store that reports each WAL fsync's duration to `on_sync`.
-    pub fn observed(store: Store, on_sync: SyncObserver) -> Result<Self, StoreError> {
-        Self::with_wal_sync(store, on_sync, WalSync::Fsync)
-    }
-
-    /// As [`LogStore::observed`], with the WAL sync chosen: only the
-    /// fault-injection suite's proof that its power-loss nemesis bites asks for
-    /// [`WalSync::SkipUnsafe`].
-    pub fn with_wal_sync(store: Store, on_sync: SyncObserver, sync: WalSync) -> Result<Self, StoreError> {
-        let syncer = Arc::new(WalSyncer::start(store.clone(), on_sync, sync)?);
-        Ok(LogStore { store, syncer })
+    /// A log store that times its appends and syncs into `stages`, with the
+    /// WAL sync chosen: only the fault-injection suite's proof that its
+    /// power-loss nemesis bites asks for [`WalSync::SkipUnsafe`].
+    pub fn with_wal_sync(store: Store, stages: Arc<WriteStages>, sync: WalSync) -> Result<Self, StoreError> {
+        let syncer = Arc::new(WalSyncer::start(store.clone(), stages.clone(), sync)?);
+        Ok(LogStore { store, syncer, stages })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -166,14 +160,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let began = Instant::now();
         let cf = self.store.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut last = None;
         for entry in entries {
             batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry)?);
+            last = Some(entry.log_id.index);
         }
         // Written now, readable now; durable once the syncer calls back.
         self.store.db.write(batch).map_err(StoreError::from)?;
-        self.syncer.sync_then(callback);
+        let written = Instant::now();
+        if let Some(last) = last {
+            self.stages.appended(last, began, written);
+        }
+        self.syncer.sync_then(callback, written);
         Ok(())
     }
 
@@ -208,12 +209,15 @@ pub enum WalSync {
 /// A thread that fsyncs RocksDB's write-ahead log and then completes the append
 /// callbacks that were waiting for it, in order.
 pub struct WalSyncer {
-    tx: std::sync::Mutex<Option<mpsc::Sender<IOFlushed<TypeConfig>>>>,
+    tx: std::sync::Mutex<Option<mpsc::Sender<Waiting>>>,
 }
 
+/// An append's completion, and when its write was made.
+type Waiting = (IOFlushed<TypeConfig>, Instant);
+
 impl WalSyncer {
-    fn start(store: Store, on_sync: SyncObserver, sync: WalSync) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+    fn start(store: Store, stages: Arc<WriteStages>, sync: WalSync) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel::<Waiting>();
         std::thread::Builder::new()
             .name("chorus-wal-sync".into())
             .spawn(move || {
@@ -223,8 +227,10 @@ impl WalSyncer {
                     // One fsync covers every write made before it.
                     let began = Instant::now();
                     let result = store.db.flush_wal(sync == WalSync::Fsync);
-                    on_sync(began.elapsed());
-                    for callback in waiting {
+                    let synced = Instant::now();
+                    stages.observe(Stage::Fsync, synced - began);
+                    for (callback, written) in waiting {
+                        stages.observe(Stage::Sync, synced.saturating_duration_since(written));
                         let r = match &result {
                             Ok(()) => Ok(()),
                             Err(e) => Err(io::Error::other(e.to_string())),
@@ -237,11 +243,11 @@ impl WalSyncer {
         Ok(WalSyncer { tx: std::sync::Mutex::new(Some(tx)) })
     }
 
-    fn sync_then(&self, callback: IOFlushed<TypeConfig>) {
+    fn sync_then(&self, callback: IOFlushed<TypeConfig>, written: Instant) {
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some(tx) => {
-                if let Err(mpsc::SendError(callback)) = tx.send(callback) {
+                if let Err(mpsc::SendError((callback, _))) = tx.send((callback, written)) {
                     callback.io_completed(Err(io::Error::other("WAL sync thread stopped")));
                 }
             }

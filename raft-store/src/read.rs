@@ -30,6 +30,9 @@ pub enum Order {
     Descending,
 }
 
+/// One stored key and its value, as a ranged scan returns them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Read access to the applied chat state.
 pub trait ChatRead: TablesRead + Send + Sync {
     /// Up to `limit` entries of `table` with `lower <= key < upper` (no upper
@@ -41,7 +44,7 @@ pub trait ChatRead: TablesRead + Send + Sync {
         upper: Option<&[u8]>,
         limit: usize,
         order: Order,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<KeyValue>, StoreError>;
 
     fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         chat::user(self, name)

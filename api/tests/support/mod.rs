@@ -164,7 +164,7 @@ impl Api {
     pub async fn with_limits(limits: Limits) -> Self {
         let backend = MemBackend::formed();
         let presence = Arc::new(Presence::new(1));
-        let app = App::new(backend.clone(), limits, presence, Arc::new(AtomicU64::new(0)), api::metrics::wal_sync_histogram()).expect("app");
+        let app = App::new(backend.clone(), limits, presence, Arc::new(AtomicU64::new(0)), api::metrics::WriteFigures::default()).expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let timeout = app.limits.http_timeout;

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use wire::ClientFrame;
 
+use super::breakdown;
 use super::deliveries::{frame_text, join, reader, Deliveries};
 use super::measure::Meters;
 use super::{micros, pct, Bench, BenchArgs};
@@ -23,6 +24,10 @@ pub(super) async fn run(bench: &Bench, args: &BenchArgs) -> anyhow::Result<()> {
     // The window and the meters open before the senders connect and join.
     let deadline = Instant::now() + Duration::from_secs(args.secs);
     let meters = Meters::start(&bench.http, &bench.urls, &args.pids).await;
+    let stages = match args.breakdown {
+        true => Some(breakdown::scrape(&bench.http, &bench.urls).await),
+        false => None,
+    };
     let senders = start_senders(bench, args.senders, deadline, &deliveries).await?;
     let mut lat = Vec::new();
     for s in senders {
@@ -30,6 +35,10 @@ pub(super) async fn run(bench: &Bench, args: &BenchArgs) -> anyhow::Result<()> {
     }
     lat.sort_unstable();
     let (cpu, syncs) = meters.stop(&bench.http, &bench.urls, lat.len() as u64, "acked message").await;
+    let stages = match stages {
+        Some(before) => Some(breakdown::report(&before, &breakdown::scrape(&bench.http, &bench.urls).await, lat.len() as u64)),
+        None => None,
+    };
     // Lets the last sends' own copies arrive.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let dl = deliveries.latencies();
@@ -39,6 +48,9 @@ pub(super) async fn run(bench: &Bench, args: &BenchArgs) -> anyhow::Result<()> {
     println!("  send→deliver ms  p50 {:.2}  p99 {:.2}", pct(&dl, 0.5), pct(&dl, 0.99));
     println!("  CPU              {cpu}");
     println!("  log syncs        {syncs}");
+    if let Some(table) = stages {
+        print!("{table}");
+    }
     Ok(())
 }
 

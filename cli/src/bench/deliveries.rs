@@ -86,7 +86,11 @@ pub(super) fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Op
 /// went out, and a wake-up for the sender waiting on it.
 fn answered(id: Option<&wire::Id>, start: Instant, deliveries: &Deliveries, acks: Option<&tokio::sync::mpsc::UnboundedSender<()>>) {
     // Fan-out senders put their send time last in the id.
-    if let Some(sent) = id.and_then(|id| id.text().rsplit('-').next()?.parse::<u64>().ok()) {
+    // Only a fan-out sender's id (`f{sender}-{n}-{sent µs}`) carries its send
+    // time; the acks phase's ids are plain counters, whose acks are timed by
+    // their senders and must not count as deliveries here.
+    let timed = id.map(wire::Id::text).filter(|t| t.starts_with('f'));
+    if let Some(sent) = timed.as_deref().and_then(|t| t.rsplit('-').next()?.parse::<u64>().ok()) {
         deliveries.record(sent, start);
     }
     if let Some(a) = acks {

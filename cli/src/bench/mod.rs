@@ -24,10 +24,12 @@
 //! [`run`] sets up what the phases share ([`Bench`]) and runs each phase that
 //! was asked for, in that order: [`acks`], [`fanout`], [`idle`]. Each phase
 //! connects its clients, drives the load for `--secs` and prints its figures.
-//! [`measure`] holds the CPU, RSS and log-sync meters, [`deliveries`] what the
+//! With `--breakdown`, acks also prints each node's write stages
+//! ([`breakdown`]). [`measure`] holds the CPU, RSS and log-sync meters, [`deliveries`] what the
 //! connections count and sample, [`subscribers`] the fan-out's mio readers.
 
 mod acks;
+mod breakdown;
 mod deliveries;
 mod fanout;
 mod idle;
@@ -71,6 +73,11 @@ pub struct BenchArgs {
     /// to tell a steady queue from a few stalls.
     #[arg(long)]
     timeline: bool,
+    /// Also print, per node, the mean time of each stage of a write in the
+    /// acks window (from `chorus_write_stage_seconds`): run with `--senders 1`
+    /// and the leader's URL first to see one write's path.
+    #[arg(long)]
+    breakdown: bool,
 }
 
 fn micros(start: Instant) -> u64 {

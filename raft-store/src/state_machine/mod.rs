@@ -22,6 +22,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -33,6 +34,7 @@ use crate::codec::{decode, encode};
 use crate::db::{Store, CF_SM};
 use crate::error::StoreError;
 use crate::snapshot::{self, SnapshotFile};
+use crate::stages::WriteStages;
 use crate::types::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 mod reader;
@@ -81,6 +83,7 @@ pub struct StateMachine {
     /// Serialises updates of the current-snapshot pointer between the builder
     /// task and installs, so an older build never replaces a newer install.
     snapshot_lock: Arc<Mutex<()>>,
+    stages: Arc<WriteStages>,
 }
 
 impl StateMachine {
@@ -109,7 +112,13 @@ impl StateMachine {
             deliveries,
             applied: watch::Sender::new(applied_index),
             snapshot_lock: Arc::new(Mutex::new(())),
+            stages: WriteStages::off(),
         })
+    }
+
+    /// Times each run of entries applied (and the wait before it) into `stages`.
+    pub fn with_stages(self, stages: Arc<WriteStages>) -> Self {
+        StateMachine { stages, ..self }
     }
 
     pub fn reader(&self) -> ChatReader {
@@ -130,11 +139,12 @@ impl StateMachine {
 type Responder = openraft::storage::ApplyResponder<TypeConfig>;
 
 impl StateMachine {
-    /// Writes one batch, then answers its proposers and tells subscribers.
+    /// Writes one batch (a run of entries up to `last`, begun at `began`),
+    /// then answers its proposers and tells subscribers.
     fn commit(
         &self,
         txn: Txn<'_>,
-        last: &Option<LogId>,
+        (last, began): (&Option<LogId>, Instant),
         membership: Option<&StoredMembership>,
         replies: &mut Vec<(Responder, Response)>,
         delivered: &mut Vec<Delivery>,
@@ -151,6 +161,7 @@ impl StateMachine {
             self.store.level.store(level, Ordering::Release);
         }
         if let Some(id) = last {
+            self.stages.applied(id.index, began, Instant::now());
             self.applied.send_replace(id.index);
         }
         for delivery in delivered.drain(..) {
@@ -186,9 +197,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // A feature level raised in this run of entries, published once written.
         let mut level = None;
         let mut in_batch = 0;
+        let mut began = Instant::now();
 
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            if in_batch == 0 {
+                began = Instant::now();
+            }
+            self.stages.applying(entry.log_id.index, began);
             last = Some(entry.log_id);
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::default(),
@@ -222,12 +238,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             in_batch += 1;
             if in_batch >= APPLY_BATCH {
                 let full = std::mem::replace(&mut txn, Txn::new(&store));
-                self.commit(full, &last, membership.take().as_ref(), &mut replies, &mut delivered, level.take())?;
+                self.commit(full, (&last, began), membership.take().as_ref(), &mut replies, &mut delivered, level.take())?;
                 in_batch = 0;
             }
         }
         if in_batch > 0 {
-            self.commit(txn, &last, membership.as_ref(), &mut replies, &mut delivered, level)?;
+            self.commit(txn, (&last, began), membership.as_ref(), &mut replies, &mut delivered, level)?;
         }
         Ok(())
     }

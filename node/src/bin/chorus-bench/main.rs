@@ -1,11 +1,20 @@
-//! `chorus-bench log`: raw log-append throughput and latency on a local
-//! three-node cluster of real `chorusd` processes (durable: every acked entry is
-//! fsynced on a majority), and the time from a leader SIGKILL to the next
-//! successful write.
+//! Benchmarks on a local cluster of real `chorusd` processes (durable: every
+//! acked entry is fsynced on a majority).
 //!
 //! ```text
-//! chorus-bench log [--writers 1,16,256] [--secs 10] [--nodes 3] [--bytes 200] [--client unary|gathered|both]
+//! chorus-bench log [--writers 1,16,256] [--secs 10] [--nodes 3] [--bytes 200] [--client unary|gathered|both] [--kills 1]
+//! chorus-bench breakdown [--writers 1] [--secs 10] [--via leader|follower]
+//! chorus-bench failover [--kills 20]
+//! chorus-bench recovery [--messages 1000000]
 //! ```
+//!
+//! `breakdown` ([`breakdown`]): one write's path over WebSocket, stage by
+//! stage, per node. `failover`: `--kills` times, SIGKILL the leader and time
+//! the first write committed after it, then restart the node; prints p50, p99
+//! and max. `recovery` ([`recovery`]): restart and join times of a cluster
+//! holding `--messages` messages. `log`: raw log-append throughput and latency, then one failover.
+//!
+//! In `log`:
 //! Each writer is closed-loop: it sends one `MessagePosted` to the leader over the
 //! node-to-node `Propose` RPC, waits for its commit, and sends the next. Every
 //! event is its own proposal with its own answer. Two clients are measured
@@ -29,9 +38,12 @@ use proto::v1::raft_client::RaftClient;
 use raft_store::chat::Event;
 use tonic::transport::Channel;
 
+mod breakdown;
+mod recovery;
+
 #[derive(Parser)]
 struct Args {
-    /// Benchmark to run (only `log` for now).
+    /// Benchmark to run: log, breakdown, failover or recovery.
     mode: String,
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     writers: Vec<usize>,
@@ -47,6 +59,15 @@ struct Args {
     /// Skip the leader-kill measurement.
     #[arg(long)]
     no_failover: bool,
+    /// Leader kills to time (`failover`; `log` does one).
+    #[arg(long)]
+    kills: Option<usize>,
+    /// `recovery`: messages to load before the restart and the join.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// `breakdown`: where the first sender writes, leader or follower.
+    #[arg(long, default_value = "leader")]
+    via: String,
     /// The nodes' Raft heartbeat interval (chorusd --heartbeat-ms; same default).
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
@@ -199,9 +220,27 @@ async fn run_load(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.mode != "log" {
-        bail!("unknown benchmark {:?}; try `log`", args.mode);
+    match args.mode.as_str() {
+        "log" => log(&args).await,
+        "breakdown" => breakdown::run(&args).await,
+        "failover" => failover_only(&args).await,
+        "recovery" => recovery::run(&args).await,
+        other => bail!("unknown benchmark {other:?}; try log, breakdown, failover or recovery"),
     }
+}
+
+/// `failover`: a cluster that only takes the leader kills.
+async fn failover_only(args: &Args) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (hb, el) = (args.heartbeat_ms.to_string(), args.election_ms.to_string());
+    let mut c = ProcCluster::start(tmp.path(), args.nodes, &["--heartbeat-ms", &hb, "--election-ms", &el])?;
+    breakdown::wait_leader(&c)?;
+    let status = c.status(&c.procs[0].raft_addr)?;
+    let cluster_id = status["cluster_id"].as_str().context("no cluster id")?.to_string();
+    failovers(args, &mut c, &cluster_id, args.kills.unwrap_or(20)).await
+}
+
+async fn log(args: &Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (hb, el) = (args.heartbeat_ms.to_string(), args.election_ms.to_string());
     let mut c = ProcCluster::start(tmp.path(), args.nodes, &["--heartbeat-ms", &hb, "--election-ms", &el])?;
@@ -219,9 +258,9 @@ async fn main() -> anyhow::Result<()> {
         "both" => &[("unary", false), ("gathered", true)],
         other => bail!("unknown client {other:?}; try unary, gathered or both"),
     };
-    load_steps(&args, &c, modes, &leader_addr, &cluster_id).await?;
+    load_steps(args, &c, modes, &leader_addr, &cluster_id).await?;
     if !args.no_failover {
-        failover(&args, &mut c, leader, &cluster_id).await?;
+        failovers(args, &mut c, &cluster_id, args.kills.unwrap_or(1)).await?;
     }
     Ok(())
 }
@@ -256,8 +295,34 @@ async fn load_steps(args: &Args, c: &ProcCluster, modes: &[(&str, bool)], leader
     Ok(())
 }
 
+/// `kills` times: kills the leader, times the first write committed after it,
+/// restarts the node and waits until the cluster has a leader again. Prints
+/// each time and, over several, p50, p99 and max.
+async fn failovers(args: &Args, c: &mut ProcCluster, cluster_id: &str, kills: usize) -> anyhow::Result<()> {
+    let mut times = Vec::with_capacity(kills);
+    for k in 0..kills {
+        let leader = breakdown::wait_leader(c)?;
+        let took = failover(args, c, leader, cluster_id).await?;
+        println!("kill {}: node {leader}, SIGKILL → next committed write {:.0} ms", k + 1, took.as_secs_f64() * 1000.0);
+        times.push(took);
+        c.proc(leader).start()?;
+        // The restarted node catches up before the next kill, so each kill
+        // finds the same three-node cluster.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "leader SIGKILL → next committed write over {kills} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99)),
+        ms(times.last().copied().unwrap_or_default())
+    );
+    Ok(())
+}
+
 /// Kills the leader and times the first write that any node commits after it.
-async fn failover(args: &Args, c: &mut ProcCluster, leader: u64, cluster_id: &str) -> anyhow::Result<()> {
+async fn failover(args: &Args, c: &mut ProcCluster, leader: u64, cluster_id: &str) -> anyhow::Result<Duration> {
     let others: Vec<String> = c.procs.iter().filter(|p| p.id != leader).map(|p| p.raft_addr.clone()).collect();
     let mut conns = Vec::new();
     for a in &others {
@@ -294,6 +359,5 @@ async fn failover(args: &Args, c: &mut ProcCluster, leader: u64, cluster_id: &st
     if first.is_err() {
         bail!("no write succeeded within 30 s of the leader kill");
     }
-    println!("leader SIGKILL → next committed write: {:.0} ms", elapsed.as_secs_f64() * 1000.0);
-    Ok(())
+    Ok(elapsed)
 }
