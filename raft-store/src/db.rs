@@ -61,6 +61,9 @@ pub struct Store {
     pub(crate) failed: Arc<std::sync::OnceLock<String>>,
 }
 
+/// The write-ahead log kept before old WAL files are forced out by flushes.
+const MAX_TOTAL_WAL: u64 = 64 << 20;
+
 /// Opens (or creates) the database under `dir`.
 pub fn open(dir: &Path) -> Result<Store, StoreError> {
     std::fs::create_dir_all(dir)?;
@@ -80,6 +83,13 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
     // Keep memory modest: many small nodes run on one machine in tests.
     opts.set_write_buffer_size(16 << 20);
     opts.set_max_background_jobs(2);
+    // A WAL file is deleted only once every column family with writes in it
+    // has flushed them; the small families (vote, node identity) would keep
+    // every WAL alive up to RocksDB's default bound of four times all write
+    // buffers, hundreds of MiB that a restart after a crash replays. Past
+    // this total, RocksDB flushes the families holding the oldest WAL, so a
+    // restart replays at most about this much.
+    opts.set_max_total_wal_size(MAX_TOTAL_WAL);
     let cfs = all_cfs().into_iter().map(|name| {
         let mut cf = Options::default();
         cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
