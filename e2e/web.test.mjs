@@ -194,6 +194,33 @@ async function main() {
   const seqs = await ben.$$eval('#messages li', (lis) => lis.map((li) => Number(li.dataset.seq)));
   assert.deepEqual(seqs, seqs.map((_, i) => i + 1), `dense and ordered: ${seqs}`);
 
+  // What happens to a message after it is posted, each change made on one
+  // node and seen on another: a reply, a reaction, an edit, a delete.
+  const act = async (page, text, which) => {
+    const li = page.locator('#messages li', { hasText: text }).first();
+    await li.hover();
+    await li.locator(`.act.${which}`).click();
+  };
+  await act(ann, 'ben here', 'reply');
+  await ann.waitForSelector('#compose:not([hidden])');
+  await ann.fill('#text', 'welcome, ben');
+  await ann.press('#text', 'Enter');
+  await ben.waitForSelector('#messages li:has-text("welcome, ben") .reply-to:has-text("ben here")');
+  await act(ben, 'hello from ann', 'react');
+  await ann.waitForSelector('#messages li:has-text("hello from ann") .chip:has-text("👍 1")');
+  await act(ann, 'hello from ann', 'edit');
+  assert.equal(await ann.inputValue('#text'), 'hello from ann', 'the edit starts from the text');
+  await ann.fill('#text', 'hello everyone');
+  await ann.press('#text', 'Enter');
+  await ben.waitForSelector('#messages li:has-text("hello everyone") .edited');
+  assert.equal(await ben.locator('#messages li', { hasText: 'hello from ann' }).count(), 0, 'the old text is gone');
+  await act(ann, 'during outage 3', 'delete');
+  await ben.waitForSelector('#messages li.gone .deleted');
+  assert.equal(await ben.locator('#messages li', { hasText: 'during outage 3' }).count(), 0, 'the deleted text is gone');
+  // Only the author may edit or delete: ben's page offers neither on ann's message.
+  assert.equal(await ben.locator('#messages li', { hasText: 'hello everyone' }).locator('.act.edit, .act.delete').count(), 0);
+  await ann.screenshot({ path: path.join(shots, 'lifecycle.png') });
+
   // Bring node 2 back, then watch the cluster view follow a leader change.
   await startNode(benNode);
   await waitFor('node 2 back', async () => (await status()).members.every((m) => m.reachable));

@@ -207,6 +207,7 @@ pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
         .route("/v1/sessions/revoke", post(http::revoke::<B>))
         .route("/v1/rooms", get(http::rooms::<B>))
         .route("/v1/rooms/{room}/messages", get(http::history::<B>).post(http::post_message::<B>))
+        .route("/v1/rooms/{room}/messages/{seq}/thread", get(http::thread::<B>))
         .route("/v1/cluster", get(http::cluster::<B>))
         .route("/v1/cluster/pick", get(http::pick::<B>))
         .route("/v1/ws", get(ws::upgrade::<B>))

@@ -21,6 +21,7 @@ pub fn status(code: Code) -> StatusCode {
         Code::NameTaken => StatusCode::CONFLICT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::Forbidden => StatusCode::FORBIDDEN,
     }
 }
 

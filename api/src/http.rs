@@ -2,16 +2,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft_store::chat::{self, Event, Outcome};
 use raft_store::ChatRead;
-use wire::http::{Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, RoomsQuery, Session};
+use wire::http::{
+    Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, RoomsQuery, Session, ThreadPage, ThreadQuery,
+};
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::ops::{read_history, send_message, unexpected};
+use crate::ops::{add_entry, read_history, read_thread, unexpected, Entry};
 use crate::{auth, validate, App, ChatBackend};
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
@@ -171,9 +173,23 @@ pub async fn post_message<B: ChatBackend>(
 ) -> ApiResult<Json<Posted>> {
     let user = bearer(&app, request.headers())?;
     let post = <Json<PostMessage> as axum::extract::FromRequest<()>>::from_request(request, &()).await;
-    let PostMessage { id, text } = body(post)?;
-    let ack = send_message(&app, &user, &room, &id.text(), &text).await?;
+    let PostMessage { id, text, reply_to } = body(post)?;
+    let ack = add_entry(&app, &user, &room, &id.text(), Entry::Post { text, reply_to }).await?;
     Ok(Json(ack.posted(id)))
+}
+
+/// The thread rooted at message `seq`: that message and its replies.
+pub async fn thread<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    path: Result<Path<(String, u64)>, PathRejection>,
+    headers: HeaderMap,
+    query: Result<Query<ThreadQuery>, QueryRejection>,
+) -> ApiResult<Json<ThreadPage>> {
+    let user = bearer(&app, &headers)?;
+    let Path((room, seq)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    app.request_attempt(&user)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(Json(read_thread(&app, &user, &room, seq, &q).await?))
 }
 
 /// Public, and read by web pages served from other members when they fail over.

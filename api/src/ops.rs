@@ -1,13 +1,15 @@
-//! The operations the HTTP routes and the WebSocket session share: posting a
-//! message and reading a page of history, with their validation, limits and
-//! consistency; and a stored message as the wire protocol writes it.
+//! The operations the HTTP routes and the WebSocket session share: adding an
+//! entry to a room (a message, reply, edit, delete or reaction) and reading a
+//! page of history or a thread, with their validation, limits and
+//! consistency; and a stored entry as the wire protocol writes it.
 
 use std::time::Instant;
 
 use raft_store::chat::{self, Event, Message, Outcome};
+use raft_store::lifecycle::Kind;
 use raft_store::ChatRead;
-use wire::http::{HistoryPage, HistoryQuery, Posted};
-use wire::{Consistency, Id};
+use wire::http::{HistoryPage, HistoryQuery, Posted, ThreadPage, ThreadQuery};
+use wire::{Consistency, HistoryEntry, Id};
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::{validate, App, ChatBackend};
@@ -16,9 +18,34 @@ use crate::{validate, App, ChatBackend};
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 50;
 
-/// A stored message as the wire protocol writes it.
-pub fn wire_message(m: &Message) -> wire::Message {
-    wire::Message { room: m.room.clone(), seq: m.seq, id: m.client_id.clone(), from: m.from.clone(), text: m.text.clone(), ts: m.ts_ms }
+/// A stored room entry as the wire protocol writes it.
+pub fn wire_entry(m: &Message) -> HistoryEntry {
+    let (room, seq, id, from, ts) = (m.room.clone(), m.seq, m.client_id.clone(), m.from.clone(), m.ts_ms);
+    match &m.kind {
+        Kind::Post(s) => HistoryEntry::Message(wire::Message {
+            room,
+            seq,
+            id,
+            from,
+            text: m.text.clone(),
+            ts,
+            reply_to: s.reply_to,
+            thread: s.thread,
+            edited_ts: s.edited_ts,
+            deleted: s.deleted,
+            reactions: s.reactions.iter().map(|(emoji, users)| (emoji.clone(), users.iter().cloned().collect())).collect(),
+        }),
+        Kind::Edit { target } => HistoryEntry::Edit(wire::Edit { room, seq, id, from, target: *target, text: m.text.clone(), ts }),
+        Kind::Delete { target } => HistoryEntry::Delete(wire::Delete { room, seq, id, from, target: *target, ts }),
+        Kind::Reaction { target, emoji, added } => {
+            HistoryEntry::Reaction(wire::Reaction { room, seq, id, from, target: *target, emoji: emoji.clone(), added: *added, ts })
+        }
+    }
+}
+
+/// A stored room entry as the text of the frame that delivers it.
+pub fn entry_frame_text(m: &Message) -> String {
+    wire_entry(m).into_frame().to_text()
 }
 
 /// An outcome the operation did not expect, as the fitting client error.
@@ -26,29 +53,46 @@ pub(crate) fn unexpected(o: Outcome) -> ApiError {
     match o {
         Outcome::Rejected { reason } => ApiError::bad_request(reason),
         Outcome::NotMember => ApiError::new(Code::NotMember, "not a member of this room"),
+        Outcome::Forbidden { reason } => ApiError::new(Code::Forbidden, reason),
+        Outcome::NoSuchMessage => ApiError::new(Code::NotFound, "no such message in this room"),
         other => ApiError::new(Code::Unavailable, format!("unexpected outcome {other:?}")),
     }
 }
 
-/// Reads one page of history for `user`, with the asked consistency.
-pub async fn read_history<B: ChatBackend>(app: &App<B>, user: &str, room: &str, q: &HistoryQuery) -> ApiResult<HistoryPage> {
+/// Whether `user` may read `room`, and the page size asked for, checked;
+/// then the read barrier the consistency asks for.
+async fn before_read<B: ChatBackend>(app: &App<B>, user: &str, room: &str, limit: Option<u64>, c: Option<Consistency>) -> ApiResult<usize> {
     validate::room_name(room)?;
     if let Some((a, b)) = chat::dm_participants(room) {
         if user != a && user != b {
             return Err(ApiError::new(Code::NotMember, "not your direct-message room"));
         }
     }
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE as u64);
+    let limit = limit.unwrap_or(DEFAULT_PAGE as u64);
     if limit == 0 || limit > MAX_PAGE as u64 {
         return Err(ApiError::bad_request(format!("limit is 1-{MAX_PAGE}")));
     }
-    match q.consistency.unwrap_or_default() {
+    match c.unwrap_or_default() {
         Consistency::Linearizable => app.backend.read_barrier().await?,
         Consistency::Local => {}
     }
-    let page = app.backend.reader().history(room, q.after, q.before, limit as usize)?;
-    let messages = page.messages.iter().map(|m| wire_message(m).into()).collect();
+    Ok(limit as usize)
+}
+
+/// Reads one page of history for `user`, with the asked consistency.
+pub async fn read_history<B: ChatBackend>(app: &App<B>, user: &str, room: &str, q: &HistoryQuery) -> ApiResult<HistoryPage> {
+    let limit = before_read(app, user, room, q.limit, q.consistency).await?;
+    let page = app.backend.reader().history(room, q.after, q.before, limit)?;
+    let messages = page.messages.iter().map(wire_entry).collect();
     Ok(HistoryPage { room: room.to_string(), head: page.head, messages })
+}
+
+/// Reads the thread rooted at message `root` of `room` for `user`.
+pub async fn read_thread<B: ChatBackend>(app: &App<B>, user: &str, room: &str, root: u64, q: &ThreadQuery) -> ApiResult<ThreadPage> {
+    let limit = before_read(app, user, room, q.limit, q.consistency).await?;
+    let entries = app.backend.reader().thread(room, root, q.after, limit)?;
+    let entries = entries.ok_or_else(|| ApiError::new(Code::NotFound, "no such message in this room"))?;
+    Ok(ThreadPage { room: room.to_string(), root, messages: entries.iter().map(wire_entry).collect() })
 }
 
 /// The acknowledgement of a stored message.
@@ -72,16 +116,47 @@ impl Ack {
     }
 }
 
-/// Posts `text` to `room` as `user` with client id `id`: validates, rate-limits,
-/// commits through the leader and returns once applied on this node.
-pub async fn send_message<B: ChatBackend>(app: &App<B>, user: &str, room: &str, id: &str, text: &str) -> ApiResult<Ack> {
+/// A room entry a client asks to add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A message, perhaps a reply.
+    Post { text: String, reply_to: Option<u64> },
+    Edit { target: u64, text: String },
+    Delete { target: u64 },
+    React { target: u64, emoji: String, added: bool },
+}
+
+impl Entry {
+    fn validate(&self, max_bytes: usize) -> ApiResult<()> {
+        match self {
+            Entry::Post { text, .. } | Entry::Edit { text, .. } => validate::text(text, max_bytes),
+            Entry::Delete { .. } => Ok(()),
+            Entry::React { emoji, .. } => validate::emoji(emoji),
+        }
+    }
+
+    fn event(self, room: &str, from: &str, id: &str) -> Event {
+        let (room, from, client_id) = (room.to_string(), from.to_string(), id.to_string());
+        match self {
+            Entry::Post { text, reply_to: None } => Event::MessagePosted { room, from, client_id, text },
+            Entry::Post { text, reply_to: Some(reply_to) } => Event::ReplyPosted { room, from, client_id, text, reply_to },
+            Entry::Edit { target, text } => Event::MessageEdited { room, from, client_id, target, text },
+            Entry::Delete { target } => Event::MessageDeleted { room, from, client_id, target },
+            Entry::React { target, emoji, added } => Event::ReactionChanged { room, from, client_id, target, emoji, added },
+        }
+    }
+}
+
+/// Adds `entry` to `room` as `user` with client id `id`: validates,
+/// rate-limits (every entry counts as a message), commits through the leader
+/// and returns once applied on this node.
+pub async fn add_entry<B: ChatBackend>(app: &App<B>, user: &str, room: &str, id: &str, entry: Entry) -> ApiResult<Ack> {
     validate::room_name(room)?;
     validate::client_id(id)?;
-    validate::text(text, app.limits.max_message_bytes)?;
+    entry.validate(app.limits.max_message_bytes)?;
     app.rate.check(user, app.limits.rate_messages, app.limits.rate_window, "messages", Instant::now())?;
     let started = Instant::now();
-    let event = Event::MessagePosted { room: room.into(), from: user.into(), client_id: id.into(), text: text.into() };
-    match app.backend.propose(event).await? {
+    match app.backend.propose(entry.event(room, user, id)).await? {
         Outcome::Posted { room, seq, ts_ms, duplicate } => {
             app.metrics.acked(started.elapsed(), duplicate);
             Ok(Ack { room, seq, ts_ms, duplicate })

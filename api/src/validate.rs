@@ -54,6 +54,15 @@ pub fn text(s: &str, max_bytes: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A reaction: 1-64 bytes, no whitespace or control characters.
+pub fn emoji(s: &str) -> Result<(), ApiError> {
+    if raft_store::lifecycle::well_formed_emoji(s) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("a reaction is 1-64 bytes without spaces"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +88,8 @@ mod tests {
         assert!(text(&"x".repeat(10), 10).is_ok());
         assert_eq!(text(&"x".repeat(11), 10).unwrap_err().code, Code::TooLarge);
         assert!(client_id("a\u{0}").is_err());
+        assert!(emoji("👍").is_ok());
+        assert!(emoji("").is_err());
+        assert!(emoji("a b").is_err());
     }
 }

@@ -11,7 +11,7 @@ fn num(id: u64) -> Id {
 }
 
 fn send(room: &str, id: u64, text: &str) -> ClientFrame {
-    ClientFrame::Send { room: room.into(), id: num(id), text: text.into() }
+    ClientFrame::Send { room: room.into(), id: num(id), text: text.into(), reply_to: None }
 }
 
 #[tokio::test]
@@ -102,7 +102,7 @@ async fn history_frame_answers_a_page_with_req() {
     match c.next().await {
         ServerFrame::History { head: 4, messages, req: Some(Id::Text(req)), .. } => {
             assert_eq!(req, "h1");
-            assert_eq!(messages.iter().map(|m| m.message.seq).collect::<Vec<_>>(), [2, 3]);
+            assert_eq!(messages.iter().map(|m| m.seq()).collect::<Vec<_>>(), [2, 3]);
         }
         other => panic!("expected a history page, got {other:?}"),
     }

@@ -5,6 +5,10 @@
 // `after` = the last seq it showed, so nothing is missed and nothing shows twice.
 // Sends carry client ids and are re-sent with the same id after a reconnect, so a
 // retry cannot duplicate a message.
+//
+// A message can be answered, edited, deleted and reacted to (feature level 4):
+// each change is an entry of the room with its own seq, delivered live like a
+// message, and folded here into the message it targets, which is then drawn again.
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -12,12 +16,15 @@ const state = {
   base: location.origin,          // the node we talk to
   members: [location.origin],     // client URLs of the cluster, refreshed while connected
   ws: null, connected: false,
-  rooms: new Map(),               // room → { last, oldest, unread, online:Set, items:Map(seq→li) }
+  rooms: new Map(),               // room → { last, oldest, unread, online:Set, items:Map(seq→li), msgs:Map(seq→message) }
   current: null,
   pending: new Map(),             // client id → frame awaiting its ack
   nextId: 0,
   lastTyping: 0,
+  compose: null,                  // { mode: 'reply' | 'edit', seq } while answering or editing a message
 };
+
+const QUICK_REACTION = '👍';
 
 function setConn(kind, text) {
   const el = $('conn');
@@ -71,7 +78,7 @@ async function refreshMembers() {
 
 function room(name) {
   if (!state.rooms.has(name)) {
-    state.rooms.set(name, { last: null, oldest: null, unread: 0, online: new Set(), items: new Map() });
+    state.rooms.set(name, { last: null, oldest: null, unread: 0, online: new Set(), items: new Map(), msgs: new Map() });
     sessionStorage.setItem('chorus-rooms', JSON.stringify([...state.rooms.keys()].filter((r) => !r.startsWith('dm:'))));
     renderRooms();
   }
@@ -163,17 +170,20 @@ function handle(f) {
       if (f.room === state.current) renderOnline();
       break;
     }
-    case 'message': {
+    case 'message': case 'edit': case 'delete': case 'reaction': {
       const r = room(f.room);
       if (r.last === null) r.last = f.seq - 1;
       if (f.seq <= r.last) return;      // already shown
       r.last = f.seq;
+      if (f.type !== 'message') return change(f.room, f);
       addMessage(f.room, f, false);
       if (f.room !== state.current) { r.unread += 1; renderRooms(); }
       break;
     }
     case 'history': {
-      const msgs = f.messages.slice().reverse();
+      // A page serves each message as it is now; its change entries are
+      // already folded in, so only the messages are shown.
+      const msgs = f.messages.filter((m) => m.type === 'message').reverse();
       for (const m of msgs) addMessage(f.room, m, true);
       break;
     }
@@ -203,19 +213,76 @@ function handle(f) {
   }
 }
 
+// Folds an edit, delete or reaction into the message it targets, if shown.
+function change(name, e) {
+  const r = room(name);
+  const m = r.msgs.get(e.target);
+  if (!m) return;                       // its message is older than anything shown
+  if (e.type === 'edit') { m.text = e.text; m.edited_ts = e.ts; }
+  if (e.type === 'delete') { m.deleted = true; m.text = ''; m.reactions = {}; }
+  if (e.type === 'reaction') {
+    const users = new Set((m.reactions || {})[e.emoji] || []);
+    if (e.added) users.add(e.from); else users.delete(e.from);
+    m.reactions = { ...(m.reactions || {}), [e.emoji]: [...users] };
+    if (!users.size) delete m.reactions[e.emoji];
+  }
+  draw(r, m);
+}
+
+function el(tag, cls, text) {
+  const x = document.createElement(tag);
+  if (cls) x.className = cls;
+  if (text !== undefined) x.textContent = text;
+  return x;
+}
+
+function action(cls, label, title, onclick) {
+  const b = el('button', `act ${cls}`, label);
+  b.type = 'button';
+  b.title = title;
+  b.onclick = onclick;
+  return b;
+}
+
+// (Re)draws message `m` in its list item.
+function draw(r, m) {
+  const li = r.items.get(m.seq);
+  const parts = [el('span', 'from', m.from)];
+  if (m.reply_to) {
+    const to = r.msgs.get(m.reply_to);
+    parts.push(el('span', 'reply-to', `↪ #${m.reply_to}${to && !to.deleted ? ` ${to.from}: ${to.text.slice(0, 40)}` : ''}`));
+  }
+  parts.push(m.deleted ? el('span', 'text deleted', 'message deleted') : el('span', 'text', m.text));
+  if (m.edited_ts && !m.deleted) parts.push(el('span', 'edited', '(edited)'));
+  parts.push(el('span', 'ts', new Date(m.ts).toLocaleTimeString()));
+  if (!m.deleted) {
+    const chips = el('span', 'chips');
+    for (const [emoji, users] of Object.entries(m.reactions || {})) {
+      const mine = users.includes(state.user);
+      const chip = action(`chip${mine ? ' mine' : ''}`, `${emoji} ${users.length}`, users.join(', '), () => react(m, emoji, !mine));
+      chips.append(chip);
+    }
+    const acts = el('span', 'acts');
+    acts.append(action('reply', '↪', 'reply', () => compose('reply', m)));
+    acts.append(action('react', QUICK_REACTION, 'react', () => react(m, QUICK_REACTION, true)));
+    if (m.from === state.user) {
+      acts.append(action('edit', '✎', 'edit', () => compose('edit', m)));
+      acts.append(action('delete', '🗑', 'delete', () => submit({ type: 'delete', room: m.room, target: m.seq })));
+    }
+    parts.push(chips, acts);
+  }
+  li.className = m.deleted ? 'gone' : '';
+  li.replaceChildren(...parts);
+}
+
 function addMessage(name, m, older) {
   const r = room(name);
   if (r.items.has(m.seq)) return;
   const li = document.createElement('li');
   li.dataset.seq = m.seq;
-  const from = document.createElement('span');
-  from.className = 'from';
-  from.textContent = m.from;
-  const ts = document.createElement('span');
-  ts.className = 'ts';
-  ts.textContent = new Date(m.ts).toLocaleTimeString();
-  li.append(from, document.createTextNode(m.text), ts);
   r.items.set(m.seq, li);
+  r.msgs.set(m.seq, { ...m, room: name });
+  draw(r, r.msgs.get(m.seq));
   r.oldest = r.oldest === null ? m.seq : Math.min(r.oldest, m.seq);
   if (name !== state.current) return;
   const list = $('messages');
@@ -225,8 +292,33 @@ function addMessage(name, m, older) {
   if (!older && atBottom) list.scrollTop = list.scrollHeight;
 }
 
+// Sends a frame that needs an ack with a fresh client id, kept until acked.
+function submit(frame) {
+  state.nextId += 1;
+  const id = `${state.user}-${Date.now().toString(36)}-${state.nextId}`;
+  const f = { ...frame, id };
+  state.pending.set(id, f);
+  send(f);
+}
+
+function react(m, emoji, add) {
+  submit({ type: add ? 'react' : 'unreact', room: m.room, target: m.seq, emoji });
+}
+
+// Puts the send form in reply or edit mode for message `m` (null: back to plain sends).
+function compose(mode, m) {
+  state.compose = m ? { mode, seq: m.seq } : null;
+  const banner = $('compose');
+  banner.hidden = !m;
+  if (!m) return;
+  $('compose-text').textContent = mode === 'edit' ? `Editing #${m.seq}` : `Replying to ${m.from} (#${m.seq})`;
+  if (mode === 'edit') $('text').value = m.text;
+  $('text').focus();
+}
+
 function select(name) {
   state.current = name;
+  compose(null);
   const r = room(name);
   r.unread = 0;
   $('room-title').textContent = name.startsWith('dm:') ? `✉ ${name.split(':').slice(1).filter((u) => u !== state.user)[0]}` : `# ${name}`;
@@ -291,15 +383,16 @@ $('send-form').onsubmit = (e) => {
   const text = $('text').value;
   if (!text.trim()) return;
   $('text').value = '';
-  state.nextId += 1;
-  const id = `${state.user}-${Date.now().toString(36)}-${state.nextId}`;
   const name = state.current;
-  const frame = name.startsWith('dm:')
-    ? { type: 'dm', to: name.split(':').slice(1).filter((u) => u !== state.user)[0], id, text }
-    : { type: 'send', room: name, id, text };
-  state.pending.set(id, frame);
-  send(frame);
+  const c = state.compose;
+  compose(null);
+  if (c && c.mode === 'edit') return submit({ type: 'edit', room: name, target: c.seq, text });
+  if (c && c.mode === 'reply') return submit({ type: 'send', room: name, text, reply_to: c.seq });
+  submit(name.startsWith('dm:')
+    ? { type: 'dm', to: name.split(':').slice(1).filter((u) => u !== state.user)[0], text }
+    : { type: 'send', room: name, text });
 };
+$('compose-cancel').onclick = () => compose(null);
 $('text').oninput = () => {
   if (Date.now() - state.lastTyping > 2000 && !state.current.startsWith('dm:')) {
     state.lastTyping = Date.now();

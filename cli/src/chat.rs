@@ -1,7 +1,8 @@
 //! `chorusctl chat`: a terminal chat client over the public HTTP and WebSocket API.
 //!
 //! Lines typed are sent to the current room; commands: `/history`, `/dm USER TEXT`,
-//! `/who`, `/join ROOM`, `/quit`. While connected it keeps the cluster's member list
+//! `/who`, `/join ROOM`, `/quit`, and those that change a message by its seq
+//! (`/reply`, `/edit`, `/delete`, `/react`, `/unreact`; see [`lines`]). While connected it keeps the cluster's member list
 //! (`GET /v1/cluster`). When the connection drops it asks any member that answers for
 //! `/v1/cluster/pick`, falling back to each known member and `--url` in turn; there it
 //! resumes every room with `after` the last message shown (nothing missed or shown
@@ -23,6 +24,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::Connector;
 use wire::http::{Cluster as ClusterView, Credentials, ErrorBody, Pick, Session};
 use wire::{ClientFrame, ErrorCode, Id, ServerFrame};
+
+mod lines;
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -184,11 +187,6 @@ fn join_frame(room: &str, after: Option<u64>) -> Outgoing {
     Outgoing { frame: ClientFrame::Join { room: room.to_string(), after }, req: Some(Id::Text(format!("join:{room}"))) }
 }
 
-/// A MESSAGE as a line: `[room #seq] from: text`.
-fn describe(m: &wire::Message) -> String {
-    format!("[{} #{}] {}: {}", m.room, m.seq, m.from, m.text)
-}
-
 fn listing(names: &BTreeSet<String>) -> String {
     names.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
@@ -277,6 +275,17 @@ impl State {
             let last = self.rooms.entry(self.room.clone()).or_default().last;
             return Some(join_frame(room, last));
         }
+        match lines::Typed::parse(line) {
+            Some(Ok(typed)) => {
+                let room = self.room.clone();
+                return Some(self.outgoing(|id| typed.frame(room, id)));
+            }
+            Some(Err(usage)) => {
+                eprintln!("! usage: {usage}");
+                return None;
+            }
+            None => {}
+        }
         match line {
             "/history" => {
                 let frame = ClientFrame::History { room: self.room.clone(), after: None, before: None, limit: Some(20), consistency: None };
@@ -287,12 +296,12 @@ impl State {
                 None
             }
             l if l.starts_with('/') => {
-                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /quit");
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, {}, /quit", lines::USAGE);
                 None
             }
             text => {
                 let room = self.room.clone();
-                Some(self.outgoing(|id| ClientFrame::Send { room, id, text: text.to_string() }))
+                Some(self.outgoing(|id| ClientFrame::Send { room, id, text: text.to_string(), reply_to: None }))
             }
         }
     }
@@ -300,14 +309,15 @@ impl State {
     /// Takes in a frame from the server and returns what to show of it.
     fn receive(&mut self, f: &ServerFrame, now: Instant) -> Option<Shown> {
         match f {
-            ServerFrame::Message(m) => {
+            ServerFrame::Message(_) | ServerFrame::Edit(_) | ServerFrame::Delete(_) | ServerFrame::Reaction(_) => {
+                let entry = f.clone().entry()?;
                 // A DM room is followed from its first message, to be resumed like the others.
-                let last = &mut self.rooms.entry(m.room.clone()).or_default().last;
-                if last.is_some_and(|last| m.seq <= last) {
+                let last = &mut self.rooms.entry(entry.room().to_string()).or_default().last;
+                if last.is_some_and(|last| entry.seq() <= last) {
                     return None;
                 }
-                *last = Some(m.seq);
-                Some(Shown::Out(describe(m)))
+                *last = Some(entry.seq());
+                Some(Shown::Out(lines::describe(&entry)))
             }
             ServerFrame::Joined { room: name, head, online, .. } => {
                 let room = self.rooms.entry(name.clone()).or_default();
@@ -334,8 +344,8 @@ impl State {
             ServerFrame::Error { code, message, id, req } => Some(Shown::Err(self.refused(*code, message, id.as_ref(), req.as_ref(), now))),
             ServerFrame::Typing { room, user } => Some(Shown::Out(format!("* {user} is typing in {room}"))),
             ServerFrame::History { messages, .. } => {
-                let lines: Vec<String> = messages.iter().map(|m| format!("  {}", describe(&m.message))).collect();
-                (!lines.is_empty()).then(|| Shown::Out(lines.join("\n")))
+                let shown: Vec<String> = messages.iter().map(|m| format!("  {}", lines::describe(m))).collect();
+                (!shown.is_empty()).then(|| Shown::Out(shown.join("\n")))
             }
             ServerFrame::Left { room, .. } => Some(Shown::Out(format!("* left {room}"))),
         }

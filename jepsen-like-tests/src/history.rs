@@ -14,14 +14,59 @@ pub enum Outcome {
     Unknown,
 }
 
-/// A stored message as a node reports it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// A stored room entry as a node reports it: a message, or a change to one.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Msg {
     pub room: String,
     pub seq: u64,
     pub id: String,
     pub from: String,
     pub ts: u64,
+    /// A message's text as served, or an edit entry's.
+    #[serde(default)]
+    pub text: String,
+    /// What this entry changes, if it is a change.
+    #[serde(default)]
+    pub change: Option<Change>,
+    /// A message's state as served: edited, deleted, reactions (emoji → users).
+    #[serde(default)]
+    pub edited: bool,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default)]
+    pub reactions: BTreeMap<String, Vec<String>>,
+    /// The room's head when the page holding this entry was read (0: not
+    /// known): a message is served with every change up to that seq folded
+    /// in, and none after. A paged read's pages are read one after another,
+    /// so a later page may hold changes made after an earlier page was read.
+    #[serde(default)]
+    pub as_of: u64,
+}
+
+/// A change to the message at `target`: an edit, a delete or a reaction.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Change {
+    Edit { target: u64, text: String },
+    Delete { target: u64 },
+    React { target: u64, emoji: String, added: bool },
+}
+
+impl Change {
+    /// Its name, as history.json spells it.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Change::Edit { .. } => "edit",
+            Change::Delete { .. } => "delete",
+            Change::React { .. } => "react",
+        }
+    }
+
+    pub fn target(&self) -> u64 {
+        match self {
+            Change::Edit { target, .. } | Change::Delete { target } | Change::React { target, .. } => *target,
+        }
+    }
 }
 
 /// One `send` (possibly retried with the same id): the outcome of the whole.
@@ -37,6 +82,10 @@ pub struct SendOp {
     pub complete_ms: u64,
     pub outcome: Outcome,
     pub seq: Option<u64>,
+    /// What the op changed, if it was an edit, delete or reaction rather than
+    /// a message: those are entries with their own seq, checked like sends.
+    #[serde(default)]
+    pub change: Option<Change>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -47,8 +96,12 @@ pub struct ReadOp {
     pub invoke_ms: u64,
     pub complete_ms: u64,
     pub outcome: Outcome,
-    /// `(user, id)` of every message the read returned.
+    /// `(user, id)` of every entry the read returned.
     pub seen: Vec<(String, String)>,
+    /// The change entries the read returned and the messages they target, as
+    /// served (see [`crate::checker`]'s lifecycle checks).
+    #[serde(default)]
+    pub changed: Vec<Msg>,
 }
 
 /// What one subscription (join with `after`, then live) received, in order.
@@ -88,4 +141,8 @@ pub struct Expected {
     pub nodes: Vec<u64>,
     /// Acknowledged sends the run must reach.
     pub min_acked: usize,
+    /// Acknowledged edits, deletes and reactions the run must reach (among
+    /// them at least one delete, when this is not 0).
+    #[serde(default)]
+    pub min_changes: usize,
 }

@@ -18,14 +18,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::checker::check_all;
-    use crate::history::{Expected, History, Msg, Outcome, ReadOp, SendOp, Subscription};
+    use crate::history::{Change, Expected, History, Msg, Outcome, ReadOp, SendOp, Subscription};
 
     fn msg(seq: u64, id: &str, ts: u64) -> Msg {
-        Msg { room: "r".into(), seq, id: id.into(), from: "u".into(), ts }
+        Msg { room: "r".into(), seq, id: id.into(), from: "u".into(), ts, ..Msg::default() }
     }
 
     fn send(id: &str, invoke: u64, complete: u64, outcome: Outcome, seq: Option<u64>) -> SendOp {
-        SendOp { client: 0, node: 1, user: "u".into(), room: "r".into(), id: id.into(), invoke_ms: invoke, complete_ms: complete, outcome, seq }
+        SendOp { client: 0, node: 1, user: "u".into(), room: "r".into(), id: id.into(), invoke_ms: invoke, complete_ms: complete, outcome, seq, change: None }
     }
 
     /// Two acked sends, in order, on three identical nodes.
@@ -33,10 +33,10 @@ mod tests {
         let finals = vec![msg(1, "a", 10), msg(2, "b", 20)];
         History {
             sends: vec![send("a", 0, 5, Outcome::Ok, Some(1)), send("b", 6, 9, Outcome::Ok, Some(2))],
-            reads: vec![ReadOp { node: 2, room: "r".into(), linearizable: true, invoke_ms: 10, complete_ms: 11, outcome: Outcome::Ok, seen: vec![("u".into(), "a".into()), ("u".into(), "b".into())] }],
+            reads: vec![ReadOp { node: 2, room: "r".into(), linearizable: true, invoke_ms: 10, complete_ms: 11, outcome: Outcome::Ok, seen: vec![("u".into(), "a".into()), ("u".into(), "b".into())], changed: vec![] }],
             subscriptions: vec![Subscription { client: 1, node: 3, room: "r".into(), after: 0, received: finals.clone() }],
             finals: BTreeMap::from([(1, finals.clone()), (2, finals.clone()), (3, finals)]),
-            expected: Expected { nodes: vec![1, 2, 3], min_acked: 2 },
+            expected: Expected { nodes: vec![1, 2, 3], min_acked: 2, min_changes: 0 },
             ..History::default()
         }
     }
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn an_empty_or_thin_run_fails() {
-        let empty = History { expected: Expected { nodes: vec![1, 2, 3], min_acked: 1 }, ..History::default() };
+        let empty = History { expected: Expected { nodes: vec![1, 2, 3], min_acked: 1, min_changes: 0 }, ..History::default() };
         let f = failing(&empty);
         assert!(f.contains(&"every node's final history read") && f.contains(&"enough operations completed to test anything"), "{f:?}");
         // Below the minimum of acks.
@@ -171,6 +171,68 @@ mod tests {
         let mut h = good();
         h.expected.nodes.clear();
         assert_eq!(failing(&h), vec!["every node's final history read"]);
+    }
+
+    /// `good()` then an acked edit (#3), reaction (#4) and delete (#5) of
+    /// message #1, and message #2 edited (#6): served as they should be.
+    fn changed() -> History {
+        let mut h = good();
+        let change = |id: &str, seq, c: Change| SendOp { change: Some(c), ..send(id, 20 + seq, 21 + seq, Outcome::Ok, Some(seq)) };
+        h.sends.push(change("e", 3, Change::Edit { target: 1, text: String::new() }));
+        h.sends.push(change("r", 4, Change::React { target: 1, emoji: "👍".into(), added: true }));
+        h.sends.push(change("d", 5, Change::Delete { target: 1 }));
+        h.sends.push(change("e2", 6, Change::Edit { target: 2, text: "new".into() }));
+        h.expected.min_changes = 4;
+        let entry = |seq, id: &str, c: Change| Msg { change: Some(c), ..msg(seq, id, 10 * seq) };
+        let mut finals = vec![
+            Msg { deleted: true, ..msg(1, "a", 10) },
+            Msg { text: "new".into(), edited: true, ..msg(2, "b", 20) },
+            entry(3, "e", Change::Edit { target: 1, text: String::new() }),
+            entry(4, "r", Change::React { target: 1, emoji: "👍".into(), added: true }),
+            entry(5, "d", Change::Delete { target: 1 }),
+            entry(6, "e2", Change::Edit { target: 2, text: "new".into() }),
+        ];
+        finals[5].text = "new".into();
+        h.finals = BTreeMap::from([(1, finals.clone()), (2, finals.clone()), (3, finals.clone())]);
+        h.subscriptions[0].received = finals.clone();
+        let mut read = h.reads[0].clone();
+        read.invoke_ms = 100;
+        read.seen = finals.iter().map(|m| (m.from.clone(), m.id.clone())).collect();
+        read.changed = finals;
+        h.reads.push(read);
+        h
+    }
+
+    #[test]
+    fn edits_deletes_and_reactions_served_as_acked_pass() {
+        assert!(failing(&changed()).is_empty(), "{:?}", check_all(&changed()));
+    }
+
+    #[test]
+    fn a_resurfaced_text_an_undone_delete_or_a_lost_reaction_is_reported() {
+        const FOLD: &str = "messages served as their edits, deletes and reactions say";
+        // A node serves message 2's text from before its edit.
+        let mut h = changed();
+        h.finals.get_mut(&2).unwrap()[1].text = "b payload".into();
+        assert!(failing(&h).contains(&FOLD), "{:?}", failing(&h));
+        // A read serves deleted message 1 again.
+        let mut h = changed();
+        h.reads[1].changed[0] = msg(1, "a", 10);
+        assert_eq!(failing(&h), vec![FOLD, "an acked delete is never undone"]);
+        // A redacted edit still holds its text.
+        let mut h = changed();
+        for f in h.finals.values_mut() {
+            f[2].text = "secret".into();
+        }
+        assert!(failing(&h).contains(&FOLD));
+        // Message 2 shows a reaction nobody made.
+        let mut h = changed();
+        h.reads[1].changed[1].reactions.insert("🎉".into(), vec!["u".into()]);
+        assert_eq!(failing(&h), vec![FOLD]);
+        // A run that acked no delete proves nothing about deletes.
+        let mut h = changed();
+        h.sends.retain(|o| !matches!(o.change, Some(Change::Delete { .. })));
+        assert!(failing(&h).contains(&"enough operations completed to test anything"));
     }
 
     #[test]

@@ -12,9 +12,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_tungstenite::tungstenite::Message;
 use wire::http::{Credentials, HistoryPage, Session};
-use wire::{ClientFrame, ErrorCode, ServerFrame};
+use wire::{ClientFrame, ErrorCode, HistoryEntry, ServerFrame};
 
-use crate::history::{History, Msg, Outcome, ReadOp, SendOp, Subscription};
+use crate::history::{Change, History, Msg, Outcome, ReadOp, SendOp, Subscription};
 
 pub const ROOM: &str = "jepsen";
 
@@ -79,6 +79,8 @@ pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u6
     let user = format!("c{i}");
     let mut conn: Option<(u64, Ws)> = None;
     let mut n = 0;
+    // This client's acked messages not (known to be) deleted: what it may edit, delete or react to.
+    let mut mine: Vec<u64> = Vec::new();
     while Instant::now() < deadline {
         n += 1;
         if n % 7 == 0 {
@@ -87,15 +89,17 @@ pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u6
             let invoke = ms(start);
             // The first page carries the consistency; later pages are local reads of
             // the same node, whose state only moves forward.
-            let (outcome, seen) = match read_room(&http, addr, &token, linearizable).await {
-                Ok(msgs) => (Outcome::Ok, msgs.into_iter().map(|m| (m.from, m.id)).collect()),
-                Err(ReadError::Refused) => (Outcome::Fail, Vec::new()),
-                Err(ReadError::Unknown) => (Outcome::Unknown, Vec::new()),
+            let (outcome, seen, changed) = match read_room(&http, addr, &token, linearizable).await {
+                Ok(msgs) => (Outcome::Ok, msgs.iter().map(|m| (m.from.clone(), m.id.clone())).collect(), changed_only(msgs)),
+                Err(ReadError::Refused) => (Outcome::Fail, Vec::new(), Vec::new()),
+                Err(ReadError::Unknown) => (Outcome::Unknown, Vec::new(), Vec::new()),
             };
-            let op = ReadOp { node: *node, room: ROOM.into(), linearizable, invoke_ms: invoke, complete_ms: ms(start), outcome, seen };
+            let op = ReadOp { node: *node, room: ROOM.into(), linearizable, invoke_ms: invoke, complete_ms: ms(start), outcome, seen, changed };
             h.lock().unwrap_or_else(|p| p.into_inner()).reads.push(op);
         }
         let id = format!("{user}-{n}");
+        // A quarter of the ops change one of this client's acked messages.
+        let change = if rng.random_bool(0.25) { change_of(&mut rng, &mine, &id) } else { None };
         let invoke = ms(start);
         let mut outcome = Outcome::Unknown;
         let mut seq = None;
@@ -110,7 +114,7 @@ pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u6
                 continue;
             };
             node_used = *node;
-            let frame = ClientFrame::Send { room: ROOM.into(), id: id.clone().into(), text: format!("{id} payload") };
+            let frame = frame_of(&id, change.as_ref());
             if send_frame(ws, frame).await.is_err() {
                 conn = None;
                 continue;
@@ -138,9 +142,45 @@ pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u6
                 None => conn = None,
             }
         }
-        let op = SendOp { client: i, node: node_used, user: user.clone(), room: ROOM.into(), id, invoke_ms: invoke, complete_ms: ms(start), outcome, seq };
+        match (&change, seq) {
+            (None, Some(seq)) => mine.push(seq),
+            (Some(Change::Delete { target }), Some(_)) => mine.retain(|s| s != target),
+            _ => {}
+        }
+        let op = SendOp { client: i, node: node_used, user: user.clone(), room: ROOM.into(), id, invoke_ms: invoke, complete_ms: ms(start), outcome, seq, change };
         h.lock().unwrap_or_else(|p| p.into_inner()).sends.push(op);
     }
+}
+
+/// A change to one of `mine` (none while there is nothing to change): mostly
+/// edits and reactions, some deletes. Texts carry the op's id, so every text
+/// the suite writes is unique.
+fn change_of(rng: &mut StdRng, mine: &[u64], id: &str) -> Option<Change> {
+    let target = *mine.get(rng.random_range(0..mine.len().max(1)))?;
+    Some(match rng.random_range(0..8) {
+        0..=2 => Change::Edit { target, text: format!("{id} edit") },
+        3 => Change::Delete { target },
+        k => Change::React { target, emoji: ["👍", "🎉"][k % 2].to_string(), added: k != 7 },
+    })
+}
+
+/// The frame of an op with client id `id`: a plain send, or the change.
+fn frame_of(id: &str, change: Option<&Change>) -> ClientFrame {
+    let (room, id_) = (ROOM.to_string(), wire::Id::from(id));
+    match change.cloned() {
+        None => ClientFrame::Send { room, id: id_, text: format!("{id} payload"), reply_to: None },
+        Some(Change::Edit { target, text }) => ClientFrame::Edit { room, id: id_, target, text },
+        Some(Change::Delete { target }) => ClientFrame::Delete { room, id: id_, target },
+        Some(Change::React { target, emoji, added: true }) => ClientFrame::React { room, id: id_, target, emoji },
+        Some(Change::React { target, emoji, added: false }) => ClientFrame::Unreact { room, id: id_, target, emoji },
+    }
+}
+
+/// The change entries of a read and the messages they target: what the
+/// lifecycle checks need of it.
+fn changed_only(entries: Vec<Msg>) -> Vec<Msg> {
+    let targets: std::collections::BTreeSet<u64> = entries.iter().filter_map(|e| e.change.as_ref().map(Change::target)).collect();
+    entries.into_iter().filter(|e| e.change.is_some() || targets.contains(&e.seq)).collect()
 }
 
 /// Whether an ack or error frame answers the send with client id `id`.
@@ -151,8 +191,35 @@ fn answers(f: &ServerFrame, id: &str) -> bool {
     }
 }
 
-fn recorded(m: wire::Message) -> Msg {
-    Msg { room: m.room, seq: m.seq, id: m.id, from: m.from, ts: m.ts }
+/// A room entry as the history records it: every kind has a seq, an id and a sender.
+fn recorded(e: HistoryEntry) -> Msg {
+    match e {
+        HistoryEntry::Message(m) => Msg {
+            room: m.room,
+            seq: m.seq,
+            id: m.id,
+            from: m.from,
+            ts: m.ts,
+            text: m.text,
+            change: None,
+            edited: m.edited_ts.is_some(),
+            deleted: m.deleted,
+            reactions: m.reactions,
+            as_of: 0,
+        },
+        HistoryEntry::Edit(e) => {
+            let change = Some(Change::Edit { target: e.target, text: e.text.clone() });
+            Msg { room: e.room, seq: e.seq, id: e.id, from: e.from, ts: e.ts, text: e.text, change, ..Msg::default() }
+        }
+        HistoryEntry::Delete(d) => {
+            let change = Some(Change::Delete { target: d.target });
+            Msg { room: d.room, seq: d.seq, id: d.id, from: d.from, ts: d.ts, change, ..Msg::default() }
+        }
+        HistoryEntry::Reaction(r) => {
+            let change = Some(Change::React { target: r.target, emoji: r.emoji, added: r.added });
+            Msg { room: r.room, seq: r.seq, id: r.id, from: r.from, ts: r.ts, change, ..Msg::default() }
+        }
+    }
 }
 
 /// A subscriber: joins with `after`, records what it receives, and on any
@@ -173,10 +240,12 @@ pub async fn subscriber(i: usize, addrs: Vec<(u64, String)>, token: String, seed
         let mut sub = Subscription { client: 1000 + i, node, room: ROOM.into(), after: last, received: Vec::new() };
         while Instant::now() < deadline + Duration::from_secs(2) {
             match next_frame(&mut ws, 3).await {
-                Some(Frame::Known(ServerFrame::Message(m))) => {
-                    let m = recorded(m);
-                    last = last.max(m.seq);
-                    sub.received.push(m);
+                Some(Frame::Known(frame)) => {
+                    if let Some(entry) = frame.entry() {
+                        let m = recorded(entry);
+                        last = last.max(m.seq);
+                        sub.received.push(m);
+                    }
                 }
                 Some(_) => {}
                 None if Instant::now() < deadline => break,
@@ -218,7 +287,7 @@ pub async fn read_room(http: &reqwest::Client, addr: &str, token: &str, lineariz
         if page.messages.is_empty() {
             return Ok(out);
         }
-        out.extend(page.messages.into_iter().map(|m| recorded(m.message)));
+        out.extend(page.messages.into_iter().map(|e| Msg { as_of: page.head, ..recorded(e) }));
     }
 }
 

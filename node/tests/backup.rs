@@ -45,7 +45,7 @@ async fn login(http: &reqwest::Client, client: &str, user: &str) -> anyhow::Resu
 }
 
 async fn post(http: &reqwest::Client, client: &str, token: &str, text: &str) -> anyhow::Result<()> {
-    let body = PostMessage { id: text.into(), text: text.into() };
+    let body = PostMessage { id: text.into(), text: text.into(), reply_to: None };
     let r = http.post(format!("http://{client}/v1/rooms/lobby/messages")).bearer_auth(token).json(&body).send().await?;
     ensure!(r.status().is_success(), "post {text} to {client}: {}", r.status());
     Ok(())

@@ -41,7 +41,7 @@ async fn history(http: &reqwest::Client, client: &str, token: &str, room: &str) 
 
 /// Posts to `lobby` through `client`.
 async fn post(http: &reqwest::Client, client: &str, token: &str, id: &str, text: &str) -> anyhow::Result<Posted> {
-    let body = PostMessage { id: id.into(), text: text.into() };
+    let body = PostMessage { id: id.into(), text: text.into(), reply_to: None };
     let r = http.post(format!("http://{client}/v1/rooms/lobby/messages")).bearer_auth(token).json(&body).send().await?;
     Ok(r.error_for_status()?.json().await?)
 }

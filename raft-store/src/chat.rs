@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::format;
+use crate::lifecycle::{self, Change, Kind};
 
 /// How long a `(user, client id)` pair is remembered for deduplication, in the
 /// cluster clock's milliseconds. The SPEC asks for at least 24 hours.
@@ -42,6 +43,16 @@ impl std::fmt::Display for Command {
             Event::FeatureLevelRaised { level } => write!(f, "feature-level-raised({level})"),
             Event::SigningKeyRotated { drop_old, .. } => write!(f, "signing-key-rotated(drop_old: {drop_old})"),
             Event::SessionsRevoked { user } => write!(f, "sessions-revoked({user})"),
+            Event::ReplyPosted { room, from, reply_to, text, .. } => {
+                write!(f, "reply-posted({room}, {from}, to {reply_to}, {} bytes)", text.len())
+            }
+            Event::MessageEdited { room, from, target, text, .. } => {
+                write!(f, "message-edited({room}, {from}, {target}, {} bytes)", text.len())
+            }
+            Event::MessageDeleted { room, from, target, .. } => write!(f, "message-deleted({room}, {from}, {target})"),
+            Event::ReactionChanged { room, from, target, added, .. } => {
+                write!(f, "reaction-changed({room}, {from}, {target}, added: {added})")
+            }
         }
     }
 }
@@ -72,6 +83,15 @@ pub enum Event {
     /// Every session token of `user` issued before this is refused
     /// (`POST /v1/sessions/revoke`, `chorusctl users revoke`).
     SessionsRevoked { user: String },
+    /// A message answering `reply_to` in the same room; it joins the thread
+    /// of that message's root ([`crate::lifecycle`]).
+    ReplyPosted { room: String, from: String, client_id: String, text: String, reply_to: u64 },
+    /// The author replaces the text of the message at `target`.
+    MessageEdited { room: String, from: String, client_id: String, target: u64, text: String },
+    /// The author deletes the message at `target`: a redaction.
+    MessageDeleted { room: String, from: String, client_id: String, target: u64 },
+    /// A member adds (or removes) a reaction to the message at `target`.
+    ReactionChanged { room: String, from: String, client_id: String, target: u64, emoji: String, added: bool },
 }
 
 impl Event {
@@ -83,7 +103,11 @@ impl Event {
             | Event::RoomJoined { .. }
             | Event::RoomLeft { .. }
             | Event::MessagePosted { .. }
-            | Event::SessionsRevoked { .. } => true,
+            | Event::SessionsRevoked { .. }
+            | Event::ReplyPosted { .. }
+            | Event::MessageEdited { .. }
+            | Event::MessageDeleted { .. }
+            | Event::ReactionChanged { .. } => true,
             Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } | Event::SigningKeyRotated { .. } => false,
         }
     }
@@ -99,7 +123,21 @@ impl Event {
             | Event::MessagePosted { .. } => format::LEGACY,
             Event::FeatureLevelRaised { .. } => 2,
             Event::SigningKeyRotated { .. } | Event::SessionsRevoked { .. } => 3,
+            Event::ReplyPosted { .. } | Event::MessageEdited { .. } | Event::MessageDeleted { .. } | Event::ReactionChanged { .. } => 4,
         }
+    }
+
+    /// Whether applying this event may add an entry to a room (and a dedup
+    /// record for its client id).
+    pub fn is_room_entry(&self) -> bool {
+        matches!(
+            self,
+            Event::MessagePosted { .. }
+                | Event::ReplyPosted { .. }
+                | Event::MessageEdited { .. }
+                | Event::MessageDeleted { .. }
+                | Event::ReactionChanged { .. }
+        )
     }
 }
 
@@ -111,9 +149,10 @@ pub enum Outcome {
     NameTaken,
     Joined { head: u64 },
     Left,
-    /// `room` is where the message is stored: for a duplicate, the room of the
-    /// first post with that id, which a client that reused the id elsewhere
-    /// must not mistake for the room it asked for.
+    /// `room` is where the entry (a message, reply, edit, delete or reaction)
+    /// is stored: for a duplicate, the room of the first entry with that id,
+    /// which a client that reused the id elsewhere must not mistake for the
+    /// room it asked for.
     Posted { room: String, seq: u64, ts_ms: u64, duplicate: bool },
     NotMember,
     /// The command was malformed; nothing changed.
@@ -125,17 +164,25 @@ pub enum Outcome {
     KeyRotated { version: u32 },
     /// The user's session epoch after the revocation.
     Revoked { epoch: u64 },
+    /// The sender may not make this change (say, edit another's message).
+    Forbidden { reason: String },
+    /// The message a reply, edit, delete or reaction names does not exist in
+    /// the room, is not a message, or was deleted.
+    NoSuchMessage,
 }
 
-/// A stored chat message, as history and delivery serve it.
+/// A stored room entry, as history and delivery serve it: a message, or a
+/// change to one ([`Kind`]). Stored by [`crate::lifecycle::encode_entry`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub room: String,
     pub seq: u64,
     pub client_id: String,
     pub from: String,
+    /// A message's (latest) text, or an edit's new text; empty once deleted.
     pub text: String,
     pub ts_ms: u64,
+    pub kind: Kind,
 }
 
 /// The result of applying one command: the answer for the proposer and, when a
@@ -162,16 +209,19 @@ pub enum Table {
     Rooms,
     /// (room, user) → ().
     Members,
-    /// (room, seq) → [`Message`].
+    /// (room, seq) → [`Message`], in [`lifecycle::encode_entry`]'s layout.
     Messages,
     /// (user, client id) → [`DedupRecord`].
     Dedup,
     /// (ts, user, client id) → (), the pruning order of `Dedup`.
     DedupExpiry,
+    /// (room, root seq, reply seq) → (): each thread's replies
+    /// ([`lifecycle::thread_key`]).
+    Threads,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Meta,
         Table::Users,
         Table::Rooms,
@@ -179,6 +229,7 @@ impl Table {
         Table::Messages,
         Table::Dedup,
         Table::DedupExpiry,
+        Table::Threads,
     ];
 
     /// The column family name; also the table's tag in a snapshot stream.
@@ -191,6 +242,7 @@ impl Table {
             Table::Messages => "messages",
             Table::Dedup => "dedup",
             Table::DedupExpiry => "dedup_expiry",
+            Table::Threads => "threads",
         }
     }
 
@@ -366,7 +418,7 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
     clock.now_ms = clock.now_ms.max(cmd.ts_ms);
     let now = clock.now_ms;
     prune_dedup(t, &mut clock)?;
-    if matches!(cmd.event, Event::MessagePosted { .. }) && clock.oldest_dedup_ms.is_none() {
+    if cmd.event.is_room_entry() && clock.oldest_dedup_ms.is_none() {
         // This command may add the first dedup record; it is at `now` either way.
         clock.oldest_dedup_ms = Some(now);
     }
@@ -381,6 +433,14 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
         Event::FeatureLevelRaised { level } => raise_level(t, *level),
         Event::SigningKeyRotated { key, drop_old } => crate::sessions::rotate_key(t, now, key, *drop_old),
         Event::SessionsRevoked { user } => crate::sessions::revoke(t, user),
+        Event::ReplyPosted { room, from, client_id, text, reply_to } => lifecycle::reply(t, now, room, from, client_id, text, *reply_to),
+        Event::MessageEdited { room, from, client_id, target, text } => {
+            lifecycle::change(t, now, room, from, client_id, *target, Change::Edit { text })
+        }
+        Event::MessageDeleted { room, from, client_id, target } => lifecycle::change(t, now, room, from, client_id, *target, Change::Delete),
+        Event::ReactionChanged { room, from, client_id, target, emoji, added } => {
+            lifecycle::change(t, now, room, from, client_id, *target, Change::React { emoji, added: *added })
+        }
     }
 }
 
@@ -441,16 +501,30 @@ fn leave(t: &mut impl Tables, name: &str, user: &str) -> Result<Applied, StoreEr
 /// Stores a member's message at the room's next seq, stamped `now`, unless
 /// `(from, client_id)` was posted before: then the first post's answer.
 fn post(t: &mut impl Tables, now: u64, name: &str, from: &str, client_id: &str, text: &str) -> Result<Applied, StoreError> {
-    if !well_formed(&[name, from, client_id]) {
-        return Ok(rejected("malformed room, user or message id"));
+    if let Err(done) = admit(t, name, from, client_id)? {
+        return Ok(done);
     }
-    let dkey = dedup_key(from, client_id);
-    if let Some(prior) = get_record::<DedupRecord>(t, Table::Dedup, &dkey)? {
-        return Ok(Applied::outcome(Outcome::Posted { room: prior.room, seq: prior.seq, ts_ms: prior.ts_ms, duplicate: true }));
+    append(t, now, name, from, client_id, text, Kind::default())
+}
+
+/// Whether `from` may add an entry with `client_id` to room `name`: `Ok` if
+/// so, else the answer (malformed, a duplicate's first answer, not a member).
+pub(crate) fn admit(t: &impl Tables, name: &str, from: &str, client_id: &str) -> Result<Result<(), Applied>, StoreError> {
+    if !well_formed(&[name, from, client_id]) {
+        return Ok(Err(rejected("malformed room, user or message id")));
+    }
+    if let Some(prior) = get_record::<DedupRecord>(t, Table::Dedup, &dedup_key(from, client_id))? {
+        return Ok(Err(Applied::outcome(Outcome::Posted { room: prior.room, seq: prior.seq, ts_ms: prior.ts_ms, duplicate: true })));
     }
     if !is_member(t, name, from)? {
-        return Ok(Applied::outcome(Outcome::NotMember));
+        return Ok(Err(Applied::outcome(Outcome::NotMember)));
     }
+    Ok(Ok(()))
+}
+
+/// Stores an admitted entry at the room's next seq, stamped `now`, and
+/// remembers its client id.
+pub(crate) fn append(t: &mut impl Tables, now: u64, name: &str, from: &str, client_id: &str, text: &str, kind: Kind) -> Result<Applied, StoreError> {
     let mut record = room(t, name)?.unwrap_or_default();
     record.last_seq += 1;
     let message = Message {
@@ -460,9 +534,11 @@ fn post(t: &mut impl Tables, now: u64, name: &str, from: &str, client_id: &str, 
         from: from.to_string(),
         text: text.to_string(),
         ts_ms: now,
+        kind,
     };
     put_record(t, Table::Rooms, name.as_bytes(), &record)?;
-    put_record(t, Table::Messages, &message_key(name, message.seq), &message)?;
+    lifecycle::put_entry(t, &message)?;
+    let dkey = dedup_key(from, client_id);
     let dedup = DedupRecord { room: name.to_string(), seq: message.seq, ts_ms: now };
     put_record(t, Table::Dedup, &dkey, &dedup)?;
     t.put(Table::DedupExpiry, &expiry_key(now, &dkey), &[]);

@@ -14,6 +14,7 @@
 //! | 1 | the format before versioning: an entry is a bare list of commands, a snapshot starts `CHORUSSNAP1\n`. Every cluster formed before levels existed is at 1 |
 //! | 2 | entries and snapshots say their level; the `FeatureLevelRaised` event |
 //! | 3 | `SigningKeyRotated` and `SessionsRevoked`: versioned token keys and revocation ([`crate::sessions`]) |
+//! | 4 | `ReplyPosted`, `MessageEdited`, `MessageDeleted` and `ReactionChanged`: replies, threads, edits, deletes and reactions as room entries ([`crate::lifecycle`]) |
 //!
 //! A level only goes up. A binary that reads level N also reads every level
 //! below it, so a cluster is upgraded one binary at a time and then raised.
@@ -23,7 +24,7 @@
 pub const LEGACY: u32 = 1;
 
 /// The newest level this binary reads and writes.
-pub const CURRENT: u32 = 3;
+pub const CURRENT: u32 = 4;
 
 /// Why a level cannot be read, for an error that tells the operator what to do.
 pub fn unsupported(what: &str, level: u32) -> String {

@@ -32,6 +32,7 @@ pub mod codec;
 pub mod db;
 pub mod error;
 pub mod format;
+pub mod lifecycle;
 #[cfg(feature = "rocksdb")]
 pub mod log_store;
 pub mod quota;

@@ -124,12 +124,37 @@ pub trait ChatRead: TablesRead + Send + Sync {
         let mut messages = self
             .scan(Table::Messages, &lower, Some(&upper), limit, order)?
             .into_iter()
-            .map(|(_, value)| decode(&value))
+            .map(|(_, value)| crate::lifecycle::decode_entry(&value))
             .collect::<Result<Vec<Message>, _>>()?;
         if order == Order::Descending {
             messages.reverse();
         }
         Ok(HistoryPage { head, messages })
+    }
+
+    /// The entry at `seq` of `room` ([`crate::lifecycle::entry`]).
+    fn entry(&self, room: &str, seq: u64) -> Result<Option<Message>, StoreError> {
+        crate::lifecycle::entry(self, room, seq)
+    }
+
+    /// The thread rooted at the message `root`: the entries of seq above
+    /// `after` among the root and its replies, ascending, at most `limit`;
+    /// `None` if `root` is not a message of the room. Replies are served as
+    /// they are now (edited, reacted to, deleted).
+    fn thread(&self, room: &str, root: u64, after: Option<u64>, limit: usize) -> Result<Option<Vec<Message>>, StoreError> {
+        let Some(first) = self.entry(room, root)?.filter(|m| matches!(m.kind, crate::lifecycle::Kind::Post(_))) else {
+            return Ok(None);
+        };
+        let after = after.unwrap_or(0);
+        let mut entries = Vec::new();
+        if after < root && limit > 0 {
+            entries.push(first);
+        }
+        let rest = limit - entries.len();
+        for seq in crate::lifecycle::thread_seqs(self, room, root, after.max(root), rest)? {
+            entries.extend(self.entry(room, seq)?);
+        }
+        Ok(Some(entries))
     }
 
     /// The last seq of `room` stamped (`ts_ms`) before `since`, or 0 if none

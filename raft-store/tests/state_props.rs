@@ -14,6 +14,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use proptest::prelude::*;
 use raft_store::chat::{self, Command, Event, MemTables};
+use raft_store::lifecycle::Kind;
 use raft_store::{StateMachine, TypeConfig};
 
 fn name() -> impl Strategy<Value = String> {
@@ -34,6 +35,30 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (room(), name()).prop_map(|(room, user)| Event::RoomLeft { room, user }),
         4 => (room(), name(), 0u8..12, "[a-z ]{0,12}")
             .prop_map(|(room, from, id, text)| Event::MessagePosted { room, from, client_id: id.to_string(), text }),
+        2 => lifecycle_event(),
+    ]
+}
+
+fn emoji() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["👍", "🎉", "👀"]).prop_map(String::from)
+}
+
+/// Level-4 events aimed at the first few seqs of a room, so that most hit a
+/// message (and some an edit, a deleted message or nothing).
+fn lifecycle_event() -> impl Strategy<Value = Event> {
+    let at = || (room(), name(), 12u8..40, 1u64..8);
+    prop_oneof![
+        1 => (at(), "[a-z]{0,6}").prop_map(|((room, from, id, reply_to), text)| Event::ReplyPosted { room, from, client_id: id.to_string(), text, reply_to }),
+        2 => (at(), "[a-z]{0,6}").prop_map(|((room, from, id, target), text)| Event::MessageEdited { room, from, client_id: id.to_string(), target, text }),
+        1 => at().prop_map(|(room, from, id, target)| Event::MessageDeleted { room, from, client_id: id.to_string(), target }),
+        2 => (at(), emoji(), any::<bool>()).prop_map(|((room, from, id, target), emoji, added)| Event::ReactionChanged {
+            room,
+            from,
+            client_id: id.to_string(),
+            target,
+            emoji,
+            added,
+        }),
     ]
 }
 
@@ -130,6 +155,83 @@ proptest! {
                 prop_assert!(m.ts_ms >= ts);
                 last.insert(m.room.clone(), (m.seq, m.ts_ms));
             }
+        }
+    }
+}
+
+/// What the applied level-4 events say each message should now be: its text
+/// (the post's, then each acked edit's), whether it was deleted, and for each
+/// (emoji, user) whether the last acked reaction added it.
+#[derive(Default)]
+struct Expected {
+    text: BTreeMap<(String, u64), String>,
+    deleted: BTreeMap<(String, u64), Vec<String>>,
+    reactions: BTreeMap<(String, u64), BTreeMap<(String, String), bool>>,
+}
+
+impl Expected {
+    fn fold(&mut self, cmd: &Command, outcome: &chat::Outcome) {
+        let chat::Outcome::Posted { seq, duplicate: false, .. } = outcome else { return };
+        match &cmd.event {
+            Event::MessagePosted { room, text, .. } | Event::ReplyPosted { room, text, .. } => {
+                self.text.insert((room.clone(), *seq), text.clone());
+            }
+            Event::MessageEdited { room, target, text, .. } => {
+                let old = self.text.insert((room.clone(), *target), text.clone());
+                self.deleted.entry((room.clone(), *target)).or_default().extend(old);
+            }
+            Event::MessageDeleted { room, target, .. } => {
+                let old = self.text.remove(&(room.clone(), *target));
+                self.deleted.entry((room.clone(), *target)).or_default().extend(old);
+                self.reactions.remove(&(room.clone(), *target));
+            }
+            Event::ReactionChanged { room, target, emoji, added, from, .. } => {
+                self.reactions.entry((room.clone(), *target)).or_default().insert((emoji.clone(), from.clone()), *added);
+            }
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Edits serve the last acked text, a delete removes every text the
+    /// message had from the whole state, and reactions add up per (emoji,
+    /// user) whatever order other users' reactions came in.
+    #[test]
+    fn edits_deletes_and_reactions_fold_as_acked(cmds in commands()) {
+        let mut t = MemTables::default();
+        let mut want = Expected::default();
+        for c in &cmds {
+            let applied = chat::apply(&mut t, c).unwrap();
+            want.fold(c, &applied.outcome);
+        }
+        for ((room, seq), text) in &want.text {
+            let m = t.entry(room, *seq).unwrap().expect("an acked message is stored");
+            prop_assert_eq!(&m.text, text);
+        }
+        for ((room, seq), texts) in &want.deleted {
+            if want.text.contains_key(&(room.clone(), *seq)) {
+                continue; // edited, not deleted: older texts may live on in the edit entries
+            }
+            let m = t.entry(room, *seq).unwrap().expect("a deleted message keeps its entry");
+            prop_assert!(matches!(&m.kind, Kind::Post(s) if s.deleted && s.reactions.is_empty()));
+            for text in texts.iter().filter(|t| t.len() >= 3) {
+                let stored = t.tables.values().any(|v| v.windows(text.len()).any(|w| w == text.as_bytes()));
+                // The same letters may be the text of a live message, or an
+                // older text of one, which its edit entries keep.
+                let live_edits = want.deleted.iter().filter(|(k, _)| want.text.contains_key(*k)).flat_map(|(_, v)| v);
+                let elsewhere = want.text.values().chain(live_edits).any(|live| live.contains(text.as_str()));
+                prop_assert!(!stored || elsewhere, "{text:?} of a deleted message is still stored");
+            }
+        }
+        for ((room, seq), reactions) in &want.reactions {
+            let m = t.entry(room, *seq).unwrap().expect("a reacted-to message is stored");
+            let Kind::Post(state) = &m.kind else { panic!("reactions on a non-message") };
+            let got: Vec<(String, String)> = state.reactions.iter().flat_map(|(e, us)| us.iter().map(move |u| (e.clone(), u.clone()))).collect();
+            let expected: Vec<(String, String)> = reactions.iter().filter(|(_, added)| **added).map(|(k, _)| k.clone()).collect();
+            prop_assert_eq!(got, expected);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Consistency, ErrorCode, HistoryMessage, Id};
+use crate::{Consistency, ErrorCode, HistoryEntry, Id};
 
 /// `POST /v1/users` and `POST /v1/sessions`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,13 +62,14 @@ pub struct HistoryQuery {
     pub consistency: Option<Consistency>,
 }
 
-/// `GET /v1/rooms/{room}/messages` → 200: messages ascending by seq.
+/// `GET /v1/rooms/{room}/messages` → 200: the room's entries ascending by
+/// seq (see [`HistoryEntry`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub room: String,
     /// The room's last seq.
     pub head: u64,
-    pub messages: Vec<HistoryMessage>,
+    pub messages: Vec<HistoryEntry>,
 }
 
 /// `POST /v1/rooms/{room}/messages`.
@@ -76,6 +77,28 @@ pub struct HistoryPage {
 pub struct PostMessage {
     pub id: Id,
     pub text: String,
+    /// Post as a reply to this message of the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+}
+
+/// The query of `GET /v1/rooms/{room}/messages/{seq}/thread`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadQuery {
+    /// Only entries of seq above this.
+    pub after: Option<u64>,
+    /// At most 1000; 50 when absent.
+    pub limit: Option<u64>,
+    pub consistency: Option<Consistency>,
+}
+
+/// `GET /v1/rooms/{room}/messages/{seq}/thread` → 200: the thread's first
+/// message and its replies, ascending by seq, each as it is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadPage {
+    pub room: String,
+    pub root: u64,
+    pub messages: Vec<HistoryEntry>,
 }
 
 /// `POST /v1/rooms/{room}/messages` → 200, once committed and applied.

@@ -16,6 +16,7 @@
 //!
 //! Nothing here does I/O: no tokio, no RocksDB, no HTTP.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -134,10 +135,17 @@ pub enum ClientFrame {
     /// End the membership, then this connection's subscription. Answered by
     /// [`ServerFrame::Left`].
     Leave { room: String },
-    /// Post `text` to `room`. Answered by [`ServerFrame::Ack`] once committed
-    /// on a majority and applied here; a retry with the same `id` gets the
-    /// first seq with `duplicate: true`.
-    Send { room: String, id: Id, text: String },
+    /// Post `text` to `room`, as a reply to the message `reply_to` if given.
+    /// Answered by [`ServerFrame::Ack`] once committed on a majority and
+    /// applied here; a retry with the same `id` gets the first seq with
+    /// `duplicate: true`.
+    Send {
+        room: String,
+        id: Id,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+    },
     /// A direct message to user `to`, in room `dm:<a>:<b>` (the two names
     /// sorted). Acked like `send`; every connection of both users receives it
     /// without joining.
@@ -157,6 +165,17 @@ pub enum ClientFrame {
     /// Tells the other online members that this user is typing. Not stored,
     /// not answered.
     Typing { room: String },
+    /// Replace the text of one's own message `target`. Like every change to
+    /// a message, an entry of its own with the room's next seq, acked like
+    /// `send` (and deduplicated by `id` the same way).
+    Edit { room: String, id: Id, target: u64, text: String },
+    /// Delete one's own message `target`: its text, edits and reactions are
+    /// removed from the cluster's state.
+    Delete { room: String, id: Id, target: u64 },
+    /// Add a reaction to the message `target`.
+    React { room: String, id: Id, target: u64, emoji: String },
+    /// Take one's reaction back.
+    Unreact { room: String, id: Id, target: u64, emoji: String },
 }
 
 /// A client frame that could not be read, with what the error frame echoes.
@@ -197,8 +216,10 @@ impl ClientFrame {
     }
 }
 
-/// SPEC's MESSAGE: one stored message of a room, live or from history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// SPEC's MESSAGE: one stored message of a room, live or from history. The
+/// fields after `ts` are additions of feature level 4, each left out when it
+/// says nothing, so a plain message is written exactly as SPEC shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub room: String,
     /// Dense per room from 1.
@@ -210,6 +231,72 @@ pub struct Message {
     /// Milliseconds since the epoch, stamped by the leader; never decreasing
     /// within a room.
     pub ts: u64,
+    /// The message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// The first message of this reply's thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u64>,
+    /// When the text was last edited (history serves the latest text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<u64>,
+    /// Deleted: `text` is empty and stays so.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// Emoji → the users who reacted with it, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reactions: BTreeMap<String, Vec<String>>,
+}
+
+impl Message {
+    /// A message as it was posted, with nothing happened to it since.
+    pub fn posted(room: impl Into<String>, seq: u64, id: impl Into<String>, from: impl Into<String>, text: impl Into<String>, ts: u64) -> Self {
+        Message { room: room.into(), seq, id: id.into(), from: from.into(), text: text.into(), ts, ..Message::default() }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// An edit of the message `target`: its new text. An entry of the room with
+/// its own seq, live or from history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edit {
+    pub room: String,
+    pub seq: u64,
+    /// The client id of the edit.
+    pub id: String,
+    pub from: String,
+    pub target: u64,
+    /// Empty once the message is deleted.
+    pub text: String,
+    pub ts: u64,
+}
+
+/// The deletion of the message `target`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delete {
+    pub room: String,
+    pub seq: u64,
+    pub id: String,
+    pub from: String,
+    pub target: u64,
+    pub ts: u64,
+}
+
+/// A reaction `emoji` added to (or, `added: false`, taken back from) the
+/// message `target` by `from`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub room: String,
+    pub seq: u64,
+    pub id: String,
+    pub from: String,
+    pub target: u64,
+    pub emoji: String,
+    pub added: bool,
+    pub ts: u64,
 }
 
 /// A frame a node sends (SPEC §4). Answers to a client frame carry its `req`.
@@ -218,6 +305,12 @@ pub struct Message {
 pub enum ServerFrame {
     /// A member's message, live or replayed after a `join` with `after`.
     Message(Message),
+    /// A message was edited (live or replayed, like a message).
+    Edit(Edit),
+    /// A message was deleted.
+    Delete(Delete),
+    /// A reaction was added or taken back.
+    Reaction(Reaction),
     /// The answer to `join`: the room's last seq, and which members are online.
     Joined {
         room: String,
@@ -243,11 +336,12 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Id>,
     },
-    /// The answer to `history`: messages ascending by seq.
+    /// The answer to `history`: the room's entries ascending by seq
+    /// (messages, and from level 4 edits, deletes and reactions).
     History {
         room: String,
         head: u64,
-        messages: Vec<HistoryMessage>,
+        messages: Vec<HistoryEntry>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Id>,
     },
@@ -293,17 +387,70 @@ pub fn is_message(text: &str) -> bool {
     text.starts_with(MESSAGE_START)
 }
 
-/// A MESSAGE inside a history page, which SPEC writes with its `"type"` too.
+/// One entry of a history page, written as its live frame is, `"type"` and all.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename = "message")]
-pub struct HistoryMessage {
-    #[serde(flatten)]
-    pub message: Message,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HistoryEntry {
+    Message(Message),
+    Edit(Edit),
+    Delete(Delete),
+    Reaction(Reaction),
 }
 
-impl From<Message> for HistoryMessage {
-    fn from(message: Message) -> Self {
-        HistoryMessage { message }
+impl HistoryEntry {
+    pub fn seq(&self) -> u64 {
+        match self {
+            HistoryEntry::Message(m) => m.seq,
+            HistoryEntry::Edit(e) => e.seq,
+            HistoryEntry::Delete(d) => d.seq,
+            HistoryEntry::Reaction(r) => r.seq,
+        }
+    }
+
+    pub fn room(&self) -> &str {
+        match self {
+            HistoryEntry::Message(m) => &m.room,
+            HistoryEntry::Edit(e) => &e.room,
+            HistoryEntry::Delete(d) => &d.room,
+            HistoryEntry::Reaction(r) => &r.room,
+        }
+    }
+
+    /// The message, if this entry is one.
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            HistoryEntry::Message(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The entry as the frame that delivers it live.
+    pub fn into_frame(self) -> ServerFrame {
+        match self {
+            HistoryEntry::Message(m) => ServerFrame::Message(m),
+            HistoryEntry::Edit(e) => ServerFrame::Edit(e),
+            HistoryEntry::Delete(d) => ServerFrame::Delete(d),
+            HistoryEntry::Reaction(r) => ServerFrame::Reaction(r),
+        }
+    }
+}
+
+impl From<Message> for HistoryEntry {
+    fn from(m: Message) -> Self {
+        HistoryEntry::Message(m)
+    }
+}
+
+impl ServerFrame {
+    /// The room entry this frame delivers, if it delivers one.
+    pub fn entry(self) -> Option<HistoryEntry> {
+        match self {
+            ServerFrame::Message(m) => Some(HistoryEntry::Message(m)),
+            ServerFrame::Edit(e) => Some(HistoryEntry::Edit(e)),
+            ServerFrame::Delete(d) => Some(HistoryEntry::Delete(d)),
+            ServerFrame::Reaction(r) => Some(HistoryEntry::Reaction(r)),
+            _ => None,
+        }
     }
 }
 
@@ -333,6 +480,8 @@ pub enum ErrorCode {
     NameTaken,
     NotFound,
     MethodNotAllowed,
+    /// The sender may not do this (say, edit another user's message).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -348,6 +497,7 @@ impl ErrorCode {
             ErrorCode::NameTaken => "name_taken",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

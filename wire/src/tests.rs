@@ -14,7 +14,28 @@ fn every_client_frame_parses_with_its_req() {
         (json!({"type": "join", "room": "r", "after": 3, "req": "j"}), ClientFrame::Join { room: "r".into(), after: Some(3) }, Some(Id::from("j"))),
         (json!({"type": "join", "room": "r", "after": null}), ClientFrame::Join { room: "r".into(), after: None }, None),
         (json!({"type": "leave", "room": "r", "req": 1}), ClientFrame::Leave { room: "r".into() }, Some(Id::from(1))),
-        (json!({"type": "send", "room": "r", "id": 7, "text": "t"}), ClientFrame::Send { room: "r".into(), id: Id::from(7), text: "t".into() }, None),
+        (json!({"type": "send", "room": "r", "id": 7, "text": "t"}), ClientFrame::Send { room: "r".into(), id: Id::from(7), text: "t".into(), reply_to: None }, None),
+        (
+            json!({"type": "send", "room": "r", "id": 8, "text": "t", "reply_to": 3}),
+            ClientFrame::Send { room: "r".into(), id: Id::from(8), text: "t".into(), reply_to: Some(3) },
+            None,
+        ),
+        (
+            json!({"type": "edit", "room": "r", "id": "e", "target": 3, "text": "t2"}),
+            ClientFrame::Edit { room: "r".into(), id: Id::from("e"), target: 3, text: "t2".into() },
+            None,
+        ),
+        (json!({"type": "delete", "room": "r", "id": "d", "target": 3}), ClientFrame::Delete { room: "r".into(), id: Id::from("d"), target: 3 }, None),
+        (
+            json!({"type": "react", "room": "r", "id": 1, "target": 3, "emoji": "👍", "req": 2}),
+            ClientFrame::React { room: "r".into(), id: Id::from(1), target: 3, emoji: "👍".into() },
+            Some(Id::from(2)),
+        ),
+        (
+            json!({"type": "unreact", "room": "r", "id": 2, "target": 3, "emoji": "👍"}),
+            ClientFrame::Unreact { room: "r".into(), id: Id::from(2), target: 3, emoji: "👍".into() },
+            None,
+        ),
         (json!({"type": "dm", "to": "bob", "id": "x", "text": "t"}), ClientFrame::Dm { to: "bob".into(), id: Id::from("x"), text: "t".into() }, None),
         (
             json!({"type": "history", "room": "r", "before": 9, "limit": 5, "consistency": "local"}),
@@ -50,7 +71,7 @@ fn a_bad_frame_says_why_and_keeps_its_id_and_req() {
 
 #[test]
 fn server_frames_are_written_as_spec_shows_them() {
-    let m = Message { room: "r".into(), seq: 2, id: "c1".into(), from: "ann".into(), text: "hi".into(), ts: 10 };
+    let m = Message::posted("r", 2, "c1", "ann", "hi", 10);
     assert_eq!(
         ServerFrame::Message(m.clone()).to_text(),
         r#"{"type":"message","room":"r","seq":2,"id":"c1","from":"ann","text":"hi","ts":10}"#
@@ -77,7 +98,7 @@ fn server_frames_are_written_as_spec_shows_them() {
 
 #[test]
 fn a_message_frame_is_told_from_its_first_bytes() {
-    let m = Message { room: "r".into(), seq: 1, id: "c".into(), from: "u".into(), text: "{\"type\":\"message\",".into(), ts: 1 };
+    let m = Message::posted("r", 1, "c", "u", "{\"type\":\"message\",", 1);
     assert!(is_message(&ServerFrame::Message(m.clone()).to_text()));
     let history = ServerFrame::History { room: "r".into(), head: 1, messages: vec![m.into()], req: None };
     assert!(!is_message(&history.to_text()), "a history page holds messages but is not one");
@@ -86,7 +107,7 @@ fn a_message_frame_is_told_from_its_first_bytes() {
 
 #[test]
 fn server_frames_read_back() {
-    let m = Message { room: "r".into(), seq: 2, id: "c1".into(), from: "ann".into(), text: "hi".into(), ts: 10 };
+    let m = Message::posted("r", 2, "c1", "ann", "hi", 10);
     let frames = [
         ServerFrame::Message(m.clone()),
         ServerFrame::History { room: "r".into(), head: 2, messages: vec![m.into()], req: None },
@@ -98,6 +119,7 @@ fn server_frames_read_back() {
     }
     // A frame type this client does not know is an error, not a panic.
     assert!(ServerFrame::parse(r#"{"type":"reaction","room":"r"}"#).is_err());
+    assert!(ServerFrame::parse(r#"{"type":"promotion","room":"r"}"#).is_err());
 }
 
 #[test]
@@ -120,6 +142,7 @@ fn error_codes_are_spelled_as_spec_spells_them() {
         ErrorCode::NameTaken,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Forbidden,
     ] {
         assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
     }
@@ -135,4 +158,39 @@ fn a_long_numeric_id_reads_back_as_the_same_number() {
     let again: crate::http::PostMessage = serde_json::from_str(&serde_json::to_string(&post).unwrap()).unwrap();
     assert_eq!(again, post);
     assert_eq!(again.id.text(), post.id.text());
+}
+
+#[test]
+fn lifecycle_frames_are_written_and_read_as_protocol_shows_them() {
+    let mut m = Message::posted("r", 4, "c4", "bob", "yes", 11);
+    m.reply_to = Some(2);
+    m.thread = Some(1);
+    m.edited_ts = Some(12);
+    m.reactions.insert("👍".into(), vec!["ann".into()]);
+    assert_eq!(
+        value(&ServerFrame::Message(m.clone()).to_text()),
+        json!({"type": "message", "room": "r", "seq": 4, "id": "c4", "from": "bob", "text": "yes", "ts": 11,
+               "reply_to": 2, "thread": 1, "edited_ts": 12, "reactions": {"👍": ["ann"]}})
+    );
+    let edit = Edit { room: "r".into(), seq: 5, id: "e".into(), from: "bob".into(), target: 4, text: "yes!".into(), ts: 12 };
+    assert_eq!(
+        value(&ServerFrame::Edit(edit.clone()).to_text()),
+        json!({"type": "edit", "room": "r", "seq": 5, "id": "e", "from": "bob", "target": 4, "text": "yes!", "ts": 12})
+    );
+    let delete = Delete { room: "r".into(), seq: 6, id: "d".into(), from: "bob".into(), target: 4, ts: 13 };
+    let reaction = Reaction { room: "r".into(), seq: 7, id: "x".into(), from: "ann".into(), target: 4, emoji: "👍".into(), added: false, ts: 14 };
+    assert_eq!(
+        value(&ServerFrame::Reaction(reaction.clone()).to_text()),
+        json!({"type": "reaction", "room": "r", "seq": 7, "id": "x", "from": "ann", "target": 4, "emoji": "👍", "added": false, "ts": 14})
+    );
+    let entries: Vec<HistoryEntry> =
+        vec![m.into(), HistoryEntry::Edit(edit), HistoryEntry::Delete(delete.clone()), HistoryEntry::Reaction(reaction)];
+    assert_eq!(entries.iter().map(HistoryEntry::seq).collect::<Vec<_>>(), [4, 5, 6, 7]);
+    let history = ServerFrame::History { room: "r".into(), head: 7, messages: entries.clone(), req: None };
+    assert_eq!(ServerFrame::parse(&history.to_text()).unwrap(), history);
+    for e in entries {
+        let frame = e.clone().into_frame();
+        assert_eq!(ServerFrame::parse(&frame.to_text()).unwrap().entry(), Some(e));
+    }
+    assert!(value(&ServerFrame::Delete(delete).to_text()).get("text").is_none());
 }

@@ -18,7 +18,7 @@ use super::registry::Registry;
 use super::schedule::{round_delay, round_phase, wall_micros};
 use super::{text_frame, SESSION_REVOKED};
 use super::window::{Recent, Window};
-use crate::ops::wire_message;
+use crate::ops::entry_frame_text;
 
 /// Figures the fan-out keeps.
 #[derive(Clone)]
@@ -150,7 +150,7 @@ impl Fanout<'_> {
     fn offer(&mut self, m: Arc<Message>) {
         let now = crate::now_ms();
         self.metrics.lag.observe(now.saturating_sub(m.ts_ms) as f64 / 1000.0);
-        let frame = text_frame(wire::ServerFrame::Message(wire_message(&m)).to_text());
+        let frame = text_frame(entry_frame_text(&m));
         let w = match self.rooms.entry(m.room.clone()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {

@@ -295,7 +295,7 @@ async fn messages_that_come_mid_round_reach_every_connection_once_in_order() -> 
     let (tx, metrics) = fan_out(&registry)?;
     let text = |seq: u64| format!("m{seq}");
     for seq in 1..=MESSAGES {
-        let m = Message { room: "r".into(), seq, client_id: format!("{seq}"), from: "s".into(), text: text(seq), ts_ms: crate::now_ms() };
+        let m = Message { room: "r".into(), seq, client_id: format!("{seq}"), from: "s".into(), text: text(seq), ts_ms: crate::now_ms(), kind: Default::default() };
         tx.send(Delivery::Message(Arc::new(m))).map_err(|_| io::Error::other("the fan-out has stopped"))?;
         tokio::time::sleep(Duration::from_micros(250)).await;
     }
@@ -339,7 +339,7 @@ async fn connections_opening_while_direct_messages_flow_get_every_later_one_once
             readers.push((o, std::thread::spawn(move || read_until_last(client)), sent));
         }
         sent += 1;
-        let m = Message { room: room.clone(), seq: sent, client_id: format!("{sent}"), from: "bob".into(), text: "hi".into(), ts_ms: sent };
+        let m = Message { room: room.clone(), seq: sent, client_id: format!("{sent}"), from: "bob".into(), text: "hi".into(), ts_ms: sent, kind: Default::default() };
         tx.send(Delivery::Message(Arc::new(m))).map_err(|_| io::Error::other("the fan-out has stopped"))?;
         tokio::time::sleep(Duration::from_micros(250)).await;
     }
@@ -423,7 +423,7 @@ async fn revocations_and_dropped_keys_close_exactly_the_connections_they_refuse(
     tx.send(Delivery::Revoked { user: "ann".into(), epoch: 1 }).map_err(stopped)?;
     assert_eq!(closed_with(&ann_old).await, Some(SESSION_REVOKED));
     // A message after the revocation has passed through the same round loop.
-    let m = Message { room: "r".into(), seq: 1, client_id: "1".into(), from: "s".into(), text: "x".into(), ts_ms: crate::now_ms() };
+    let m = Message { room: "r".into(), seq: 1, client_id: "1".into(), from: "s".into(), text: "x".into(), ts_ms: crate::now_ms(), kind: Default::default() };
     tx.send(Delivery::Message(Arc::new(m))).map_err(stopped)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(ready_event(&ann_new).is_none(), "a session opened at the new epoch was closed");

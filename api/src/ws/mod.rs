@@ -33,7 +33,7 @@ use wire::{ClientFrame, Id, ServerFrame};
 
 use crate::error::{ApiError, Code};
 use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SESSION_REVOKED, SLOW_CONSUMER};
-use crate::ops::{read_history, send_message, unexpected, wire_message};
+use crate::ops::{add_entry, entry_frame_text, read_history, unexpected, Entry};
 use crate::presence::PeerSignal;
 use crate::{validate, App, ChatBackend};
 
@@ -116,7 +116,7 @@ impl<B: ChatBackend> Session<B> {
         if !self.room_in_queue().await {
             return false;
         }
-        self.out.push_replayed(room, m.seq, text_frame(ServerFrame::Message(wire_message(m)).to_text()))
+        self.out.push_replayed(room, m.seq, text_frame(entry_frame_text(m)))
     }
 
     /// Waits for room in the queue, but no longer than [`STALL`]: a client
@@ -171,8 +171,16 @@ impl<B: ChatBackend> Session<B> {
         let result = match frame {
             ClientFrame::Join { room, after } => self.join(room, after, req.clone()).await.map_err(no_id),
             ClientFrame::Leave { room } => self.leave(room, req.clone()).await.map_err(no_id),
-            ClientFrame::Send { room, id, text } => self.send(Target::Room(room), id, text, req.clone()),
-            ClientFrame::Dm { to, id, text } => self.send(Target::User(to), id, text, req.clone()),
+            ClientFrame::Send { room, id, text, reply_to } => self.send(Target::Room(room), id, Entry::Post { text, reply_to }, req.clone()),
+            ClientFrame::Dm { to, id, text } => self.send(Target::User(to), id, Entry::Post { text, reply_to: None }, req.clone()),
+            ClientFrame::Edit { room, id, target, text } => self.send(Target::Room(room), id, Entry::Edit { target, text }, req.clone()),
+            ClientFrame::Delete { room, id, target } => self.send(Target::Room(room), id, Entry::Delete { target }, req.clone()),
+            ClientFrame::React { room, id, target, emoji } => {
+                self.send(Target::Room(room), id, Entry::React { target, emoji, added: true }, req.clone())
+            }
+            ClientFrame::Unreact { room, id, target, emoji } => {
+                self.send(Target::Room(room), id, Entry::React { target, emoji, added: false }, req.clone())
+            }
             ClientFrame::History { room, after, before, limit, consistency } => {
                 self.history(room, HistoryQuery { after, before, limit, consistency }, req.clone()).await.map_err(no_id)
             }
@@ -381,9 +389,10 @@ impl<B: ChatBackend> Session<B> {
         Ok(())
     }
 
-    /// `send` and `dm`: committed in a task of their own, so a slow commit does not
-    /// hold up this connection's other frames; the ack comes when it is applied.
-    fn send(&mut self, target: Target, id: Id, text: String, req: Option<Id>) -> SendResult {
+    /// `send`, `dm`, `edit`, `delete`, `react` and `unreact`: committed in a
+    /// task of their own, so a slow commit does not hold up this connection's
+    /// other frames; the ack comes when it is applied.
+    fn send(&mut self, target: Target, id: Id, entry: Entry, req: Option<Id>) -> SendResult {
         let room = match target {
             Target::Room(room) => room,
             Target::User(to) => {
@@ -405,7 +414,7 @@ impl<B: ChatBackend> Session<B> {
         let (app, user, acks) = (self.app.clone(), self.user.clone(), self.acks.clone());
         self.awaiting += 1;
         tokio::spawn(async move {
-            let frame = match send_message(&app, &user, &room, &id.text(), &text).await {
+            let frame = match add_entry(&app, &user, &room, &id.text(), entry).await {
                 Ok(ack) => ack.frame(id, req),
                 Err(e) => e.frame(Some(id), req),
             };

@@ -51,7 +51,7 @@ impl Deliveries {
 
 /// Counts and samples one text frame: a delivery, or (with `acks`, for senders)
 /// an ack or error, passed on to the sender.
-pub(super) fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Option<&tokio::sync::mpsc::UnboundedSender<()>>, sample_every: u64) {
+pub(super) fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Option<&AckTx>, sample_every: u64) {
     // Thousands of subscribers share this machine's cores with the nodes: a
     // subscriber's frame is only parsed when it is sampled, so the load
     // generator's own queueing adds as little as it can to the latency.
@@ -76,15 +76,18 @@ pub(super) fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Op
                 record_sent_text(&m, start, deliveries);
             }
         }
-        ServerFrame::Ack { id, .. } => answered(Some(&id), start, deliveries, acks),
-        ServerFrame::Error { id, .. } => answered(id.as_ref(), start, deliveries, acks),
+        ServerFrame::Ack { id, seq, .. } => answered(Some(&id), start, deliveries, acks, Some(seq)),
+        ServerFrame::Error { id, .. } => answered(id.as_ref(), start, deliveries, acks, None),
         _ => {}
     }
 }
 
-/// A send was answered (acked or refused): its latency, if its id says when it
-/// went out, and a wake-up for the sender waiting on it.
-fn answered(id: Option<&wire::Id>, start: Instant, deliveries: &Deliveries, acks: Option<&tokio::sync::mpsc::UnboundedSender<()>>) {
+/// What a sender waiting on its answer is told: the acked seq, or `None` if refused.
+pub(super) type AckTx = tokio::sync::mpsc::UnboundedSender<Option<u64>>;
+
+/// A send was answered (acked at `seq`, or refused): its latency, if its id
+/// says when it went out, and a wake-up for the sender waiting on it.
+fn answered(id: Option<&wire::Id>, start: Instant, deliveries: &Deliveries, acks: Option<&AckTx>, seq: Option<u64>) {
     // Fan-out senders put their send time last in the id.
     // Only a fan-out sender's id (`f{sender}-{n}-{sent µs}`) carries its send
     // time; the acks phase's ids are plain counters, whose acks are timed by
@@ -94,7 +97,7 @@ fn answered(id: Option<&wire::Id>, start: Instant, deliveries: &Deliveries, acks
         deliveries.record(sent, start);
     }
     if let Some(a) = acks {
-        let _ = a.send(());
+        let _ = a.send(seq);
     }
 }
 
@@ -115,7 +118,7 @@ pub(super) async fn reader<S>(
     mut rx: S,
     start: Instant,
     deliveries: Arc<Deliveries>,
-    acks: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    acks: Option<AckTx>,
     sample_every: u64,
 ) where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,

@@ -118,7 +118,7 @@ fn start_sending(
                     t.tick().await;
                 }
                 let t = micros(start);
-                let f = ClientFrame::Send { room: "fanout".into(), id: format!("f{i}-{n}-{t}").into(), text: format!("{t:020} {pad}") };
+                let f = ClientFrame::Send { room: "fanout".into(), id: format!("f{i}-{n}-{t}").into(), text: format!("{t:020} {pad}"), reply_to: None };
                 if tx.send(Message::Text(frame_text(f).into())).await.is_err() {
                     break;
                 }

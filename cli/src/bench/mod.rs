@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// and the leader's URL first to see one write's path.
     #[arg(long)]
     breakdown: bool,
+    /// The percentage (0-100) of the acks phase's operations that edit or
+    /// react to the sender's last message instead of sending one.
+    #[arg(long, default_value_t = 0)]
+    changes: u8,
 }
 
 fn micros(start: Instant) -> u64 {

@@ -26,13 +26,21 @@ pub fn every_final_read(h: &History) -> Verdict {
     v
 }
 
-/// The workload did enough to mean something: the minimum of acked sends, at
-/// least one successful read, at least one delivered message.
+/// The workload did enough to mean something: the minimum of acked sends and
+/// of acked changes (a delete among them), at least one successful read, at
+/// least one delivered message.
 pub fn enough_operations(h: &History) -> Verdict {
     let mut anomalies = Vec::new();
     let acked = h.sends.iter().filter(|o| o.outcome == Outcome::Ok).count();
     if acked < h.expected.min_acked.max(1) {
         anomalies.push(format!("{acked} sends acked, fewer than the minimum of {}", h.expected.min_acked.max(1)));
+    }
+    let changes: Vec<_> = h.sends.iter().filter(|o| o.outcome == Outcome::Ok).filter_map(|o| o.change.as_ref()).collect();
+    if changes.len() < h.expected.min_changes {
+        anomalies.push(format!("{} edits, deletes and reactions acked, fewer than the minimum of {}", changes.len(), h.expected.min_changes));
+    }
+    if h.expected.min_changes > 0 && !changes.iter().any(|c| matches!(c, crate::history::Change::Delete { .. })) {
+        anomalies.push("no delete was acked".into());
     }
     if !h.reads.iter().any(|r| r.outcome == Outcome::Ok) {
         anomalies.push(format!("none of {} history reads succeeded", h.reads.len()));

@@ -4,6 +4,7 @@
 mod coverage;
 mod delivery;
 mod durability;
+mod lifecycle;
 mod ordering;
 mod reads;
 
@@ -39,5 +40,7 @@ pub fn check_all(h: &History) -> Vec<Verdict> {
         ordering::linearizable_appends(h),
         reads::linearizable_reads(h),
         delivery::subscriptions_gap_free(h),
+        lifecycle::changes_fold(h),
+        lifecycle::deletes_stick(h),
     ]
 }
