@@ -221,9 +221,34 @@ async function main() {
   assert.equal(await ben.locator('#messages li', { hasText: 'hello everyone' }).locator('.act.edit, .act.delete').count(), 0);
   await ann.screenshot({ path: path.join(shots, 'lifecycle.png') });
 
+
   // Bring node 2 back, then watch the cluster view follow a leader change.
   await startNode(benNode);
   await waitFor('node 2 back', async () => (await status()).members.every((m) => m.reachable));
+
+  // Read state lives on the server: ben moves to another room, ann mentions
+  // him, and after a reload (nothing kept in the page) his unread and mention
+  // badges come from his read marker; opening the room moves the marker.
+  await ben.fill('#join-room', 'random');
+  await ben.press('#join-room', 'Enter');
+  await ben.waitForSelector('#room-title:has-text("random")');
+  await sleep(1500);   // the page marks what it showed as read, at most once a second
+  await ann.fill('#text', '@ben are you around?');
+  await ann.press('#text', 'Enter');
+  await ann.waitForSelector('#messages li:has-text("are you around")');
+  await ben.reload();
+  await ben.waitForSelector('#conn.on');
+  await ben.waitForSelector('#rooms li[data-room="general"] .mention:has-text("@1")');
+  await ben.click('#rooms li[data-room="general"]');
+  await ben.waitForSelector('#rooms li[data-room="general"]:not(:has(.mention))');
+  await sleep(1500);
+  await ben.click('#rooms li[data-room="random"]');
+  await ben.reload();
+  await ben.waitForSelector('#conn.on');
+  await sleep(2000);   // both rooms' joined frames, with their read state, have come
+  assert.equal(await ben.locator('#rooms li[data-room="general"] .unread, #rooms li[data-room="general"] .mention').count(), 0,
+    'read on the server: no badge after a reload');
+  await ben.click('#rooms li[data-room="general"]');
 
   // An operator revokes ben's sessions: his page returns to the login form
   // instead of reconnecting with a refused token, and he logs in again.

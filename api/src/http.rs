@@ -13,7 +13,7 @@ use wire::http::{
 };
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::ops::{add_entry, read_history, read_thread, unexpected, Entry};
+use crate::ops::{add_entry, read_history, read_thread, unexpected, unread_counts, Entry};
 use crate::{auth, validate, App, ChatBackend};
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
@@ -132,15 +132,17 @@ pub async fn rooms<B: ChatBackend>(
     // fewer rooms than `limit` and still have a next one.
     let rooms = app.backend.reader().rooms_page(q.after.as_deref(), limit as usize)?;
     let next = (rooms.len() as u64 == limit).then(|| rooms.last().map(|(name, _)| name.clone())).flatten();
-    let list: Vec<RoomSummary> = rooms
+    let reader = app.backend.reader();
+    let list = rooms
         .into_iter()
         .filter(|(name, _)| chat::dm_participants(name).is_none_or(|(a, b)| a == user || b == user))
         .map(|(name, r)| {
             // A DM room's members are its two users, with no membership stored.
             let members = if chat::dm_participants(&name).is_some() { 2 } else { r.members };
-            RoomSummary { name, members, last_seq: r.last_seq }
+            let unread = unread_counts(reader, &name, &user)?;
+            Ok(RoomSummary { name, members, last_seq: r.last_seq, unread })
         })
-        .collect();
+        .collect::<ApiResult<Vec<RoomSummary>>>()?;
     let mut headers = HeaderMap::new();
     if let Some(last) = next {
         // Room names are of A-Z a-z 0-9 _ . - and `:`: nothing to escape in a query.

@@ -87,6 +87,16 @@ pub async fn read_history<B: ChatBackend>(app: &App<B>, user: &str, room: &str, 
     Ok(HistoryPage { room: room.to_string(), head: page.head, messages })
 }
 
+/// `user`'s read state in `room`, from feature level 4 and for a member only
+/// (`None` otherwise, so older clusters answer as they always did).
+pub fn unread_counts<R: ChatRead + ?Sized>(reader: &R, room: &str, user: &str) -> ApiResult<Option<wire::UnreadCounts>> {
+    if chat::feature_level(reader)? < 4 || !reader.is_member(room, user)? {
+        return Ok(None);
+    }
+    let u = reader.unread(room, user)?;
+    Ok(Some(wire::UnreadCounts { read: u.read, unread: u.messages, mentions: u.mentions, capped: u.capped }))
+}
+
 /// Reads the thread rooted at message `root` of `room` for `user`.
 pub async fn read_thread<B: ChatBackend>(app: &App<B>, user: &str, room: &str, root: u64, q: &ThreadQuery) -> ApiResult<ThreadPage> {
     let limit = before_read(app, user, room, q.limit, q.consistency).await?;

@@ -61,7 +61,7 @@ function start() {
   $('chat').hidden = false;
   const saved = JSON.parse(sessionStorage.getItem('chorus-rooms') || '["general"]');
   for (const r of saved) room(r);
-  select(saved[0] || 'general');
+  select(sessionStorage.getItem('chorus-current') || saved[0] || 'general');
   connect();
   refreshMembers();
   setInterval(refreshMembers, 5000);
@@ -78,7 +78,7 @@ async function refreshMembers() {
 
 function room(name) {
   if (!state.rooms.has(name)) {
-    state.rooms.set(name, { last: null, oldest: null, unread: 0, online: new Set(), items: new Map(), msgs: new Map() });
+    state.rooms.set(name, { last: null, oldest: null, unread: 0, mentions: 0, readSent: 0, online: new Set(), items: new Map(), msgs: new Map() });
     sessionStorage.setItem('chorus-rooms', JSON.stringify([...state.rooms.keys()].filter((r) => !r.startsWith('dm:'))));
     renderRooms();
   }
@@ -155,6 +155,7 @@ function signedOut(reason) {
   $('chat').hidden = true;
   $('login').hidden = false;
   $('login-error').textContent = reason;
+  if (state.user) $('name').value = state.user;   // a page loaded from the saved session never showed the form
 }
 
 function handle(f) {
@@ -162,6 +163,13 @@ function handle(f) {
     case 'joined': {
       const r = room(f.room);
       r.online = new Set(f.online);
+      // The server's read state is shared by every device of this user.
+      if (f.unread) {
+        r.readSent = f.unread.read;
+        if (f.room === state.current) markRead(f.room);
+        else { r.unread = f.unread.unread; r.mentions = f.unread.mentions; }
+        renderRooms();
+      }
       if (r.last === null) {
         // First join: show the latest page, then live from the head on.
         r.last = f.head;
@@ -177,7 +185,17 @@ function handle(f) {
       r.last = f.seq;
       if (f.type !== 'message') return change(f.room, f);
       addMessage(f.room, f, false);
-      if (f.room !== state.current) { r.unread += 1; renderRooms(); }
+      if (f.room !== state.current && f.from !== state.user) {
+        r.unread += 1;
+        if (mentionsMe(f.text)) r.mentions += 1;
+        renderRooms();
+      }
+      if (f.room === state.current) markRead(f.room);
+      break;
+    }
+    case 'marked': {
+      const r = room(f.room);
+      r.readSent = Math.max(r.readSent, f.seq);
       break;
     }
     case 'history': {
@@ -211,6 +229,26 @@ function handle(f) {
       break;
     default: break;
   }
+}
+
+// Whether `text` names this user as `@name` (the rule the server counts by).
+function mentionsMe(text) {
+  const re = new RegExp(`(^|[^A-Za-z0-9_.-])@${state.user.replace(/[.]/g, '\\.')}($|[^A-Za-z0-9_.-])`);
+  return re.test(text || '');
+}
+
+// Tells the cluster this room is read up to what is shown, at most once a
+// second; every device of this user then counts from there.
+function markRead(name) {
+  const r = room(name);
+  if (r.readTimer || r.last === null || r.last <= r.readSent || document.hidden) return;
+  r.readTimer = setTimeout(() => {
+    r.readTimer = null;
+    if (r.last > r.readSent && state.connected) {
+      r.readSent = r.last;
+      send({ type: 'read', room: name, seq: r.last });
+    }
+  }, 1000);
 }
 
 // Folds an edit, delete or reaction into the message it targets, if shown.
@@ -318,9 +356,12 @@ function compose(mode, m) {
 
 function select(name) {
   state.current = name;
+  if (!name.startsWith('dm:')) sessionStorage.setItem('chorus-current', name);
   compose(null);
   const r = room(name);
   r.unread = 0;
+  r.mentions = 0;
+  markRead(name);
   $('room-title').textContent = name.startsWith('dm:') ? `✉ ${name.split(':').slice(1).filter((u) => u !== state.user)[0]}` : `# ${name}`;
   const list = $('messages');
   list.replaceChildren(...[...r.items.entries()].sort((a, b) => a[0] - b[0]).map(([, li]) => li));
@@ -338,12 +379,8 @@ function renderRooms() {
     const label = document.createElement('span');
     label.textContent = name.startsWith('dm:') ? `✉ ${name.split(':').slice(1).filter((u) => u !== state.user)[0]}` : `# ${name}`;
     li.append(label);
-    if (r.unread) {
-      const b = document.createElement('span');
-      b.className = 'unread';
-      b.textContent = r.unread;
-      li.append(b);
-    }
+    if (r.mentions) li.append(el('span', 'mention', `@${r.mentions}`));
+    if (r.unread) li.append(el('span', 'unread', r.unread));
     li.onclick = () => select(name);
     return li;
   }));

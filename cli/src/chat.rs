@@ -1,7 +1,8 @@
 //! `chorusctl chat`: a terminal chat client over the public HTTP and WebSocket API.
 //!
 //! Lines typed are sent to the current room; commands: `/history`, `/dm USER TEXT`,
-//! `/who`, `/join ROOM`, `/quit`, and those that change a message by its seq
+//! `/who`, `/join ROOM`, `/read` (marks the room read up to the last message
+//! shown, for every device), `/quit`, and those that change a message by its seq
 //! (`/reply`, `/edit`, `/delete`, `/react`, `/unreact`; see [`lines`]). While connected it keeps the cluster's member list
 //! (`GET /v1/cluster`). When the connection drops it asks any member that answers for
 //! `/v1/cluster/pick`, falling back to each known member and `--url` in turn; there it
@@ -15,17 +16,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::anyhow;
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::Connector;
-use wire::http::{Cluster as ClusterView, Credentials, ErrorBody, Pick, Session};
+use wire::http::{Cluster as ClusterView, Pick};
 use wire::{ClientFrame, ErrorCode, Id, ServerFrame};
 
+mod conn;
 mod lines;
+
+pub use conn::{client_tls, connect, connect_with, http_client, session};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -48,77 +51,6 @@ pub struct ChatArgs<'a> {
     pub room: &'a str,
     /// The CA that signed the nodes' client-port certificates, for `https://`.
     pub ca: Option<&'a Path>,
-}
-
-/// Registers `user` if new, logs in, and returns a token.
-pub async fn session(http: &reqwest::Client, url: &str, user: &str, password: &str) -> anyhow::Result<String> {
-    let creds = Credentials { name: user.to_string(), password: password.to_string() };
-    let r = http.post(format!("{url}/v1/users")).json(&creds).send().await.with_context(|| format!("cannot reach {url}"))?;
-    if !(r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT) {
-        bail!("register: {}", error_text(r).await);
-    }
-    let r = http.post(format!("{url}/v1/sessions")).json(&creds).send().await?;
-    if !r.status().is_success() {
-        bail!("login: {}", error_text(r).await);
-    }
-    let body: Session = r.json().await.context("login answered without a token")?;
-    Ok(body.token)
-}
-
-async fn error_text(r: reqwest::Response) -> String {
-    let status = r.status();
-    match r.json::<ErrorBody>().await {
-        Ok(e) => format!("{} ({})", e.message, e.error),
-        Err(_) => status.to_string(),
-    }
-}
-
-/// TLS to the client port trusting only the CA in the PEM file `ca`.
-pub fn client_tls(ca: &Path) -> anyhow::Result<Arc<ClientConfig>> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = RootCertStore::empty();
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
-    let (added, _) = roots.add_parsable_certificates(certs);
-    anyhow::ensure!(added > 0, "{} holds no usable CA certificate", ca.display());
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("no TLS protocol version available")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// An HTTP client for the client port: `ca` is the only root it trusts for
-/// `https://` (none without it: HTTPS then fails with a certificate error).
-pub fn http_client(ca: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder().timeout(timeout);
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    Ok(builder.build()?)
-}
-
-pub async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
-    connect_with(url, token, None).await
-}
-
-/// Opens a WebSocket to the node at `url`; a `wss://` one over `tls`.
-pub async fn connect_with(url: &str, token: &str, tls: Option<&Arc<ClientConfig>>) -> anyhow::Result<Ws> {
-    let ws_url = format!("{}/v1/ws?token={token}", url.replacen("http", "ws", 1));
-    // tungstenite's default 128 KiB read buffer is zeroed on every read attempt;
-    // chat frames are a few hundred bytes, and the bench holds thousands of these
-    // connections, each read once per frame.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(2 * 1024);
-    let connector = tls.map(|t| Connector::Rustls(t.clone()));
-    Ok(tokio_tungstenite::connect_async_tls_with_config(ws_url, Some(config), true, connector)
-        .await
-        .with_context(|| format!("cannot open a WebSocket to {url}"))?
-        .0)
 }
 
 /// A room this client follows: joined, or a DM room one of whose messages it was shown.
@@ -291,12 +223,17 @@ impl State {
                 let frame = ClientFrame::History { room: self.room.clone(), after: None, before: None, limit: Some(20), consistency: None };
                 Some(Outgoing { frame, req: None })
             }
+            "/read" => {
+                // Everything shown here is read: the marker moves to the last seq shown.
+                let seq = self.rooms.get(&self.room).and_then(|r| r.last).unwrap_or(0);
+                Some(Outgoing { frame: ClientFrame::Read { room: self.room.clone(), seq }, req: None })
+            }
             "/who" => {
                 println!("{}", self.who());
                 None
             }
             l if l.starts_with('/') => {
-                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, {}, /quit", lines::USAGE);
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, {}, /quit", lines::USAGE);
                 None
             }
             text => {
@@ -319,14 +256,15 @@ impl State {
                 *last = Some(entry.seq());
                 Some(Shown::Out(lines::describe(&entry)))
             }
-            ServerFrame::Joined { room: name, head, online, .. } => {
+            ServerFrame::Joined { room: name, head, online, unread, .. } => {
                 let room = self.rooms.entry(name.clone()).or_default();
                 room.online = online.iter().cloned().collect();
                 // A join with `after` resumes from `last`; one without starts at the head.
                 if room.last.is_none() {
                     room.last = Some(*head);
                 }
-                Some(Shown::Out(format!("* joined {name} (head {head}); online: {}", listing(&room.online))))
+                let unread = unread.as_ref().map(lines::unread).unwrap_or_default();
+                Some(Shown::Out(format!("* joined {name} (head {head}{unread}); online: {}", listing(&room.online))))
             }
             ServerFrame::Presence { room: name, user, online } => {
                 // Shown when it changes who is online in a room this client follows.
@@ -348,6 +286,7 @@ impl State {
                 (!shown.is_empty()).then(|| Shown::Out(shown.join("\n")))
             }
             ServerFrame::Left { room, .. } => Some(Shown::Out(format!("* left {room}"))),
+            ServerFrame::Marked { room, seq, .. } => Some(Shown::Out(format!("* {room} read up to #{seq}"))),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::format;
 use crate::lifecycle::{self, Change, Kind};
+pub use crate::mem::{MemTables, StateDigest};
 
 /// How long a `(user, client id)` pair is remembered for deduplication, in the
 /// cluster clock's milliseconds. The SPEC asks for at least 24 hours.
@@ -53,6 +54,7 @@ impl std::fmt::Display for Command {
             Event::ReactionChanged { room, from, target, added, .. } => {
                 write!(f, "reaction-changed({room}, {from}, {target}, added: {added})")
             }
+            Event::ReadMarked { room, user, seq } => write!(f, "read-marked({room}, {user}, {seq})"),
         }
     }
 }
@@ -92,6 +94,9 @@ pub enum Event {
     MessageDeleted { room: String, from: String, client_id: String, target: u64 },
     /// A member adds (or removes) a reaction to the message at `target`.
     ReactionChanged { room: String, from: String, client_id: String, target: u64, emoji: String, added: bool },
+    /// `user` has read `room` up to `seq` ([`crate::markers`]); a marker never
+    /// moves back.
+    ReadMarked { room: String, user: String, seq: u64 },
 }
 
 impl Event {
@@ -107,7 +112,8 @@ impl Event {
             | Event::ReplyPosted { .. }
             | Event::MessageEdited { .. }
             | Event::MessageDeleted { .. }
-            | Event::ReactionChanged { .. } => true,
+            | Event::ReactionChanged { .. }
+            | Event::ReadMarked { .. } => true,
             Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } | Event::SigningKeyRotated { .. } => false,
         }
     }
@@ -123,7 +129,11 @@ impl Event {
             | Event::MessagePosted { .. } => format::LEGACY,
             Event::FeatureLevelRaised { .. } => 2,
             Event::SigningKeyRotated { .. } | Event::SessionsRevoked { .. } => 3,
-            Event::ReplyPosted { .. } | Event::MessageEdited { .. } | Event::MessageDeleted { .. } | Event::ReactionChanged { .. } => 4,
+            Event::ReplyPosted { .. }
+            | Event::MessageEdited { .. }
+            | Event::MessageDeleted { .. }
+            | Event::ReactionChanged { .. }
+            | Event::ReadMarked { .. } => 4,
         }
     }
 
@@ -169,6 +179,8 @@ pub enum Outcome {
     /// The message a reply, edit, delete or reaction names does not exist in
     /// the room, is not a message, or was deleted.
     NoSuchMessage,
+    /// The user's read marker in the room after the command.
+    Marked { seq: u64 },
 }
 
 /// A stored room entry, as history and delivery serve it: a message, or a
@@ -218,10 +230,12 @@ pub enum Table {
     /// (room, root seq, reply seq) → (): each thread's replies
     /// ([`lifecycle::thread_key`]).
     Threads,
+    /// (user, room) → the seq the user has read up to ([`crate::markers`]).
+    Markers,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Meta,
         Table::Users,
         Table::Rooms,
@@ -230,6 +244,7 @@ impl Table {
         Table::Dedup,
         Table::DedupExpiry,
         Table::Threads,
+        Table::Markers,
     ];
 
     /// The column family name; also the table's tag in a snapshot stream.
@@ -243,6 +258,7 @@ impl Table {
             Table::Dedup => "dedup",
             Table::DedupExpiry => "dedup_expiry",
             Table::Threads => "threads",
+            Table::Markers => "read_markers",
         }
     }
 
@@ -441,6 +457,7 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
         Event::ReactionChanged { room, from, client_id, target, emoji, added } => {
             lifecycle::change(t, now, room, from, client_id, *target, Change::React { emoji, added: *added })
         }
+        Event::ReadMarked { room, user, seq } => crate::markers::mark(t, room, user, *seq),
     }
 }
 
@@ -585,69 +602,6 @@ fn prune_dedup(t: &mut impl Tables, clock: &mut ClockRecord) -> Result<(), Store
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_be_bytes);
     Ok(())
-}
-
-/// An in-memory [`Tables`]: the model the property tests compare RocksDB with.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemTables {
-    pub tables: std::collections::BTreeMap<(Table, Vec<u8>), Vec<u8>>,
-}
-
-impl TablesRead for MemTables {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tables.get(&(table, key.to_vec())).cloned())
-    }
-
-    fn keys_below(&self, table: Table, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self
-            .tables
-            .range((table, Vec::new())..(table, end.to_vec()))
-            .take(limit)
-            .map(|((_, k), _)| k.clone())
-            .collect())
-    }
-}
-
-impl Tables for MemTables {
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
-        self.tables.insert((table, key.to_vec()), value.to_vec());
-    }
-
-    fn delete(&mut self, table: Table, key: &[u8]) {
-        self.tables.remove(&(table, key.to_vec()));
-    }
-}
-
-impl MemTables {
-    /// The same digest [`crate::state_machine::ChatReader::digest`] computes over RocksDB.
-    pub fn digest(&self) -> String {
-        let mut d = StateDigest::default();
-        for ((table, key), value) in &self.tables {
-            d.add(*table, key, value);
-        }
-        d.finish()
-    }
-}
-
-/// A digest of the chat tables, in table then key order: equal digests mean equal
-/// state.
-#[derive(Default)]
-pub struct StateDigest(sha2::Sha256);
-
-impl StateDigest {
-    pub fn add(&mut self, table: Table, key: &[u8], value: &[u8]) {
-        use sha2::Digest;
-        self.0.update([table.tag()]);
-        self.0.update((key.len() as u64).to_le_bytes());
-        self.0.update(key);
-        self.0.update((value.len() as u64).to_le_bytes());
-        self.0.update(value);
-    }
-
-    pub fn finish(self) -> String {
-        use sha2::Digest;
-        hex::encode(self.0.finalize())
-    }
 }
 
 #[cfg(test)]

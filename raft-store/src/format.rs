@@ -14,7 +14,7 @@
 //! | 1 | the format before versioning: an entry is a bare list of commands, a snapshot starts `CHORUSSNAP1\n`. Every cluster formed before levels existed is at 1 |
 //! | 2 | entries and snapshots say their level; the `FeatureLevelRaised` event |
 //! | 3 | `SigningKeyRotated` and `SessionsRevoked`: versioned token keys and revocation ([`crate::sessions`]) |
-//! | 4 | `ReplyPosted`, `MessageEdited`, `MessageDeleted` and `ReactionChanged`: replies, threads, edits, deletes and reactions as room entries ([`crate::lifecycle`]) |
+//! | 4 | `ReplyPosted`, `MessageEdited`, `MessageDeleted` and `ReactionChanged`: replies, threads, edits, deletes and reactions as room entries ([`crate::lifecycle`]); `ReadMarked`: read markers ([`crate::markers`]) |
 //!
 //! A level only goes up. A binary that reads level N also reads every level
 //! below it, so a cluster is upgraded one binary at a time and then raised.

@@ -33,6 +33,8 @@ pub mod db;
 pub mod error;
 pub mod format;
 pub mod lifecycle;
+pub mod markers;
+pub mod mem;
 #[cfg(feature = "rocksdb")]
 pub mod log_store;
 pub mod quota;

@@ -132,6 +132,12 @@ pub trait ChatRead: TablesRead + Send + Sync {
         Ok(HistoryPage { head, messages })
     }
 
+    /// `user`'s read marker in `room` and the unread and mention counts after
+    /// it ([`crate::markers::unread`]).
+    fn unread(&self, room: &str, user: &str) -> Result<crate::markers::Unread, StoreError> {
+        crate::markers::unread(self, room, user)
+    }
+
     /// The entry at `seq` of `room` ([`crate::lifecycle::entry`]).
     fn entry(&self, room: &str, seq: u64) -> Result<Option<Message>, StoreError> {
         crate::lifecycle::entry(self, room, seq)

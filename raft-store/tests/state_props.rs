@@ -36,6 +36,7 @@ fn event() -> impl Strategy<Value = Event> {
         4 => (room(), name(), 0u8..12, "[a-z ]{0,12}")
             .prop_map(|(room, from, id, text)| Event::MessagePosted { room, from, client_id: id.to_string(), text }),
         2 => lifecycle_event(),
+        1 => (room(), name(), 0u64..12).prop_map(|(room, user, seq)| Event::ReadMarked { room, user, seq }),
     ]
 }
 
@@ -195,6 +196,23 @@ impl Expected {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// A read marker never moves back and never passes its room's last entry,
+    /// so markers from several devices end at the furthest whatever their order.
+    #[test]
+    fn read_markers_only_move_forward(cmds in commands()) {
+        let mut t = MemTables::default();
+        let mut seen: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for c in &cmds {
+            chat::apply(&mut t, c).unwrap();
+            if let Event::ReadMarked { room, user, .. } = &c.event {
+                let now = raft_store::markers::marker(&t, user, room).unwrap();
+                let head = chat::room(&t, room).unwrap().map_or(0, |r| r.last_seq);
+                let before = seen.insert((room.clone(), user.clone()), now).unwrap_or(0);
+                prop_assert!(now >= before && now <= head, "marker {before} -> {now}, head {head}");
+            }
+        }
+    }
 
     /// Edits serve the last acked text, a delete removes every text the
     /// message had from the whole state, and reactions add up per (emoji,

@@ -38,6 +38,9 @@ pub struct RoomSummary {
     pub name: String,
     pub members: u64,
     pub last_seq: u64,
+    /// The caller's read state (from level 4; for rooms the caller belongs to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<crate::UnreadCounts>,
 }
 
 /// The query of `GET /v1/rooms`: a page of rooms by name. Without `after`,

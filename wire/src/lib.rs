@@ -176,6 +176,10 @@ pub enum ClientFrame {
     React { room: String, id: Id, target: u64, emoji: String },
     /// Take one's reaction back.
     Unreact { room: String, id: Id, target: u64, emoji: String },
+    /// This user has read `room` up to `seq`: the read marker, shared by the
+    /// user's devices on every node, moves there unless it is already
+    /// further. Answered by [`ServerFrame::Marked`].
+    Read { room: String, seq: u64 },
 }
 
 /// A client frame that could not be read, with what the error frame echoes.
@@ -259,6 +263,19 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// A user's read state in a room: `read` is the marker; `unread` counts the
+/// other users' messages after it and `mentions` those of them that name
+/// `@user`; `capped` says more than 1000 entries follow the marker, so both
+/// counts are a floor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadCounts {
+    pub read: u64,
+    pub unread: u64,
+    pub mentions: u64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub capped: bool,
+}
+
 /// An edit of the message `target`: its new text. An entry of the room with
 /// its own seq, live or from history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,10 +329,21 @@ pub enum ServerFrame {
     /// A reaction was added or taken back.
     Reaction(Reaction),
     /// The answer to `join`: the room's last seq, and which members are online.
+    /// From level 4 also the user's read marker and the unread messages and
+    /// mentions after it.
     Joined {
         room: String,
         head: u64,
         online: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unread: Option<UnreadCounts>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Id>,
+    },
+    /// The answer to `read`: the marker as it now is.
+    Marked {
+        room: String,
+        seq: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Id>,
     },

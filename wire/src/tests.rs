@@ -43,6 +43,7 @@ fn every_client_frame_parses_with_its_req() {
             None,
         ),
         (json!({"type": "typing", "room": "r", "req": {"not": "an id"}}), ClientFrame::Typing { room: "r".into() }, None),
+        (json!({"type": "read", "room": "r", "seq": 9}), ClientFrame::Read { room: "r".into(), seq: 9 }, None),
     ];
     for (frame, want, want_req) in cases {
         let (got, req) = ClientFrame::parse(&frame.to_string()).unwrap();
@@ -84,8 +85,16 @@ fn server_frames_are_written_as_spec_shows_them() {
     );
     let ack = ServerFrame::Ack { room: "r".into(), id: Id::from(7), seq: 2, ts: 10, duplicate: false, req: None };
     assert_eq!(ack.to_text(), r#"{"type":"ack","room":"r","id":7,"seq":2,"ts":10,"duplicate":false}"#);
-    let joined = ServerFrame::Joined { room: "r".into(), head: 0, online: vec!["ann".into()], req: None };
+    let joined = ServerFrame::Joined { room: "r".into(), head: 0, online: vec!["ann".into()], unread: None, req: None };
     assert_eq!(joined.to_text(), r#"{"type":"joined","room":"r","head":0,"online":["ann"]}"#);
+    let unread = Some(UnreadCounts { read: 2, unread: 5, mentions: 1, capped: false });
+    let joined = ServerFrame::Joined { room: "r".into(), head: 7, online: vec![], unread, req: None };
+    assert_eq!(
+        value(&joined.to_text()),
+        json!({"type": "joined", "room": "r", "head": 7, "online": [], "unread": {"read": 2, "unread": 5, "mentions": 1}})
+    );
+    let marked = ServerFrame::Marked { room: "r".into(), seq: 7, req: Some(Id::from(3)) };
+    assert_eq!(marked.to_text(), r#"{"type":"marked","room":"r","seq":7,"req":3}"#);
     let error = ServerFrame::error(ErrorCode::NotMember, "no", Some(Id::from("m")), None);
     assert_eq!(error.to_text(), r#"{"type":"error","code":"not_member","message":"no","id":"m"}"#);
     assert_eq!(

@@ -33,7 +33,7 @@ use wire::{ClientFrame, Id, ServerFrame};
 
 use crate::error::{ApiError, Code};
 use crate::fanout::{text_frame, ConnIo, Outbox, OutboxEvent, SESSION_REVOKED, SLOW_CONSUMER};
-use crate::ops::{add_entry, entry_frame_text, read_history, unexpected, Entry};
+use crate::ops::{add_entry, entry_frame_text, read_history, unexpected, unread_counts, Entry};
 use crate::presence::PeerSignal;
 use crate::{validate, App, ChatBackend};
 
@@ -185,6 +185,7 @@ impl<B: ChatBackend> Session<B> {
                 self.history(room, HistoryQuery { after, before, limit, consistency }, req.clone()).await.map_err(no_id)
             }
             ClientFrame::Typing { room } => self.typing(room).map_err(no_id),
+            ClientFrame::Read { room, seq } => self.mark_read(room, seq, req.clone()).await.map_err(no_id),
         };
         if let Err((e, id)) = result {
             self.fail(e, id, req);
@@ -265,7 +266,8 @@ impl<B: ChatBackend> Session<B> {
         };
         let online = self.online_members(&room)?;
         let fresh = self.out.cursor(&room).is_none();
-        let joined = ServerFrame::Joined { room: room.clone(), head, online, req };
+        let unread = unread_counts(self.app.backend.reader(), &room, &self.user)?;
+        let joined = ServerFrame::Joined { room: room.clone(), head, online, unread, req };
         // Replay from storage, then go live from where the replay stopped. Without
         // `after`, live delivery starts after the head the client was told.
         if !self.out.start_room(&room, after.unwrap_or(head), text_frame(joined.to_text())) {
@@ -433,6 +435,20 @@ impl<B: ChatBackend> Session<B> {
         let page = read_history(&self.app, &self.user, &room, &q).await?;
         self.push(ServerFrame::History { room: page.room, head: page.head, messages: page.messages, req });
         Ok(())
+    }
+
+    /// Moves this user's read marker in `room`, through the log, so every
+    /// device and node agrees on it.
+    async fn mark_read(&mut self, room: String, seq: u64, req: Option<Id>) -> Result<(), ApiError> {
+        validate::room_name(&room)?;
+        self.app.request_attempt(&self.user)?;
+        match self.app.backend.propose(Event::ReadMarked { room: room.clone(), user: self.user.clone(), seq }).await? {
+            Outcome::Marked { seq } => {
+                self.push(ServerFrame::Marked { room, seq, req });
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     fn typing(&self, room: String) -> Result<(), ApiError> {

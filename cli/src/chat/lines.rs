@@ -91,6 +91,16 @@ pub fn describe(e: &HistoryEntry) -> String {
     }
 }
 
+/// A room's read state as `joined` shows it: `, 3 unread, 1 mentioning you`.
+pub fn unread(u: &wire::UnreadCounts) -> String {
+    let more = if u.capped { "+" } else { "" };
+    match (u.unread, u.mentions) {
+        (0, _) => String::new(),
+        (n, 0) => format!(", {n}{more} unread"),
+        (n, m) => format!(", {n}{more} unread, {m} mentioning you"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +120,14 @@ mod tests {
         assert_eq!(Typed::parse("hello"), None);
         let frame = Typed::Reply { to: 4, text: "ok".into() }.frame("r".into(), Id::from("c-1"));
         assert_eq!(frame, ClientFrame::Send { room: "r".into(), id: Id::from("c-1"), text: "ok".into(), reply_to: Some(4) });
+    }
+
+    #[test]
+    fn unread_counts_read_as_a_clause() {
+        let u = |unread, mentions, capped| wire::UnreadCounts { read: 1, unread, mentions, capped };
+        assert_eq!(unread(&u(0, 0, false)), "");
+        assert_eq!(unread(&u(3, 0, false)), ", 3 unread");
+        assert_eq!(unread(&u(1000, 2, true)), ", 1000+ unread, 2 mentioning you");
     }
 
     #[test]
