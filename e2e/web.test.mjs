@@ -221,6 +221,20 @@ async function main() {
   assert.equal(await ben.locator('#messages li', { hasText: 'hello everyone' }).locator('.act.edit, .act.delete').count(), 0);
   await ann.screenshot({ path: path.join(shots, 'lifecycle.png') });
 
+  // Search finds the edited text on another node, and not the deleted one.
+  await waitFor('search to find the edited message', async () => {
+    await ben.fill('#search-q', 'everyone');
+    await ben.press('#search-q', 'Enter');
+    await ben.waitForSelector('#search-title:not(:has-text("Searching"))');
+    return (await ben.locator('#search-results li.hit', { hasText: 'hello everyone' }).count()) === 1;
+  }, 10000);
+  await ben.fill('#search-q', 'outage');
+  await ben.press('#search-q', 'Enter');
+  await ben.waitForSelector('#search-title:has-text("4 found")');
+  assert.equal(await ben.locator('#search-results li.hit', { hasText: 'during outage 3' }).count(), 0, 'a deleted message is not found');
+  await ben.screenshot({ path: path.join(shots, 'search.png') });
+  await ben.click('#search-close');
+
 
   // Bring node 2 back, then watch the cluster view follow a leader change.
   await startNode(benNode);
@@ -259,6 +273,14 @@ async function main() {
   await ben.click('#login-btn');
   await ben.waitForSelector('#conn.on');
   await ben.waitForSelector('#messages li:has-text("during outage 5")');
+
+  // Logging out revokes the session on the server: back to the login form,
+  // and the token the page held is refused.
+  const token = await ben.evaluate(() => JSON.parse(sessionStorage.getItem('chorus')).token);
+  await ben.click('#logout');
+  await ben.waitForSelector('#login:not([hidden])');
+  assert.match(await ben.textContent('#login-error'), /Logged out/);
+  await waitFor('the logged-out token refused', async () => (await fetch(`${url(nodes[0])}/v1/rooms`, { headers: { authorization: `Bearer ${token}` } })).status === 401);
   let st = await status();
   const viewer = nodes.find((n) => n.id !== st.leader);
   const cluster = await (await browser.newContext({ viewport: { width: 1100, height: 400 } })).newPage();

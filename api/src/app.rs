@@ -36,6 +36,8 @@ pub struct App<B: ChatBackend> {
     pub passwords: auth::PasswordWork,
     /// The members as last probed, shared by `/v1/cluster` and `/v1/cluster/pick`.
     cluster_view: tokio::sync::Mutex<Option<CachedView>>,
+    /// This node's search index, once [`App::start_search`] opened it.
+    pub search: Option<Arc<search::SearchIndex>>,
 }
 
 /// argon2 runs at once per node (each holds about 19 MiB while it runs).
@@ -81,7 +83,17 @@ impl<B: ChatBackend> App<B> {
             registry,
             passwords: auth::PasswordWork::new(PASSWORD_WORKERS),
             cluster_view: tokio::sync::Mutex::new(None),
+            search: None,
         })
+    }
+
+    /// Opens (or creates) the search index in `dir` and starts the thread that
+    /// keeps it in step with the state ([`crate::search`]).
+    pub fn start_search(&mut self, dir: &std::path::Path) -> Result<(), search::SearchError> {
+        let index = Arc::new(search::SearchIndex::open(dir)?);
+        crate::search::start(self.backend.clone(), index.clone())?;
+        self.search = Some(index);
+        Ok(())
     }
 
     /// The members, probed at most once per [`CLUSTER_VIEW_TTL`]; callers that
@@ -203,9 +215,11 @@ pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
         .route("/readyz", get(http::readyz::<B>))
         .route("/metrics", get(metrics::serve::<B>))
         .route("/v1/users", post(http::register::<B>))
+        .route("/v1/users/password", post(http::change_password::<B>))
         .route("/v1/sessions", post(http::login::<B>))
         .route("/v1/sessions/revoke", post(http::revoke::<B>))
         .route("/v1/rooms", get(http::rooms::<B>))
+        .route("/v1/search", get(crate::search::search::<B>))
         .route("/v1/rooms/{room}/messages", get(http::history::<B>).post(http::post_message::<B>))
         .route("/v1/rooms/{room}/messages/{seq}/thread", get(http::thread::<B>))
         .route("/v1/cluster", get(http::cluster::<B>))

@@ -9,7 +9,8 @@ use axum::Json;
 use raft_store::chat::{self, Event, Outcome};
 use raft_store::ChatRead;
 use wire::http::{
-    Credentials, HistoryPage, HistoryQuery, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, RoomsQuery, Session, ThreadPage, ThreadQuery,
+    Credentials, HistoryPage, HistoryQuery, PasswordChange, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, RoomsQuery, Session,
+    ThreadPage, ThreadQuery,
 };
 
 use crate::error::{ApiError, ApiResult, Code};
@@ -23,7 +24,7 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     })
 }
 
-fn bearer<B: ChatBackend>(app: &App<B>, headers: &HeaderMap) -> ApiResult<String> {
+pub(crate) fn bearer<B: ChatBackend>(app: &App<B>, headers: &HeaderMap) -> ApiResult<String> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -96,6 +97,29 @@ pub async fn login<B: ChatBackend>(
     let expires_at = crate::now_ms() + auth::TOKEN_LIFETIME_MS;
     let token = app.issue_token(&name, expires_at)?;
     Ok(Json(Session { token, expires_at }))
+}
+
+/// Changes the caller's password, given the current one, and with it revokes
+/// every token of the caller (this one too).
+pub async fn change_password<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    axum::Extension(ConnectInfo(peer)): Peer,
+    headers: HeaderMap,
+    change: Result<Json<PasswordChange>, JsonRejection>,
+) -> ApiResult<Json<Revoked>> {
+    let name = bearer(&app, &headers)?;
+    app.account_attempt(peer.ip())?;
+    let PasswordChange { password, new_password } = body(change)?;
+    validate::password(&new_password)?;
+    let user = app.backend.reader().user(&name)?;
+    if !app.passwords.check(password, user.map(|u| u.password_hash)).await {
+        return Err(ApiError::new(Code::Unauthorized, "wrong password"));
+    }
+    let password_hash = app.passwords.hash(new_password).await.map_err(|e| ApiError::new(Code::Unavailable, e))?;
+    match app.backend.propose(Event::PasswordChanged { user: name.clone(), password_hash }).await? {
+        Outcome::Revoked { .. } => Ok(Json(Revoked { name })),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Revokes every token of the caller (this one too), on every node once it

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod ops;
 pub mod presence;
 pub mod relay;
+pub mod search;
 pub mod serve;
 pub mod validate;
 pub mod web;

@@ -59,6 +59,7 @@ async function login(register) {
 function start() {
   $('login').hidden = true;
   $('chat').hidden = false;
+  $('logout').hidden = false;
   const saved = JSON.parse(sessionStorage.getItem('chorus-rooms') || '["general"]');
   for (const r of saved) room(r);
   select(sessionStorage.getItem('chorus-current') || saved[0] || 'general');
@@ -153,6 +154,7 @@ function signedOut(reason) {
   sessionStorage.removeItem('chorus');
   setConn('off', 'signed out');
   $('chat').hidden = true;
+  $('logout').hidden = true;
   $('login').hidden = false;
   $('login-error').textContent = reason;
   if (state.user) $('name').value = state.user;   // a page loaded from the saved session never showed the form
@@ -430,6 +432,45 @@ $('send-form').onsubmit = (e) => {
     : { type: 'send', room: name, text });
 };
 $('compose-cancel').onclick = () => compose(null);
+// Search runs on the node this page talks to; each result opens its room.
+$('search-form').onsubmit = async (e) => {
+  e.preventDefault();
+  const q = $('search-q').value.trim();
+  if (!q) return;
+  const box = $('search-results');
+  const list = box.querySelector('ol');
+  box.hidden = false;
+  $('search-title').textContent = `Searching for “${q}”…`;
+  list.replaceChildren();
+  try {
+    const r = await fetch(`${state.base}/v1/search?q=${encodeURIComponent(q)}&limit=50`, { headers: { authorization: `Bearer ${state.token}` } });
+    const page = await r.json();
+    if (!r.ok) throw new Error(page.message || r.statusText);
+    $('search-title').textContent = `${page.results.length}${page.next_offset ? '+' : ''} found for “${q}”`;
+    list.replaceChildren(...page.results.map(({ message: m }) => {
+      const li = el('li', 'hit');
+      li.append(el('span', 'where', m.room.startsWith('dm:') ? '✉' : `#${m.room}`), el('span', 'from', m.from), el('span', 'text', m.text));
+      li.onclick = () => {
+        box.hidden = true;
+        const name = m.room;
+        if (!state.rooms.has(name)) send(joinFrame(name, room(name)));
+        select(name);
+      };
+      return li;
+    }));
+  } catch (err) {
+    $('search-title').textContent = `search: ${err.message}`;
+  }
+};
+$('search-close').onclick = () => { $('search-results').hidden = true; };
+// Logging out revokes the user's tokens on the server (this one and every
+// other device's), so a copied token is no good either.
+$('logout').onclick = async () => {
+  try {
+    await fetch(`${state.base}/v1/sessions/revoke`, { method: 'POST', headers: { authorization: `Bearer ${state.token}` } });
+  } catch { /* the token is dropped here whatever the node said */ }
+  signedOut('Logged out.');
+};
 $('text').oninput = () => {
   if (Date.now() - state.lastTyping > 2000 && !state.current.startsWith('dm:')) {
     state.lastTyping = Date.now();

@@ -229,6 +229,16 @@ mod tests {
         let mut h = changed();
         h.reads[1].changed[1].reactions.insert("🎉".into(), vec!["u".into()]);
         assert_eq!(failing(&h), vec![FOLD]);
+        // A message read before its delete, beside its edit read after it
+        // (redacted, so its text is gone): not an anomaly.
+        let mut h = changed();
+        let read = &mut h.reads[1].changed;
+        read[1].as_of = 6;
+        read[5].text.clear();
+        read[5].change = Some(Change::Edit { target: 2, text: String::new() });
+        read[5].as_of = 7;
+        read.push(Msg { change: Some(Change::Delete { target: 2 }), as_of: 7, ..msg(7, "d2", 70) });
+        assert!(!failing(&h).contains(&FOLD), "{:?}", check_all(&h));
         // A run that acked no delete proves nothing about deletes.
         let mut h = changed();
         h.sends.retain(|o| !matches!(o.change, Some(Change::Delete { .. })));

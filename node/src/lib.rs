@@ -339,10 +339,15 @@ fn serve_api(
         http_timeout: Duration::from_secs(config.http_timeout_secs),
         max_connections: config.max_connections,
     };
-    let api_app = Arc::new(
-        api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), writes)
-            .context("cannot start the fan-out thread")?,
-    );
+    let mut app = api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), writes)
+        .context("cannot start the fan-out thread")?;
+    // Derived data beside RocksDB: a node serves without it (search answers
+    // `unavailable`) rather than not at all.
+    let search_dir = config.data_dir().join("search");
+    if let Err(e) = app.start_search(&search_dir) {
+        tracing::warn!(dir = %search_dir.display(), error = %e, "search is off on this node");
+    }
+    let api_app = Arc::new(app);
     api::relay::start(&api_app);
     let tls = tls::client_port(config.client_tls_cert.as_deref(), config.client_tls_key.as_deref())?;
     let router = api::router(api_app.clone());

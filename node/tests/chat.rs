@@ -116,7 +116,10 @@ async fn posting_needs_membership_and_an_id_is_stored_once() {
         assert_eq!(r.status(), 400, "{query}");
     }
     let rooms: Value = http.get(format!("{b1}/v1/rooms")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-    assert_eq!(rooms, json!([{ "name": "elsewhere", "members": 1, "last_seq": 0 }, { "name": "general", "members": 1, "last_seq": 2 }]));
+    // Each row carries the caller's read state in it (feature level 4): alice
+    // posted both messages herself, so nothing is unread.
+    let read = json!({ "read": 0, "unread": 0, "mentions": 0 });
+    assert_eq!(rooms, json!([{ "name": "elsewhere", "members": 1, "last_seq": 0, "unread": read }, { "name": "general", "members": 1, "last_seq": 2, "unread": read }]));
     c.shutdown().await;
 }
 
@@ -231,9 +234,11 @@ async fn dm_rooms_are_listed_and_readable_by_their_two_users_only() {
     join(&mut ws, "general", None).await;
     send(&mut ws, json!({ "type": "dm", "to": "bob", "id": "d1", "text": "psst" })).await;
     assert_eq!(next_of(&mut ws, "ack").await["room"], "dm:alice:bob");
-    for (who, tok) in [("alice", &token), ("bob", &bob)] {
+    // Each row carries the caller's read state: alice's DM is unread for bob only.
+    for (who, tok, unread) in [("alice", &token, 0), ("bob", &bob, 1)] {
         let rooms: Value = http.get(format!("{b3}/v1/rooms")).bearer_auth(tok).send().await.unwrap().json().await.unwrap();
-        assert!(rooms.as_array().unwrap().contains(&json!({ "name": "dm:alice:bob", "members": 2, "last_seq": 1 })), "{who}: {rooms}");
+        let row = json!({ "name": "dm:alice:bob", "members": 2, "last_seq": 1, "unread": { "read": 0, "unread": unread, "mentions": 0 } });
+        assert!(rooms.as_array().unwrap().contains(&row), "{who}: {rooms}");
         let page: Value = http.get(format!("{b3}/v1/rooms/dm:alice:bob/messages")).bearer_auth(tok).send().await.unwrap().json().await.unwrap();
         assert_eq!(page["messages"][0]["text"], "psst", "{who}");
     }

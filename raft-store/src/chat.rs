@@ -55,6 +55,7 @@ impl std::fmt::Display for Command {
                 write!(f, "reaction-changed({room}, {from}, {target}, added: {added})")
             }
             Event::ReadMarked { room, user, seq } => write!(f, "read-marked({room}, {user}, {seq})"),
+            Event::PasswordChanged { user, .. } => write!(f, "password-changed({user})"),
         }
     }
 }
@@ -97,6 +98,9 @@ pub enum Event {
     /// `user` has read `room` up to `seq` ([`crate::markers`]); a marker never
     /// moves back.
     ReadMarked { room: String, user: String, seq: u64 },
+    /// `user`'s password hash is replaced, and every session token of the
+    /// user issued before this is refused, as with [`Event::SessionsRevoked`].
+    PasswordChanged { user: String, password_hash: String },
 }
 
 impl Event {
@@ -113,7 +117,8 @@ impl Event {
             | Event::MessageEdited { .. }
             | Event::MessageDeleted { .. }
             | Event::ReactionChanged { .. }
-            | Event::ReadMarked { .. } => true,
+            | Event::ReadMarked { .. }
+            | Event::PasswordChanged { .. } => true,
             Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } | Event::SigningKeyRotated { .. } => false,
         }
     }
@@ -133,7 +138,8 @@ impl Event {
             | Event::MessageEdited { .. }
             | Event::MessageDeleted { .. }
             | Event::ReactionChanged { .. }
-            | Event::ReadMarked { .. } => 4,
+            | Event::ReadMarked { .. }
+            | Event::PasswordChanged { .. } => 4,
         }
     }
 
@@ -458,6 +464,7 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
             lifecycle::change(t, now, room, from, client_id, *target, Change::React { emoji, added: *added })
         }
         Event::ReadMarked { room, user, seq } => crate::markers::mark(t, room, user, *seq),
+        Event::PasswordChanged { user, password_hash } => crate::sessions::change_password(t, user, password_hash),
     }
 }
 

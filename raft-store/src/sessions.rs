@@ -102,6 +102,16 @@ pub(crate) fn rotate_key(t: &mut impl Tables, now: u64, key: &[u8], drop_old: bo
     Ok(Applied::outcome(Outcome::KeyRotated { version }))
 }
 
+/// Replaces the user's password hash and revokes every session of the user
+/// ([`revoke`]): a stolen token does not outlive the password it came from.
+pub(crate) fn change_password(t: &mut impl Tables, user: &str, password_hash: &str) -> Result<Applied, StoreError> {
+    if chat::user(t, user)?.is_none() {
+        return Ok(chat::rejected(&format!("no user named {user}")));
+    }
+    put_record(t, Table::Users, user.as_bytes(), &chat::UserRecord { password_hash: password_hash.to_string() })?;
+    revoke(t, user)
+}
+
 /// Raises the user's epoch by one: every token issued before this is refused.
 pub(crate) fn revoke(t: &mut impl Tables, user: &str) -> Result<Applied, StoreError> {
     if chat::user(t, user)?.is_none() {
@@ -164,6 +174,17 @@ mod tests {
         let before = t.clone();
         assert!(matches!(run(&mut t, 1, Event::SigningKeyRotated { key: vec![2; 8], drop_old: false }), Outcome::Rejected { .. }));
         assert_eq!(signing_keys(&t).unwrap(), signing_keys(&before).unwrap());
+    }
+
+    #[test]
+    fn a_password_change_replaces_the_hash_and_revokes_every_session() {
+        let mut t = MemTables::default();
+        let change = |hash: &str| Event::PasswordChanged { user: "ann".into(), password_hash: hash.into() };
+        assert!(matches!(run(&mut t, 1, change("h2")), Outcome::Rejected { .. }), "no such user");
+        run(&mut t, 2, Event::UserRegistered { name: "ann".into(), password_hash: "h1".into() });
+        assert_eq!(run(&mut t, 3, change("h2")), Outcome::Revoked { epoch: 1 });
+        assert_eq!(chat::user(&t, "ann").unwrap().map(|u| u.password_hash), Some("h2".into()));
+        assert_eq!(session_epoch(&t, "ann").unwrap(), 1);
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+/// `POST /v1/users/password` (with a bearer token): the caller's current
+/// password and the new one. → 200 [`Revoked`]: every token of the caller,
+/// this one too, is refused from then on; log in with the new password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChange {
+    pub password: String,
+    pub new_password: String,
+}
+
 /// `POST /v1/sessions/revoke` → 200: every token of `name` issued before
 /// this is refused, on each node once it has applied the revocation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +122,34 @@ pub struct Posted {
     pub id: Id,
     pub ts: u64,
     pub duplicate: bool,
+}
+
+/// The query of `GET /v1/search`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchQuery {
+    /// Words, `"phrases"`, `-excluded`, `AND`/`OR`; 1-256 bytes.
+    pub q: String,
+    /// At most 100; 20 when absent.
+    pub limit: Option<u64>,
+    /// Results to skip (at most 10,000), for the next page.
+    pub offset: Option<u64>,
+}
+
+/// `GET /v1/search` → 200: the best matches first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchPage {
+    pub q: String,
+    pub results: Vec<SearchResult>,
+    /// The `offset` of the next page, while there may be one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
+}
+
+/// One match: the message as it is now, and its rank's score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub score: f32,
+    pub message: crate::Message,
 }
 
 /// One member in `GET /v1/cluster`.

@@ -154,6 +154,8 @@ pub struct Api {
     pub backend: Arc<MemBackend>,
     pub url: String,
     pub http: reqwest::Client,
+    /// The search index's directory, removed with the test.
+    _search: tempfile::TempDir,
 }
 
 impl Api {
@@ -164,12 +166,14 @@ impl Api {
     pub async fn with_limits(limits: Limits) -> Self {
         let backend = MemBackend::formed();
         let presence = Arc::new(Presence::new(1));
-        let app = App::new(backend.clone(), limits, presence, Arc::new(AtomicU64::new(0)), api::metrics::WriteFigures::default()).expect("app");
+        let mut app = App::new(backend.clone(), limits, presence, Arc::new(AtomicU64::new(0)), api::metrics::WriteFigures::default()).expect("app");
+        let search = tempfile::tempdir().expect("a directory for the search index");
+        app.start_search(search.path()).expect("search index");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let timeout = app.limits.http_timeout;
         tokio::spawn(api::serve::serve(listener, api::router(Arc::new(app)), None, timeout, std::future::pending()));
-        Api { backend, url, http: reqwest::Client::new() }
+        Api { backend, url, http: reqwest::Client::new(), _search: search }
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {

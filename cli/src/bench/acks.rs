@@ -91,7 +91,7 @@ impl Mix {
         // 37 is prime to 100: each run of 100 operations holds `changes` changes, spread out.
         let change = (n * 37) % 100 < u64::from(self.changes);
         match last {
-            Some(target) if change && n % 2 == 0 => ClientFrame::Edit { room, id, target, text },
+            Some(target) if change && n.is_multiple_of(2) => ClientFrame::Edit { room, id, target, text },
             // A user's reaction per emoji is one, so repeating it grows nothing.
             Some(target) if change => ClientFrame::React { room, id, target, emoji: "👍".into() },
             _ => ClientFrame::Send { room, id, text, reply_to: None },

@@ -61,7 +61,7 @@ pub(super) fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Op
             return;
         }
         let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
-        if n % sample_every == 0 {
+        if n.is_multiple_of(sample_every) {
             if let Ok(ServerFrame::Message(m)) = ServerFrame::parse(t) {
                 record_sent_text(&m, start, deliveries);
             }
@@ -72,7 +72,7 @@ pub(super) fn on_text(t: &str, start: Instant, deliveries: &Deliveries, acks: Op
     match f {
         ServerFrame::Message(m) => {
             let n = deliveries.count.fetch_add(1, Ordering::Relaxed);
-            if n % sample_every == 0 {
+            if n.is_multiple_of(sample_every) {
                 record_sent_text(&m, start, deliveries);
             }
         }

@@ -19,6 +19,9 @@ use crate::history::{Change, History, Msg, Outcome};
 struct Folded {
     /// The text of the last edit, if any.
     text: Option<String>,
+    /// The last edit's text was read redacted (its message was deleted by
+    /// the time its page was read), so which text it set is not known here.
+    redacted_edit: bool,
     deleted: bool,
     reactions: BTreeMap<(String, String), bool>,
 }
@@ -62,7 +65,10 @@ fn fold<'a>(changes: impl Iterator<Item = &'a Msg>) -> Folded {
     let mut f = Folded::default();
     for e in changes {
         match &e.change {
-            Some(Change::Edit { text, .. }) => f.text = Some(text.clone()),
+            Some(Change::Edit { text, .. }) => {
+                f.redacted_edit = text.is_empty();
+                f.text = Some(text.clone()).filter(|t| !t.is_empty());
+            }
             Some(Change::Delete { .. }) => f.deleted = true,
             Some(Change::React { emoji, added, .. }) => {
                 f.reactions.insert((emoji.clone(), e.from.clone()), *added);
@@ -86,6 +92,9 @@ fn compare(m: &Msg, f: &Folded) -> Option<String> {
         if &m.text != text || !m.edited {
             return Some(format!("is served as {:?}, but its last edit says {text:?}", m.text));
         }
+    }
+    if f.redacted_edit && !m.edited {
+        return Some("is served unedited after an edit".into());
     }
     let mut want: Vec<(String, String)> = f.reactions.iter().filter(|(_, on)| **on).map(|(k, _)| k.clone()).collect();
     want.sort();

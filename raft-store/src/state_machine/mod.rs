@@ -218,7 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let applied = chat::apply(&mut txn, cmd)?;
                         match (&applied.outcome, &cmd.event) {
                             (Outcome::LevelRaised { level: l }, _) => level = Some(*l),
-                            (Outcome::Revoked { epoch }, Event::SessionsRevoked { user }) => {
+                            (Outcome::Revoked { epoch }, Event::SessionsRevoked { user } | Event::PasswordChanged { user, .. }) => {
                                 delivered.push(Delivery::Revoked { user: user.clone(), epoch: *epoch })
                             }
                             (Outcome::KeyRotated { version }, Event::SigningKeyRotated { drop_old: true, .. }) => {

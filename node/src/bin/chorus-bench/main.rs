@@ -6,13 +6,15 @@
 //! chorus-bench breakdown [--writers 1] [--secs 10] [--via leader|follower]
 //! chorus-bench failover [--kills 20]
 //! chorus-bench recovery [--messages 1000000]
+//! chorus-bench search [--messages 1000000] [--queries 200]
 //! ```
 //!
 //! `breakdown` ([`breakdown`]): one write's path over WebSocket, stage by
 //! stage, per node. `failover`: `--kills` times, SIGKILL the leader and time
 //! the first write committed after it, then restart the node; prints p50, p99
 //! and max. `recovery` ([`recovery`]): restart and join times of a cluster
-//! holding `--messages` messages. `log`: raw log-append throughput and latency, then one failover.
+//! holding `--messages` messages. `search` ([`search`]): full-text search
+//! latency over a cluster holding `--messages` messages. `log`: raw log-append throughput and latency, then one failover.
 //!
 //! In `log`:
 //! Each writer is closed-loop: it sends one `MessagePosted` to the leader over the
@@ -40,10 +42,11 @@ use tonic::transport::Channel;
 
 mod breakdown;
 mod recovery;
+mod search;
 
 #[derive(Parser)]
 struct Args {
-    /// Benchmark to run: log, breakdown, failover or recovery.
+    /// Benchmark to run: log, breakdown, failover, recovery or search.
     mode: String,
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     writers: Vec<usize>,
@@ -62,9 +65,12 @@ struct Args {
     /// Leader kills to time (`failover`; `log` does one).
     #[arg(long)]
     kills: Option<usize>,
-    /// `recovery`: messages to load before the restart and the join.
+    /// `recovery`, `search`: messages to load first.
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
+    /// `search`: searches of each kind to time.
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
     /// `breakdown`: where the first sender writes, leader or follower.
     #[arg(long, default_value = "leader")]
     via: String,
@@ -225,7 +231,8 @@ async fn main() -> anyhow::Result<()> {
         "breakdown" => breakdown::run(&args).await,
         "failover" => failover_only(&args).await,
         "recovery" => recovery::run(&args).await,
-        other => bail!("unknown benchmark {other:?}; try log, breakdown, failover or recovery"),
+        "search" => search::run(&args).await,
+        other => bail!("unknown benchmark {other:?}; try log, breakdown, failover, recovery or search"),
     }
 }
 

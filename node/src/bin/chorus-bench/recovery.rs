@@ -51,7 +51,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         propose_at(&mut client, &cluster_id, None, &join, Duration::from_secs(5)).await?;
     }
     let began = Instant::now();
-    load(&leader_raft, &cluster_id, args.messages, args.bytes).await?;
+    let bytes = args.bytes;
+    load(&leader_raft, &cluster_id, args.messages, move |w, i| message(w, i, bytes)).await?;
     let took = began.elapsed();
     println!(
         "chorus-bench recovery: {} messages of {} bytes loaded in {:.1} s ({:.0}/s)",
@@ -68,7 +69,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Registers `reader` and logs in: its session token.
-async fn reader_token(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+pub async fn reader_token(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
     let body = serde_json::json!({ "name": "reader", "password": PASSWORD });
     let created = http.post(format!("{url}/v1/users")).json(&body).send().await?;
     if !created.status().is_success() {
@@ -78,21 +79,23 @@ async fn reader_token(http: &reqwest::Client, url: &str) -> anyhow::Result<Strin
     Ok(session["token"].as_str().context("no token in the login answer")?.to_string())
 }
 
-/// Commits `n` messages through the gathering client, 256 writers at once.
-async fn load(leader_raft: &str, cluster_id: &str, n: u64, bytes: usize) -> anyhow::Result<()> {
+/// Commits `n` messages through the gathering client, 256 writers at once;
+/// `make(writer, i)` is the `i`th message.
+pub async fn load(leader_raft: &str, cluster_id: &str, n: u64, make: impl Fn(usize, u64) -> Event + Send + Sync + 'static) -> anyhow::Result<()> {
     let conn = RaftClient::connect(format!("http://{leader_raft}")).await?;
     let gatherer = gathering_client(conn, cluster_id.into());
     let next = Arc::new(AtomicU64::new(0));
+    let make = Arc::new(make);
     let mut tasks = Vec::new();
     for w in 0..256 {
-        let (mut writer, next, cluster_id) = (Writer::Gathered(gatherer.clone()), next.clone(), cluster_id.to_string());
+        let (mut writer, next, cluster_id, make) = (Writer::Gathered(gatherer.clone()), next.clone(), cluster_id.to_string(), make.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
                     return Ok::<_, anyhow::Error>(());
                 }
-                match writer.write(&cluster_id, message(w, i, bytes)).await? {
+                match writer.write(&cluster_id, make(w, i)).await? {
                     ProposeReply::Committed { .. } => {}
                     other => bail!("write refused: {other:?}"),
                 }

@@ -1,0 +1,128 @@
+//! `GET /v1/search` and the thread that keeps this node's search index
+//! ([`search::SearchIndex`]) in step with its applied state.
+//!
+//! The indexer follows the state machine's deliveries like the fan-out does:
+//! each applied entry is handed to the index, a lost stretch (the broadcast
+//! lagged) or an installed snapshot is read back from the state machine, and
+//! what was indexed is committed at most [`COMMIT_EVERY`] after it came, so a
+//! search finds a message, or stops finding an edited or deleted text, within
+//! about that time of its apply on this node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use raft_store::state_machine::Delivery;
+use raft_store::ChatRead;
+use search::SearchIndex;
+use tokio::sync::broadcast::error::RecvError;
+use wire::http::{SearchPage, SearchQuery, SearchResult};
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::ops::wire_entry;
+use crate::{App, ChatBackend};
+
+/// The longest an indexed entry waits to become searchable.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// Results per page: at most, and when the query names none.
+pub const MAX_RESULTS: u64 = 100;
+pub const DEFAULT_RESULTS: u64 = 20;
+/// How deep a client may page.
+pub const MAX_OFFSET: u64 = 10_000;
+/// Longest query, in bytes.
+pub const MAX_QUERY_BYTES: usize = 256;
+
+/// Starts the indexer thread: it catches up with the state first, then
+/// follows the deliveries until they end.
+pub fn start<B: ChatBackend>(backend: Arc<B>, index: Arc<SearchIndex>) -> std::io::Result<()> {
+    let deliveries = backend.deliveries();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    std::thread::Builder::new().name("search-indexer".into()).spawn(move || rt.block_on(follow(backend, index, deliveries)))?;
+    Ok(())
+}
+
+async fn follow<B: ChatBackend>(backend: Arc<B>, index: Arc<SearchIndex>, mut deliveries: tokio::sync::broadcast::Receiver<Delivery>) {
+    let report = |what: &str, r: Result<(), search::SearchError>| {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "search index: {what} failed");
+        }
+    };
+    let started = Instant::now();
+    match index.catch_up(backend.reader()) {
+        Ok(n) => tracing::info!(entries = n, ms = started.elapsed().as_millis() as u64, "search index caught up with the state"),
+        Err(e) => tracing::warn!(error = %e, "search index: catching up failed"),
+    }
+    let mut dirty_since = index.pending().then(Instant::now);
+    loop {
+        let wait = dirty_since.map(|at| COMMIT_EVERY.saturating_sub(at.elapsed()));
+        let next = match wait {
+            Some(w) => tokio::time::timeout(w, deliveries.recv()).await.ok(),
+            None => Some(deliveries.recv().await),
+        };
+        match next {
+            None => {}
+            Some(Ok(Delivery::Message(m))) => report("indexing", index.apply(backend.reader(), &m)),
+            Some(Ok(Delivery::Reset)) => {
+                report("emptying", index.reset());
+                report("catching up", index.catch_up(backend.reader()).map(|_| ()));
+            }
+            Some(Err(RecvError::Lagged(_))) => report("catching up", index.catch_up(backend.reader()).map(|_| ())),
+            Some(Ok(_)) => {}
+            Some(Err(RecvError::Closed)) => {
+                report("committing", index.commit());
+                return;
+            }
+        }
+        if index.pending() {
+            let since = *dirty_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= COMMIT_EVERY {
+                report("committing", index.commit());
+                dirty_since = None;
+            }
+        }
+    }
+}
+
+/// Messages the caller may read that match `q`, best first, each as it is now.
+pub async fn search<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    query: Result<Query<SearchQuery>, QueryRejection>,
+) -> ApiResult<Json<SearchPage>> {
+    let user = crate::http::bearer(&app, &headers)?;
+    app.request_attempt(&user)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let text = q.q.trim();
+    if text.is_empty() || text.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::bad_request(format!("q is 1-{MAX_QUERY_BYTES} bytes")));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_RESULTS);
+    let offset = q.offset.unwrap_or(0);
+    if !(1..=MAX_RESULTS).contains(&limit) || offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(format!("limit is 1-{MAX_RESULTS}, offset at most {MAX_OFFSET}")));
+    }
+    let Some(index) = app.search.clone() else {
+        return Err(ApiError::new(Code::Unavailable, "search is not running on this node"));
+    };
+    let (owned, u) = (text.to_string(), user.clone());
+    let hits = tokio::task::spawn_blocking(move || index.search(&owned, &u, limit as usize, offset as usize))
+        .await
+        .map_err(|e| ApiError::new(Code::Unavailable, format!("search: {e}")))?
+        .map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
+    let next_offset = (hits.len() as u64 == limit).then_some(offset + limit);
+    let reader = app.backend.reader();
+    let mut results = Vec::with_capacity(hits.len());
+    for hit in hits {
+        // Served as the state machine has it now: an entry the index has not
+        // caught up with (edited or deleted since) shows as it is, or not at all.
+        if let Some(wire::HistoryEntry::Message(m)) = reader.entry(&hit.room, hit.seq)?.as_ref().map(wire_entry) {
+            if !m.deleted {
+                results.push(SearchResult { score: hit.score, message: m });
+            }
+        }
+    }
+    Ok(Json(SearchPage { q: q.q, results, next_offset }))
+}

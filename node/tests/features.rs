@@ -1,0 +1,324 @@
+//! The chat features of feature level 4 over in-process three-node clusters,
+//! each user on a node of their own: replies, threads, edits, deletes and
+//! reactions; read markers with unread and mention counts; search; password
+//! changes. Every change made through one node is checked as another serves it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::client::{self, connect, join, login, next, next_of, send, Ws};
+use common::TestCluster;
+use serde_json::{json, Value};
+
+fn unlimited(c: &mut node::Config) {
+    c.rate_limit = "0".parse().unwrap();
+}
+
+async fn get(base: &str, token: &str, path: &str) -> reqwest::Response {
+    client::http().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap()
+}
+
+async fn get_json(base: &str, token: &str, path: &str) -> Value {
+    let r = get(base, token, path).await;
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.unwrap()
+}
+
+/// Sends `frame` and returns the answer that echoes its `id` (an ack or an
+/// error), skipping every other frame.
+async fn answer(ws: &mut Ws, frame: Value) -> Value {
+    let id = frame["id"].clone();
+    send(ws, frame).await;
+    loop {
+        let f = next(ws, 10).await.expect("an answer");
+        if (f["type"] == "ack" || f["type"] == "error") && f["id"] == id {
+            return f;
+        }
+    }
+}
+
+/// The seq an acked change took.
+async fn acked(ws: &mut Ws, frame: Value) -> u64 {
+    let a = answer(ws, frame).await;
+    assert_eq!(a["type"], "ack", "{a}");
+    a["seq"].as_u64().unwrap()
+}
+
+/// The room's history as node `base` serves it, linearizable.
+async fn history(base: &str, token: &str, room: &str) -> Vec<Value> {
+    let page = get_json(base, token, &format!("/v1/rooms/{room}/messages?after=0&limit=1000&consistency=linearizable")).await;
+    page["messages"].as_array().unwrap().clone()
+}
+
+fn by_seq(entries: &[Value], seq: u64) -> Value {
+    entries.iter().find(|m| m["seq"] == seq).cloned().unwrap_or_else(|| panic!("no seq {seq} in {entries:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replies_edits_deletes_and_reactions_reach_every_node() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b2, b3) = (c.base(1), c.base(2), c.base(3));
+    let (ta, tb) = (login(&b1, "ann").await, login(&b2, "ben").await);
+    let mut a = connect(&b1, &ta).await;
+    let mut b = connect(&b2, &tb).await;
+    join(&mut a, "lobby", None).await;
+    join(&mut b, "lobby", None).await;
+    // A connection that only listens, on the third node.
+    let mut watch = connect(&b3, &tb).await;
+    join(&mut watch, "lobby", None).await;
+
+    let root = acked(&mut a, json!({"type": "send", "room": "lobby", "id": "a1", "text": "first draft"})).await;
+    let reply = acked(&mut b, json!({"type": "send", "room": "lobby", "id": "b1", "text": "an answer", "reply_to": root})).await;
+    let edit = acked(&mut a, json!({"type": "edit", "room": "lobby", "id": "a2", "target": root, "text": "final text"})).await;
+    let react = acked(&mut b, json!({"type": "react", "room": "lobby", "id": "b2", "target": root, "emoji": "👍"})).await;
+    // A reaction sent twice is one reaction; its retry (same id) is a duplicate.
+    let react2 = acked(&mut a, json!({"type": "react", "room": "lobby", "id": "a3", "target": root, "emoji": "👍"})).await;
+    let again = answer(&mut b, json!({"type": "react", "room": "lobby", "id": "b2", "target": root, "emoji": "👍"})).await;
+    assert_eq!((again["seq"].as_u64(), again["duplicate"].clone()), (Some(react), json!(true)), "{again}");
+
+    // Each change reaches the listener live as a frame of its own, in seq order.
+    let mut live = Vec::new();
+    while live.len() < 5 {
+        let f = next(&mut watch, 10).await.expect("live entries");
+        if ["message", "edit", "reaction"].contains(&f["type"].as_str().unwrap_or("")) {
+            live.push(f);
+        }
+    }
+    let kinds: Vec<(u64, &str)> = live.iter().map(|f| (f["seq"].as_u64().unwrap(), f["type"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [(root, "message"), (reply, "message"), (edit, "edit"), (react, "reaction"), (react2, "reaction")]);
+    assert_eq!(live[1]["reply_to"].as_u64(), Some(root), "{}", live[1]);
+    let e = &live[2];
+    assert_eq!((e["target"].as_u64(), e["text"].clone(), e["from"].clone()), (Some(root), json!("final text"), json!("ann")), "{e}");
+    let r = &live[3];
+    assert_eq!((r["target"].as_u64(), r["emoji"].clone(), r["added"].clone(), r["from"].clone()), (Some(root), json!("👍"), json!(true), json!("ben")), "{r}");
+
+    // Whom each change is allowed to: ben cannot edit or delete ann's message;
+    // a target that is no message of the room, or a bad emoji, is refused.
+    let e = answer(&mut b, json!({"type": "edit", "room": "lobby", "id": "b3", "target": root, "text": "mine now"})).await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let e = answer(&mut b, json!({"type": "delete", "room": "lobby", "id": "b4", "target": root})).await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let e = answer(&mut a, json!({"type": "edit", "room": "lobby", "id": "a4", "target": edit, "text": "x"})).await;
+    assert_eq!(e["code"], "not_found", "an edit entry is not a message: {e}");
+    let e = answer(&mut a, json!({"type": "react", "room": "lobby", "id": "a5", "target": 999, "emoji": "🎉"})).await;
+    assert_eq!(e["code"], "not_found", "{e}");
+    let e = answer(&mut a, json!({"type": "react", "room": "lobby", "id": "a6", "target": root, "emoji": "two words"})).await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    let e = answer(&mut a, json!({"type": "edit", "room": "nowhere", "id": "a7", "target": root, "text": "x"})).await;
+    assert_eq!(e["code"], "not_member", "{e}");
+
+    // A third node serves the message as it is now, and the thread by its root.
+    let entries = history(&b3, &ta, "lobby").await;
+    let m = by_seq(&entries, root);
+    assert_eq!(m["text"], "final text", "{m}");
+    assert!(m["edited_ts"].as_u64().is_some(), "{m}");
+    let mut fans: Vec<String> = m["reactions"]["👍"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect();
+    fans.sort();
+    assert_eq!(fans, ["ann", "ben"], "{m}");
+    assert_eq!(by_seq(&entries, reply)["reply_to"].as_u64(), Some(root));
+    assert_eq!(by_seq(&entries, edit)["type"], "edit");
+    let thread = get_json(&b3, &ta, &format!("/v1/rooms/lobby/messages/{root}/thread?consistency=linearizable")).await;
+    let seqs: Vec<u64> = thread["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [root, reply], "{thread}");
+    assert_eq!(get(&b3, &ta, &format!("/v1/rooms/lobby/messages/{edit}/thread")).await.status(), 404);
+    assert_eq!(get(&b3, &ta, "/v1/rooms/lobby/messages/first/thread").await.status(), 400);
+
+    // A delete redacts: no node serves the text, its edits' texts or its reactions.
+    let delete = acked(&mut a, json!({"type": "delete", "room": "lobby", "id": "a8", "target": root})).await;
+    for base in [&b1, &b2, &b3] {
+        let entries = history(base, &tb, "lobby").await;
+        let m = by_seq(&entries, root);
+        assert_eq!((m["deleted"].clone(), m["text"].clone()), (json!(true), json!("")), "{base}: {m}");
+        assert!(m.get("reactions").is_none(), "{base}: {m}");
+        assert_eq!(by_seq(&entries, edit)["text"], "", "{base}: the edit's text is redacted too");
+        assert!(!serde_json::to_string(&entries).unwrap().contains("first draft"), "{base}");
+    }
+    let e = answer(&mut a, json!({"type": "edit", "room": "lobby", "id": "a9", "target": root, "text": "back"})).await;
+    assert_eq!(e["code"], "not_found", "a deleted message cannot be edited: {e}");
+
+    // Joining with `after` on another node replays the changes in seq order.
+    let mut late = connect(&b3, &tb).await;
+    join(&mut late, "lobby", Some(reply)).await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let f = next(&mut late, 10).await.expect("replayed changes");
+        if ["edit", "reaction", "delete", "message"].contains(&f["type"].as_str().unwrap_or("")) {
+            kinds.push((f["seq"].as_u64().unwrap(), f["type"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(kinds.first(), Some(&(edit, "edit".to_string())), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&(delete, "delete".to_string())), "{kinds:?}");
+    assert!(kinds.windows(2).all(|w| w[0].0 < w[1].0), "{kinds:?}");
+    c.shutdown().await;
+}
+
+/// Waits until `GET /v1/rooms` on `base` (which reads this node's applied
+/// state) shows `want` as the caller's read state in `lobby`.
+async fn lobby_unread_until(base: &str, token: &str, want: Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rooms = get_json(base, token, "/v1/rooms").await;
+        let got = rooms.as_array().unwrap().iter().find(|r| r["name"] == "lobby").map(|r| r["unread"].clone());
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base}: lobby's unread is {got:?}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_markers_and_unread_counts_are_shared_across_nodes() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b2, b3) = (c.base(1), c.base(2), c.base(3));
+    let (ta, tb) = (login(&b1, "ann").await, login(&b2, "ben").await);
+    let mut a = connect(&b1, &ta).await;
+    let mut b = connect(&b2, &tb).await;
+    join(&mut a, "lobby", None).await;
+    join(&mut b, "lobby", None).await;
+    for (i, text) in ["hello all", "@ben are you there", "mail to @benjamin", "@ben again"].iter().enumerate() {
+        acked(&mut a, json!({"type": "send", "room": "lobby", "id": format!("m{i}"), "text": text})).await;
+    }
+    acked(&mut b, json!({"type": "send", "room": "lobby", "id": "own", "text": "my own @ben"})).await;
+
+    // ben's counts on a node he never used: the other user's four, two naming him.
+    lobby_unread_until(&b3, &tb, json!({"read": 0, "unread": 4, "mentions": 2})).await;
+
+    send(&mut b, json!({"type": "read", "room": "lobby", "seq": 2, "req": "r1"})).await;
+    let marked = next_of(&mut b, "marked").await;
+    assert_eq!((marked["seq"].as_u64(), marked["req"].clone()), (Some(2), json!("r1")));
+    // Monotonic: an older marker changes nothing; one past the end stops at it.
+    send(&mut b, json!({"type": "read", "room": "lobby", "seq": 1})).await;
+    assert_eq!(next_of(&mut b, "marked").await["seq"].as_u64(), Some(2));
+
+    // Another device of ben's on node 3 starts from the same marker.
+    let mut other = connect(&b3, &tb).await;
+    let joined = join(&mut other, "lobby", None).await;
+    assert_eq!(joined["unread"], json!({"read": 2, "unread": 2, "mentions": 1}), "{joined}");
+    send(&mut other, json!({"type": "read", "room": "lobby", "seq": 1_000_000})).await;
+    assert_eq!(next_of(&mut other, "marked").await["seq"].as_u64(), Some(5), "a marker never passes the last entry");
+    lobby_unread_until(&b1, &tb, json!({"read": 5, "unread": 0, "mentions": 0})).await;
+
+    // Outside the room: not_member, and no counts.
+    let tc = login(&b1, "cat").await;
+    let mut cat = connect(&b1, &tc).await;
+    send(&mut cat, json!({"type": "read", "room": "lobby", "seq": 1, "req": "c"})).await;
+    assert_eq!(next_of(&mut cat, "error").await["code"], "not_member");
+    let rooms = get_json(&b1, &tc, "/v1/rooms").await;
+    let lobby = rooms.as_array().unwrap().iter().find(|r| r["name"] == "lobby").unwrap().clone();
+    assert!(lobby.get("unread").is_none(), "{lobby}");
+    c.shutdown().await;
+}
+
+/// Searches on `base` until `check` holds for the answer (the index commits
+/// within about 200 ms of an apply), or fails after 10 s with the last answer.
+async fn search_until(base: &str, token: &str, q: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(base, token, &format!("/v1/search?q={}", urlencode(q))).await;
+        assert_eq!(r.status(), 200, "search {q}");
+        let answer: Value = r.json().await.unwrap();
+        if check(&answer) {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "search {q} on {base}: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn urlencode(q: &str) -> String {
+    q.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+fn texts(answer: &Value) -> Vec<String> {
+    answer["results"].as_array().unwrap().iter().map(|r| r["message"]["text"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn search_follows_edits_deletes_and_reading_rights_on_every_node() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b2, b3) = (c.base(1), c.base(2), c.base(3));
+    let (ta, tb, tc) = (login(&b1, "ann").await, login(&b2, "ben").await, login(&b3, "cat").await);
+    let mut a = connect(&b1, &ta).await;
+    join(&mut a, "lobby", None).await;
+    let kept = acked(&mut a, json!({"type": "send", "room": "lobby", "id": "1", "text": "the blue heron lands"})).await;
+    let edited = acked(&mut a, json!({"type": "send", "room": "lobby", "id": "2", "text": "a heron in typo"})).await;
+    let gone = acked(&mut a, json!({"type": "send", "room": "lobby", "id": "3", "text": "heron secret to delete"})).await;
+    acked(&mut a, json!({"type": "dm", "to": "ben", "id": "4", "text": "heron between us"})).await;
+
+    // Every node indexes what it applies: ben searches on node 2, cat on node 3.
+    let found = search_until(&b2, &tb, "heron", |r| r["results"].as_array().unwrap().len() == 4).await;
+    assert!(texts(&found).contains(&"heron between us".to_string()), "ben reads his DM room: {found}");
+    let found = search_until(&b3, &tc, "heron", |r| r["results"].as_array().unwrap().len() == 3).await;
+    assert!(!texts(&found).contains(&"heron between us".to_string()), "cat does not read ann and ben's DM room: {found}");
+    // Ranked: the message with the phrase comes first for a phrase query.
+    let found = search_until(&b3, &tc, "\"blue heron\"", |r| !r["results"].as_array().unwrap().is_empty()).await;
+    assert_eq!(found["results"][0]["message"]["seq"].as_u64(), Some(kept), "{found}");
+
+    acked(&mut a, json!({"type": "edit", "room": "lobby", "id": "5", "target": edited, "text": "a heron in flight"})).await;
+    acked(&mut a, json!({"type": "delete", "room": "lobby", "id": "6", "target": gone})).await;
+    for (base, token) in [(&b1, &ta), (&b2, &tb), (&b3, &tc)] {
+        let found = search_until(base, token, "typo OR secret", |r| r["results"].as_array().unwrap().is_empty()).await;
+        assert_eq!(found["results"], json!([]), "{base}");
+        let found = search_until(base, token, "flight", |r| r["results"].as_array().unwrap().len() == 1).await;
+        assert_eq!(found["results"][0]["message"]["seq"].as_u64(), Some(edited), "{base}: {found}");
+    }
+
+    // Paging: one result per page, next_offset until the last.
+    let first = get_json(&b3, &tc, "/v1/search?q=heron&limit=1").await;
+    assert_eq!((first["results"].as_array().unwrap().len(), first["next_offset"].as_u64()), (1, Some(1)), "{first}");
+    let second = get_json(&b3, &tc, "/v1/search?q=heron&limit=1&offset=1").await;
+    assert_ne!(first["results"][0]["message"]["seq"], second["results"][0]["message"]["seq"]);
+
+    // Errors: no query, an empty or oversized one, a bad limit, no token.
+    for q in ["", "?q=", "?q=heron&limit=0", "?q=heron&limit=101", "?q=heron&offset=10001"] {
+        assert_eq!(get(&b1, &ta, &format!("/v1/search{q}")).await.status(), 400, "{q}");
+    }
+    assert_eq!(get(&b1, &ta, &format!("/v1/search?q={}", "a".repeat(257))).await.status(), 400);
+    assert_eq!(get(&b1, "forged", "/v1/search?q=heron").await.status(), 401);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_password_change_on_one_node_revokes_every_session_everywhere() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let (b1, b2, b3) = (c.base(1), c.base(2), c.base(3));
+    let token = login(&b1, "ann").await;
+    let mut elsewhere = connect(&b2, &token).await;
+    join(&mut elsewhere, "lobby", None).await;
+
+    let change = |base: &str, token: &str, old: &str, new: &str| {
+        client::http().post(format!("{base}/v1/users/password")).bearer_auth(token).json(&json!({"password": old, "new_password": new})).send()
+    };
+    let r = change(&b3, &token, "wrong-password", "password-2").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = change(&b3, &token, "password-1", "short").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = change(&b3, &token, "password-1", "password-2").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"name": "ann"}));
+
+    // The WebSocket on node 2 is closed with 4001, and no node takes the token.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let close = loop {
+        use futures::StreamExt;
+        match tokio::time::timeout_at(deadline.into(), elsewhere.next()).await.expect("closed within 10 s") {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(4001));
+    for base in [&b1, &b2, &b3] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get(base, &token, "/v1/rooms").await.status() != 401 {
+            assert!(Instant::now() < deadline, "{base} still takes the old token");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let login_with = |password: &'static str| client::http().post(format!("{b2}/v1/sessions")).json(&json!({"name": "ann", "password": password})).send();
+    assert_eq!(login_with("password-1").await.unwrap().status(), 401);
+    assert_eq!(login_with("password-2").await.unwrap().status(), 200);
+    c.shutdown().await;
+}
