@@ -226,7 +226,9 @@ async function main() {
     await ben.fill('#search-q', 'everyone');
     await ben.press('#search-q', 'Enter');
     await ben.waitForSelector('#search-title:not(:has-text("Searching"))');
-    return (await ben.locator('#search-results li.hit', { hasText: 'hello everyone' }).count()) === 1;
+    const found = await ben.locator('#search-results li.hit', { hasText: 'hello everyone' }).count();
+    if (found !== 1) console.log('search:', await ben.textContent('#search-title'), await ben.textContent('#search-results'));
+    return found === 1;
   }, 10000);
   await ben.fill('#search-q', 'outage');
   await ben.press('#search-q', 'Enter');

@@ -232,5 +232,21 @@ pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
         // no longer than this; a WebSocket upgrade is answered at once, and the
         // session that follows is not a request any more.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, app.limits.http_timeout))
+        .layer(cross_origin())
         .with_state(app)
+}
+
+/// Cross-origin calls to the API are allowed from any origin: the web page
+/// served by one member goes on with another when its own goes away, and
+/// programs in other pages may call any node. Every route is authorised by a
+/// bearer token the caller holds, never by a cookie, so another origin gains
+/// nothing it did not already have (credentials mode stays off).
+fn cross_origin() -> tower_http::cors::CorsLayer {
+    use axum::http::{header, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::LINK])
+        .max_age(std::time::Duration::from_secs(600))
 }

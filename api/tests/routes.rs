@@ -255,3 +255,29 @@ async fn a_post_without_a_token_is_refused_before_its_body_is_read() {
     let (got, _) = read_to_close(&mut s).await;
     assert!(got.starts_with("HTTP/1.1 401"), "{got:?}");
 }
+
+#[tokio::test]
+async fn another_origin_may_call_the_api_with_a_bearer_token() {
+    let api = Api::start().await;
+    let token = api.user("ann").await;
+    // The browser's preflight for a GET with an Authorization header.
+    let preflight = api
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/search?q=x", api.url))
+        .header("origin", "http://127.0.0.2:8080")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(preflight.status(), 200);
+    let h = preflight.headers();
+    assert_eq!(h.get("access-control-allow-origin").map(|v| v.as_bytes()), Some(&b"*"[..]));
+    assert!(h.get("access-control-allow-headers").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("authorization")), "{h:?}");
+    assert!(h.get("access-control-allow-credentials").is_none(), "no credentials mode: {h:?}");
+    // The request itself is answered as from the same origin, its Link header readable.
+    let r = api.get("/v1/rooms?limit=1").header("origin", "http://127.0.0.2:8080").header("authorization", bearer(&token)).send().await.expect("rooms");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.as_bytes()), Some(&b"*"[..]));
+    assert!(r.headers().get("access-control-expose-headers").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("link")));
+}
