@@ -55,15 +55,33 @@ fn by_seq(entries: &[Value], seq: u64) -> Value {
     entries.iter().find(|m| m["seq"] == seq).cloned().unwrap_or_else(|| panic!("no seq {seq} in {entries:?}"))
 }
 
+/// A three-node cluster with ann on node 1 and ben on node 2, both joined to
+/// `lobby`.
+struct Lobby {
+    c: TestCluster,
+    bases: [String; 3],
+    ta: String,
+    tb: String,
+    a: Ws,
+    b: Ws,
+}
+
+impl Lobby {
+    async fn start() -> Self {
+        let c = TestCluster::start_with(3, unlimited).await;
+        let bases = [c.base(1), c.base(2), c.base(3)];
+        let (ta, tb) = (login(&bases[0], "ann").await, login(&bases[1], "ben").await);
+        let mut a = connect(&bases[0], &ta).await;
+        let mut b = connect(&bases[1], &tb).await;
+        join(&mut a, "lobby", None).await;
+        join(&mut b, "lobby", None).await;
+        Lobby { c, bases, ta, tb, a, b }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replies_edits_deletes_and_reactions_reach_every_node() {
-    let c = TestCluster::start_with(3, unlimited).await;
-    let (b1, b2, b3) = (c.base(1), c.base(2), c.base(3));
-    let (ta, tb) = (login(&b1, "ann").await, login(&b2, "ben").await);
-    let mut a = connect(&b1, &ta).await;
-    let mut b = connect(&b2, &tb).await;
-    join(&mut a, "lobby", None).await;
-    join(&mut b, "lobby", None).await;
+    let Lobby { c, bases: [b1, b2, b3], ta, tb, mut a, mut b } = Lobby::start().await;
     // A connection that only listens, on the third node.
     let mut watch = connect(&b3, &tb).await;
     join(&mut watch, "lobby", None).await;
@@ -170,13 +188,7 @@ async fn lobby_unread_until(base: &str, token: &str, want: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_markers_and_unread_counts_are_shared_across_nodes() {
-    let c = TestCluster::start_with(3, unlimited).await;
-    let (b1, b2, b3) = (c.base(1), c.base(2), c.base(3));
-    let (ta, tb) = (login(&b1, "ann").await, login(&b2, "ben").await);
-    let mut a = connect(&b1, &ta).await;
-    let mut b = connect(&b2, &tb).await;
-    join(&mut a, "lobby", None).await;
-    join(&mut b, "lobby", None).await;
+    let Lobby { c, bases: [b1, _, b3], tb, mut a, mut b, .. } = Lobby::start().await;
     for (i, text) in ["hello all", "@ben are you there", "mail to @benjamin", "@ben again"].iter().enumerate() {
         acked(&mut a, json!({"type": "send", "room": "lobby", "id": format!("m{i}"), "text": text})).await;
     }
@@ -216,7 +228,7 @@ async fn read_markers_and_unread_counts_are_shared_across_nodes() {
 async fn search_until(base: &str, token: &str, q: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = get(base, token, &format!("/v1/search?q={}", urlencode(q))).await;
+        let r = client::http().get(format!("{base}/v1/search")).query(&[("q", q)]).bearer_auth(token).send().await.unwrap();
         assert_eq!(r.status(), 200, "search {q}");
         let answer: Value = r.json().await.unwrap();
         if check(&answer) {
@@ -225,10 +237,6 @@ async fn search_until(base: &str, token: &str, q: &str, check: impl Fn(&Value) -
         assert!(Instant::now() < deadline, "search {q} on {base}: {answer}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn urlencode(q: &str) -> String {
-    q.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 fn texts(answer: &Value) -> Vec<String> {
