@@ -237,6 +237,54 @@ async function main() {
   await ben.screenshot({ path: path.join(shots, 'search.png') });
   await ben.click('#search-close');
 
+  // A private room, owned by ann who creates it: ben can neither join nor
+  // read it until she invites him; she sets its topic and then removes him,
+  // and his page says so. Every step is made on one node and seen on another.
+  await ann.check('#join-private');
+  await ann.fill('#join-room', 'hideout');
+  await ann.press('#join-room', 'Enter');
+  await ann.waitForSelector('#room-title:has-text("🔒 # hideout")');
+  await ann.waitForSelector('#room-topic:has-text("you are the owner")');
+  await ann.fill('#text', 'only for the invited');
+  await ann.press('#text', 'Enter');
+  await ann.waitForSelector('#messages li:has-text("only for the invited")');
+  await ben.fill('#join-room', 'hideout');
+  await ben.press('#join-room', 'Enter');
+  await ben.waitForSelector('#typing:has-text("forbidden")');
+  assert.equal(await ben.locator('#messages li', { hasText: 'only for the invited' }).count(), 0, 'not readable uninvited');
+  await ann.fill('#text', '/invite ben');
+  await ann.press('#text', 'Enter');
+  await ann.waitForSelector('#messages li.notice:has-text("invited ben")');
+  await waitFor('ben to join once invited', async () => {
+    await ben.fill('#join-room', 'hideout');
+    await ben.press('#join-room', 'Enter');
+    await sleep(500);
+    return (await ben.locator('#messages li', { hasText: 'only for the invited' }).count()) === 1;
+  }, 15000);
+  await ben.waitForSelector('#room-title:has-text("🔒 # hideout")');
+  await ann.fill('#text', '/topic plans for the launch');
+  await ann.press('#text', 'Enter');
+  await ben.waitForSelector('#room-topic:has-text("plans for the launch")');
+  await ben.waitForSelector('#messages li.notice:has-text("set the topic")');
+  // ben, a member, is offered no delete on ann's message; ann, the owner, is on his.
+  await ben.fill('#text', 'glad to be here');
+  await ben.press('#text', 'Enter');
+  await ann.waitForSelector('#messages li:has-text("glad to be here") .act.delete', { state: 'attached' });
+  assert.equal(await ben.locator('#messages li', { hasText: 'only for the invited' }).locator('.act.delete').count(), 0);
+  await ann.screenshot({ path: path.join(shots, 'private-room.png') });
+  await ann.fill('#text', '/kick ben');
+  await ann.press('#text', 'Enter');
+  await ben.waitForSelector('#messages li.notice:has-text("removed ben")');
+  await ben.waitForSelector('#messages li.notice:has-text("no longer a member")');
+  await ann.fill('#text', 'after ben left');
+  await ann.press('#text', 'Enter');
+  await ann.waitForSelector('#messages li:has-text("after ben left")');
+  await sleep(500);
+  assert.equal(await ben.locator('#messages li', { hasText: 'after ben left' }).count(), 0, 'a removed member hears nothing more');
+  await ben.screenshot({ path: path.join(shots, 'removed.png') });
+  await ann.click('#rooms li[data-room="general"]');
+  await ben.click('#rooms li[data-room="general"]');
+
 
   // Bring node 2 back, then watch the cluster view follow a leader change.
   await startNode(benNode);

@@ -39,9 +39,10 @@ promtool test rules deploy/prometheus/alerts.test.yml
 python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/chorus-dashboard.json
 
 echo "== web page in headless Chromium (Debian's chromium, playwright-core from npm)"
-if [ ! -x /usr/bin/chromium ]; then
-  echo "installing: chromium" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# The emoji font, so reactions and the lock show in the screenshots.
+if [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-color-emoji >/dev/null 2>&1; then
+  echo "installing: chromium fonts-noto-color-emoji" >&2
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
 fi
 (cd e2e && npm ci --no-audit --no-fund --silent)
 CHORUS_BIN="$CHORUS_BIN" node e2e/web.test.mjs

@@ -8,13 +8,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft_store::chat::{self, Event, Outcome};
 use raft_store::ChatRead;
+use raft_store::rooms;
 use wire::http::{
-    Credentials, HistoryPage, HistoryQuery, PasswordChange, Pick, PostMessage, Posted, Registered, Revoked, RoomSummary, RoomsQuery, Session,
-    ThreadPage, ThreadQuery,
+    CreateRoom, Credentials, HistoryPage, HistoryQuery, PasswordChange, Pick, PostMessage, PostRoomAction, Posted, Registered, Revoked, RoomDetails,
+    RoomMember, RoomSummary, RoomsQuery, Session, ThreadPage, ThreadQuery, MEMBERS_LISTED,
 };
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::ops::{add_entry, read_history, read_thread, unexpected, unread_counts, Entry};
+use crate::ops::{add_entry, read_history, read_thread, store_visibility, unexpected, unread_counts, wire_role, wire_visibility, Entry};
 use crate::{auth, validate, App, ChatBackend};
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
@@ -134,6 +135,93 @@ pub async fn revoke<B: ChatBackend>(State(app): State<Arc<App<B>>>, headers: Hea
 
 /// The most rooms one `GET /v1/rooms` answers with.
 pub const ROOMS_PAGE: u64 = 1000;
+/// Longest `q` of the room directory, in bytes.
+pub const MAX_ROOM_QUERY: usize = 64;
+
+/// Every byte but the unreserved ones as `%XX`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Creates a room with the caller as its owner (level 5): public or private,
+/// with a title and topic. 409 `name_taken` if the room exists.
+pub async fn create_room<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    create: Result<Json<CreateRoom>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<RoomDetails>)> {
+    let user = bearer(&app, &headers)?;
+    app.request_attempt(&user)?;
+    let CreateRoom { name, visibility, title, topic } = body(create)?;
+    validate::room_name(&name)?;
+    if chat::dm_participants(&name).is_some() {
+        return Err(ApiError::bad_request("a direct-message room is not created"));
+    }
+    validate::setting("title", &title, rooms::MAX_TITLE)?;
+    validate::setting("topic", &topic, rooms::MAX_TOPIC)?;
+    app.may_create(&user, &name)?;
+    let event = Event::RoomCreated { room: name.clone(), owner: user.clone(), visibility: store_visibility(visibility), title, topic };
+    match app.backend.propose(event).await? {
+        Outcome::Joined { .. } => Ok((StatusCode::CREATED, Json(room_details(app.backend.reader(), &name, &user)?))),
+        Outcome::NameTaken => Err(ApiError::new(Code::NameTaken, format!("room {name} exists"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A room's settings and members as `user` sees them.
+fn room_details<R: ChatRead + ?Sized>(reader: &R, name: &str, user: &str) -> ApiResult<RoomDetails> {
+    let record = reader.room(name)?.ok_or_else(|| ApiError::new(Code::NotFound, "no such room"))?;
+    let info = rooms::info(reader, name)?;
+    let members = rooms::members(reader, name)?;
+    let role = members.iter().find(|(m, _)| m == user).map(|(_, r)| wire_role(r.role));
+    let now = reader.clock()?;
+    let members = members
+        .into_iter()
+        .take(MEMBERS_LISTED)
+        .map(|(name, r)| RoomMember { name, role: wire_role(r.role), muted_until: r.muted_until.filter(|&u| u > now) })
+        .collect();
+    let (owner, visibility, title, topic) = match info {
+        Some(i) => (Some(i.owner), wire_visibility(i.visibility), i.title, i.topic),
+        None => (None, wire::Visibility::Public, String::new(), String::new()),
+    };
+    Ok(RoomDetails { name: name.to_string(), visibility, owner, title, topic, last_seq: record.last_seq, member_count: record.members, members, role })
+}
+
+/// `GET /v1/rooms/{room}`: a room the caller may read, with its members.
+pub async fn room<B: ChatBackend>(State(app): State<Arc<App<B>>>, Path(room): Path<String>, headers: HeaderMap) -> ApiResult<Json<RoomDetails>> {
+    let user = bearer(&app, &headers)?;
+    app.request_attempt(&user)?;
+    validate::room_name(&room)?;
+    if chat::dm_participants(&room).is_some() {
+        return Err(ApiError::bad_request("a direct-message room has no settings"));
+    }
+    // Read after the caller's own writes anywhere (a join on another node).
+    app.backend.read_barrier().await?;
+    let reader = app.backend.reader();
+    if reader.room(&room)?.is_none() {
+        return Err(ApiError::new(Code::NotFound, "no such room"));
+    }
+    if !rooms::may_read(reader, &room, &user)? {
+        return Err(ApiError::new(Code::NotMember, "a private room: only its members see it"));
+    }
+    Ok(Json(room_details(reader, &room, &user)?))
+}
+
+/// `POST /v1/rooms/{room}/actions`: invite, kick, ban, mute, a role, the
+/// topic, title or visibility, as an entry of the room.
+pub async fn room_action<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    action: Result<Json<PostRoomAction>, JsonRejection>,
+) -> ApiResult<Json<Posted>> {
+    let user = bearer(&app, &headers)?;
+    let PostRoomAction { id, action } = body(action)?;
+    let ack = add_entry(&app, &user, &room, &id.text(), Entry::Room(action)).await?;
+    Ok(Json(ack.posted(id)))
+}
 
 /// A page of rooms by name (plain rooms and the caller's own DM rooms); a
 /// `Link: rel="next"` header names the next page while there may be one.
@@ -152,25 +240,57 @@ pub async fn rooms<B: ChatBackend>(
     if !(1..=ROOMS_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!("limit must be 1-{ROOMS_PAGE}")));
     }
-    // Other users' DM rooms are scanned and left out, so a page may hold
-    // fewer rooms than `limit` and still have a next one.
+    let needle = match q.q.as_deref().map(str::trim) {
+        Some(n) if n.len() > MAX_ROOM_QUERY => return Err(ApiError::bad_request(format!("q is at most {MAX_ROOM_QUERY} bytes"))),
+        Some(n) if !n.is_empty() => Some(n.to_lowercase()),
+        _ => None,
+    };
+    // Rooms the caller may not see (other users' DM rooms, private rooms
+    // without membership or invitation) and, with `q`, rooms that do not
+    // match are scanned and left out, so a page may hold fewer rooms than
+    // `limit` and still have a next one.
     let rooms = app.backend.reader().rooms_page(q.after.as_deref(), limit as usize)?;
     let next = (rooms.len() as u64 == limit).then(|| rooms.last().map(|(name, _)| name.clone())).flatten();
     let reader = app.backend.reader();
-    let list = rooms
-        .into_iter()
-        .filter(|(name, _)| chat::dm_participants(name).is_none_or(|(a, b)| a == user || b == user))
-        .map(|(name, r)| {
-            // A DM room's members are its two users, with no membership stored.
-            let members = if chat::dm_participants(&name).is_some() { 2 } else { r.members };
-            let unread = unread_counts(reader, &name, &user)?;
-            Ok(RoomSummary { name, members, last_seq: r.last_seq, unread })
-        })
-        .collect::<ApiResult<Vec<RoomSummary>>>()?;
+    let mut list = Vec::new();
+    for (name, r) in rooms {
+        if !rooms::may_see(reader, &name, &user)? {
+            continue;
+        }
+        let info = rooms::info(reader, &name)?;
+        if let Some(needle) = &needle {
+            let title = info.as_ref().map_or("", |i| i.title.as_str());
+            if !name.to_lowercase().contains(needle.as_str()) && !title.to_lowercase().contains(needle.as_str()) {
+                continue;
+            }
+        }
+        // A DM room's members are its two users, with no membership stored.
+        let members = if chat::dm_participants(&name).is_some() { 2 } else { r.members };
+        let unread = unread_counts(reader, &name, &user)?;
+        let role = match &info {
+            Some(_) => rooms::member(reader, &name, &user)?.map(|m| wire_role(m.role)),
+            None => None,
+        };
+        let invited = info.is_some() && role.is_none() && rooms::access(reader, &name, &user)?.invited;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        list.push(RoomSummary {
+            members,
+            last_seq: r.last_seq,
+            unread,
+            visibility: info.as_ref().map(|i| wire_visibility(i.visibility)),
+            title: info.as_ref().and_then(|i| nonempty(&i.title)),
+            topic: info.as_ref().and_then(|i| nonempty(&i.topic)),
+            role,
+            invited,
+            name,
+        });
+    }
     let mut headers = HeaderMap::new();
     if let Some(last) = next {
-        // Room names are of A-Z a-z 0-9 _ . - and `:`: nothing to escape in a query.
-        let link = format!("</v1/rooms?after={last}&limit={limit}>; rel=\"next\"");
+        // Room names are of A-Z a-z 0-9 _ . - and `:`: nothing to escape in
+        // a query; `q` is carried on, percent-encoded.
+        let q = needle.map(|n| format!("&q={}", percent_encode(&n))).unwrap_or_default();
+        let link = format!("</v1/rooms?after={last}&limit={limit}{q}>; rel=\"next\"");
         if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
             headers.insert(axum::http::header::LINK, v);
         }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use raft_store::chat::{self, Event, Message, Outcome};
 use raft_store::lifecycle::Kind;
+use raft_store::rooms::{self, Role, RoomAction, Visibility};
 use raft_store::ChatRead;
 use wire::http::{HistoryPage, HistoryQuery, Posted, ThreadPage, ThreadQuery};
 use wire::{Consistency, HistoryEntry, Id};
@@ -40,7 +41,88 @@ pub fn wire_entry(m: &Message) -> HistoryEntry {
         Kind::Reaction { target, emoji, added } => {
             HistoryEntry::Reaction(wire::Reaction { room, seq, id, from, target: *target, emoji: emoji.clone(), added: *added, ts })
         }
+        Kind::Room(action) => {
+            let until = match action {
+                RoomAction::Ban { for_ms: Some(d), .. } | RoomAction::Mute { for_ms: Some(d), .. } => Some(ts.saturating_add(*d)),
+                _ => None,
+            };
+            HistoryEntry::RoomAction(wire::RoomChange { room, seq, id, from, ts, action: wire_action(action), until })
+        }
     }
+}
+
+pub fn wire_role(r: Role) -> wire::Role {
+    match r {
+        Role::Member => wire::Role::Member,
+        Role::Moderator => wire::Role::Moderator,
+        Role::Owner => wire::Role::Owner,
+    }
+}
+
+pub fn wire_visibility(v: Visibility) -> wire::Visibility {
+    match v {
+        Visibility::Public => wire::Visibility::Public,
+        Visibility::Private => wire::Visibility::Private,
+    }
+}
+
+pub fn store_visibility(v: wire::Visibility) -> Visibility {
+    match v {
+        wire::Visibility::Public => Visibility::Public,
+        wire::Visibility::Private => Visibility::Private,
+    }
+}
+
+/// A stored room action as the wire protocol writes it (durations in seconds).
+fn wire_action(a: &RoomAction) -> wire::RoomAction {
+    let secs = |d: &Option<u64>| d.map(|ms| ms / 1000);
+    match a {
+        RoomAction::Invite { user } => wire::RoomAction::Invite { user: user.clone() },
+        RoomAction::Kick { user } => wire::RoomAction::Kick { user: user.clone() },
+        RoomAction::Ban { user, for_ms } => wire::RoomAction::Ban { user: user.clone(), secs: secs(for_ms) },
+        RoomAction::Unban { user } => wire::RoomAction::Unban { user: user.clone() },
+        RoomAction::Mute { user, for_ms } => wire::RoomAction::Mute { user: user.clone(), secs: secs(for_ms) },
+        RoomAction::Unmute { user } => wire::RoomAction::Unmute { user: user.clone() },
+        RoomAction::SetRole { user, role } => wire::RoomAction::SetRole { user: user.clone(), role: wire_role(*role) },
+        RoomAction::SetTopic { topic } => wire::RoomAction::SetTopic { topic: topic.clone() },
+        RoomAction::SetTitle { title } => wire::RoomAction::SetTitle { title: title.clone() },
+        RoomAction::SetVisibility { visibility } => wire::RoomAction::SetVisibility { visibility: wire_visibility(*visibility) },
+    }
+}
+
+/// A client's room action, checked, as the state machine takes it.
+fn store_action(a: wire::RoomAction) -> ApiResult<RoomAction> {
+    let ms = |secs: Option<u64>| -> ApiResult<Option<u64>> {
+        match secs {
+            Some(0) => Err(ApiError::bad_request("secs is at least 1 (leave it out for no end)")),
+            Some(s) => Ok(Some(s.saturating_mul(1000))),
+            None => Ok(None),
+        }
+    };
+    let role = |r: wire::Role| match r {
+        wire::Role::Member => Role::Member,
+        wire::Role::Moderator => Role::Moderator,
+        wire::Role::Owner => Role::Owner,
+    };
+    let user = |u: String| validate::user_name(&u).map(|()| u);
+    Ok(match a {
+        wire::RoomAction::Invite { user: u } => RoomAction::Invite { user: user(u)? },
+        wire::RoomAction::Kick { user: u } => RoomAction::Kick { user: user(u)? },
+        wire::RoomAction::Ban { user: u, secs } => RoomAction::Ban { user: user(u)?, for_ms: ms(secs)? },
+        wire::RoomAction::Unban { user: u } => RoomAction::Unban { user: user(u)? },
+        wire::RoomAction::Mute { user: u, secs } => RoomAction::Mute { user: user(u)?, for_ms: ms(secs)? },
+        wire::RoomAction::Unmute { user: u } => RoomAction::Unmute { user: user(u)? },
+        wire::RoomAction::SetRole { user: u, role: r } => RoomAction::SetRole { user: user(u)?, role: role(r) },
+        wire::RoomAction::SetTopic { topic } => {
+            validate::setting("topic", &topic, rooms::MAX_TOPIC)?;
+            RoomAction::SetTopic { topic }
+        }
+        wire::RoomAction::SetTitle { title } => {
+            validate::setting("title", &title, rooms::MAX_TITLE)?;
+            RoomAction::SetTitle { title }
+        }
+        wire::RoomAction::SetVisibility { visibility } => RoomAction::SetVisibility { visibility: store_visibility(visibility) },
+    })
 }
 
 /// A stored room entry as the text of the frame that delivers it.
@@ -55,12 +137,14 @@ pub(crate) fn unexpected(o: Outcome) -> ApiError {
         Outcome::NotMember => ApiError::new(Code::NotMember, "not a member of this room"),
         Outcome::Forbidden { reason } => ApiError::new(Code::Forbidden, reason),
         Outcome::NoSuchMessage => ApiError::new(Code::NotFound, "no such message in this room"),
+        Outcome::NoSuchUser => ApiError::new(Code::NotFound, "no such user"),
         other => ApiError::new(Code::Unavailable, format!("unexpected outcome {other:?}")),
     }
 }
 
-/// Whether `user` may read `room`, and the page size asked for, checked;
-/// then the read barrier the consistency asks for.
+/// The page size asked for, checked; then the read barrier the consistency
+/// asks for; then whether `user` may read `room` (a DM room's two users, a
+/// private room's members, anyone for a public room).
 async fn before_read<B: ChatBackend>(app: &App<B>, user: &str, room: &str, limit: Option<u64>, c: Option<Consistency>) -> ApiResult<usize> {
     validate::room_name(room)?;
     if let Some((a, b)) = chat::dm_participants(room) {
@@ -75,6 +159,9 @@ async fn before_read<B: ChatBackend>(app: &App<B>, user: &str, room: &str, limit
     match c.unwrap_or_default() {
         Consistency::Linearizable => app.backend.read_barrier().await?,
         Consistency::Local => {}
+    }
+    if !rooms::may_read(app.backend.reader(), room, user)? {
+        return Err(ApiError::new(Code::NotMember, "a private room: only its members read it"));
     }
     Ok(limit as usize)
 }
@@ -134,6 +221,8 @@ pub enum Entry {
     Edit { target: u64, text: String },
     Delete { target: u64 },
     React { target: u64, emoji: String, added: bool },
+    /// A change to the room's access or settings (level 5).
+    Room(wire::RoomAction),
 }
 
 impl Entry {
@@ -142,18 +231,20 @@ impl Entry {
             Entry::Post { text, .. } | Entry::Edit { text, .. } => validate::text(text, max_bytes),
             Entry::Delete { .. } => Ok(()),
             Entry::React { emoji, .. } => validate::emoji(emoji),
+            Entry::Room(_) => Ok(()),
         }
     }
 
-    fn event(self, room: &str, from: &str, id: &str) -> Event {
+    fn event(self, room: &str, from: &str, id: &str) -> ApiResult<Event> {
         let (room, from, client_id) = (room.to_string(), from.to_string(), id.to_string());
-        match self {
+        Ok(match self {
             Entry::Post { text, reply_to: None } => Event::MessagePosted { room, from, client_id, text },
             Entry::Post { text, reply_to: Some(reply_to) } => Event::ReplyPosted { room, from, client_id, text, reply_to },
             Entry::Edit { target, text } => Event::MessageEdited { room, from, client_id, target, text },
             Entry::Delete { target } => Event::MessageDeleted { room, from, client_id, target },
             Entry::React { target, emoji, added } => Event::ReactionChanged { room, from, client_id, target, emoji, added },
-        }
+            Entry::Room(action) => Event::RoomActed { room, from, client_id, action: store_action(action)? },
+        })
     }
 }
 
@@ -165,8 +256,9 @@ pub async fn add_entry<B: ChatBackend>(app: &App<B>, user: &str, room: &str, id:
     validate::client_id(id)?;
     entry.validate(app.limits.max_message_bytes)?;
     app.rate.check(user, app.limits.rate_messages, app.limits.rate_window, "messages", Instant::now())?;
+    let event = entry.event(room, user, id)?;
     let started = Instant::now();
-    match app.backend.propose(entry.event(room, user, id)).await? {
+    match app.backend.propose(event).await? {
         Outcome::Posted { room, seq, ts_ms, duplicate } => {
             app.metrics.acked(started.elapsed(), duplicate);
             Ok(Ack { room, seq, ts_ms, duplicate })

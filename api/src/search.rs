@@ -116,6 +116,12 @@ pub async fn search<B: ChatBackend>(
     let reader = app.backend.reader();
     let mut results = Vec::with_capacity(hits.len());
     for hit in hits {
+        // The index knows DM rooms' readers; who may read a private room
+        // changes with its membership, so that is asked here, of the state
+        // machine as it is now (a page may hold fewer than `limit`).
+        if !raft_store::rooms::may_read(reader, &hit.room, &user)? {
+            continue;
+        }
         // Served as the state machine has it now: an entry the index has not
         // caught up with (edited or deleted since) shows as it is, or not at all.
         if let Some(wire::HistoryEntry::Message(m)) = reader.entry(&hit.room, hit.seq)?.as_ref().map(wire_entry) {

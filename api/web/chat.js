@@ -180,11 +180,12 @@ function handle(f) {
       if (f.room === state.current) renderOnline();
       break;
     }
-    case 'message': case 'edit': case 'delete': case 'reaction': {
+    case 'message': case 'edit': case 'delete': case 'reaction': case 'room_action': {
       const r = room(f.room);
       if (r.last === null) r.last = f.seq - 1;
       if (f.seq <= r.last) return;      // already shown
       r.last = f.seq;
+      if (f.type === 'room_action') return roomAction(f.room, f, false);
       if (f.type !== 'message') return change(f.room, f);
       addMessage(f.room, f, false);
       if (f.room !== state.current && f.from !== state.user) {
@@ -203,8 +204,19 @@ function handle(f) {
     case 'history': {
       // A page serves each message as it is now; its change entries are
       // already folded in, so only the messages are shown.
-      const msgs = f.messages.filter((m) => m.type === 'message').reverse();
-      for (const m of msgs) addMessage(f.room, m, true);
+      const msgs = f.messages.filter((m) => m.type === 'message' || m.type === 'room_action').reverse();
+      for (const m of msgs) {
+        if (m.type === 'room_action') roomAction(f.room, m, true); else addMessage(f.room, m, true);
+      }
+      break;
+    }
+    case 'removed': {
+      // Kicked or banned: this connection gets nothing more of the room.
+      const r = room(f.room);
+      r.removed = true;
+      r.role = null;
+      if (f.room === state.current) showRoomInfo(f.room);
+      notice(f.room, 'You are no longer a member of this room.');
       break;
     }
     case 'ack': state.pending.delete(f.id); break;
@@ -230,6 +242,109 @@ function handle(f) {
       }
       break;
     default: break;
+  }
+}
+
+// A room action's words, after who did it.
+function actionWords(a) {
+  const lasting = a.secs ? ` for ${a.secs}s` : '';
+  switch (a.action) {
+    case 'invite': return `invited ${a.user}`;
+    case 'kick': return `removed ${a.user}`;
+    case 'ban': return `banned ${a.user}${lasting}`;
+    case 'unban': return `lifted the ban on ${a.user}`;
+    case 'mute': return `muted ${a.user}${lasting}`;
+    case 'unmute': return `unmuted ${a.user}`;
+    case 'set_role': return `made ${a.user} ${a.role === 'owner' ? 'the owner' : `a ${a.role}`}`;
+    case 'set_topic': return `set the topic: ${a.topic}`;
+    case 'set_title': return `set the title: ${a.title}`;
+    case 'set_visibility': return `made the room ${a.visibility}`;
+    default: return a.action;
+  }
+}
+
+// Shows a room action in the room's list, and follows what it changed.
+function roomAction(name, a, older) {
+  const r = room(name);
+  if (r.items.has(a.seq)) return;
+  const li = el('li', 'notice');
+  li.dataset.seq = a.seq;
+  li.append(el('span', 'from', a.from), el('span', 'text', actionWords(a)), el('span', 'ts', new Date(a.ts).toLocaleTimeString()));
+  place(name, a.seq, li, older);
+  if (!older) {
+    if (a.action === 'set_topic') r.topic = a.topic;
+    if (a.action === 'set_title') r.title = a.title;
+    if (a.action === 'set_visibility') r.visibility = a.visibility;
+    if (a.action === 'set_role' && a.user === state.user) r.role = a.role;
+    if (a.action === 'set_role' && a.role === 'owner' && a.from === state.user) r.role = 'moderator';
+    if (name === state.current) showRoomInfo(name);
+  }
+}
+
+// A line of the page's own in room `name` (not an entry of the room).
+function notice(name, text) {
+  const li = el('li', 'notice mine', text);
+  const r = room(name);
+  r.notes = (r.notes || 0) + 1;
+  li.dataset.seq = (r.last || 0) + 0.5;
+  r.items.set(`note-${r.notes}`, li);
+  if (name === state.current) $('messages').append(li);
+}
+
+// The room's title, visibility, topic and the caller's role, from the server.
+async function loadRoomInfo(name) {
+  if (name.startsWith('dm:')) return;
+  try {
+    const resp = await fetch(`${state.base}/v1/rooms/${encodeURIComponent(name)}`, { headers: { authorization: `Bearer ${state.token}` } });
+    if (!resp.ok) return;
+    const d = await resp.json();
+    const r = room(name);
+    Object.assign(r, { title: d.title, topic: d.topic, visibility: d.visibility, role: d.role || null });
+    if (name === state.current) { showRoomInfo(name); redrawAll(name); }
+  } catch { /* shown without it */ }
+}
+
+function showRoomInfo(name) {
+  const r = room(name);
+  const lock = r.visibility === 'private' ? '🔒 ' : '';
+  const head = name.startsWith('dm:') ? `✉ ${name.split(':').slice(1).filter((u) => u !== state.user)[0]}` : `${lock}# ${name}`;
+  $('room-title').textContent = r.title ? `${head} · ${r.title}` : head;
+  $('room-topic').textContent = [r.topic, r.role && r.role !== 'member' ? `you are ${r.role === 'owner' ? 'the owner' : 'a moderator'}` : '', r.removed ? 'not a member' : '']
+    .filter(Boolean).join(' — ');
+}
+
+function redrawAll(name) {
+  const r = room(name);
+  for (const m of r.msgs.values()) draw(r, m);
+}
+
+function moderates(name) {
+  const role = room(name).role;
+  return role === 'owner' || role === 'moderator';
+}
+
+// Reads a room command typed in the send box (`/kick ben`), or null.
+function roomCommand(text) {
+  const [cmd, ...rest] = text.trim().split(/\s+/);
+  const arg = text.trim().slice(cmd.length).trim();
+  const user = rest[0];
+  const secs = rest[1] ? Number(rest[1]) : undefined;
+  const withSecs = (a) => (secs ? { ...a, secs } : a);
+  switch (cmd) {
+    case '/invite': return user && { action: 'invite', user };
+    case '/kick': return user && { action: 'kick', user };
+    case '/ban': return user && withSecs({ action: 'ban', user });
+    case '/unban': return user && { action: 'unban', user };
+    case '/mute': return user && withSecs({ action: 'mute', user });
+    case '/unmute': return user && { action: 'unmute', user };
+    case '/mod': return user && { action: 'set_role', user, role: 'moderator' };
+    case '/demote': return user && { action: 'set_role', user, role: 'member' };
+    case '/owner': return user && { action: 'set_role', user, role: 'owner' };
+    case '/topic': return { action: 'set_topic', topic: arg };
+    case '/title': return { action: 'set_title', title: arg };
+    case '/private': return { action: 'set_visibility', visibility: 'private' };
+    case '/public': return { action: 'set_visibility', visibility: 'public' };
+    default: return null;
   }
 }
 
@@ -305,8 +420,8 @@ function draw(r, m) {
     const acts = el('span', 'acts');
     acts.append(action('reply', '↪', 'reply', () => compose('reply', m)));
     acts.append(action('react', QUICK_REACTION, 'react', () => react(m, QUICK_REACTION, true)));
-    if (m.from === state.user) {
-      acts.append(action('edit', '✎', 'edit', () => compose('edit', m)));
+    if (m.from === state.user) acts.append(action('edit', '✎', 'edit', () => compose('edit', m)));
+    if (m.from === state.user || moderates(m.room)) {
       acts.append(action('delete', '🗑', 'delete', () => submit({ type: 'delete', room: m.room, target: m.seq })));
     }
     parts.push(chips, acts);
@@ -323,10 +438,17 @@ function addMessage(name, m, older) {
   r.items.set(m.seq, li);
   r.msgs.set(m.seq, { ...m, room: name });
   draw(r, r.msgs.get(m.seq));
-  r.oldest = r.oldest === null ? m.seq : Math.min(r.oldest, m.seq);
+  place(name, m.seq, li, older);
+}
+
+// Puts an entry's list item in seq order in room `name`'s list.
+function place(name, seq, li, older) {
+  const r = room(name);
+  r.items.set(seq, li);
+  r.oldest = r.oldest === null ? seq : Math.min(r.oldest, seq);
   if (name !== state.current) return;
   const list = $('messages');
-  const after = [...list.children].find((c) => Number(c.dataset.seq) > m.seq);
+  const after = [...list.children].find((c) => Number(c.dataset.seq) > seq);
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 30;
   list.insertBefore(li, after || null);
   if (!older && atBottom) list.scrollTop = list.scrollHeight;
@@ -364,9 +486,10 @@ function select(name) {
   r.unread = 0;
   r.mentions = 0;
   markRead(name);
-  $('room-title').textContent = name.startsWith('dm:') ? `✉ ${name.split(':').slice(1).filter((u) => u !== state.user)[0]}` : `# ${name}`;
+  showRoomInfo(name);
+  loadRoomInfo(name);
   const list = $('messages');
-  list.replaceChildren(...[...r.items.entries()].sort((a, b) => a[0] - b[0]).map(([, li]) => li));
+  list.replaceChildren(...[...r.items.values()].sort((a, b) => Number(a.dataset.seq) - Number(b.dataset.seq)));
   list.scrollTop = list.scrollHeight;
   $('typing').textContent = '';
   renderRooms();
@@ -404,10 +527,33 @@ $('join-form').onsubmit = (e) => {
   const name = $('join-room').value.trim();
   if (!name) return;
   $('join-room').value = '';
+  if ($('join-private').checked) {
+    // A private room is created first (the creator owns it), then joined.
+    $('join-private').checked = false;
+    createPrivate(name);
+    return;
+  }
   const r = room(name);
   send(joinFrame(name, r));
   select(name);
 };
+
+async function createPrivate(name) {
+  try {
+    const resp = await fetch(`${state.base}/v1/rooms`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${state.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name, visibility: 'private' }),
+    });
+    const body = await resp.json();
+    if (!resp.ok) throw new Error(body.message || resp.statusText);
+  } catch (err) {
+    $('typing').textContent = `cannot create ${name}: ${err.message}`;
+    return;
+  }
+  send(joinFrame(name, room(name)));
+  select(name);
+}
 $('dm-form').onsubmit = (e) => {
   e.preventDefault();
   const to = $('dm-user').value.trim();
@@ -425,6 +571,8 @@ $('send-form').onsubmit = (e) => {
   const name = state.current;
   const c = state.compose;
   compose(null);
+  const command = !c && !name.startsWith('dm:') && text.startsWith('/') ? roomCommand(text) : null;
+  if (command) return submit({ type: 'room_action', room: name, ...command });
   if (c && c.mode === 'edit') return submit({ type: 'edit', room: name, target: c.seq, text });
   if (c && c.mode === 'reply') return submit({ type: 'send', room: name, text, reply_to: c.seq });
   submit(name.startsWith('dm:')

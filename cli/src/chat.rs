@@ -207,6 +207,17 @@ impl State {
             let last = self.rooms.entry(self.room.clone()).or_default().last;
             return Some(join_frame(room, last));
         }
+        match lines::room_command(line) {
+            Some(Ok(action)) => {
+                let room = self.room.clone();
+                return Some(self.outgoing(|id| ClientFrame::RoomAction { room, id, action }));
+            }
+            Some(Err(usage)) => {
+                eprintln!("! usage: {usage}");
+                return None;
+            }
+            None => {}
+        }
         match lines::Typed::parse(line) {
             Some(Ok(typed)) => {
                 let room = self.room.clone();
@@ -233,7 +244,7 @@ impl State {
                 None
             }
             l if l.starts_with('/') => {
-                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, {}, /quit", lines::USAGE);
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
                 None
             }
             text => {
@@ -246,7 +257,7 @@ impl State {
     /// Takes in a frame from the server and returns what to show of it.
     fn receive(&mut self, f: &ServerFrame, now: Instant) -> Option<Shown> {
         match f {
-            ServerFrame::Message(_) | ServerFrame::Edit(_) | ServerFrame::Delete(_) | ServerFrame::Reaction(_) => {
+            ServerFrame::Message(_) | ServerFrame::Edit(_) | ServerFrame::Delete(_) | ServerFrame::Reaction(_) | ServerFrame::RoomAction(_) => {
                 let entry = f.clone().entry()?;
                 // A DM room is followed from its first message, to be resumed like the others.
                 let last = &mut self.rooms.entry(entry.room().to_string()).or_default().last;
@@ -286,6 +297,7 @@ impl State {
                 (!shown.is_empty()).then(|| Shown::Out(shown.join("\n")))
             }
             ServerFrame::Left { room, .. } => Some(Shown::Out(format!("* left {room}"))),
+            ServerFrame::Removed { room } => Some(Shown::Out(format!("* removed from {room}: you are no longer a member"))),
             ServerFrame::Marked { room, seq, .. } => Some(Shown::Out(format!("* {room} read up to #{seq}"))),
         }
     }

@@ -117,9 +117,12 @@ async fn posting_needs_membership_and_an_id_is_stored_once() {
     }
     let rooms: Value = http.get(format!("{b1}/v1/rooms")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     // Each row carries the caller's read state in it (feature level 4): alice
-    // posted both messages herself, so nothing is unread.
+    // posted both messages herself, so nothing is unread. From level 5 a row
+    // also says the room's visibility and, to a member, their role: alice
+    // joined both first, so she owns them.
     let read = json!({ "read": 0, "unread": 0, "mentions": 0 });
-    assert_eq!(rooms, json!([{ "name": "elsewhere", "members": 1, "last_seq": 0, "unread": read }, { "name": "general", "members": 1, "last_seq": 2, "unread": read }]));
+    let row = |name: &str, last_seq: u64| json!({ "name": name, "members": 1, "last_seq": last_seq, "unread": read, "visibility": "public", "role": "owner" });
+    assert_eq!(rooms, json!([row("elsewhere", 0), row("general", 2)]));
     c.shutdown().await;
 }
 
@@ -243,7 +246,7 @@ async fn dm_rooms_are_listed_and_readable_by_their_two_users_only() {
         assert_eq!(page["messages"][0]["text"], "psst", "{who}");
     }
     let rooms: Value = http.get(format!("{b3}/v1/rooms")).bearer_auth(&carl).send().await.unwrap().json().await.unwrap();
-    assert_eq!(rooms, json!([{ "name": "general", "members": 1, "last_seq": 0 }]));
+    assert_eq!(rooms, json!([{ "name": "general", "members": 1, "last_seq": 0, "visibility": "public" }]));
     let r = http.get(format!("{b3}/v1/rooms/dm:alice:bob/messages")).bearer_auth(&carl).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(error_code(r).await, "not_member");

@@ -1,7 +1,9 @@
-//! The chat features of feature level 4 over in-process three-node clusters,
+//! The chat features of feature levels 4 and 5 over in-process three-node clusters,
 //! each user on a node of their own: replies, threads, edits, deletes and
 //! reactions; read markers with unread and mention counts; search; password
-//! changes. Every change made through one node is checked as another serves it.
+//! changes; and of level 5: private rooms, roles, invitations, kicks, bans,
+//! mutes, topics and the room directory. Every change made through one node is
+//! checked as another serves it.
 
 mod common;
 
@@ -328,5 +330,191 @@ async fn a_password_change_on_one_node_revokes_every_session_everywhere() {
     let login_with = |password: &'static str| client::http().post(format!("{b2}/v1/sessions")).json(&json!({"name": "ann", "password": password})).send();
     assert_eq!(login_with("password-1").await.unwrap().status(), 401);
     assert_eq!(login_with("password-2").await.unwrap().status(), 200);
+    c.shutdown().await;
+}
+
+async fn post_json(base: &str, token: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = client::http().post(format!("{base}{path}")).bearer_auth(token).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A room action over HTTP: its status and answer.
+async fn room_action(base: &str, token: &str, room: &str, body: Value) -> (u16, Value) {
+    post_json(base, token, &format!("/v1/rooms/{room}/actions"), body).await
+}
+
+/// Waits until `GET /v1/rooms` on `base` (this node's applied state) lists
+/// `room` to the caller as `listed` says, and returns its row.
+async fn listed_until(base: &str, token: &str, room: &str, listed: bool) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rooms = get_json(base, token, "/v1/rooms").await;
+        let row = rooms.as_array().unwrap().iter().find(|r| r["name"] == room).cloned();
+        if row.is_some() == listed {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "{base}: {room} listed is {}, not {listed}", row.is_some());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `ws` gets a frame about `room` within `ms` (presence and typing
+/// aside).
+async fn hears_of(ws: &mut Ws, room: &str, ms: u64) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) = tokio::time::timeout(left, futures::StreamExt::next(ws)).await else {
+            return None;
+        };
+        let f: Value = serde_json::from_str(t.as_str()).unwrap();
+        if f["room"] == room && f["type"] != "presence" && f["type"] != "typing" {
+            return Some(f);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_rooms_roles_and_moderation_hold_on_every_node() {
+    let c = TestCluster::start_with(3, unlimited).await;
+    let [b1, b2, b3] = [c.base(1), c.base(2), c.base(3)];
+    let (ta, tb, tc) = (login(&b1, "ann").await, login(&b2, "ben").await, login(&b3, "cy").await);
+
+    // ann creates a private room; it exists once.
+    let create = json!({"name": "secret", "visibility": "private", "title": "Secret Plans", "topic": "launch"});
+    let (status, room) = post_json(&b1, &ta, "/v1/rooms", create.clone()).await;
+    assert_eq!(status, 201, "{room}");
+    assert_eq!((room["owner"].clone(), room["role"].clone(), room["visibility"].clone()), (json!("ann"), json!("owner"), json!("private")), "{room}");
+    assert_eq!(post_json(&b2, &tb, "/v1/rooms", create).await.0, 409);
+    assert_eq!(post_json(&b2, &tb, "/v1/rooms", json!({"name": "x", "visibility": "secretive"})).await.0, 400);
+    let mut a = connect(&b1, &ta).await;
+    join(&mut a, "secret", None).await;
+    let hush = acked(&mut a, json!({"type": "send", "room": "secret", "id": "a1", "text": "hush now"})).await;
+
+    // To ben, who is not invited, the room is not there: not listed, not
+    // readable, not joinable (nor found by search, below).
+    assert!(listed_until(&b2, &tb, "secret", false).await.is_none());
+    let r = get(&b2, &tb, "/v1/rooms/secret/messages?consistency=linearizable").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_member");
+    assert_eq!(get(&b2, &tb, "/v1/rooms/secret").await.status(), 403);
+    let mut b = connect(&b2, &tb).await;
+    send(&mut b, json!({"type": "join", "room": "secret", "req": "j1"})).await;
+    let e = next_of(&mut b, "error").await;
+    assert_eq!((e["code"].clone(), e["req"].clone()), (json!("forbidden"), json!("j1")), "{e}");
+    // Only a moderator or the owner invites, and only a registered user.
+    let (status, e) = room_action(&b1, &ta, "secret", json!({"id": "i0", "action": "invite", "user": "nobody"})).await;
+    assert_eq!((status, e["error"].clone()), (404, json!("not_found")), "{e}");
+    let (status, _) = room_action(&b1, &ta, "secret", json!({"id": "i0", "action": "promote", "user": "ben"})).await;
+    assert_eq!(status, 400);
+
+    // Invited, ben sees it listed, joins on his node, and reads and finds it.
+    let (status, ack) = room_action(&b1, &ta, "secret", json!({"id": "i1", "action": "invite", "user": "ben"})).await;
+    assert_eq!(status, 200, "{ack}");
+    let row = listed_until(&b2, &tb, "secret", true).await.unwrap();
+    assert_eq!((row["invited"].clone(), row["title"].clone(), row["visibility"].clone()), (json!(true), json!("Secret Plans"), json!("private")), "{row}");
+    join(&mut b, "secret", Some(0)).await;
+    assert_eq!(next_of(&mut b, "message").await["seq"].as_u64(), Some(hush));
+    let invite = next_of(&mut b, "room_action").await;
+    assert_eq!((invite["action"].clone(), invite["user"].clone(), invite["from"].clone()), (json!("invite"), json!("ben"), json!("ann")), "{invite}");
+    // Once node 2's index holds it, ben finds it there and cy, not invited
+    // yet, does not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(&b2, &tb, "/v1/search?q=hush").await["results"].as_array().unwrap().len() != 1 {
+        assert!(Instant::now() < deadline, "ben never finds the message");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let found = get_json(&b2, &tc, "/v1/search?q=hush").await;
+    assert_eq!(found["results"].as_array().unwrap().len(), 0, "{found}");
+
+    // ann makes ben a moderator and invites cy, who joins on the third node.
+    acked(&mut a, json!({"type": "room_action", "room": "secret", "id": "r1", "action": "set_role", "user": "ben", "role": "moderator"})).await;
+    acked(&mut a, json!({"type": "room_action", "room": "secret", "id": "i2", "action": "invite", "user": "cy"})).await;
+    let mut cy = connect(&b3, &tc).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        send(&mut cy, json!({"type": "join", "room": "secret", "req": "j"})).await;
+        let f = next(&mut cy, 10).await.unwrap();
+        if f["type"] == "joined" {
+            break;
+        }
+        assert!(f["code"] == "forbidden" && Instant::now() < deadline, "{f}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let details = get_json(&b3, &tc, "/v1/rooms/secret").await;
+    let roles: Vec<(String, String)> =
+        details["members"].as_array().unwrap().iter().map(|m| (m["name"].as_str().unwrap().into(), m["role"].as_str().unwrap().into())).collect();
+    assert!(roles.contains(&("ben".into(), "moderator".into())) && roles.contains(&("cy".into(), "member".into())), "{details}");
+    assert_eq!((details["member_count"].clone(), details["role"].clone()), (json!(3), json!("member")), "{details}");
+
+    // A member may not moderate; a moderator may not act on the owner.
+    let e = answer(&mut cy, json!({"type": "room_action", "room": "secret", "id": "c0", "action": "kick", "user": "ben"})).await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let e = answer(&mut b, json!({"type": "room_action", "room": "secret", "id": "b1", "action": "kick", "user": "ann"})).await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let e = answer(&mut b, json!({"type": "room_action", "room": "secret", "id": "b2", "action": "set_visibility", "visibility": "public"})).await;
+    assert_eq!(e["code"], "forbidden", "only the owner sets the visibility: {e}");
+
+    // Muted, cy cannot post; unmuted, cy can. A moderator deletes cy's message.
+    acked(&mut b, json!({"type": "room_action", "room": "secret", "id": "b3", "action": "mute", "user": "cy", "secs": 600})).await;
+    // The mute was applied before the send, whichever node takes it.
+    let e = answer(&mut cy, json!({"type": "send", "room": "secret", "id": "c1", "text": "let me talk"})).await;
+    assert_eq!(e["code"], "forbidden", "cy posted while muted: {e}");
+    acked(&mut b, json!({"type": "room_action", "room": "secret", "id": "b4", "action": "unmute", "user": "cy"})).await;
+    let spam = acked(&mut cy, json!({"type": "send", "room": "secret", "id": "c2", "text": "buy cheap watches"})).await;
+    acked(&mut b, json!({"type": "delete", "room": "secret", "id": "b5", "target": spam})).await;
+    let entries = history(&b3, &tc, "secret").await;
+    assert_eq!(by_seq(&entries, spam)["deleted"], true);
+
+    // Kicked, cy's connection gets the kick, then `removed`, then nothing of
+    // the room; cy can no longer read it, nor join again uninvited.
+    let kick = acked(&mut b, json!({"type": "room_action", "room": "secret", "id": "b6", "action": "kick", "user": "cy"})).await;
+    // Entries before the kick may still arrive first, in order.
+    let f = loop {
+        let f = hears_of(&mut cy, "secret", 10_000).await.expect("the kick");
+        if f["seq"].as_u64() >= Some(kick) || f["type"] == "removed" {
+            break f;
+        }
+    };
+    assert_eq!((f["type"].clone(), f["action"].clone(), f["seq"].as_u64()), (json!("room_action"), json!("kick"), Some(kick)), "{f}");
+    assert_eq!(hears_of(&mut cy, "secret", 5_000).await.map(|f| f["type"].clone()), Some(json!("removed")));
+    acked(&mut a, json!({"type": "send", "room": "secret", "id": "a2", "text": "now it is just us"})).await;
+    assert_eq!(hears_of(&mut cy, "secret", 1_000).await, None, "a kicked connection hears nothing more");
+    assert_eq!(get(&b3, &tc, "/v1/rooms/secret/messages?consistency=linearizable").await.status(), 403);
+    let e = answer(&mut cy, json!({"type": "send", "room": "secret", "id": "c4", "text": "hello?"})).await;
+    assert_eq!(e["code"], "not_member", "{e}");
+    send(&mut cy, json!({"type": "join", "room": "secret", "req": "j2"})).await;
+    assert_eq!(next_of(&mut cy, "error").await["code"], "forbidden");
+
+    // Banned, cy cannot be invited back until unbanned.
+    acked(&mut b, json!({"type": "room_action", "room": "secret", "id": "b7", "action": "ban", "user": "cy"})).await;
+    let e = answer(&mut b, json!({"type": "room_action", "room": "secret", "id": "b8", "action": "invite", "user": "cy"})).await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    acked(&mut b, json!({"type": "room_action", "room": "secret", "id": "b9", "action": "unban", "user": "cy"})).await;
+    acked(&mut b, json!({"type": "room_action", "room": "secret", "id": "b10", "action": "invite", "user": "cy"})).await;
+
+    // The topic and the visibility change for every node; the directory finds
+    // the room by its title, case aside.
+    acked(&mut b, json!({"type": "room_action", "room": "secret", "id": "b11", "action": "set_topic", "topic": "launch day"})).await;
+    acked(&mut a, json!({"type": "room_action", "room": "secret", "id": "a3", "action": "set_visibility", "visibility": "public"})).await;
+    assert_eq!(post_json(&b3, &tc, "/v1/rooms", json!({"name": "garden", "title": "Plants"})).await.0, 201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dir = get_json(&b3, &tc, "/v1/rooms?q=PLANS").await;
+        let names: Vec<&str> = dir.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        if names == ["secret"] {
+            let row = &dir[0];
+            assert_eq!((row["topic"].clone(), row["visibility"].clone()), (json!("launch day"), json!("public")), "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "directory: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_json(&b3, &tc, "/v1/rooms?q=plant").await[0]["name"], "garden");
+    let entries = history(&b3, &tc, "secret").await;
+    let actions: Vec<&str> = entries.iter().filter(|e| e["type"] == "room_action").map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["invite", "set_role", "invite", "mute", "unmute", "kick", "ban", "unban", "invite", "set_topic", "set_visibility"]);
+    assert_eq!(get(&b3, &tc, "/v1/rooms/nowhere").await.status(), 404);
     c.shutdown().await;
 }

@@ -13,6 +13,7 @@ use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::format;
 use crate::lifecycle::{self, Change, Kind};
+use crate::rooms::{RoomAction, Visibility};
 pub use crate::mem::{MemTables, StateDigest};
 
 /// How long a `(user, client id)` pair is remembered for deduplication, in the
@@ -56,6 +57,8 @@ impl std::fmt::Display for Command {
             }
             Event::ReadMarked { room, user, seq } => write!(f, "read-marked({room}, {user}, {seq})"),
             Event::PasswordChanged { user, .. } => write!(f, "password-changed({user})"),
+            Event::RoomCreated { room, owner, visibility, .. } => write!(f, "room-created({room}, {owner}, {visibility:?})"),
+            Event::RoomActed { room, from, action, .. } => write!(f, "room-acted({room}, {from}, {action:?})"),
         }
     }
 }
@@ -101,6 +104,11 @@ pub enum Event {
     /// `user`'s password hash is replaced, and every session token of the
     /// user issued before this is refused, as with [`Event::SessionsRevoked`].
     PasswordChanged { user: String, password_hash: String },
+    /// `owner` creates `room` with this visibility and becomes its owner and
+    /// first member ([`crate::rooms`]).
+    RoomCreated { room: String, owner: String, visibility: Visibility, title: String, topic: String },
+    /// A member changes the room's access or settings: an entry of the room.
+    RoomActed { room: String, from: String, client_id: String, action: RoomAction },
 }
 
 impl Event {
@@ -118,7 +126,9 @@ impl Event {
             | Event::MessageDeleted { .. }
             | Event::ReactionChanged { .. }
             | Event::ReadMarked { .. }
-            | Event::PasswordChanged { .. } => true,
+            | Event::PasswordChanged { .. }
+            | Event::RoomCreated { .. }
+            | Event::RoomActed { .. } => true,
             Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } | Event::SigningKeyRotated { .. } => false,
         }
     }
@@ -140,6 +150,7 @@ impl Event {
             | Event::ReactionChanged { .. }
             | Event::ReadMarked { .. }
             | Event::PasswordChanged { .. } => 4,
+            Event::RoomCreated { .. } | Event::RoomActed { .. } => crate::rooms::LEVEL,
         }
     }
 
@@ -153,6 +164,7 @@ impl Event {
                 | Event::MessageEdited { .. }
                 | Event::MessageDeleted { .. }
                 | Event::ReactionChanged { .. }
+                | Event::RoomActed { .. }
         )
     }
 }
@@ -187,6 +199,8 @@ pub enum Outcome {
     NoSuchMessage,
     /// The user's read marker in the room after the command.
     Marked { seq: u64 },
+    /// The user a room action names is not registered.
+    NoSuchUser,
 }
 
 /// A stored room entry, as history and delivery serve it: a message, or a
@@ -225,7 +239,8 @@ pub enum Table {
     Meta,
     Users,
     Rooms,
-    /// (room, user) → ().
+    /// (room, user) → empty, or from level 5 a [`crate::rooms::MemberRecord`]
+    /// (a role, a mute).
     Members,
     /// (room, seq) → [`Message`], in [`lifecycle::encode_entry`]'s layout.
     Messages,
@@ -238,10 +253,14 @@ pub enum Table {
     Threads,
     /// (user, room) → the seq the user has read up to ([`crate::markers`]).
     Markers,
+    /// room → [`crate::rooms::RoomInfo`]: owner, visibility, title, topic.
+    RoomInfo,
+    /// (room, user) → [`crate::rooms::AccessRecord`]: invitations and bans.
+    Access,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 11] = [
         Table::Meta,
         Table::Users,
         Table::Rooms,
@@ -251,6 +270,8 @@ impl Table {
         Table::DedupExpiry,
         Table::Threads,
         Table::Markers,
+        Table::RoomInfo,
+        Table::Access,
     ];
 
     /// The column family name; also the table's tag in a snapshot stream.
@@ -265,6 +286,8 @@ impl Table {
             Table::DedupExpiry => "dedup_expiry",
             Table::Threads => "threads",
             Table::Markers => "read_markers",
+            Table::RoomInfo => "room_info",
+            Table::Access => "room_access",
         }
     }
 
@@ -449,7 +472,7 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
     match &cmd.event {
         Event::ClusterFormed { cluster_id, signing_key } => form_cluster(t, cluster_id, signing_key),
         Event::UserRegistered { name, password_hash } => register(t, name, password_hash),
-        Event::RoomJoined { room, user } => join(t, room, user),
+        Event::RoomJoined { room, user } => join(t, now, room, user),
         Event::RoomLeft { room, user } => leave(t, room, user),
         Event::MessagePosted { room, from, client_id, text } => post(t, now, room, from, client_id, text),
         Event::FeatureLevelRaised { level } => raise_level(t, *level),
@@ -465,6 +488,8 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
         }
         Event::ReadMarked { room, user, seq } => crate::markers::mark(t, room, user, *seq),
         Event::PasswordChanged { user, password_hash } => crate::sessions::change_password(t, user, password_hash),
+        Event::RoomCreated { room, owner, visibility, title, topic } => crate::rooms::create(t, room, owner, *visibility, title, topic),
+        Event::RoomActed { room, from, client_id, action } => crate::rooms::act(t, now, room, from, client_id, action),
     }
 }
 
@@ -490,9 +515,13 @@ fn register(t: &mut impl Tables, name: &str, password_hash: &str) -> Result<Appl
 }
 
 /// Idempotent; a DM room has no stored membership, so it cannot be joined.
-fn join(t: &mut impl Tables, name: &str, user: &str) -> Result<Applied, StoreError> {
+/// From level 5 rooms have owners and access ([`crate::rooms::join`]).
+fn join(t: &mut impl Tables, now: u64, name: &str, user: &str) -> Result<Applied, StoreError> {
     if !well_formed(&[name, user]) || dm_participants(name).is_some() {
         return Ok(rejected("malformed room or user name"));
+    }
+    if feature_level(t)? >= crate::rooms::LEVEL {
+        return crate::rooms::join(t, now, name, user);
     }
     let existing = room(t, name)?;
     if existing.is_none() {
@@ -527,6 +556,9 @@ fn leave(t: &mut impl Tables, name: &str, user: &str) -> Result<Applied, StoreEr
 fn post(t: &mut impl Tables, now: u64, name: &str, from: &str, client_id: &str, text: &str) -> Result<Applied, StoreError> {
     if let Err(done) = admit(t, name, from, client_id)? {
         return Ok(done);
+    }
+    if let Err(muted) = crate::rooms::may_speak(t, now, name, from)? {
+        return Ok(muted);
     }
     append(t, now, name, from, client_id, text, Kind::default())
 }

@@ -15,6 +15,7 @@
 //! | 2 | entries and snapshots say their level; the `FeatureLevelRaised` event |
 //! | 3 | `SigningKeyRotated` and `SessionsRevoked`: versioned token keys and revocation ([`crate::sessions`]) |
 //! | 4 | `ReplyPosted`, `MessageEdited`, `MessageDeleted` and `ReactionChanged`: replies, threads, edits, deletes and reactions as room entries ([`crate::lifecycle`]); `ReadMarked`: read markers ([`crate::markers`]) |
+//! | 5 | `RoomCreated` and `RoomActed`: rooms with owners, visibility, roles, invitations, kicks, bans, mutes, topics and titles ([`crate::rooms`]); a join may be refused |
 //!
 //! A level only goes up. A binary that reads level N also reads every level
 //! below it, so a cluster is upgraded one binary at a time and then raised.
@@ -24,7 +25,7 @@
 pub const LEGACY: u32 = 1;
 
 /// The newest level this binary reads and writes.
-pub const CURRENT: u32 = 4;
+pub const CURRENT: u32 = 5;
 
 /// Why a level cannot be read, for an error that tells the operator what to do.
 pub fn unsupported(what: &str, level: u32) -> String {

@@ -11,6 +11,9 @@
 //!   ([`StateMachine`]), with read access for history and membership queries.
 //! - [`read`]: [`ChatRead`], the chat queries (history, members, rooms…)
 //!   written once over a ranged scan, for RocksDB and for `MemTables`.
+//! - [`lifecycle`]: replies, threads, edits, deletes and reactions as room
+//!   entries; [`markers`]: read markers and unread counts; [`rooms`]: owners,
+//!   visibility, roles, invitations, bans and mutes; [`quota`]: rooms per user.
 //! - [`sessions`]: the versioned token-signing keys and each user's session
 //!   epoch (rotation and revocation).
 //! - [`token`]: the session token format, issued and verified under those keys.
@@ -38,6 +41,7 @@ pub mod mem;
 #[cfg(feature = "rocksdb")]
 pub mod log_store;
 pub mod quota;
+pub mod rooms;
 pub mod read;
 pub mod sessions;
 pub mod token;

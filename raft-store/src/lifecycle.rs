@@ -52,6 +52,9 @@ pub enum Kind {
     Delete { target: u64 },
     /// The sender added (or removed) `emoji` on `target`.
     Reaction { target: u64, emoji: String, added: bool },
+    /// A member changed the room's access or settings (level 5,
+    /// [`crate::rooms`]).
+    Room(crate::rooms::RoomAction),
 }
 
 impl Default for Kind {
@@ -64,7 +67,7 @@ impl Kind {
     /// The post this entry changes, unless it is a post itself.
     pub fn target(&self) -> Option<u64> {
         match self {
-            Kind::Post(_) => None,
+            Kind::Post(_) | Kind::Room(_) => None,
             Kind::Edit { target } | Kind::Delete { target } | Kind::Reaction { target, .. } => Some(*target),
         }
     }
@@ -184,6 +187,9 @@ pub(crate) fn reply(t: &mut impl Tables, now: u64, room: &str, from: &str, clien
     if let Err(done) = chat::admit(t, room, from, client_id)? {
         return Ok(done);
     }
+    if let Err(muted) = crate::rooms::may_speak(t, now, room, from)? {
+        return Ok(muted);
+    }
     let root = match live_post(t, room, reply_to)? {
         Ok((target, state)) => state.thread.unwrap_or(target.seq),
         Err(no) => return Ok(no),
@@ -199,11 +205,17 @@ pub(crate) fn reply(t: &mut impl Tables, now: u64, room: &str, from: &str, clien
 /// Applies an edit, delete or reaction by `from` to the post `target`: a new
 /// entry with the room's next seq, and the post rewritten to match.
 ///
-/// Only the author edits or deletes; any member reacts. A deleted or missing
-/// post is [`Outcome::NoSuchMessage`].
+/// Only the author edits; the author or (from level 5) a room moderator or owner
+/// deletes; any member not muted reacts. A deleted or missing post is
+/// [`Outcome::NoSuchMessage`].
 pub(crate) fn change(t: &mut impl Tables, now: u64, room: &str, from: &str, client_id: &str, target: u64, change: Change<'_>) -> Result<Applied, StoreError> {
     if let Err(done) = chat::admit(t, room, from, client_id)? {
         return Ok(done);
+    }
+    if !matches!(change, Change::Delete) {
+        if let Err(muted) = crate::rooms::may_speak(t, now, room, from)? {
+            return Ok(muted);
+        }
     }
     let (mut post, mut state) = match live_post(t, room, target)? {
         Ok(found) => found,
@@ -211,7 +223,10 @@ pub(crate) fn change(t: &mut impl Tables, now: u64, room: &str, from: &str, clie
     };
     let by_author = post.from == from;
     let (kind, text) = match change {
-        Change::Edit { .. } | Change::Delete if !by_author => return Ok(forbidden("only its author may change a message")),
+        Change::Edit { .. } if !by_author => return Ok(forbidden("only its author may edit a message")),
+        Change::Delete if !by_author && !crate::rooms::moderates(t, room, from)? => {
+            return Ok(forbidden("only its author or a moderator may delete a message"))
+        }
         Change::Edit { .. } if state.edits.len() >= MAX_EDITS => return Ok(chat::rejected("too many edits of one message")),
         Change::Edit { text } => (Kind::Edit { target }, text),
         Change::Delete => (Kind::Delete { target }, ""),
@@ -231,7 +246,7 @@ pub(crate) fn change(t: &mut impl Tables, now: u64, room: &str, from: &str, clie
         }
         Kind::Delete { .. } => redact(t, &mut post, &mut state)?,
         Kind::Reaction { emoji, added, .. } => react(&mut state, emoji, from, added),
-        Kind::Post(_) => {}
+        Kind::Post(_) | Kind::Room(_) => {}
     }
     post.kind = Kind::Post(state);
     put_entry(t, &post)?;

@@ -184,7 +184,7 @@ pub trait ChatRead: TablesRead + Send + Sync {
 
 /// The first key after every key that starts with `prefix`, or `None` if
 /// there is none (the prefix is all 0xFF).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xFF {

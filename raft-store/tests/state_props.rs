@@ -15,6 +15,7 @@ use openraft::{Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use proptest::prelude::*;
 use raft_store::chat::{self, Command, Event, MemTables};
 use raft_store::lifecycle::Kind;
+use raft_store::rooms::{self, Role, RoomAction, Visibility};
 use raft_store::{StateMachine, TypeConfig};
 
 fn name() -> impl Strategy<Value = String> {
@@ -37,6 +38,36 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(room, from, id, text)| Event::MessagePosted { room, from, client_id: id.to_string(), text }),
         2 => lifecycle_event(),
         1 => (room(), name(), 0u64..12).prop_map(|(room, user, seq)| Event::ReadMarked { room, user, seq }),
+        1 => Just(Event::FeatureLevelRaised { level: rooms::LEVEL }),
+        3 => room_event(),
+    ]
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop::sample::select(vec![Role::Member, Role::Moderator, Role::Owner])
+}
+
+/// Level-5 events: rooms created with a visibility, and every room action.
+/// Topics and titles are upper case, so no message text is ever among them.
+fn room_event() -> impl Strategy<Value = Event> {
+    let visibility = || prop::sample::select(vec![Visibility::Public, Visibility::Private]);
+    let lasting = || prop_oneof![Just(None), (1u64..10_000).prop_map(Some)];
+    let action = prop_oneof![
+        2 => name().prop_map(|user| RoomAction::Invite { user }),
+        1 => name().prop_map(|user| RoomAction::Kick { user }),
+        1 => (name(), lasting()).prop_map(|(user, for_ms)| RoomAction::Ban { user, for_ms }),
+        1 => name().prop_map(|user| RoomAction::Unban { user }),
+        1 => (name(), lasting()).prop_map(|(user, for_ms)| RoomAction::Mute { user, for_ms }),
+        1 => name().prop_map(|user| RoomAction::Unmute { user }),
+        2 => (name(), role()).prop_map(|(user, role)| RoomAction::SetRole { user, role }),
+        1 => "[A-Z]{0,6}".prop_map(|topic| RoomAction::SetTopic { topic }),
+        1 => "[A-Z]{0,6}".prop_map(|title| RoomAction::SetTitle { title }),
+        1 => visibility().prop_map(|visibility| RoomAction::SetVisibility { visibility }),
+    ];
+    prop_oneof![
+        1 => (room(), name(), visibility(), "[A-Z]{0,4}")
+            .prop_map(|(room, owner, visibility, title)| Event::RoomCreated { room, owner, visibility, title, topic: String::new() }),
+        4 => (room(), name(), 40u8..60, action).prop_map(|(room, from, id, action)| Event::RoomActed { room, from, client_id: id.to_string(), action }),
     ]
 }
 
@@ -250,6 +281,79 @@ proptest! {
             let got: Vec<(String, String)> = state.reactions.iter().flat_map(|(e, us)| us.iter().map(move |u| (e.clone(), u.clone()))).collect();
             let expected: Vec<(String, String)> = reactions.iter().filter(|(_, added)| **added).map(|(k, _)| k.clone()).collect();
             prop_assert_eq!(got, expected);
+        }
+    }
+}
+
+/// The cluster clock after `cmd` applies, as `apply` computes it.
+fn clock_after(t: &MemTables, cmd: &Command) -> u64 {
+    chat::clock(t).unwrap().max(cmd.ts_ms)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Rooms with owners keep to their rules whatever the order of events:
+    /// one owner, who is the room's recorded owner; nobody banned is a
+    /// member; a private room is joined only by its owner or an invitee; a
+    /// muted member's posts are refused; only a moderator deletes another's
+    /// message; kicks and bans end a membership; member counts are true.
+    #[test]
+    fn rooms_keep_their_owners_bans_mutes_and_invitations(cmds in commands()) {
+        // Level-5 rules: the gate at propose keeps RoomCreated and RoomActed
+        // from ever reaching a cluster below it.
+        let mut t = MemTables::default();
+        chat::apply(&mut t, &Command { ts_ms: 1, event: Event::FeatureLevelRaised { level: rooms::LEVEL } }).unwrap();
+        for c in &cmds {
+            let before = t.clone();
+            let now = clock_after(&before, c);
+            let outcome = chat::apply(&mut t, c).unwrap().outcome;
+            let posted = matches!(outcome, chat::Outcome::Posted { duplicate: false, .. });
+            match &c.event {
+                Event::RoomJoined { room, user } if matches!(outcome, chat::Outcome::Joined { .. }) => {
+                    if let Some(info) = rooms::info(&before, room).unwrap() {
+                        let was_member = chat::is_member(&before, room, user).unwrap();
+                        let acc = rooms::access(&before, room, user).unwrap();
+                        prop_assert!(was_member || !acc.banned(now), "{user} joined {room} while banned");
+                        if info.visibility == Visibility::Private {
+                            prop_assert!(was_member || acc.invited || info.owner == *user, "{user} joined private {room} uninvited");
+                        }
+                    }
+                }
+                Event::MessagePosted { room, from, .. } | Event::ReplyPosted { room, from, .. } if posted => {
+                    let muted = rooms::member(&before, room, from).unwrap().is_some_and(|m| m.muted(now));
+                    prop_assert!(!muted, "{from} posted to {room} while muted");
+                }
+                Event::MessageDeleted { room, from, target, .. } if posted => {
+                    let author = t.entry(room, *target).unwrap().map(|m| m.from);
+                    if author.as_deref() != Some(from.as_str()) {
+                        prop_assert!(rooms::member(&before, room, from).unwrap().is_some_and(|m| m.role >= Role::Moderator));
+                    }
+                }
+                Event::RoomActed { room, action, .. } if posted => {
+                    if let Some(user) = action.removes() {
+                        prop_assert!(!chat::is_member(&t, room, user).unwrap(), "{user} still in {room} after {action:?}");
+                    }
+                }
+                _ => {}
+            }
+            for (name, record) in t.rooms().unwrap() {
+                if chat::dm_participants(&name).is_some() {
+                    continue;
+                }
+                let members = rooms::members(&t, &name).unwrap();
+                prop_assert_eq!(record.members, members.len() as u64, "member count of {}", name);
+                let owners: Vec<&String> = members.iter().filter(|(_, m)| m.role == Role::Owner).map(|(u, _)| u).collect();
+                match rooms::info(&t, &name).unwrap() {
+                    Some(info) => {
+                        prop_assert!(owners.len() <= 1 && owners.iter().all(|o| **o == info.owner), "owners {owners:?} of {name}, recorded {}", info.owner);
+                        for (user, _) in &members {
+                            prop_assert!(!rooms::access(&t, &name, user).unwrap().banned(now), "{user} is banned from {name} and a member");
+                        }
+                    }
+                    None => prop_assert!(owners.is_empty() && members.iter().all(|(_, m)| *m == rooms::MemberRecord::default())),
+                }
+            }
         }
     }
 }

@@ -231,7 +231,7 @@ impl SearchIndex {
             Kind::Post(_) => {}
             Kind::Edit { target } => replace(w, *target, &m.text),
             Kind::Delete { target } => replace(w, *target, ""),
-            Kind::Reaction { .. } => {}
+            Kind::Reaction { .. } | Kind::Room(_) => {}
         }
         w.positions.insert(m.room.clone(), m.seq);
         w.pending += 1;

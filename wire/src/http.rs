@@ -50,6 +50,76 @@ pub struct RoomSummary {
     /// The caller's read state (from level 4; for rooms the caller belongs to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<crate::UnreadCounts>,
+    /// From level 5, for rooms made since: who may see, join and read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<crate::Visibility>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The caller's role, if a member of a room made since level 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::Role>,
+    /// The caller holds an invitation to this (private) room.
+    #[serde(default, skip_serializing_if = "crate::is_false")]
+    pub invited: bool,
+}
+
+/// `POST /v1/rooms` (level 5): create `name` with the caller as its owner
+/// and first member. → 201 [`RoomDetails`]; 409 `name_taken` if it exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRoom {
+    pub name: String,
+    /// `public` when absent.
+    #[serde(default)]
+    pub visibility: crate::Visibility,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub topic: String,
+}
+
+/// One member of a room as `GET /v1/rooms/{room}` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMember {
+    pub name: String,
+    pub role: crate::Role,
+    /// Muted until this (ms since the epoch); absent if not muted. A mute
+    /// with no end reads as 18446744073709551615.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<u64>,
+}
+
+/// `GET /v1/rooms/{room}` → 200: a room the caller may read, its settings
+/// and its first [`MEMBERS_LISTED`] members by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomDetails {
+    pub name: String,
+    pub visibility: crate::Visibility,
+    /// Absent for a room made before level 5 (it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub title: String,
+    pub topic: String,
+    pub last_seq: u64,
+    /// How many members the room has.
+    pub member_count: u64,
+    pub members: Vec<RoomMember>,
+    /// The caller's role, if a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::Role>,
+}
+
+/// The most members [`RoomDetails`] lists.
+pub const MEMBERS_LISTED: usize = 1000;
+
+/// `POST /v1/rooms/{room}/actions` (level 5): a [`crate::RoomAction`] with a
+/// client id, as the `room_action` frame carries it. → 200 [`Posted`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostRoomAction {
+    pub id: Id,
+    #[serde(flatten)]
+    pub action: crate::RoomAction,
 }
 
 /// The query of `GET /v1/rooms`: a page of rooms by name. Without `after`,
@@ -61,6 +131,9 @@ pub struct RoomsQuery {
     pub after: Option<String>,
     /// At most 1000; 1000 when absent.
     pub limit: Option<u64>,
+    /// Only rooms whose name or title holds this text (case-insensitive):
+    /// the room directory's search.
+    pub q: Option<String>,
 }
 
 /// The query of `GET /v1/rooms/{room}/messages`, and the fields of a

@@ -180,6 +180,85 @@ pub enum ClientFrame {
     /// user's devices on every node, moves there unless it is already
     /// further. Answered by [`ServerFrame::Marked`].
     Read { room: String, seq: u64 },
+    /// Change the room's access or settings (level 5): invite, kick, ban,
+    /// mute, a role, the topic, title or visibility, named by `action`. An
+    /// entry of the room, acked like `send` and deduplicated by `id`.
+    RoomAction {
+        room: String,
+        id: Id,
+        #[serde(flatten)]
+        action: RoomAction,
+    },
+}
+
+/// A member's role in a room (level 5): what they may do there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Member,
+    /// Invites, kicks, bans, mutes, sets the topic and title, deletes others'
+    /// messages.
+    Moderator,
+    /// As a moderator, and sets roles and the visibility; one per room.
+    Owner,
+}
+
+/// Who may see, join and read a room (level 5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Listed to everyone; anyone may join and read (every room before level 5).
+    #[default]
+    Public,
+    /// Listed to members and invitees; joined by invitation; read by members.
+    Private,
+}
+
+/// A change to a room's access or settings, tagged by `action`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum RoomAction {
+    /// `user` may join the private room, once.
+    Invite { user: String },
+    /// `user`'s membership ends; they may join again.
+    Kick { user: String },
+    /// `user`'s membership ends and they may not join for `secs` seconds
+    /// (without `secs`, until unbanned).
+    Ban {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secs: Option<u64>,
+    },
+    Unban { user: String },
+    /// `user` may not post, reply, edit or react for `secs` seconds (without
+    /// `secs`, until unmuted).
+    Mute {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secs: Option<u64>,
+    },
+    Unmute { user: String },
+    /// `user`'s role becomes `role`; `owner` hands the room on.
+    SetRole { user: String, role: Role },
+    SetTopic { topic: String },
+    SetTitle { title: String },
+    SetVisibility { visibility: Visibility },
+}
+
+/// A room action as stored: an entry of the room with its own seq, live (a
+/// `room_action` frame) or from history. `until` is when a ban or mute with
+/// `secs` ends (ms since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomChange {
+    pub room: String,
+    pub seq: u64,
+    pub id: String,
+    pub from: String,
+    pub ts: u64,
+    #[serde(flatten)]
+    pub action: RoomAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
 }
 
 /// A client frame that could not be read, with what the error frame echoes.
@@ -259,7 +338,7 @@ impl Message {
     }
 }
 
-fn is_false(b: &bool) -> bool {
+pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 
@@ -328,6 +407,12 @@ pub enum ServerFrame {
     Delete(Delete),
     /// A reaction was added or taken back.
     Reaction(Reaction),
+    /// A room's access or settings changed (level 5).
+    RoomAction(RoomChange),
+    /// This connection gets nothing more of `room`: its user was kicked or
+    /// banned (the `room_action` entry saying so comes first when the
+    /// connection was live in the room).
+    Removed { room: String },
     /// The answer to `join`: the room's last seq, and which members are online.
     /// From level 4 also the user's read marker and the unread messages and
     /// mentions after it.
@@ -423,6 +508,7 @@ pub enum HistoryEntry {
     Edit(Edit),
     Delete(Delete),
     Reaction(Reaction),
+    RoomAction(RoomChange),
 }
 
 impl HistoryEntry {
@@ -432,6 +518,7 @@ impl HistoryEntry {
             HistoryEntry::Edit(e) => e.seq,
             HistoryEntry::Delete(d) => d.seq,
             HistoryEntry::Reaction(r) => r.seq,
+            HistoryEntry::RoomAction(c) => c.seq,
         }
     }
 
@@ -441,6 +528,7 @@ impl HistoryEntry {
             HistoryEntry::Edit(e) => &e.room,
             HistoryEntry::Delete(d) => &d.room,
             HistoryEntry::Reaction(r) => &r.room,
+            HistoryEntry::RoomAction(c) => &c.room,
         }
     }
 
@@ -459,6 +547,7 @@ impl HistoryEntry {
             HistoryEntry::Edit(e) => ServerFrame::Edit(e),
             HistoryEntry::Delete(d) => ServerFrame::Delete(d),
             HistoryEntry::Reaction(r) => ServerFrame::Reaction(r),
+            HistoryEntry::RoomAction(c) => ServerFrame::RoomAction(c),
         }
     }
 }
@@ -477,6 +566,7 @@ impl ServerFrame {
             ServerFrame::Edit(e) => Some(HistoryEntry::Edit(e)),
             ServerFrame::Delete(d) => Some(HistoryEntry::Delete(d)),
             ServerFrame::Reaction(r) => Some(HistoryEntry::Reaction(r)),
+            ServerFrame::RoomAction(c) => Some(HistoryEntry::RoomAction(c)),
             _ => None,
         }
     }

@@ -44,6 +44,21 @@ fn every_client_frame_parses_with_its_req() {
         ),
         (json!({"type": "typing", "room": "r", "req": {"not": "an id"}}), ClientFrame::Typing { room: "r".into() }, None),
         (json!({"type": "read", "room": "r", "seq": 9}), ClientFrame::Read { room: "r".into(), seq: 9 }, None),
+        (
+            json!({"type": "room_action", "room": "r", "id": "k", "action": "ban", "user": "eve", "secs": 60, "req": 3}),
+            ClientFrame::RoomAction { room: "r".into(), id: Id::from("k"), action: RoomAction::Ban { user: "eve".into(), secs: Some(60) } },
+            Some(Id::from(3)),
+        ),
+        (
+            json!({"type": "room_action", "room": "r", "id": 4, "action": "set_role", "user": "mo", "role": "moderator"}),
+            ClientFrame::RoomAction { room: "r".into(), id: Id::from(4), action: RoomAction::SetRole { user: "mo".into(), role: Role::Moderator } },
+            None,
+        ),
+        (
+            json!({"type": "room_action", "room": "r", "id": 5, "action": "set_visibility", "visibility": "private"}),
+            ClientFrame::RoomAction { room: "r".into(), id: Id::from(5), action: RoomAction::SetVisibility { visibility: Visibility::Private } },
+            None,
+        ),
     ];
     for (frame, want, want_req) in cases {
         let (got, req) = ClientFrame::parse(&frame.to_string()).unwrap();
@@ -202,4 +217,27 @@ fn lifecycle_frames_are_written_and_read_as_protocol_shows_them() {
         assert_eq!(ServerFrame::parse(&frame.to_text()).unwrap().entry(), Some(e));
     }
     assert!(value(&ServerFrame::Delete(delete).to_text()).get("text").is_none());
+}
+
+#[test]
+fn room_actions_are_entries_flat_under_their_action() {
+    let c = RoomChange {
+        room: "r".into(),
+        seq: 8,
+        id: "m".into(),
+        from: "ann".into(),
+        ts: 20,
+        action: RoomAction::Mute { user: "eve".into(), secs: Some(5) },
+        until: Some(5_020),
+    };
+    let frame = ServerFrame::RoomAction(c.clone());
+    assert_eq!(
+        value(&frame.to_text()),
+        json!({"type": "room_action", "room": "r", "seq": 8, "id": "m", "from": "ann", "ts": 20, "action": "mute", "user": "eve", "secs": 5, "until": 5020})
+    );
+    assert_eq!(ServerFrame::parse(&frame.to_text()).unwrap().entry(), Some(HistoryEntry::RoomAction(c)));
+    let topic = json!({"type": "room_action", "room": "r", "seq": 9, "id": "t", "from": "ann", "ts": 21, "action": "set_topic", "topic": "hi"});
+    assert!(matches!(ServerFrame::parse(&topic.to_string()).unwrap(), ServerFrame::RoomAction(RoomChange { action: RoomAction::SetTopic { .. }, until: None, .. })));
+    assert!(ClientFrame::parse(r#"{"type":"room_action","room":"r","id":1,"action":"promote","user":"x"}"#).is_err());
+    assert_eq!(value(&ServerFrame::Removed { room: "r".into() }.to_text()), json!({"type": "removed", "room": "r"}));
 }

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use raft_store::chat::{self, Message};
+use raft_store::lifecycle::Kind;
+use wire::ServerFrame;
 use raft_store::state_machine::Delivery;
 use tokio::sync::broadcast;
 
 use super::registry::Registry;
 use super::schedule::{round_delay, round_phase, wall_micros};
 use super::{text_frame, SESSION_REVOKED};
-use super::window::{Recent, Window};
+use super::window::{Group, Recent, Window};
 use crate::ops::entry_frame_text;
 
 /// Figures the fan-out keeps.
@@ -159,6 +161,31 @@ impl Fanout<'_> {
             }
         };
         w.push(Recent { round: self.round, seq: m.seq, ts: m.ts_ms, frame });
+        if let Kind::Room(action) = &m.kind {
+            if let Some(user) = action.removes() {
+                let groups = w.groups(&m.room);
+                self.remove(&m.room, user, &groups);
+            }
+        }
+    }
+
+    /// `user` was kicked or banned from `room`: each of their connections in
+    /// the room gets what it lacks of the room's recent entries, the kick
+    /// among them and nothing after it, then a `removed` frame, and is out
+    /// of the room.
+    fn remove(&self, room: &str, user: &str, groups: &[Group]) {
+        let removed = text_frame(ServerFrame::Removed { room: room.to_string() }.to_text());
+        for o in self.registry.user(user).iter().flat_map(|list| list.iter()) {
+            if o.cursor(room).is_none() {
+                continue;
+            }
+            for g in groups {
+                o.deliver(g, false);
+            }
+            o.leave_room(room);
+            self.registry.leave(room, o);
+            o.push(removed.clone());
+        }
     }
 
     /// Takes in everything applied since the last look, without waiting.

@@ -186,6 +186,7 @@ impl<B: ChatBackend> Session<B> {
             }
             ClientFrame::Typing { room } => self.typing(room).map_err(no_id),
             ClientFrame::Read { room, seq } => self.mark_read(room, seq, req.clone()).await.map_err(no_id),
+            ClientFrame::RoomAction { room, id, action } => self.send(Target::Room(room), id, Entry::Room(action), req.clone()),
         };
         if let Err((e, id)) = result {
             self.fail(e, id, req);
@@ -287,10 +288,37 @@ impl<B: ChatBackend> Session<B> {
         Ok(())
     }
 
+    /// Whether this user is still a member of `room`; if not (kicked or
+    /// banned while this connection joined or replayed, or in a snapshot this
+    /// node installed), the connection leaves the room with a `removed`
+    /// frame. A kick applied after this check reaches the fan-out, which
+    /// finds the connection registered and removes it.
+    fn still_member(&mut self, room: &str) -> bool {
+        if chat::dm_participants(room).is_some() {
+            return true;
+        }
+        match self.app.backend.reader().is_member(room, &self.user) {
+            Ok(true) => true,
+            Ok(false) => {
+                self.out.leave_room(room);
+                self.app.registry.leave(room, &self.out);
+                self.push(ServerFrame::Removed { room: room.to_string() });
+                false
+            }
+            Err(e) => {
+                self.storage_failed(room, &e);
+                false
+            }
+        }
+    }
+
     /// Sends the stored messages of `room` after its cursor, then makes the
     /// cursor live (see [`crate::fanout`] for why nothing is lost or repeated).
     async fn catch_up(&mut self, room: &str) {
         loop {
+            if !self.still_member(room) {
+                return;
+            }
             let Some(cursor) = self.out.replay_from(room) else { return };
             if cursor.live {
                 return;

@@ -1,6 +1,7 @@
 //! The lines of `chorusctl chat` for what happens to a message after it is
-//! posted: the commands that reply to, edit, delete and react to one, and how
-//! each room entry is shown.
+//! posted: the commands that reply to, edit, delete and react to one, the
+//! room commands (invite, kick, ban, mute, roles, topic…), and how each room
+//! entry is shown.
 
 use wire::{ClientFrame, HistoryEntry, Id};
 
@@ -88,7 +89,78 @@ pub fn describe(e: &HistoryEntry) -> String {
         HistoryEntry::Delete(x) => format!("{} {} deleted #{}", at(&x.room, x.seq), x.from, x.target),
         HistoryEntry::Reaction(x) if x.added => format!("{} {} reacted {} to #{}", at(&x.room, x.seq), x.from, x.emoji, x.target),
         HistoryEntry::Reaction(x) => format!("{} {} took back {} from #{}", at(&x.room, x.seq), x.from, x.emoji, x.target),
+        HistoryEntry::RoomAction(x) => format!("{} {} {}", at(&x.room, x.seq), x.from, room_action(&x.action, x.until)),
     }
+}
+
+/// What a room action did, as the words after who did it.
+pub fn room_action(a: &wire::RoomAction, until: Option<u64>) -> String {
+    use wire::RoomAction as A;
+    let lasting = |secs: &Option<u64>| match (secs, until) {
+        (Some(s), Some(until)) => format!(" for {s}s (until {until} ms)"),
+        (Some(s), None) => format!(" for {s}s"),
+        (None, _) => String::new(),
+    };
+    let role = |r: &wire::Role| match r {
+        wire::Role::Member => "a member",
+        wire::Role::Moderator => "a moderator",
+        wire::Role::Owner => "the owner",
+    };
+    match a {
+        A::Invite { user } => format!("invited {user}"),
+        A::Kick { user } => format!("removed {user}"),
+        A::Ban { user, secs } => format!("banned {user}{}", lasting(secs)),
+        A::Unban { user } => format!("lifted the ban on {user}"),
+        A::Mute { user, secs } => format!("muted {user}{}", lasting(secs)),
+        A::Unmute { user } => format!("unmuted {user}"),
+        A::SetRole { user, role: r } => format!("made {user} {}", role(r)),
+        A::SetTopic { topic } => format!("set the topic: {topic}"),
+        A::SetTitle { title } => format!("set the title: {title}"),
+        A::SetVisibility { visibility: wire::Visibility::Public } => "made the room public".to_string(),
+        A::SetVisibility { visibility: wire::Visibility::Private } => "made the room private".to_string(),
+    }
+}
+
+/// The room commands, for the help line.
+pub const ROOM_USAGE: &str =
+    "/invite USER, /kick USER, /ban USER [SECS], /unban USER, /mute USER [SECS], /unmute USER, /mod USER, /demote USER, /owner USER, /topic TEXT, /title TEXT, /private, /public";
+
+/// Reads a room command (moderation and settings of the current room):
+/// `None` if `line` is none, else the action or the usage it misspells.
+pub fn room_command(line: &str) -> Option<Result<wire::RoomAction, &'static str>> {
+    use wire::RoomAction as A;
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let user = |usage: &'static str| match words.as_slice() {
+        [u] => Ok(u.to_string()),
+        _ => Err(usage),
+    };
+    let user_secs = |usage: &'static str| match words.as_slice() {
+        [u] => Ok((u.to_string(), None)),
+        [u, s] => s.parse::<u64>().map(|s| (u.to_string(), Some(s))).map_err(|_| usage),
+        _ => Err(usage),
+    };
+    let text = |usage: &'static str| if rest.is_empty() { Err(usage) } else { Ok(rest.to_string()) };
+    let role = |role: wire::Role, usage: &'static str| user(usage).map(|user| A::SetRole { user, role });
+    Some(match command {
+        "/invite" => user("/invite USER").map(|user| A::Invite { user }),
+        "/kick" => user("/kick USER").map(|user| A::Kick { user }),
+        "/ban" => user_secs("/ban USER [SECS]").map(|(user, secs)| A::Ban { user, secs }),
+        "/unban" => user("/unban USER").map(|user| A::Unban { user }),
+        "/mute" => user_secs("/mute USER [SECS]").map(|(user, secs)| A::Mute { user, secs }),
+        "/unmute" => user("/unmute USER").map(|user| A::Unmute { user }),
+        "/mod" => role(wire::Role::Moderator, "/mod USER"),
+        "/demote" => role(wire::Role::Member, "/demote USER"),
+        "/owner" => role(wire::Role::Owner, "/owner USER"),
+        "/topic" => text("/topic TEXT").map(|topic| A::SetTopic { topic }),
+        "/title" => text("/title TEXT").map(|title| A::SetTitle { title }),
+        "/private" if rest.is_empty() => Ok(A::SetVisibility { visibility: wire::Visibility::Private }),
+        "/public" if rest.is_empty() => Ok(A::SetVisibility { visibility: wire::Visibility::Public }),
+        "/private" => Err("/private"),
+        "/public" => Err("/public"),
+        _ => return None,
+    })
 }
 
 /// A room's read state as `joined` shows it: `, 3 unread, 1 mentioning you`.
@@ -120,6 +192,23 @@ mod tests {
         assert_eq!(Typed::parse("hello"), None);
         let frame = Typed::Reply { to: 4, text: "ok".into() }.frame("r".into(), Id::from("c-1"));
         assert_eq!(frame, ClientFrame::Send { room: "r".into(), id: Id::from("c-1"), text: "ok".into(), reply_to: Some(4) });
+    }
+
+    #[test]
+    fn room_commands_parse_into_actions_or_their_usage() {
+        use wire::RoomAction as A;
+        assert_eq!(room_command("/kick bob"), Some(Ok(A::Kick { user: "bob".into() })));
+        assert_eq!(room_command("/ban bob 60"), Some(Ok(A::Ban { user: "bob".into(), secs: Some(60) })));
+        assert_eq!(room_command("/mute bob"), Some(Ok(A::Mute { user: "bob".into(), secs: None })));
+        assert_eq!(room_command("/mod bob"), Some(Ok(A::SetRole { user: "bob".into(), role: wire::Role::Moderator })));
+        assert_eq!(room_command("/topic release  day"), Some(Ok(A::SetTopic { topic: "release  day".into() })));
+        assert_eq!(room_command("/private"), Some(Ok(A::SetVisibility { visibility: wire::Visibility::Private })));
+        assert_eq!(room_command("/ban bob soon"), Some(Err("/ban USER [SECS]")));
+        assert_eq!(room_command("/invite"), Some(Err("/invite USER")));
+        assert_eq!(room_command("/public now"), Some(Err("/public")));
+        assert_eq!(room_command("/who"), None);
+        let change = wire::RoomChange { room: "r".into(), seq: 7, id: "x".into(), from: "ann".into(), ts: 1, action: A::Ban { user: "bob".into(), secs: Some(60) }, until: Some(60_001) };
+        assert_eq!(describe(&HistoryEntry::RoomAction(change)), "[r #7] ann banned bob for 60s (until 60001 ms)");
     }
 
     #[test]
