@@ -244,7 +244,7 @@ impl State {
                 None
             }
             l if l.starts_with('/') => {
-                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, /search TEXT, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
                 None
             }
             text => {
@@ -347,6 +347,31 @@ struct Cluster<'a> {
 }
 
 impl Cluster<'_> {
+    /// `/search TEXT`: the best matches among the rooms this user may read,
+    /// as `url`'s index has them, as lines.
+    async fn search(&self, url: &str, q: &str) -> String {
+        let mut target = match reqwest::Url::parse(&format!("{url}/v1/search")) {
+            Ok(u) => u,
+            Err(e) => return format!("! search: {e}"),
+        };
+        target.query_pairs_mut().append_pair("q", q).append_pair("limit", "20");
+        let answer = match self.http.get(target).bearer_auth(&self.token).send().await {
+            Ok(r) => r,
+            Err(e) => return format!("! search: {e}"),
+        };
+        if !answer.status().is_success() {
+            let status = answer.status();
+            return match answer.json::<wire::http::ErrorBody>().await {
+                Ok(e) => format!("! search: {} ({})", e.message, e.error),
+                Err(_) => format!("! search: {status}"),
+            };
+        }
+        match answer.json::<wire::http::SearchPage>().await {
+            Ok(page) => lines::search_results(&page),
+            Err(e) => format!("! search: {e}"),
+        }
+    }
+
     /// Reads the member list from `url`; keeps the old one if it does not answer.
     async fn refresh(&mut self, url: &str) {
         let Some(view) = get_json::<ClusterView>(&self.http, &format!("{url}/v1/cluster")).await else { return };
@@ -500,6 +525,10 @@ async fn converse(
         let retry_at = state.next_retry();
         tokio::select! {
             line = lines.next_line(), if quit_by.is_none() => match line? {
+                Some(l) if l.trim().starts_with("/search ") => {
+                    let q = l.trim()["/search ".len()..].trim();
+                    println!("{}", cluster.search(url, q).await);
+                }
                 Some(l) if l.trim() != "/quit" => {
                     // A send or dm is kept until acked: one not written now is resent on reconnect.
                     if let Some(f) = state.line(&l) {

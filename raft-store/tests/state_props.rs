@@ -39,6 +39,8 @@ fn event() -> impl Strategy<Value = Event> {
         2 => lifecycle_event(),
         1 => (room(), name(), 0u64..12).prop_map(|(room, user, seq)| Event::ReadMarked { room, user, seq }),
         1 => Just(Event::FeatureLevelRaised { level: rooms::LEVEL }),
+        1 => (name(), "[A-Z]{1,4}").prop_map(|(user, h)| Event::PasswordChanged { user, password_hash: format!("NEW-{h}") }),
+        1 => name().prop_map(|user| Event::SessionsRevoked { user }),
         3 => room_event(),
     ]
 }
@@ -281,6 +283,40 @@ proptest! {
             let got: Vec<(String, String)> = state.reactions.iter().flat_map(|(e, us)| us.iter().map(move |u| (e.clone(), u.clone()))).collect();
             let expected: Vec<(String, String)> = reactions.iter().filter(|(_, added)| **added).map(|(k, _)| k.clone()).collect();
             prop_assert_eq!(got, expected);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A password change of a registered user replaces the hash and raises
+    /// the session epoch by one, as a revocation does; of anyone else it
+    /// changes nothing. Epochs never go down, whatever else applies.
+    #[test]
+    fn password_changes_replace_the_hash_and_revoke(cmds in commands()) {
+        let mut t = MemTables::default();
+        for c in &cmds {
+            let before = t.clone();
+            let epochs = |t: &MemTables| ["ann", "bob", "cy", "dee"].map(|u| raft_store::sessions::session_epoch(t, u).unwrap());
+            let outcome = chat::apply(&mut t, c).unwrap().outcome;
+            let (old, new) = (epochs(&before), epochs(&t));
+            prop_assert!(old.iter().zip(&new).all(|(o, n)| n >= o), "an epoch went down: {old:?} -> {new:?}");
+            if let Event::PasswordChanged { user, password_hash } = &c.event {
+                let epoch = |t: &MemTables| raft_store::sessions::session_epoch(t, user).unwrap();
+                match chat::user(&before, user).unwrap() {
+                    Some(_) => {
+                        prop_assert_eq!(&chat::user(&t, user).unwrap().unwrap().password_hash, password_hash);
+                        prop_assert_eq!(epoch(&t), epoch(&before) + 1);
+                        prop_assert_eq!(outcome, chat::Outcome::Revoked { epoch: epoch(&t) });
+                    }
+                    None => {
+                        prop_assert!(matches!(outcome, chat::Outcome::Rejected { .. }), "{outcome:?}");
+                        prop_assert!(chat::user(&t, user).unwrap().is_none());
+                        prop_assert_eq!(epoch(&t), epoch(&before));
+                    }
+                }
+            }
         }
     }
 }

@@ -121,6 +121,20 @@ pub fn room_action(a: &wire::RoomAction, until: Option<u64>) -> String {
     }
 }
 
+/// A page of search results as lines, best first: `[room #seq] from: text`.
+pub fn search_results(page: &wire::http::SearchPage) -> String {
+    if page.results.is_empty() {
+        return format!("* nothing found for {:?}", page.q);
+    }
+    let more = if page.next_offset.is_some() { "+" } else { "" };
+    let mut out = format!("* {}{more} found for {:?}:", page.results.len(), page.q);
+    for r in &page.results {
+        out.push('\n');
+        out.push_str(&describe(&HistoryEntry::Message(r.message.clone())));
+    }
+    out
+}
+
 /// The room commands, for the help line.
 pub const ROOM_USAGE: &str =
     "/invite USER, /kick USER, /ban USER [SECS], /unban USER, /mute USER [SECS], /unmute USER, /mod USER, /demote USER, /owner USER, /topic TEXT, /title TEXT, /private, /public";
@@ -209,6 +223,15 @@ mod tests {
         assert_eq!(room_command("/who"), None);
         let change = wire::RoomChange { room: "r".into(), seq: 7, id: "x".into(), from: "ann".into(), ts: 1, action: A::Ban { user: "bob".into(), secs: Some(60) }, until: Some(60_001) };
         assert_eq!(describe(&HistoryEntry::RoomAction(change)), "[r #7] ann banned bob for 60s (until 60001 ms)");
+    }
+
+    #[test]
+    fn search_results_read_as_lines() {
+        let hit = |seq, text: &str| wire::http::SearchResult { score: 1.0, message: wire::Message::posted("r", seq, "i", "ann", text, 1) };
+        let page = wire::http::SearchPage { q: "cat".into(), results: vec![hit(3, "a cat"), hit(9, "cats")], next_offset: Some(2) };
+        assert_eq!(search_results(&page), "* 2+ found for \"cat\":\n[r #3] ann: a cat\n[r #9] ann: cats");
+        let none = wire::http::SearchPage { q: "dog".into(), results: vec![], next_offset: None };
+        assert_eq!(search_results(&none), "* nothing found for \"dog\"");
     }
 
     #[test]
