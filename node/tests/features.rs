@@ -516,5 +516,17 @@ async fn private_rooms_roles_and_moderation_hold_on_every_node() {
     let actions: Vec<&str> = entries.iter().filter(|e| e["type"] == "room_action").map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["invite", "set_role", "invite", "mute", "unmute", "kick", "ban", "unban", "invite", "set_topic", "set_visibility"]);
     assert_eq!(get(&b3, &tc, "/v1/rooms/nowhere").await.status(), 404);
+
+    // cy, unbanned and invited, joins again with `after: 0`: the replay goes
+    // past the old kick (cy is a member again) to the end.
+    let mut back = connect(&b3, &tc).await;
+    join(&mut back, "secret", Some(0)).await;
+    loop {
+        let f = next(&mut back, 10).await.expect("the replay");
+        assert_ne!(f["type"], "removed", "{f}");
+        if f["type"] == "message" && f["text"] == "now it is just us" {
+            break;
+        }
+    }
     c.shutdown().await;
 }

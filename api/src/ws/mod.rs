@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use raft_store::chat::{self, Event, Message, Outcome};
+use raft_store::lifecycle::Kind;
 use raft_store::ChatRead;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
@@ -338,6 +339,12 @@ impl<B: ChatBackend> Session<B> {
                     return;
                 }
                 self.app.metrics.deliveries.inc();
+                // A kick of this user: if it still holds (applied after the
+                // check above, not one the user has since rejoined after),
+                // nothing after it is sent.
+                if matches!(&m.kind, Kind::Room(a) if a.removes() == Some(self.user.as_str())) && !self.still_member(room) {
+                    return;
+                }
             }
         }
     }
