@@ -13,7 +13,7 @@ use crate::codec::{decode, encode};
 use crate::error::StoreError;
 use crate::format;
 use crate::lifecycle::{self, Change, Kind};
-use crate::rooms::{RoomAction, Visibility};
+use crate::rooms::{MemberRecord, RoomAction, Visibility};
 pub use crate::mem::{MemTables, StateDigest};
 
 /// How long a `(user, client id)` pair is remembered for deduplication, in the
@@ -528,54 +528,69 @@ fn join(t: &mut impl Tables, now: u64, name: &str, user: &str) -> Result<Applied
         crate::quota::count_room_created(t, user)?;
     }
     let mut record = existing.unwrap_or_default();
-    let key = member_key(name, user);
-    if t.get(Table::Members, &key)?.is_none() {
-        t.put(Table::Members, &key, &[]);
-        record.members += 1;
-        put_record(t, Table::Rooms, name.as_bytes(), &record)?;
+    if t.get(Table::Members, &member_key(name, user))?.is_none() {
+        add_member(t, name, user, &[], &mut record)?;
     }
     Ok(Applied::outcome(Outcome::Joined { head: record.last_seq }))
+}
+
+/// Makes `user`, not yet a member, a member of `room` (whose record is
+/// `record`) with the stored `Members` value `value`, and counts them.
+pub(crate) fn add_member(t: &mut impl Tables, room: &str, user: &str, value: &[u8], record: &mut RoomRecord) -> Result<(), StoreError> {
+    t.put(Table::Members, &member_key(room, user), value);
+    record.members += 1;
+    put_record(t, Table::Rooms, room.as_bytes(), record)
+}
+
+/// Ends `user`'s membership of `room`, if any, and counts them out.
+pub(crate) fn remove_member(t: &mut impl Tables, room: &str, user: &str) -> Result<(), StoreError> {
+    let key = member_key(room, user);
+    if t.get(Table::Members, &key)?.is_some() {
+        t.delete(Table::Members, &key);
+        let mut record = self::room(t, room)?.unwrap_or_default();
+        record.members = record.members.saturating_sub(1);
+        put_record(t, Table::Rooms, room.as_bytes(), &record)?;
+    }
+    Ok(())
 }
 
 fn leave(t: &mut impl Tables, name: &str, user: &str) -> Result<Applied, StoreError> {
     if !well_formed(&[name, user]) {
         return Ok(rejected("malformed room or user name"));
     }
-    let key = member_key(name, user);
-    if t.get(Table::Members, &key)?.is_some() {
-        t.delete(Table::Members, &key);
-        let mut record = room(t, name)?.unwrap_or_default();
-        record.members = record.members.saturating_sub(1);
-        put_record(t, Table::Rooms, name.as_bytes(), &record)?;
-    }
+    remove_member(t, name, user)?;
     Ok(Applied::outcome(Outcome::Left))
 }
 
 /// Stores a member's message at the room's next seq, stamped `now`, unless
 /// `(from, client_id)` was posted before: then the first post's answer.
 fn post(t: &mut impl Tables, now: u64, name: &str, from: &str, client_id: &str, text: &str) -> Result<Applied, StoreError> {
-    if let Err(done) = admit(t, name, from, client_id)? {
-        return Ok(done);
-    }
-    if let Err(muted) = crate::rooms::may_speak(t, now, name, from)? {
+    let standing = match admit(t, name, from, client_id)? {
+        Ok(standing) => standing,
+        Err(done) => return Ok(done),
+    };
+    if let Err(muted) = standing.may_speak(now) {
         return Ok(muted);
     }
     append(t, now, name, from, client_id, text, Kind::default())
 }
 
-/// Whether `from` may add an entry with `client_id` to room `name`: `Ok` if
-/// so, else the answer (malformed, a duplicate's first answer, not a member).
-pub(crate) fn admit(t: &impl Tables, name: &str, from: &str, client_id: &str) -> Result<Result<(), Applied>, StoreError> {
+/// Whether `from` may add an entry with `client_id` to room `name`: `Ok`
+/// with their standing there if so (a DM participant's is a plain member's),
+/// else the answer (malformed, a duplicate's first answer, not a member).
+/// One read of the `Members` value serves the membership, mute and role checks.
+pub(crate) fn admit(t: &impl Tables, name: &str, from: &str, client_id: &str) -> Result<Result<MemberRecord, Applied>, StoreError> {
     if !well_formed(&[name, from, client_id]) {
         return Ok(Err(rejected("malformed room, user or message id")));
     }
     if let Some(prior) = get_record::<DedupRecord>(t, Table::Dedup, &dedup_key(from, client_id))? {
         return Ok(Err(Applied::outcome(Outcome::Posted { room: prior.room, seq: prior.seq, ts_ms: prior.ts_ms, duplicate: true })));
     }
-    if !is_member(t, name, from)? {
-        return Ok(Err(Applied::outcome(Outcome::NotMember)));
-    }
-    Ok(Ok(()))
+    let standing = match dm_participants(name) {
+        Some((a, b)) => (from == a || from == b).then(MemberRecord::default),
+        None => crate::rooms::member(t, name, from)?,
+    };
+    Ok(standing.ok_or_else(|| Applied::outcome(Outcome::NotMember)))
 }
 
 /// Stores an admitted entry at the room's next seq, stamped `now`, and

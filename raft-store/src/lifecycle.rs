@@ -184,10 +184,11 @@ fn live_post(t: &impl Tables, room: &str, seq: u64) -> Result<Result<(Message, P
 
 /// Posts `text` as a reply to the live post `reply_to`, in its thread.
 pub(crate) fn reply(t: &mut impl Tables, now: u64, room: &str, from: &str, client_id: &str, text: &str, reply_to: u64) -> Result<Applied, StoreError> {
-    if let Err(done) = chat::admit(t, room, from, client_id)? {
-        return Ok(done);
-    }
-    if let Err(muted) = crate::rooms::may_speak(t, now, room, from)? {
+    let standing = match chat::admit(t, room, from, client_id)? {
+        Ok(standing) => standing,
+        Err(done) => return Ok(done),
+    };
+    if let Err(muted) = standing.may_speak(now) {
         return Ok(muted);
     }
     let root = match live_post(t, room, reply_to)? {
@@ -209,11 +210,12 @@ pub(crate) fn reply(t: &mut impl Tables, now: u64, room: &str, from: &str, clien
 /// deletes; any member not muted reacts. A deleted or missing post is
 /// [`Outcome::NoSuchMessage`].
 pub(crate) fn change(t: &mut impl Tables, now: u64, room: &str, from: &str, client_id: &str, target: u64, change: Change<'_>) -> Result<Applied, StoreError> {
-    if let Err(done) = chat::admit(t, room, from, client_id)? {
-        return Ok(done);
-    }
+    let standing = match chat::admit(t, room, from, client_id)? {
+        Ok(standing) => standing,
+        Err(done) => return Ok(done),
+    };
     if !matches!(change, Change::Delete) {
-        if let Err(muted) = crate::rooms::may_speak(t, now, room, from)? {
+        if let Err(muted) = standing.may_speak(now) {
             return Ok(muted);
         }
     }
@@ -224,7 +226,7 @@ pub(crate) fn change(t: &mut impl Tables, now: u64, room: &str, from: &str, clie
     let by_author = post.from == from;
     let (kind, text) = match change {
         Change::Edit { .. } if !by_author => return Ok(forbidden("only its author may edit a message")),
-        Change::Delete if !by_author && !crate::rooms::moderates(t, room, from)? => {
+        Change::Delete if !by_author && !standing.moderates() => {
             return Ok(forbidden("only its author or a moderator may delete a message"))
         }
         Change::Edit { .. } if state.edits.len() >= MAX_EDITS => return Ok(chat::rejected("too many edits of one message")),

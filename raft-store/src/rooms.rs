@@ -85,6 +85,21 @@ impl MemberRecord {
     pub fn muted(&self, now: u64) -> bool {
         self.muted_until.is_some_and(|until| until > now)
     }
+
+    /// Whether this member may add a post, reply, edit or reaction now: not
+    /// while muted.
+    pub(crate) fn may_speak(&self, now: u64) -> Result<(), Applied> {
+        if self.muted(now) {
+            Err(forbidden("muted in this room"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether this member may delete another member's message.
+    pub(crate) fn moderates(&self) -> bool {
+        self.role >= Role::Moderator
+    }
 }
 
 /// A user's access to a room they are not (or not yet) a member of.
@@ -181,9 +196,18 @@ pub fn member_from(value: &[u8]) -> Result<MemberRecord, StoreError> {
     decode(value)
 }
 
+/// A member's record as its `Members` value: empty for a plain member, as
+/// before level 5.
+fn member_value(record: &MemberRecord) -> Result<Vec<u8>, StoreError> {
+    if *record == MemberRecord::default() {
+        Ok(Vec::new())
+    } else {
+        encode(record)
+    }
+}
+
 fn put_member(t: &mut impl Tables, room: &str, user: &str, record: &MemberRecord) -> Result<(), StoreError> {
-    let value = if *record == MemberRecord::default() { Vec::new() } else { encode(record)? };
-    t.put(Table::Members, &chat::member_key(room, user), &value);
+    t.put(Table::Members, &chat::member_key(room, user), &member_value(record)?);
     Ok(())
 }
 
@@ -278,37 +302,24 @@ pub(crate) fn join(t: &mut impl Tables, now: u64, room: &str, user: &str) -> Res
     }
     put_access(t, room, user, &acc)?;
     let role = if owner { Role::Owner } else { Role::Member };
-    put_member(t, room, user, &MemberRecord { role, muted_until: None })?;
-    record.members += 1;
-    chat::put_record(t, Table::Rooms, room.as_bytes(), &record)?;
+    let value = member_value(&MemberRecord { role, muted_until: None })?;
+    chat::add_member(t, room, user, &value, &mut record)?;
     Ok(Applied::outcome(Outcome::Joined { head: record.last_seq }))
-}
-
-/// Ends `user`'s membership of `room`, if any.
-fn remove_member(t: &mut impl Tables, room: &str, user: &str) -> Result<(), StoreError> {
-    let key = chat::member_key(room, user);
-    if t.get(Table::Members, &key)?.is_some() {
-        t.delete(Table::Members, &key);
-        let mut record = chat::room(t, room)?.unwrap_or_default();
-        record.members = record.members.saturating_sub(1);
-        chat::put_record(t, Table::Rooms, room.as_bytes(), &record)?;
-    }
-    Ok(())
 }
 
 /// Applies `action` by `from` to `room` and stores it as the room's next
 /// entry; see the module for who may do what.
 pub(crate) fn act(t: &mut impl Tables, now: u64, room: &str, from: &str, client_id: &str, action: &RoomAction) -> Result<Applied, StoreError> {
-    if let Err(done) = chat::admit(t, room, from, client_id)? {
-        return Ok(done);
-    }
+    let actor = match chat::admit(t, room, from, client_id)? {
+        Ok(standing) => standing.role,
+        Err(done) => return Ok(done),
+    };
     if chat::dm_participants(room).is_some() {
         return Ok(forbidden("a direct-message room has no moderation"));
     }
     let Some(mut room_info) = info(t, room)? else {
         return Ok(forbidden("this room has no owner: it was made before feature level 5"));
     };
-    let actor = member(t, room, from)?.unwrap_or_default().role;
     if actor < action.needs() {
         let who = if action.needs() == Role::Owner { "the owner" } else { "a moderator or the owner" };
         return Ok(forbidden(format!("only {who} may do this")));
@@ -349,13 +360,13 @@ pub(crate) fn act(t: &mut impl Tables, now: u64, room: &str, from: &str, client_
             if outranked(&target) {
                 return Ok(forbidden("only someone of a lower role may be removed"));
             }
-            remove_member(t, room, user)?;
+            chat::remove_member(t, room, user)?;
         }
         RoomAction::Ban { user, for_ms } => {
             if outranked(&target) {
                 return Ok(forbidden("only someone of a lower role may be banned"));
             }
-            remove_member(t, room, user)?;
+            chat::remove_member(t, room, user)?;
             put_access(t, room, user, &AccessRecord { invited: false, banned_until: Some(until(now, *for_ms)) })?;
         }
         RoomAction::Unban { user } => {
@@ -411,23 +422,6 @@ pub(crate) fn act(t: &mut impl Tables, now: u64, room: &str, from: &str, client_
         }
     }
     chat::append(t, now, room, from, client_id, "", Kind::Room(action.clone()))
-}
-
-/// Whether `user`, a member of `room`, may add a post, reply, edit or
-/// reaction now: not while muted.
-pub(crate) fn may_speak(t: &(impl TablesRead + ?Sized), now: u64, room: &str, user: &str) -> Result<Result<(), Applied>, StoreError> {
-    if chat::dm_participants(room).is_some() {
-        return Ok(Ok(()));
-    }
-    match member(t, room, user)? {
-        Some(r) if r.muted(now) => Ok(Err(forbidden("muted in this room"))),
-        _ => Ok(Ok(())),
-    }
-}
-
-/// Whether `user` may delete another member's message in `room`.
-pub(crate) fn moderates(t: &(impl TablesRead + ?Sized), room: &str, user: &str) -> Result<bool, StoreError> {
-    Ok(member(t, room, user)?.is_some_and(|r| r.role >= Role::Moderator))
 }
 
 /// A room's members with their standing, by name.
