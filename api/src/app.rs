@@ -216,6 +216,8 @@ pub fn router<B: ChatBackend>(app: Arc<App<B>>) -> Router {
         .route("/metrics", get(metrics::serve::<B>))
         .route("/v1/users", post(http::register::<B>))
         .route("/v1/users/password", post(http::change_password::<B>))
+        .route("/v1/users/profile", get(http::profiles::<B>).post(http::set_profile::<B>))
+        .route("/v1/registration", get(http::registration::<B>))
         .route("/v1/sessions", post(http::login::<B>))
         .route("/v1/sessions/revoke", post(http::revoke::<B>))
         .route("/v1/rooms", get(http::rooms::<B>).post(http::create_room::<B>))

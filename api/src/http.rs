@@ -6,12 +6,14 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use raft_store::accounts;
 use raft_store::chat::{self, Event, Outcome};
 use raft_store::ChatRead;
 use raft_store::rooms;
 use wire::http::{
-    CreateRoom, Credentials, HistoryPage, HistoryQuery, PasswordChange, Pick, PostMessage, PostRoomAction, Posted, Registered, Revoked, RoomDetails,
-    RoomMember, RoomSummary, RoomsQuery, Session, ThreadPage, ThreadQuery, MEMBERS_LISTED,
+    CreateRoom, Credentials, HistoryPage, HistoryQuery, NewUser, PasswordChange, Pick, PostMessage, PostRoomAction, Posted, Profile, ProfileChange,
+    ProfilesQuery, Registered, RegistrationInfo, RegistrationMode, Revoked, RoomDetails, RoomMember, RoomSummary, RoomsQuery, Session, ThreadPage,
+    ThreadQuery, MAX_PROFILES, MEMBERS_LISTED,
 };
 
 use crate::error::{ApiError, ApiResult, Code};
@@ -58,10 +60,19 @@ type Peer = axum::Extension<ConnectInfo<SocketAddr>>;
 pub async fn register<B: ChatBackend>(
     State(app): State<Arc<App<B>>>,
     axum::Extension(ConnectInfo(peer)): Peer,
-    creds: Result<Json<Credentials>, JsonRejection>,
+    creds: Result<Json<NewUser>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     app.account_attempt(peer.ip())?;
-    let Credentials { name, password } = body(creds)?;
+    let NewUser { name, password, invite } = body(creds)?;
+    let code = match app.limits.registration {
+        RegistrationMode::Open => None,
+        RegistrationMode::Closed => return Err(ApiError::new(Code::Forbidden, "registration is closed on this node: ask an operator for an account")),
+        RegistrationMode::Invite => match invite {
+            Some(code) if !code.is_empty() && code.len() <= MAX_INVITE_CODE => Some(code),
+            Some(_) => return Err(ApiError::bad_request(format!("an invite code is 1 to {MAX_INVITE_CODE} bytes"))),
+            None => return Err(ApiError::new(Code::Forbidden, "registration on this node needs an invite code (\"invite\")")),
+        },
+    };
     validate::user_name(&name)?;
     validate::password(&password)?;
     if app.backend.reader().user(&name)?.is_some() {
@@ -69,11 +80,77 @@ pub async fn register<B: ChatBackend>(
     }
     // argon2 is deliberately slow: off the async workers, a few at a time.
     let password_hash = app.passwords.hash(password).await.map_err(|e| ApiError::new(Code::Unavailable, e))?;
-    match app.backend.propose(Event::UserRegistered { name: name.clone(), password_hash }).await? {
+    let event = match code {
+        None => Event::UserRegistered { name: name.clone(), password_hash },
+        // The log holds the code's hash, never the code.
+        Some(code) => Event::InvitedUserRegistered { name: name.clone(), password_hash, code_hash: accounts::code_hash(&code) },
+    };
+    match app.backend.propose(event).await? {
         Outcome::Registered => Ok((StatusCode::CREATED, Json(Registered { name }))),
         Outcome::NameTaken => Err(ApiError::new(Code::NameTaken, format!("{name} is taken"))),
+        Outcome::Forbidden { reason } => Err(ApiError::new(Code::Forbidden, reason)),
         other => Err(unexpected(other)),
     }
+}
+
+/// The longest invite code taken, in bytes (`chorusctl` makes 24).
+pub const MAX_INVITE_CODE: usize = 128;
+
+/// `GET /v1/registration`: this node's `--registration`.
+pub async fn registration<B: ChatBackend>(State(app): State<Arc<App<B>>>) -> Json<RegistrationInfo> {
+    Json(RegistrationInfo { mode: app.limits.registration })
+}
+
+/// `POST /v1/users/profile` (level 6): sets or clears the caller's display name.
+pub async fn set_profile<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    change: Result<Json<ProfileChange>, JsonRejection>,
+) -> ApiResult<Json<Profile>> {
+    let name = bearer(&app, &headers)?;
+    app.request_attempt(&name)?;
+    let ProfileChange { display_name } = body(change)?;
+    if !accounts::valid_display_name(&display_name) {
+        return Err(ApiError::bad_request(format!(
+            "a display name is up to {} characters, with no control characters and no space at either end",
+            accounts::MAX_DISPLAY_NAME_CHARS
+        )));
+    }
+    match app.backend.propose(Event::ProfileSet { user: name.clone(), display_name }).await? {
+        Outcome::ProfileSet { display_name } => Ok(Json(Profile { name, display_name: (!display_name.is_empty()).then_some(display_name) })),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /v1/users/profile?names=a,b`: the profiles of those that are
+/// registered users, in the order asked, each once.
+pub async fn profiles<B: ChatBackend>(
+    State(app): State<Arc<App<B>>>,
+    headers: HeaderMap,
+    query: Result<Query<ProfilesQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<Profile>>> {
+    let user = bearer(&app, &headers)?;
+    app.request_attempt(&user)?;
+    let Query(ProfilesQuery { names }) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut asked: Vec<&str> = Vec::new();
+    for name in names.split(',').filter(|n| !n.is_empty()) {
+        validate::user_name(name)?;
+        if !asked.contains(&name) {
+            asked.push(name);
+        }
+    }
+    if asked.len() > MAX_PROFILES {
+        return Err(ApiError::bad_request(format!("at most {MAX_PROFILES} names at once")));
+    }
+    let reader = app.backend.reader();
+    let mut out = Vec::with_capacity(asked.len());
+    for name in asked {
+        if reader.user(name)?.is_some() {
+            let display_name = accounts::profile(reader, name)?.map(|p| p.display_name);
+            out.push(Profile { name: name.to_string(), display_name });
+        }
+    }
+    Ok(Json(out))
 }
 
 pub async fn login<B: ChatBackend>(
@@ -180,8 +257,11 @@ fn room_details<R: ChatRead + ?Sized>(reader: &R, name: &str, user: &str) -> Api
     let members = members
         .into_iter()
         .take(MEMBERS_LISTED)
-        .map(|(name, r)| RoomMember { name, role: wire_role(r.role), muted_until: r.muted_until.filter(|&u| u > now) })
-        .collect();
+        .map(|(name, r)| {
+            let display_name = accounts::profile(reader, &name)?.map(|p| p.display_name);
+            Ok(RoomMember { name, role: wire_role(r.role), muted_until: r.muted_until.filter(|&u| u > now), display_name })
+        })
+        .collect::<ApiResult<_>>()?;
     let (owner, visibility, title, topic) = match info {
         Some(i) => (Some(i.owner), wire_visibility(i.visibility), i.title, i.topic),
         None => (None, wire::Visibility::Public, String::new(), String::new()),

@@ -38,6 +38,8 @@ pub struct Limits {
     /// WebSocket connections this node serves at once (`--max-connections`);
     /// past it an upgrade is answered 503 `overloaded`. 0: no limit.
     pub max_connections: usize,
+    /// Who may register on this node (`--registration`).
+    pub registration: wire::http::RegistrationMode,
 }
 
 impl Limits {
@@ -64,6 +66,7 @@ impl Default for Limits {
             max_rooms_per_user: 1000,
             http_timeout: Duration::from_secs(30),
             max_connections: 0,
+            registration: wire::http::RegistrationMode::Open,
         }
     }
 }

@@ -63,6 +63,18 @@ pub fn emoji(s: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A room's topic or title: at most `max` bytes, no control characters but
+/// newlines in a topic.
+pub fn setting(what: &str, s: &str, max: usize) -> Result<(), ApiError> {
+    if s.len() > max {
+        return Err(ApiError::bad_request(format!("{what} is at most {max} bytes")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::bad_request(format!("{what} holds a control character")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,16 +104,4 @@ mod tests {
         assert!(emoji("").is_err());
         assert!(emoji("a b").is_err());
     }
-}
-
-/// A room's topic or title: at most `max` bytes, no control characters but
-/// newlines in a topic.
-pub fn setting(what: &str, s: &str, max: usize) -> Result<(), ApiError> {
-    if s.len() > max {
-        return Err(ApiError::bad_request(format!("{what} is at most {max} bytes")));
-    }
-    if s.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::bad_request(format!("{what} holds a control character")));
-    }
-    Ok(())
 }

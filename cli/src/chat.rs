@@ -49,6 +49,8 @@ pub struct ChatArgs<'a> {
     pub user: &'a str,
     pub password: Option<&'a str>,
     pub room: &'a str,
+    /// An invite code for registering on a node run with `--registration invite`.
+    pub invite: Option<&'a str>,
     /// The CA that signed the nodes' client-port certificates, for `https://`.
     pub ca: Option<&'a Path>,
 }
@@ -244,7 +246,7 @@ impl State {
                 None
             }
             l if l.starts_with('/') => {
-                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, /search TEXT, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, /search TEXT, /nick NAME, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
                 None
             }
             text => {
@@ -360,15 +362,28 @@ impl Cluster<'_> {
             Err(e) => return format!("! search: {e}"),
         };
         if !answer.status().is_success() {
-            let status = answer.status();
-            return match answer.json::<wire::http::ErrorBody>().await {
-                Ok(e) => format!("! search: {} ({})", e.message, e.error),
-                Err(_) => format!("! search: {status}"),
-            };
+            return failure("search", answer).await;
         }
         match answer.json::<wire::http::SearchPage>().await {
             Ok(page) => lines::search_results(&page),
             Err(e) => format!("! search: {e}"),
+        }
+    }
+
+    /// `/nick NAME`: sets (or with no name clears) this user's display name.
+    async fn set_display_name(&self, url: &str, name: &str) -> String {
+        let change = wire::http::ProfileChange { display_name: name.to_string() };
+        let answer = match self.http.post(format!("{url}/v1/users/profile")).bearer_auth(&self.token).json(&change).send().await {
+            Ok(r) => r,
+            Err(e) => return format!("! nick: {e}"),
+        };
+        if !answer.status().is_success() {
+            return failure("nick", answer).await;
+        }
+        match answer.json::<wire::http::Profile>().await {
+            Ok(wire::http::Profile { display_name: Some(shown), .. }) => format!("* you are shown as {shown}"),
+            Ok(_) => "* your display name is cleared".to_string(),
+            Err(e) => format!("! nick: {e}"),
         }
     }
 
@@ -386,7 +401,7 @@ impl Cluster<'_> {
         match open_ws(url, &self.token, self.tls.as_ref()).await {
             Err(e) if is_unauthorized(&e) => {
                 eprintln!("! {url} refused the session token; logging in again");
-                self.token = session(&self.http, url, self.user, self.password).await?;
+                self.token = session(&self.http, url, self.user, self.password, None).await?;
                 open_ws(url, &self.token, self.tls.as_ref()).await
             }
             opened => opened,
@@ -419,6 +434,15 @@ impl Cluster<'_> {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// A refused request's answer as one line: `! what: message (code)`.
+async fn failure(what: &str, answer: reqwest::Response) -> String {
+    let status = answer.status();
+    match answer.json::<wire::http::ErrorBody>().await {
+        Ok(e) => format!("! {what}: {} ({})", e.message, e.error),
+        Err(_) => format!("! {what}: {status}"),
     }
 }
 
@@ -472,7 +496,7 @@ pub async fn run(args: ChatArgs<'_>) -> anyhow::Result<()> {
     let http = http_client(args.ca, Duration::from_secs(10))?;
     let tls = args.ca.map(client_tls).transpose()?;
     let origin = args.url.trim_end_matches('/').to_string();
-    let token = session(&http, &origin, args.user, &password).await?;
+    let token = session(&http, &origin, args.user, &password, args.invite).await?;
     let mut cluster = Cluster { http, tls, origin: origin.clone(), members: Vec::new(), user: args.user, password: &password, token };
     let mut state = State::new(args.room, format!("{}-{:x}", args.user, rand::random::<u32>()));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -528,6 +552,10 @@ async fn converse(
                 Some(l) if l.trim().starts_with("/search ") => {
                     let q = l.trim()["/search ".len()..].trim();
                     println!("{}", cluster.search(url, q).await);
+                }
+                Some(l) if l.trim() == "/nick" || l.trim().starts_with("/nick ") => {
+                    let name = l.trim()["/nick".len()..].trim();
+                    println!("{}", cluster.set_display_name(url, name).await);
                 }
                 Some(l) if l.trim() != "/quit" => {
                     // A send or dm is kept until acked: one not written now is resent on reconnect.

@@ -11,6 +11,7 @@ mod backup;
 mod bench;
 mod certs;
 mod chat;
+mod invites;
 mod users;
 
 use std::process::ExitCode;
@@ -66,6 +67,9 @@ pub enum Command {
     /// Rotate the token-signing key, revoke a user's sessions.
     #[command(subcommand)]
     Users(users::UsersCommand),
+    /// Invite codes for registration on nodes run with --registration invite.
+    #[command(subcommand)]
+    Invites(invites::InvitesCommand),
     /// An interactive terminal chat client.
     Chat {
         /// Client URL of any node, e.g. http://127.0.0.1:8080 (https:// with --ca)
@@ -78,6 +82,10 @@ pub enum Command {
         password: Option<String>,
         #[arg(long, default_value = "general")]
         room: String,
+        /// An operator's invite code, to register on a node run with
+        /// --registration invite.
+        #[arg(long, env = "CHORUS_INVITE")]
+        invite: Option<String>,
     },
     /// Load-test the chat API over WebSocket and print figures.
     Bench(bench::BenchArgs),
@@ -146,12 +154,13 @@ async fn main() -> ExitCode {
         Command::Cluster(cmd) => admin::run(&cli, cmd).await,
         Command::Backup { file } => backup::backup(&cli, file).await,
         Command::Restore { file, data_dir } => backup::restore(&cli, file, data_dir),
-        Command::Chat { url, user, password, room } => {
-            chat::run(chat::ChatArgs { url, user, password: password.as_deref(), room, ca: cli.ca.as_deref() }).await
+        Command::Chat { url, user, password, room, invite } => {
+            chat::run(chat::ChatArgs { url, user, password: password.as_deref(), room, invite: invite.as_deref(), ca: cli.ca.as_deref() }).await
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Certs(cmd) => certs::run(cmd),
         Command::Users(cmd) => users::run(&cli, cmd).await,
+        Command::Invites(cmd) => invites::run(&cli, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,9 +15,10 @@ use openraft::{ChangeMembers, ServerState};
 use proto::v1::admin_client::AdminClient;
 use proto::v1::admin_server::Admin;
 use proto::v1::{
-    AddProgress, AddRequest, ClusterStatus, Empty, IdRequest, InitRequest, Member, NodeInfo as NodeInfoMsg, RevokeReply, RevokeRequest, RotateKeyReply,
-    RotateKeyRequest, SnapshotReply, UpgradeRequest,
+    AddProgress, AddRequest, ClusterStatus, CreateInviteReply, CreateInviteRequest, Empty, IdRequest, InitRequest, Invite, InviteList, Member,
+    NodeInfo as NodeInfoMsg, RevokeInviteRequest, RevokeReply, RevokeRequest, RotateKeyReply, RotateKeyRequest, SnapshotReply, UpgradeRequest,
 };
+use raft_store::accounts::{self, InviteRecord};
 use raft_store::chat::{Command, Event, Outcome};
 use raft_store::types::NodeId;
 use raft_store::NodeInfo;
@@ -346,6 +347,55 @@ impl Admin for AdminService {
         }
     }
 
+    async fn create_invite(&self, request: Request<CreateInviteRequest>) -> Result<Response<CreateInviteReply>, Status> {
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
+        self.at_leader()?;
+        let CreateInviteRequest { uses, expires_in_secs, note } = request.into_inner();
+        // 120 random bits: out of reach of guessing, short enough to paste.
+        let bytes: [u8; 15] = rand::Rng::random(&mut rand::rng());
+        let code = hex::encode(bytes);
+        let code_hash = accounts::code_hash(&code);
+        let expires_in_ms = (expires_in_secs > 0).then(|| expires_in_secs.saturating_mul(1000));
+        let event = Event::InviteIssued { code_hash: code_hash.clone(), uses, expires_in_ms, note: note.clone() };
+        match commit_credential(&self.node, event).await? {
+            Outcome::InviteIssued { expires_at_ms } => {
+                // Proposing waited for this node to apply it: the record is here.
+                let stored = accounts::invite(&self.node.reader, &code_hash).map_err(|e| Status::internal(e.to_string()))?;
+                let record = stored.unwrap_or(InviteRecord { uses_left: uses, expires_at_ms, issued_ms: 0, note });
+                Ok(Response::new(CreateInviteReply { code, invite: Some(invite_row(&code_hash, &record)) }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_invites(&self, request: Request<Empty>) -> Result<Response<InviteList>, Status> {
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
+        let invites = accounts::invites(&self.node.reader).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(InviteList { invites: invites.iter().map(|(hash, record)| invite_row(hash, record)).collect() }))
+    }
+
+    async fn revoke_invite(&self, request: Request<RevokeInviteRequest>) -> Result<Response<Empty>, Status> {
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
+        self.at_leader()?;
+        let id = request.into_inner().id;
+        let invites = accounts::invites(&self.node.reader).map_err(|e| Status::internal(e.to_string()))?;
+        let code_hash = accounts::code_hash(&id);
+        let matching: Vec<&String> = invites
+            .iter()
+            .map(|(hash, _)| hash)
+            .filter(|hash| **hash == code_hash || (id.len() >= INVITE_ID_MIN && hash.starts_with(&id)))
+            .collect();
+        let code_hash = match matching.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(Status::not_found(format!("no invite {id:?}; `chorusctl invites list` shows their ids"))),
+            _ => return Err(Status::invalid_argument(format!("{id:?} names more than one invite: give more of its id"))),
+        };
+        match commit_credential(&self.node, Event::InviteRevoked { code_hash }).await? {
+            Outcome::InviteRevoked { .. } => Ok(Response::new(Empty {})),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     async fn snapshot(&self, request: Request<Empty>) -> Result<Response<SnapshotReply>, Status> {
         self.node.peers.identity.check_role(&request, Need::Operator)?;
         let target = self.node.applied_index();
@@ -354,6 +404,21 @@ impl Admin for AdminService {
             Some(index) => Ok(Response::new(SnapshotReply { index })),
             None => Err(Status::deadline_exceeded("the snapshot did not finish in time")),
         }
+    }
+}
+
+/// How many hex digits of a code's hash name an invite.
+const INVITE_ID: usize = 12;
+/// The shortest id prefix `invites revoke` takes.
+const INVITE_ID_MIN: usize = 8;
+
+fn invite_row(hash: &str, record: &InviteRecord) -> Invite {
+    Invite {
+        id: hash.chars().take(INVITE_ID).collect(),
+        uses_left: record.uses_left,
+        expires_at_ms: record.expires_at_ms.unwrap_or(0),
+        issued_ms: record.issued_ms,
+        note: record.note.clone(),
     }
 }
 

@@ -183,6 +183,13 @@ pub struct Config {
     #[arg(long, env = "CHORUS_MAX_OUTBOX_BYTES", default_value_t = api::fanout::OUTBOX_BYTES as u64, value_parser = clap::value_parser!(u64).range(64 << 10..))]
     pub max_outbox_bytes: u64,
 
+    /// Who may register on this node: `open` (anyone), `invite` (only with an
+    /// operator's invite code from `chorusctl invites create`; needs feature
+    /// level 6), or `closed` (nobody; operators' accounts only). Give every
+    /// node the same.
+    #[arg(long, env = "CHORUS_REGISTRATION", default_value = "open")]
+    pub registration: wire::http::RegistrationMode,
+
     /// Larger message text is refused with `too_large`.
     #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = 4096)]
     pub max_message_bytes: usize,

@@ -338,6 +338,7 @@ fn serve_api(
         max_rooms_per_user: config.max_rooms_per_user,
         http_timeout: Duration::from_secs(config.http_timeout_secs),
         max_connections: config.max_connections,
+        registration: config.registration,
     };
     let mut app = api::App::new(Arc::new(Backend(node.clone())), limits, node.presence.clone(), node.connections.clone(), writes)
         .context("cannot start the fan-out thread")?;

@@ -2,7 +2,8 @@
 //! each user on a node of their own: replies, threads, edits, deletes and
 //! reactions; read markers with unread and mention counts; search; password
 //! changes; and of level 5: private rooms, roles, invitations, kicks, bans,
-//! mutes, topics and the room directory. Every change made through one node is
+//! mutes, topics and the room directory; of level 6: invite codes and display
+//! names. Every change made through one node is
 //! checked as another serves it.
 
 mod common;
@@ -529,4 +530,117 @@ async fn private_rooms_roles_and_moderation_hold_on_every_node() {
         }
     }
     c.shutdown().await;
+}
+
+/// Nodes 1 and 2 register by invitation; node 3 does not register at all.
+fn by_invitation(c: &mut node::Config) {
+    unlimited(c);
+    c.registration = if c.id == 3 { "closed" } else { "invite" }.parse().unwrap();
+}
+
+async fn register(base: &str, name: &str, invite: Option<&str>) -> (u16, Value) {
+    let mut body = json!({"name": name, "password": "password-1"});
+    if let Some(code) = invite {
+        body["invite"] = json!(code);
+    }
+    let r = client::http().post(format!("{base}/v1/users")).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn session(base: &str, name: &str) -> String {
+    let r = client::http().post(format!("{base}/v1/sessions")).json(&json!({"name": name, "password": "password-1"})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "login {name} at {base}");
+    r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invite_codes_and_display_names_hold_on_every_node() {
+    use proto::v1::{CreateInviteRequest, Empty, RevokeInviteRequest};
+    let c = TestCluster::start_with(3, by_invitation).await;
+    let [b1, b2, b3] = [c.base(1), c.base(2), c.base(3)];
+    let anon = |base: &str, path: &str| client::http().get(format!("{base}{path}")).send();
+    for (base, mode) in [(&b1, "invite"), (&b2, "invite"), (&b3, "closed")] {
+        let r: Value = anon(base, "/v1/registration").await.unwrap().json().await.unwrap();
+        assert_eq!(r, json!({"mode": mode}), "{base}");
+    }
+
+    // Without a code, or with one nobody issued, nobody registers.
+    let (status, e) = register(&b1, "ann", None).await;
+    assert_eq!((status, e["error"].clone()), (403, json!("forbidden")), "{e}");
+    let (status, e) = register(&b1, "ann", Some("guessed")).await;
+    assert_eq!((status, e["error"].clone()), (403, json!("forbidden")), "{e}");
+    let (status, e) = register(&b1, "ann", Some(&"x".repeat(129))).await;
+    assert_eq!((status, e["error"].clone()), (400, json!("bad_request")), "{e}");
+
+    // The operator makes a code for two registrations at the leader.
+    let leader = c.wait_leader().await;
+    let mut admin = c.admin(leader).await;
+    let create = CreateInviteRequest { uses: 2, expires_in_secs: 3600, note: "the team".into() };
+    let made = admin.create_invite(create).await.unwrap().into_inner();
+    let invite = made.invite.clone().unwrap();
+    assert_eq!((invite.uses_left, invite.note.as_str(), invite.id.len()), (2, "the team", 12), "{invite:?}");
+    assert!(invite.expires_at_ms > invite.issued_ms + 3_500_000, "{invite:?}");
+    // A follower does not make codes: it names the leader.
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    let e = c.admin(follower).await.create_invite(CreateInviteRequest { uses: 1, expires_in_secs: 0, note: String::new() }).await.unwrap_err();
+    assert!(c.redirected(&e).await.is_some(), "{e:?}");
+
+    // Its two uses register ann on node 1 and ben on node 2, and then it is spent.
+    assert_eq!(register(&b1, "ann", Some(&made.code)).await.0, 201);
+    let (status, e) = register(&b2, "ann", Some(&made.code)).await;
+    assert_eq!((status, e["error"].clone()), (409, json!("name_taken")), "a taken name uses nothing: {e}");
+    assert_eq!(register(&b2, "ben", Some(&made.code)).await.0, 201);
+    let (status, e) = register(&b2, "cy", Some(&made.code)).await;
+    assert_eq!((status, e["error"].clone()), (403, json!("forbidden")), "{e}");
+    let listed = c.admin(follower).await.list_invites(Empty {}).await.unwrap().into_inner();
+    assert!(listed.invites.iter().all(|i| i.id != invite.id), "a spent code is gone: {listed:?}");
+
+    // Node 3 registers nobody, with or without a code, but logs in users of the others.
+    let (status, e) = register(&b3, "cy", Some(&made.code)).await;
+    assert_eq!((status, e["error"].clone()), (403, json!("forbidden")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("closed"), "{e}");
+    let t3 = session(&b3, "ben").await;
+
+    // A revoked code registers nobody; revoking takes the listed id.
+    let other = admin.create_invite(CreateInviteRequest { uses: 5, expires_in_secs: 0, note: "spare".into() }).await.unwrap().into_inner();
+    let listed = admin.list_invites(Empty {}).await.unwrap().into_inner();
+    let row = listed.invites.iter().find(|i| i.note == "spare").expect("listed").clone();
+    assert_eq!((row.uses_left, row.expires_at_ms), (5, 0), "{row:?}");
+    let e = admin.revoke_invite(RevokeInviteRequest { id: "zz".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    admin.revoke_invite(RevokeInviteRequest { id: row.id.clone() }).await.unwrap();
+    let (status, _) = register(&b1, "cy", Some(&other.code)).await;
+    assert_eq!(status, 403);
+
+    // Display names: set through node 1, read through nodes 2 and 3.
+    let t1 = session(&b1, "ann").await;
+    let (status, p) = post_json(&b1, &t1, "/v1/users/profile", json!({"display_name": "Ann Lee 🌱"})).await;
+    assert_eq!((status, p.clone()), (200, json!({"name": "ann", "display_name": "Ann Lee 🌱"})), "{p}");
+    for bad in [" Ann", "Ann\u{7}", &"n".repeat(65)] {
+        let (status, e) = post_json(&b1, &t1, "/v1/users/profile", json!({"display_name": bad})).await;
+        assert_eq!((status, e["error"].clone()), (400, json!("bad_request")), "{bad:?}: {e}");
+    }
+    let t2 = session(&b2, "ben").await;
+    let profiles = get_json(&b3, &t3, "/v1/users/profile?names=ann,ben,nobody,ann").await;
+    assert_eq!(profiles, json!([{"name": "ann", "display_name": "Ann Lee 🌱"}, {"name": "ben"}]), "{profiles}");
+    let r = get(&b2, &t2, "/v1/users/profile?names=ann,bad%20name").await;
+    assert_eq!(r.status(), 400);
+
+    // A room's member list carries them too.
+    let mut a = connect(&b1, &t1).await;
+    join(&mut a, "den", None).await;
+    let mut b = connect(&b2, &t2).await;
+    join(&mut b, "den", None).await;
+    let details = get_json(&b2, &t2, "/v1/rooms/den").await;
+    let members = details["members"].as_array().unwrap();
+    assert_eq!(members.iter().find(|m| m["name"] == "ann").unwrap()["display_name"], "Ann Lee 🌱", "{details}");
+    assert!(members.iter().find(|m| m["name"] == "ben").unwrap().get("display_name").is_none(), "{details}");
+
+    // Clearing it is an empty name.
+    let (status, p) = post_json(&b1, &t1, "/v1/users/profile", json!({"display_name": ""})).await;
+    assert_eq!((status, p), (200, json!({"name": "ann"})));
+    let profiles = get_json(&b1, &t1, "/v1/users/profile?names=ann").await;
+    assert_eq!(profiles, json!([{"name": "ann"}]));
+    let index = c.handle(leader).node.applied_index();
+    c.assert_converged(index).await;
 }

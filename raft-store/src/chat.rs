@@ -59,6 +59,10 @@ impl std::fmt::Display for Command {
             Event::PasswordChanged { user, .. } => write!(f, "password-changed({user})"),
             Event::RoomCreated { room, owner, visibility, .. } => write!(f, "room-created({room}, {owner}, {visibility:?})"),
             Event::RoomActed { room, from, action, .. } => write!(f, "room-acted({room}, {from}, {action:?})"),
+            Event::ProfileSet { user, .. } => write!(f, "profile-set({user})"),
+            Event::InviteIssued { uses, expires_in_ms, .. } => write!(f, "invite-issued(uses: {uses}, expires_in_ms: {expires_in_ms:?})"),
+            Event::InviteRevoked { .. } => write!(f, "invite-revoked"),
+            Event::InvitedUserRegistered { name, .. } => write!(f, "invited-user-registered({name})"),
         }
     }
 }
@@ -109,6 +113,17 @@ pub enum Event {
     RoomCreated { room: String, owner: String, visibility: Visibility, title: String, topic: String },
     /// A member changes the room's access or settings: an entry of the room.
     RoomActed { room: String, from: String, client_id: String, action: RoomAction },
+    /// `user` sets their display name; the empty name clears it
+    /// ([`crate::accounts`]).
+    ProfileSet { user: String, display_name: String },
+    /// The operator makes an invite code good for `uses` registrations,
+    /// until `expires_in_ms` after it applies if given. Only the code's
+    /// SHA-256 is in the log ([`crate::accounts::code_hash`]).
+    InviteIssued { code_hash: String, uses: u32, expires_in_ms: Option<u64>, note: String },
+    /// The operator withdraws an invite code.
+    InviteRevoked { code_hash: String },
+    /// A registration that uses one of the invite code's registrations.
+    InvitedUserRegistered { name: String, password_hash: String, code_hash: String },
 }
 
 impl Event {
@@ -128,8 +143,14 @@ impl Event {
             | Event::ReadMarked { .. }
             | Event::PasswordChanged { .. }
             | Event::RoomCreated { .. }
-            | Event::RoomActed { .. } => true,
-            Event::ClusterFormed { .. } | Event::FeatureLevelRaised { .. } | Event::SigningKeyRotated { .. } => false,
+            | Event::RoomActed { .. }
+            | Event::ProfileSet { .. }
+            | Event::InvitedUserRegistered { .. } => true,
+            Event::ClusterFormed { .. }
+            | Event::FeatureLevelRaised { .. }
+            | Event::SigningKeyRotated { .. }
+            | Event::InviteIssued { .. }
+            | Event::InviteRevoked { .. } => false,
         }
     }
 
@@ -151,6 +172,9 @@ impl Event {
             | Event::ReadMarked { .. }
             | Event::PasswordChanged { .. } => 4,
             Event::RoomCreated { .. } | Event::RoomActed { .. } => crate::rooms::LEVEL,
+            Event::ProfileSet { .. } | Event::InviteIssued { .. } | Event::InviteRevoked { .. } | Event::InvitedUserRegistered { .. } => {
+                crate::accounts::LEVEL
+            }
         }
     }
 
@@ -199,8 +223,14 @@ pub enum Outcome {
     NoSuchMessage,
     /// The user's read marker in the room after the command.
     Marked { seq: u64 },
-    /// The user a room action names is not registered.
+    /// The user a room action or profile names is not registered.
     NoSuchUser,
+    /// The user's display name after the command (empty: none).
+    ProfileSet { display_name: String },
+    /// When the new invite code expires (cluster clock), if it does.
+    InviteIssued { expires_at_ms: Option<u64> },
+    /// Whether there was such an invite code to withdraw.
+    InviteRevoked { found: bool },
 }
 
 /// A stored room entry, as history and delivery serve it: a message, or a
@@ -257,10 +287,14 @@ pub enum Table {
     RoomInfo,
     /// (room, user) → [`crate::rooms::AccessRecord`]: invitations and bans.
     Access,
+    /// user → [`crate::accounts::ProfileRecord`]: the display name.
+    Profiles,
+    /// invite code hash → [`crate::accounts::InviteRecord`].
+    Invites,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::Meta,
         Table::Users,
         Table::Rooms,
@@ -272,6 +306,8 @@ impl Table {
         Table::Markers,
         Table::RoomInfo,
         Table::Access,
+        Table::Profiles,
+        Table::Invites,
     ];
 
     /// The column family name; also the table's tag in a snapshot stream.
@@ -288,6 +324,8 @@ impl Table {
             Table::Markers => "read_markers",
             Table::RoomInfo => "room_info",
             Table::Access => "room_access",
+            Table::Profiles => "profiles",
+            Table::Invites => "invites",
         }
     }
 
@@ -490,6 +528,12 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
         Event::PasswordChanged { user, password_hash } => crate::sessions::change_password(t, user, password_hash),
         Event::RoomCreated { room, owner, visibility, title, topic } => crate::rooms::create(t, room, owner, *visibility, title, topic),
         Event::RoomActed { room, from, client_id, action } => crate::rooms::act(t, now, room, from, client_id, action),
+        Event::ProfileSet { user, display_name } => crate::accounts::set_profile(t, user, display_name),
+        Event::InviteIssued { code_hash, uses, expires_in_ms, note } => crate::accounts::issue(t, now, code_hash, *uses, *expires_in_ms, note),
+        Event::InviteRevoked { code_hash } => crate::accounts::revoke(t, code_hash),
+        Event::InvitedUserRegistered { name, password_hash, code_hash } => {
+            crate::accounts::register_invited(t, now, name, password_hash, code_hash)
+        }
     }
 }
 
@@ -503,7 +547,7 @@ fn form_cluster(t: &mut impl Tables, cluster_id: &str, signing_key: &[u8]) -> Re
     Ok(Applied::outcome(Outcome::ClusterFormed { cluster_id: cluster_id.to_string() }))
 }
 
-fn register(t: &mut impl Tables, name: &str, password_hash: &str) -> Result<Applied, StoreError> {
+pub(crate) fn register(t: &mut impl Tables, name: &str, password_hash: &str) -> Result<Applied, StoreError> {
     if !well_formed(&[name]) {
         return Ok(rejected("malformed user name"));
     }
@@ -569,7 +613,7 @@ fn post(t: &mut impl Tables, now: u64, name: &str, from: &str, client_id: &str, 
         Ok(standing) => standing,
         Err(done) => return Ok(done),
     };
-    if let Err(muted) = standing.may_speak(now) {
+    if let Some(muted) = standing.silenced(now) {
         return Ok(muted);
     }
     append(t, now, name, from, client_id, text, Kind::default())

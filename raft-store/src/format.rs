@@ -16,6 +16,7 @@
 //! | 3 | `SigningKeyRotated` and `SessionsRevoked`: versioned token keys and revocation ([`crate::sessions`]) |
 //! | 4 | `ReplyPosted`, `MessageEdited`, `MessageDeleted` and `ReactionChanged`: replies, threads, edits, deletes and reactions as room entries ([`crate::lifecycle`]); `ReadMarked`: read markers ([`crate::markers`]) |
 //! | 5 | `RoomCreated` and `RoomActed`: rooms with owners, visibility, roles, invitations, kicks, bans, mutes, topics and titles ([`crate::rooms`]); a join may be refused |
+//! | 6 | `ProfileSet`: display names; `InviteIssued`, `InviteRevoked` and `InvitedUserRegistered`: registration by operator-made invite codes ([`crate::accounts`]) |
 //!
 //! A level only goes up. A binary that reads level N also reads every level
 //! below it, so a cluster is upgraded one binary at a time and then raised.
@@ -25,7 +26,7 @@
 pub const LEGACY: u32 = 1;
 
 /// The newest level this binary reads and writes.
-pub const CURRENT: u32 = 5;
+pub const CURRENT: u32 = 6;
 
 /// Why a level cannot be read, for an error that tells the operator what to do.
 pub fn unsupported(what: &str, level: u32) -> String {

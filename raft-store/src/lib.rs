@@ -13,7 +13,8 @@
 //!   written once over a ranged scan, for RocksDB and for `MemTables`.
 //! - [`lifecycle`]: replies, threads, edits, deletes and reactions as room
 //!   entries; [`markers`]: read markers and unread counts; [`rooms`]: owners,
-//!   visibility, roles, invitations, bans and mutes; [`quota`]: rooms per user.
+//!   visibility, roles, invitations, bans and mutes; [`quota`]: rooms per user;
+//!   [`accounts`]: display names and invite codes.
 //! - [`sessions`]: the versioned token-signing keys and each user's session
 //!   epoch (rotation and revocation).
 //! - [`token`]: the session token format, issued and verified under those keys.
@@ -27,6 +28,7 @@
 //!
 //! Nothing here knows of HTTP, WebSocket, gRPC or the CLI.
 
+pub mod accounts;
 #[cfg(feature = "rocksdb")]
 pub mod backup;
 pub mod chat;

@@ -188,7 +188,7 @@ pub(crate) fn reply(t: &mut impl Tables, now: u64, room: &str, from: &str, clien
         Ok(standing) => standing,
         Err(done) => return Ok(done),
     };
-    if let Err(muted) = standing.may_speak(now) {
+    if let Some(muted) = standing.silenced(now) {
         return Ok(muted);
     }
     let root = match live_post(t, room, reply_to)? {
@@ -215,7 +215,7 @@ pub(crate) fn change(t: &mut impl Tables, now: u64, room: &str, from: &str, clie
         Err(done) => return Ok(done),
     };
     if !matches!(change, Change::Delete) {
-        if let Err(muted) = standing.may_speak(now) {
+        if let Some(muted) = standing.silenced(now) {
             return Ok(muted);
         }
     }

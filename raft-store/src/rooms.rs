@@ -86,14 +86,10 @@ impl MemberRecord {
         self.muted_until.is_some_and(|until| until > now)
     }
 
-    /// Whether this member may add a post, reply, edit or reaction now: not
-    /// while muted.
-    pub(crate) fn may_speak(&self, now: u64) -> Result<(), Applied> {
-        if self.muted(now) {
-            Err(forbidden("muted in this room"))
-        } else {
-            Ok(())
-        }
+    /// The answer to a post, reply, edit or reaction by this member now, if
+    /// it is refused: while muted.
+    pub(crate) fn silenced(&self, now: u64) -> Option<Applied> {
+        self.muted(now).then(|| forbidden("muted in this room"))
     }
 
     /// Whether this member may delete another member's message.

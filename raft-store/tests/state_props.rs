@@ -13,6 +13,7 @@ use raft_store::ChatRead;
 use openraft::storage::RaftStateMachine;
 use openraft::{Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use proptest::prelude::*;
+use raft_store::accounts;
 use raft_store::chat::{self, Command, Event, MemTables};
 use raft_store::lifecycle::Kind;
 use raft_store::rooms::{self, Role, RoomAction, Visibility};
@@ -42,6 +43,22 @@ fn event() -> impl Strategy<Value = Event> {
         1 => (name(), "[A-Z]{1,4}").prop_map(|(user, h)| Event::PasswordChanged { user, password_hash: format!("NEW-{h}") }),
         1 => name().prop_map(|user| Event::SessionsRevoked { user }),
         3 => room_event(),
+        3 => account_event(),
+    ]
+}
+
+/// Level-6 events: invite codes issued, revoked and used (`k3` is never
+/// issued), and display names, some malformed.
+fn account_event() -> impl Strategy<Value = Event> {
+    let code = || prop::sample::select(vec!["k1", "k2", "k3"]).prop_map(accounts::code_hash);
+    let lasting = prop_oneof![Just(None), (1u64..10_000).prop_map(Some)];
+    let display = prop_oneof![Just(String::new()), Just(" padded".to_string()), "[A-Z][a-z]{0,3}"];
+    prop_oneof![
+        2 => (code(), 1u32..3, lasting).prop_map(|(code_hash, uses, expires_in_ms)| Event::InviteIssued { code_hash, uses, expires_in_ms, note: String::new() }),
+        1 => code().prop_map(|code_hash| Event::InviteRevoked { code_hash }),
+        3 => (name(), code()).prop_map(|(name, code_hash)| Event::InvitedUserRegistered { name, password_hash: "inv".into(), code_hash }),
+        2 => (name(), display).prop_map(|(user, display_name)| Event::ProfileSet { user, display_name }),
+        1 => Just(Event::FeatureLevelRaised { level: accounts::LEVEL }),
     ]
 }
 
@@ -389,6 +406,66 @@ proptest! {
                     }
                     None => prop_assert!(owners.is_empty() && members.iter().all(|(_, m)| *m == rooms::MemberRecord::default())),
                 }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// An invite code registers at most as many users as it was issued for,
+    /// and only while it is good (issued, not revoked, not expired on the
+    /// cluster clock); a refused registration (taken name, bad code) uses
+    /// nothing and registers nobody. A display name is set only for a
+    /// registered user, exactly as given, and the empty name clears it.
+    #[test]
+    fn invite_codes_register_no_more_than_they_allow(cmds in commands()) {
+        let mut t = MemTables::default();
+        chat::apply(&mut t, &Command { ts_ms: 1, event: Event::FeatureLevelRaised { level: accounts::LEVEL } }).unwrap();
+        // code hash -> (registrations it was issued for, registrations made with it)
+        let mut issued: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+        for c in &cmds {
+            let before = t.clone();
+            let now = clock_after(&before, c);
+            let outcome = chat::apply(&mut t, c).unwrap().outcome;
+            match &c.event {
+                Event::InviteIssued { code_hash, uses, .. } if matches!(outcome, chat::Outcome::InviteIssued { .. }) => {
+                    prop_assert!(accounts::invite(&before, code_hash).unwrap().is_none(), "a code was issued twice");
+                    issued.insert(code_hash.clone(), (*uses, 0));
+                }
+                Event::InviteRevoked { code_hash } => {
+                    prop_assert!(accounts::invite(&t, code_hash).unwrap().is_none());
+                    issued.remove(code_hash);
+                }
+                Event::InvitedUserRegistered { name, code_hash, .. } => {
+                    let (had, left) = (accounts::invite(&before, code_hash).unwrap(), accounts::invite(&t, code_hash).unwrap());
+                    if outcome == chat::Outcome::Registered {
+                        let Some(had) = had else { return Err(TestCaseError::fail("registered with a code never issued")) };
+                        prop_assert!(!had.expired(now), "registered with an expired code");
+                        prop_assert!(chat::user(&before, name).unwrap().is_none());
+                        prop_assert_eq!(left.map_or(0, |l| l.uses_left), had.uses_left - 1);
+                        let (allowed, used) = issued.get_mut(code_hash).expect("an issued code is tracked");
+                        *used += 1;
+                        prop_assert!(*used <= *allowed, "{} registrations with a code for {}", used, allowed);
+                    } else {
+                        prop_assert_eq!(had, left, "a refused registration used the code");
+                        prop_assert_eq!(chat::user(&before, name).unwrap(), chat::user(&t, name).unwrap());
+                    }
+                }
+                Event::ProfileSet { user, display_name } => {
+                    let profile = accounts::profile(&t, user).unwrap().map(|p| p.display_name);
+                    if matches!(outcome, chat::Outcome::ProfileSet { .. }) {
+                        prop_assert!(chat::user(&before, user).unwrap().is_some());
+                        prop_assert_eq!(profile, (!display_name.is_empty()).then(|| display_name.clone()));
+                    } else {
+                        prop_assert_eq!(profile, accounts::profile(&before, user).unwrap().map(|p| p.display_name));
+                    }
+                }
+                _ => {}
+            }
+            for (_, invite) in accounts::invites(&t).unwrap() {
+                prop_assert!(invite.uses_left >= 1, "a used-up code stays stored");
             }
         }
     }

@@ -11,6 +11,94 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// `POST /v1/users`: [`Credentials`] and, on a node started with
+/// `--registration invite`, an operator's invite code (level 6), which the
+/// registration uses up one of. Other nodes ignore `invite`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser {
+    pub name: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
+}
+
+/// Who may register on a node (`chorusd --registration`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone (SPEC's behaviour).
+    #[default]
+    Open,
+    /// Only with an operator's invite code (`chorusctl invites create`).
+    Invite,
+    /// Nobody: `POST /v1/users` is `forbidden`.
+    Closed,
+}
+
+impl RegistrationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationMode::Open => "open",
+            RegistrationMode::Invite => "invite",
+            RegistrationMode::Closed => "closed",
+        }
+    }
+}
+
+impl std::fmt::Display for RegistrationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RegistrationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(RegistrationMode::Open),
+            "invite" => Ok(RegistrationMode::Invite),
+            "closed" => Ok(RegistrationMode::Closed),
+            other => Err(format!("registration is open, invite or closed, not {other:?}")),
+        }
+    }
+}
+
+/// `GET /v1/registration` → 200: how this node registers users, so a client
+/// knows whether to ask for an invite code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationInfo {
+    pub mode: RegistrationMode,
+}
+
+/// `POST /v1/users/profile` (level 6, with a bearer token): the caller's
+/// display name, up to 64 characters, no control characters and no space at
+/// either end; `""` clears it. → 200 [`Profile`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileChange {
+    pub display_name: String,
+}
+
+/// A user's public profile: `POST /v1/users/profile`'s answer, and one row of
+/// `GET /v1/users/profile?names=a,b` (registered users only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub name: String,
+    /// Absent when the user has set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// `GET /v1/users/profile`: up to [`MAX_PROFILES`] comma-separated names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfilesQuery {
+    #[serde(default)]
+    pub names: String,
+}
+
+/// The most names one `GET /v1/users/profile` asks about.
+pub const MAX_PROFILES: usize = 100;
+
 /// `POST /v1/users` → 201.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registered {
@@ -88,6 +176,9 @@ pub struct RoomMember {
     /// with no end reads as 18446744073709551615.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub muted_until: Option<u64>,
+    /// The member's display name, if set (level 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
 }
 
 /// `GET /v1/rooms/{room}` → 200: a room the caller may read, its settings

@@ -105,7 +105,7 @@ impl Users {
         let http = reqwest::Client::new();
         let mut tokens = Vec::new();
         for i in 0..n {
-            tokens.push(session(&http, url, &format!("{prefix}{i}"), "bench-password").await?);
+            tokens.push(session(&http, url, &format!("{prefix}{i}"), "bench-password", None).await?);
         }
         Ok(Users { tokens })
     }

@@ -8,20 +8,29 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::Connector;
-use wire::http::{Credentials, ErrorBody, Session};
+use wire::http::{Credentials, ErrorBody, NewUser, Session};
 
 use super::Ws;
 
-/// Registers `user` if new, logs in, and returns a token.
-pub async fn session(http: &reqwest::Client, url: &str, user: &str, password: &str) -> anyhow::Result<String> {
+/// Registers `user` if new (with `invite` if given: a node run with
+/// `--registration invite` asks for one), logs in, and returns a token. A
+/// node that refuses the registration (closed, or no invite) still logs a
+/// known user in; for an unknown one, its refusal is the error.
+pub async fn session(http: &reqwest::Client, url: &str, user: &str, password: &str, invite: Option<&str>) -> anyhow::Result<String> {
+    let new_user = NewUser { name: user.to_string(), password: password.to_string(), invite: invite.map(str::to_string) };
+    let r = http.post(format!("{url}/v1/users")).json(&new_user).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let refused = match r.status() {
+        s if s.is_success() || s == reqwest::StatusCode::CONFLICT => None,
+        reqwest::StatusCode::FORBIDDEN => Some(error_text(r).await),
+        _ => bail!("register: {}", error_text(r).await),
+    };
     let creds = Credentials { name: user.to_string(), password: password.to_string() };
-    let r = http.post(format!("{url}/v1/users")).json(&creds).send().await.with_context(|| format!("cannot reach {url}"))?;
-    if !(r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT) {
-        bail!("register: {}", error_text(r).await);
-    }
     let r = http.post(format!("{url}/v1/sessions")).json(&creds).send().await?;
     if !r.status().is_success() {
-        bail!("login: {}", error_text(r).await);
+        match refused {
+            Some(why) if r.status() == reqwest::StatusCode::UNAUTHORIZED => bail!("register: {why}"),
+            _ => bail!("login: {}", error_text(r).await),
+        }
     }
     let body: Session = r.json().await.context("login answered without a token")?;
     Ok(body.token)
