@@ -35,6 +35,8 @@ async function startNode(n) {
     '--id', String(n.id), '--data-dir', path.join(tmp, `node-${n.id}`),
     '--client-addr', n.client, '--raft-addr', n.raft, '--no-bootstrap',
     '--ready-file', n.ready, '--heartbeat-ms', '50', '--election-ms', '300',
+    // Node 3 registers only with an operator's invite code.
+    ...(n.id === 3 ? ['--registration', 'invite'] : []),
   ], { stdio: ['ignore', 'ignore', log] });
   let exited = null;
   n.proc.once('exit', (code, signal) => { exited = `${code ?? signal}`; });
@@ -284,6 +286,35 @@ async function main() {
   await ben.screenshot({ path: path.join(shots, 'removed.png') });
   await ann.click('#rooms li[data-room="general"]');
   await ben.click('#rooms li[data-room="general"]');
+
+  // Display names and invite codes (level 6): ann names herself; cy, on
+  // node 3 (--registration invite), registers only with an operator's code,
+  // and sees ann's messages under her display name.
+  await ann.fill('#text', '/nick Ann Lee');
+  await ann.press('#text', 'Enter');
+  await ann.waitForSelector('#messages li.notice:has-text("you are shown as Ann Lee")');
+  await ann.waitForSelector('#messages li:has-text("hello everyone") .from:has-text("Ann Lee")');
+  const cyCtx = await browser.newContext({ viewport: { width: 800, height: 600 } });
+  const cy = await cyCtx.newPage();
+  cy.on('pageerror', (e) => console.error('page error (cy):', e.message));
+  await cy.goto(url(nodes[2]));
+  await cy.waitForSelector('#invite-label:not([hidden])');
+  await cy.fill('#name', 'cy');
+  await cy.fill('#password', 'password-123');
+  await cy.click('#register-btn');
+  await cy.waitForSelector('#login-error:has-text("invite code")');
+  const invite = JSON.parse(ctl('--node', nodes[0].raft, '--json', '--timeout', '20', 'invites', 'create', '--note', 'for cy'));
+  assert.equal(invite.uses_left, 1);
+  await cy.fill('#invite', invite.code);
+  await cy.screenshot({ path: path.join(shots, 'invite.png') });
+  await cy.click('#register-btn');
+  await cy.waitForSelector('#conn.on');
+  await cy.waitForSelector('#messages li:has-text("hello everyone") .from:has-text("Ann Lee")');
+  assert.equal(await cy.getAttribute('#messages li:has-text("hello everyone") .from', 'title'), '@ann');
+  await cy.screenshot({ path: path.join(shots, 'display-names.png') });
+  const spent = JSON.parse(ctl('--node', nodes[0].raft, '--json', 'invites', 'list'));
+  assert.equal(spent.filter((i) => i.id === invite.id).length, 0, 'a used-up code is gone');
+  await cyCtx.close();
 
 
   // Bring node 2 back, then watch the cluster view follow a leader change.

@@ -22,6 +22,8 @@ const state = {
   nextId: 0,
   lastTyping: 0,
   compose: null,                  // { mode: 'reply' | 'edit', seq } while answering or editing a message
+  names: new Map(),               // user → display name ('' for none), as the server last said (level 6)
+  asking: new Set(),              // users whose display names are being fetched or are to be
 };
 
 const QUICK_REACTION = '👍';
@@ -45,7 +47,10 @@ async function login(register) {
   const password = $('password').value;
   $('login-error').textContent = '';
   try {
-    if (register) await api('/v1/users', { name, password });
+    if (register) {
+      const invite = $('invite').value.trim();
+      await api('/v1/users', invite ? { name, password, invite } : { name, password });
+    }
     const s = await api('/v1/sessions', { name, password });
     state.user = name;
     state.token = s.token;
@@ -402,7 +407,9 @@ function action(cls, label, title, onclick) {
 // (Re)draws message `m` in its list item.
 function draw(r, m) {
   const li = r.items.get(m.seq);
-  const parts = [el('span', 'from', m.from)];
+  const from = el('span', 'from', shownName(m.from));
+  if (from.textContent !== m.from) from.title = `@${m.from}`;
+  const parts = [from];
   if (m.reply_to) {
     const to = r.msgs.get(m.reply_to);
     parts.push(el('span', 'reply-to', `↪ #${m.reply_to}${to && !to.deleted ? ` ${to.from}: ${to.text.slice(0, 40)}` : ''}`));
@@ -522,6 +529,74 @@ function renderOnline() {
 
 $('login-form').onsubmit = (e) => { e.preventDefault(); login(false); };
 $('register-btn').onclick = () => login(true);
+
+// How this node registers users: with an invite code, or not at all.
+(async () => {
+  try {
+    const r = await fetch('/v1/registration', { cache: 'no-store' });
+    if (!r.ok) return;
+    const { mode } = await r.json();
+    $('invite-label').hidden = mode !== 'invite';
+    $('register-btn').hidden = mode === 'closed';
+  } catch { /* an older node: open registration */ }
+})();
+
+// The name to show for `user`: their display name once known, else the
+// user name (and the display name is asked for, a batch at a time).
+function shownName(user) {
+  const known = state.names.get(user);
+  if (known === undefined && state.token) {
+    state.asking.add(user);
+    if (state.asking.size === 1) setTimeout(fetchNames, 200);
+  }
+  return known || user;
+}
+
+async function fetchNames() {
+  const users = [...state.asking].filter((u) => !state.names.has(u) && !u.includes(':')).slice(0, 100);
+  state.asking.clear();
+  if (!users.length) return;
+  for (const u of users) state.names.set(u, '');
+  try {
+    const r = await fetch(`${state.base}/v1/users/profile?names=${users.map(encodeURIComponent).join(',')}`,
+      { headers: { authorization: `Bearer ${state.token}` } });
+    if (!r.ok) return;
+    const changed = new Set();
+    for (const p of await r.json()) {
+      if (p.display_name) {
+        state.names.set(p.name, p.display_name);
+        changed.add(p.name);
+      }
+    }
+    redrawFrom(changed);
+  } catch { /* shown by user name */ }
+}
+
+// Draws again every shown message of these users.
+function redrawFrom(users) {
+  if (!users.size) return;
+  for (const r of state.rooms.values()) {
+    for (const m of r.msgs.values()) if (users.has(m.from)) draw(r, m);
+  }
+}
+
+// `/nick NAME` (or `/nick` to clear): this user's display name, on every node.
+async function setNick(name, text) {
+  try {
+    const resp = await fetch(`${state.base}/v1/users/profile`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${state.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ display_name: text }),
+    });
+    const body = await resp.json();
+    if (!resp.ok) throw new Error(body.message || resp.statusText);
+    state.names.set(state.user, body.display_name || '');
+    notice(name, body.display_name ? `you are shown as ${body.display_name}` : 'your display name is cleared');
+    redrawFrom(new Set([state.user]));
+  } catch (err) {
+    notice(name, `cannot set the display name: ${err.message}`);
+  }
+}
 $('join-form').onsubmit = (e) => {
   e.preventDefault();
   const name = $('join-room').value.trim();
@@ -571,6 +646,7 @@ $('send-form').onsubmit = (e) => {
   const name = state.current;
   const c = state.compose;
   compose(null);
+  if (!c && (text.trim() === '/nick' || text.startsWith('/nick '))) return setNick(name, text.trim().slice('/nick'.length).trim());
   const command = !c && !name.startsWith('dm:') && text.startsWith('/') ? roomCommand(text) : null;
   if (command) return submit({ type: 'room_action', room: name, ...command });
   if (c && c.mode === 'edit') return submit({ type: 'edit', room: name, target: c.seq, text });
