@@ -171,6 +171,13 @@ async function main() {
   await ben.waitForSelector('#rooms li:has-text("ann") .unread');
   await ben.click('#rooms li:has-text("ann")');
   await ben.waitForSelector('#messages li:has-text("psst, just you")');
+  // Typing shows in a direct-message room too (the page tells of it at most
+  // every 2 s, so ben keeps typing until ann's page shows it).
+  await waitFor('ben typing in the DM', async () => {
+    await ben.type('#text', 'o');
+    return (await ann.textContent('#typing')).includes('ben is typing');
+  }, 10000);
+  await ben.fill('#text', '');
   await ben.click('#rooms li[data-room="general"]');
   mkdirSync(shots, { recursive: true });
   await ann.click('#rooms li[data-room="general"]');
@@ -208,6 +215,13 @@ async function main() {
   await ann.fill('#text', 'welcome, ben');
   await ann.press('#text', 'Enter');
   await ben.waitForSelector('#messages li:has-text("welcome, ben") .reply-to:has-text("ben here")');
+  // The thread opens from its first message, read from the server.
+  await act(ben, 'ben here', 'thread');
+  await ben.waitForSelector('#search-title:has-text("Thread of")');
+  await ben.waitForSelector('#search-results li:has-text("welcome, ben")');
+  assert.equal(await ben.locator('#search-results li').count(), 2, 'the first message and its reply');
+  await ben.screenshot({ path: path.join(shots, 'thread.png') });
+  await ben.click('#search-close');
   await act(ben, 'hello from ann', 'react');
   await ann.waitForSelector('#messages li:has-text("hello from ann") .chip:has-text("👍 1")');
   await act(ann, 'hello from ann', 'edit');
@@ -312,6 +326,17 @@ async function main() {
   await cy.waitForSelector('#messages li:has-text("hello everyone") .from:has-text("Ann Lee")');
   assert.equal(await cy.getAttribute('#messages li:has-text("hello everyone") .from', 'title'), '@ann');
   await cy.screenshot({ path: path.join(shots, 'display-names.png') });
+  // The room directory lists what cy may join: public rooms, not ann's private one.
+  await cy.click('#browse');
+  await cy.waitForSelector('#search-results li[data-room="general"]');
+  assert.equal(await cy.locator('#search-results li[data-room="hideout"]').count(), 0, 'a private room is not listed');
+  await cy.fill('#join-room', 'hide');
+  await cy.click('#browse');
+  await cy.waitForSelector('#search-title:has-text("0 rooms matching")');
+  await cy.fill('#join-room', '');
+  await cy.click('#browse');
+  await cy.waitForSelector('#search-results li[data-room="general"]');
+  await cy.screenshot({ path: path.join(shots, 'directory.png') });
   const spent = JSON.parse(ctl('--node', nodes[0].raft, '--json', 'invites', 'list'));
   assert.equal(spent.filter((i) => i.id === invite.id).length, 0, 'a used-up code is gone');
   await cyCtx.close();

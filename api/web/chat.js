@@ -9,6 +9,9 @@
 // A message can be answered, edited, deleted and reacted to (feature level 4):
 // each change is an entry of the room with its own seq, delivered live like a
 // message, and folded here into the message it targets, which is then drawn again.
+//
+// From level 6 it shows display names (`/nick`), asked of the server a batch at a
+// time, and registers with an invite code where the node asks for one.
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -426,6 +429,7 @@ function draw(r, m) {
     }
     const acts = el('span', 'acts');
     acts.append(action('reply', '↪', 'reply', () => compose('reply', m)));
+    if (m.reply_to || r.threads?.get(m.seq)) acts.append(action('thread', '🧵', 'the thread', () => openThread(m)));
     acts.append(action('react', QUICK_REACTION, 'react', () => react(m, QUICK_REACTION, true)));
     if (m.from === state.user) acts.append(action('edit', '✎', 'edit', () => compose('edit', m)));
     if (m.from === state.user || moderates(m.room)) {
@@ -445,6 +449,14 @@ function addMessage(name, m, older) {
   r.items.set(m.seq, li);
   r.msgs.set(m.seq, { ...m, room: name });
   draw(r, r.msgs.get(m.seq));
+  if (m.thread) {
+    // A thread's first message offers the thread once a reply is shown,
+    // whichever of the two came first.
+    r.threads = r.threads || new Map();
+    r.threads.set(m.thread, (r.threads.get(m.thread) || 0) + 1);
+    const root = r.msgs.get(m.thread);
+    if (root) draw(r, root);
+  }
   place(name, m.seq, li, older);
 }
 
@@ -687,6 +699,79 @@ $('search-form').onsubmit = async (e) => {
   }
 };
 $('search-close').onclick = () => { $('search-results').hidden = true; };
+
+// The results panel (search, the room directory, a thread): shows `title`
+// and the list items `rows`.
+function panel(title, rows) {
+  const box = $('search-results');
+  box.hidden = false;
+  $('search-title').textContent = title;
+  box.querySelector('ol').replaceChildren(...rows);
+}
+
+// The room directory: the rooms this user may see (public ones, and private
+// ones they are in or invited to), filtered by the room field's text.
+$('browse').onclick = async () => {
+  const q = $('join-room').value.trim();
+  panel(q ? `Rooms matching “${q}”…` : 'Rooms…', []);
+  try {
+    const r = await fetch(`${state.base}/v1/rooms?limit=200${q ? `&q=${encodeURIComponent(q)}` : ''}`,
+      { headers: { authorization: `Bearer ${state.token}` }, cache: 'no-store' });
+    const rows = await r.json();
+    if (!r.ok) throw new Error(rows.message || r.statusText);
+    const listed = rows.filter((x) => !x.name.startsWith('dm:'));
+    panel(`${listed.length} room${listed.length === 1 ? '' : 's'}${q ? ` matching “${q}”` : ''}`, listed.map((x) => {
+      const li = el('li', 'hit');
+      li.dataset.room = x.name;
+      const lock = x.visibility === 'private' ? '🔒 ' : '';
+      li.append(el('span', 'where', `${lock}#${x.name}`), el('span', 'text', x.title || ''));
+      const about = [`${x.members} member${x.members === 1 ? '' : 's'}`];
+      if (x.role) about.push(`you: ${x.role}`);
+      else if (x.invited) about.push('you are invited');
+      if (x.topic) about.push(x.topic);
+      li.append(el('span', 'about', about.join(' · ')));
+      li.onclick = () => {
+        $('search-results').hidden = true;
+        if (!state.rooms.has(x.name)) send(joinFrame(x.name, room(x.name)));
+        select(x.name);
+      };
+      return li;
+    }));
+  } catch (err) {
+    panel(`rooms: ${err.message}`, []);
+  }
+};
+
+// A thread: its first message and every reply, from the server.
+async function openThread(m) {
+  const root = m.thread || m.seq;
+  panel(`Thread of #${root}…`, []);
+  try {
+    const r = await fetch(`${state.base}/v1/rooms/${encodeURIComponent(m.room)}/messages/${root}/thread?limit=200`,
+      { headers: { authorization: `Bearer ${state.token}` } });
+    const page = await r.json();
+    if (!r.ok) throw new Error(page.message || r.statusText);
+    const first = page.messages[0];
+    const about = first && first.text ? `: ${first.text.slice(0, 40)}` : '';
+    panel(`Thread of #${root}${about} (${page.messages.length - 1} repl${page.messages.length === 2 ? 'y' : 'ies'})`, page.messages.map((t) => {
+      const li = el('li', 'hit');
+      li.dataset.seq = t.seq;
+      li.append(el('span', 'where', `#${t.seq}`), el('span', 'from', shownName(t.from)), el('span', 'text', t.deleted ? 'message deleted' : t.text));
+      li.onclick = () => {
+        compose('reply', shownOr(m.room, t));
+        $('text').focus();
+      };
+      return li;
+    }));
+  } catch (err) {
+    panel(`thread: ${err.message}`, []);
+  }
+}
+
+// The message shown for seq `t.seq` in `name`, else the thread's copy of it.
+function shownOr(name, t) {
+  return room(name).msgs.get(t.seq) || { ...t, room: name };
+}
 // Logging out revokes the user's tokens on the server (this one and every
 // other device's), so a copied token is no good either.
 $('logout').onclick = async () => {
@@ -696,7 +781,7 @@ $('logout').onclick = async () => {
   signedOut('Logged out.');
 };
 $('text').oninput = () => {
-  if (Date.now() - state.lastTyping > 2000 && !state.current.startsWith('dm:')) {
+  if (Date.now() - state.lastTyping > 2000) {
     state.lastTyping = Date.now();
     send({ type: 'typing', room: state.current });
   }
