@@ -43,13 +43,15 @@ pub struct Msg {
     pub as_of: u64,
 }
 
-/// A change to the message at `target`: an edit, a delete or a reaction.
+/// A change to the message at `target` (an edit, a delete or a reaction), or
+/// to the room itself: its owner's `set_topic` room action.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Change {
     Edit { target: u64, text: String },
     Delete { target: u64 },
     React { target: u64, emoji: String, added: bool },
+    Topic { text: String },
 }
 
 impl Change {
@@ -59,12 +61,15 @@ impl Change {
             Change::Edit { .. } => "edit",
             Change::Delete { .. } => "delete",
             Change::React { .. } => "react",
+            Change::Topic { .. } => "topic",
         }
     }
 
-    pub fn target(&self) -> u64 {
+    /// The message it changes; `None` for a change to the room.
+    pub fn target(&self) -> Option<u64> {
         match self {
-            Change::Edit { target, .. } | Change::Delete { target } | Change::React { target, .. } => *target,
+            Change::Edit { target, .. } | Change::Delete { target } | Change::React { target, .. } => Some(*target),
+            Change::Topic { .. } => None,
         }
     }
 }
@@ -128,6 +133,10 @@ pub struct History {
     /// Node id → why its final read failed, for nodes missing from `finals`.
     #[serde(default)]
     pub final_errors: BTreeMap<u64, String>,
+    /// Node id → the room's topic as that node serves it at the end
+    /// (`GET /v1/rooms/{room}`), read with the final histories.
+    #[serde(default)]
+    pub final_topics: BTreeMap<u64, String>,
     /// Every scheduled fault that did not take effect, or could not be undone.
     #[serde(default)]
     pub fault_failures: Vec<String>,
@@ -145,4 +154,8 @@ pub struct Expected {
     /// them at least one delete, when this is not 0).
     #[serde(default)]
     pub min_changes: usize,
+    /// Acknowledged topic changes the run must reach: 1 when its first
+    /// client created the room and so owns it, else 0.
+    #[serde(default)]
+    pub min_topics: usize,
 }

@@ -36,7 +36,8 @@ mod tests {
             reads: vec![ReadOp { node: 2, room: "r".into(), linearizable: true, invoke_ms: 10, complete_ms: 11, outcome: Outcome::Ok, seen: vec![("u".into(), "a".into()), ("u".into(), "b".into())], changed: vec![] }],
             subscriptions: vec![Subscription { client: 1, node: 3, room: "r".into(), after: 0, received: finals.clone() }],
             finals: BTreeMap::from([(1, finals.clone()), (2, finals.clone()), (3, finals)]),
-            expected: Expected { nodes: vec![1, 2, 3], min_acked: 2, min_changes: 0 },
+            final_topics: BTreeMap::from([(1, String::new()), (2, String::new()), (3, String::new())]),
+            expected: Expected { nodes: vec![1, 2, 3], min_acked: 2, min_changes: 0, min_topics: 0 },
             ..History::default()
         }
     }
@@ -152,7 +153,7 @@ mod tests {
 
     #[test]
     fn an_empty_or_thin_run_fails() {
-        let empty = History { expected: Expected { nodes: vec![1, 2, 3], min_acked: 1, min_changes: 0 }, ..History::default() };
+        let empty = History { expected: Expected { nodes: vec![1, 2, 3], min_acked: 1, min_changes: 0, min_topics: 0 }, ..History::default() };
         let f = failing(&empty);
         assert!(f.contains(&"every node's final history read") && f.contains(&"enough operations completed to test anything"), "{f:?}");
         // Below the minimum of acks.
@@ -243,6 +244,45 @@ mod tests {
         let mut h = changed();
         h.sends.retain(|o| !matches!(o.change, Some(Change::Delete { .. })));
         assert!(failing(&h).contains(&"enough operations completed to test anything"));
+    }
+
+    /// `good()` with two acked topic changes after its messages, and every
+    /// node serving the last one.
+    fn topics() -> History {
+        let mut h = good();
+        let set = |id: &str, seq, text: &str| SendOp { change: Some(Change::Topic { text: text.into() }), ..send(id, 20 + seq, 21 + seq, Outcome::Ok, Some(seq)) };
+        h.sends.extend([set("t1", 3, "first"), set("t2", 4, "second")]);
+        h.expected.min_topics = 1;
+        let entry = |seq, id: &str, text: &str| Msg { change: Some(Change::Topic { text: text.into() }), ..msg(seq, id, 10 * seq) };
+        for f in h.finals.values_mut() {
+            f.extend([entry(3, "t1", "first"), entry(4, "t2", "second")]);
+        }
+        h.subscriptions[0].received = h.finals[&1].clone();
+        h.final_topics = BTreeMap::from([(1, "second".into()), (2, "second".into()), (3, "second".into())]);
+        h
+    }
+
+    #[test]
+    fn a_topic_served_other_than_the_last_set_is_reported() {
+        const TOPIC: &str = "the topic served is the last one set";
+        assert!(failing(&topics()).is_empty(), "{:?}", check_all(&topics()));
+        // A node went back to the older topic.
+        let mut h = topics();
+        h.final_topics.insert(2, "first".into());
+        assert_eq!(failing(&h), vec![TOPIC]);
+        // A node's topic was never read.
+        let mut h = topics();
+        h.final_topics.remove(&3);
+        assert_eq!(failing(&h), vec![TOPIC]);
+        // The owner's run acked no topic change: nothing was tested.
+        let mut h = topics();
+        h.sends.retain(|o| o.change.is_none());
+        for f in h.finals.values_mut() {
+            f.truncate(2);
+        }
+        resubscribe(&mut h);
+        h.final_topics = BTreeMap::from([(1, String::new()), (2, String::new()), (3, String::new())]);
+        assert_eq!(failing(&h), vec!["enough operations completed to test anything"]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use jepsen_like_tests::checker::check_all;
 use jepsen_like_tests::cluster::{Cluster, Layout, NodeOptions};
 use jepsen_like_tests::history::{Expected, History, Msg, Outcome};
 use jepsen_like_tests::report;
-use jepsen_like_tests::workload::{login, ms, read_room, sender, subscriber};
+use jepsen_like_tests::workload::{create_room, login, ms, read_room, read_topic, sender, subscriber};
 use jepsen_like_tests::{nemesis, netns};
 use rand::Rng;
 
@@ -119,22 +119,35 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
     for i in 0..args.clients + 2 {
         tokens.push(login(&http, &addrs[i % addrs.len()].1, &format!("c{i}")).await?);
     }
+    // c0 makes the room, and owns it: its topic changes are in the mix.
+    let owner = create_room(&http, &addrs[0].1, &tokens[0]).await;
 
     let start = Instant::now();
-    let (history, faults, mut fault_failures) = workload(&args, &cluster, kinds, &addrs, &tokens, seed, start).await?;
+    let (history, faults, mut fault_failures) = workload(&args, &cluster, kinds, &addrs, &tokens, owner, seed, start).await?;
     let duration_ms = ms(start);
     // Heal, let every node catch up, then read every node's final history.
     if let Err(e) = cluster.heal_all().await {
         fault_failures.push(format!("healing the cluster after the faults: {e:#}"));
     }
-    let (finals, final_errors) = final_histories(&http, &addrs, &tokens[0]).await;
+    let (finals, mut final_errors) = final_histories(&http, &addrs, &tokens[0]).await;
     let mut h = history;
     h.finals = finals;
+    // Each node's topic, read once its history has converged with the others'.
+    for (id, addr) in &addrs {
+        match read_topic(&http, addr, &tokens[0]).await {
+            Ok(topic) => {
+                h.final_topics.insert(*id, topic);
+            }
+            Err(e) => {
+                final_errors.entry(*id).or_insert_with(|| format!("reading the topic: {e}"));
+            }
+        }
+    }
     h.final_errors = final_errors;
     h.fault_failures = fault_failures;
     let min_acked = args.min_acked.unwrap_or(10 * args.time as usize);
     // About a quarter of the ops are changes once a client has a message to change.
-    h.expected = Expected { nodes: addrs.iter().map(|(id, _)| *id).collect(), min_acked, min_changes: min_acked / 10 };
+    h.expected = Expected { nodes: addrs.iter().map(|(id, _)| *id).collect(), min_acked, min_changes: min_acked / 10, min_topics: usize::from(owner) };
 
     let valid = write_report(&args, seed, duration_ms, &h, &faults)?;
     cluster.shutdown();
@@ -161,12 +174,14 @@ fn shut_down_on_signal(cluster: Arc<Cluster>) {
 /// `--clients` senders and two subscribers until `--time` is up, with the
 /// nemesis running beside them: the clients' history, the faults, and the
 /// faults that did not take hold.
+#[allow(clippy::too_many_arguments)]
 async fn workload(
     args: &Args,
     cluster: &Arc<Cluster>,
     kinds: Vec<String>,
     addrs: &[(u64, String)],
     tokens: &[String],
+    owner: bool,
     seed: u64,
     start: Instant,
 ) -> anyhow::Result<(History, Vec<report::Fault>, Vec<String>)> {
@@ -174,7 +189,7 @@ async fn workload(
     let deadline = start + Duration::from_secs(args.time);
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().take(args.clients).enumerate() {
-        tasks.push(tokio::spawn(sender(i, addrs.to_vec(), token.clone(), seed, start, deadline, history.clone())));
+        tasks.push(tokio::spawn(sender(i, addrs.to_vec(), token.clone(), seed, start, deadline, owner && i == 0, history.clone())));
     }
     for j in 0..2 {
         tasks.push(tokio::spawn(subscriber(j, addrs.to_vec(), tokens[args.clients + j].clone(), seed, deadline, history.clone())));
@@ -235,7 +250,7 @@ fn write_report(args: &Args, seed: u64, duration_ms: u64, h: &History, faults: &
         h.finals.values().next().map_or(0, Vec::len)
     );
     let acked = |op: &str| h.sends.iter().filter(|o| o.outcome == Outcome::Ok && o.change.as_ref().is_some_and(|c| c.op() == op)).count();
-    println!("of the acked sends: {} edits, {} deletes, {} reactions", acked("edit"), acked("delete"), acked("react"));
+    println!("of the acked sends: {} edits, {} deletes, {} reactions, {} topic changes", acked("edit"), acked("delete"), acked("react"), acked("topic"));
     for v in &verdicts {
         println!("  {:<52} {}", v.property, if v.ok { "ok".to_string() } else { format!("VIOLATED ({} anomalies, first: {})", v.anomalies.len(), v.anomalies[0]) });
     }

@@ -73,7 +73,20 @@ pub async fn login(http: &reqwest::Client, client_addr: &str, user: &str) -> any
 
 /// One sending client: unique ids, retried with the same id on another node
 /// until acked or out of attempts (then the outcome is unknown).
-pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u64, start: Instant, deadline: Instant, h: Arc<Mutex<History>>) {
+///
+/// With `owner` (this client created the room, so it owns it) a tenth of its
+/// ops set the room's topic, a room action only the owner may take.
+#[allow(clippy::too_many_arguments)]
+pub async fn sender(
+    i: usize,
+    addrs: Vec<(u64, String)>,
+    token: String,
+    seed: u64,
+    start: Instant,
+    deadline: Instant,
+    owner: bool,
+    h: Arc<Mutex<History>>,
+) {
     let mut rng = StdRng::seed_from_u64(seed ^ ((i as u64 + 1) * 0x9E37_79B9));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let user = format!("c{i}");
@@ -99,7 +112,13 @@ pub async fn sender(i: usize, addrs: Vec<(u64, String)>, token: String, seed: u6
         }
         let id = format!("{user}-{n}");
         // A quarter of the ops change one of this client's acked messages.
-        let change = if rng.random_bool(0.25) { change_of(&mut rng, &mine, &id) } else { None };
+        let change = if owner && rng.random_bool(0.1) {
+            Some(Change::Topic { text: format!("{id} topic") })
+        } else if rng.random_bool(0.25) {
+            change_of(&mut rng, &mine, &id)
+        } else {
+            None
+        };
         let invoke = ms(start);
         let mut outcome = Outcome::Unknown;
         let mut seq = None;
@@ -173,13 +192,14 @@ fn frame_of(id: &str, change: Option<&Change>) -> ClientFrame {
         Some(Change::Delete { target }) => ClientFrame::Delete { room, id: id_, target },
         Some(Change::React { target, emoji, added: true }) => ClientFrame::React { room, id: id_, target, emoji },
         Some(Change::React { target, emoji, added: false }) => ClientFrame::Unreact { room, id: id_, target, emoji },
+        Some(Change::Topic { text }) => ClientFrame::RoomAction { room, id: id_, action: wire::RoomAction::SetTopic { topic: text } },
     }
 }
 
 /// The change entries of a read and the messages they target: what the
 /// lifecycle checks need of it.
 fn changed_only(entries: Vec<Msg>) -> Vec<Msg> {
-    let targets: std::collections::BTreeSet<u64> = entries.iter().filter_map(|e| e.change.as_ref().map(Change::target)).collect();
+    let targets: std::collections::BTreeSet<u64> = entries.iter().filter_map(|e| e.change.as_ref().and_then(Change::target)).collect();
     entries.into_iter().filter(|e| e.change.is_some() || targets.contains(&e.seq)).collect()
 }
 
@@ -219,9 +239,15 @@ fn recorded(e: HistoryEntry) -> Msg {
             let change = Some(Change::React { target: r.target, emoji: r.emoji, added: r.added });
             Msg { room: r.room, seq: r.seq, id: r.id, from: r.from, ts: r.ts, change, ..Msg::default() }
         }
-        // The workload makes no room actions: one read here is an entry
-        // nobody sent, which the checker reports as such.
-        HistoryEntry::RoomAction(c) => Msg { room: c.room, seq: c.seq, id: c.id, from: c.from, ts: c.ts, ..Msg::default() },
+        // The only room action the workload takes is the owner's topic; any
+        // other read here is an entry nobody sent, which the checker reports.
+        HistoryEntry::RoomAction(c) => {
+            let change = match c.action {
+                wire::RoomAction::SetTopic { topic } => Some(Change::Topic { text: topic }),
+                _ => None,
+            };
+            Msg { room: c.room, seq: c.seq, id: c.id, from: c.from, ts: c.ts, change, ..Msg::default() }
+        }
     }
 }
 
@@ -272,6 +298,31 @@ impl std::fmt::Display for ReadError {
             ReadError::Unknown => "no answer (connection, timeout, 5xx or a bad body)",
         })
     }
+}
+
+/// Makes the workload's room with the first client as its owner (feature
+/// level 5): whether it did, so that client may set the topic.
+pub async fn create_room(http: &reqwest::Client, addr: &str, token: &str) -> bool {
+    let body = wire::http::CreateRoom { name: ROOM.into(), visibility: wire::Visibility::Public, title: String::new(), topic: String::new() };
+    for _ in 0..50 {
+        match http.post(format!("http://{addr}/v1/rooms")).bearer_auth(token).json(&body).send().await {
+            Ok(r) if r.status().is_success() => return true,
+            // A cluster below level 5, or the room exists already.
+            Ok(r) if r.status().is_client_error() => return false,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    false
+}
+
+/// The room's topic as `addr` serves it (a local read of its applied state).
+pub async fn read_topic(http: &reqwest::Client, addr: &str, token: &str) -> Result<String, ReadError> {
+    let r = http.get(format!("http://{addr}/v1/rooms/{ROOM}")).bearer_auth(token).send().await.map_err(|_| ReadError::Unknown)?;
+    if r.status().is_client_error() {
+        return Err(ReadError::Refused);
+    }
+    let d: wire::http::RoomDetails = r.error_for_status().map_err(|_| ReadError::Unknown)?.json().await.map_err(|_| ReadError::Unknown)?;
+    Ok(d.topic)
 }
 
 /// Every message of the room as `addr` serves it, paged; the first page with the

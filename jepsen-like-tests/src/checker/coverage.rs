@@ -35,7 +35,15 @@ pub fn enough_operations(h: &History) -> Verdict {
     if acked < h.expected.min_acked.max(1) {
         anomalies.push(format!("{acked} sends acked, fewer than the minimum of {}", h.expected.min_acked.max(1)));
     }
-    let changes: Vec<_> = h.sends.iter().filter(|o| o.outcome == Outcome::Ok).filter_map(|o| o.change.as_ref()).collect();
+    let (topics, changes): (Vec<_>, Vec<_>) = h
+        .sends
+        .iter()
+        .filter(|o| o.outcome == Outcome::Ok)
+        .filter_map(|o| o.change.as_ref())
+        .partition(|c| matches!(c, crate::history::Change::Topic { .. }));
+    if topics.len() < h.expected.min_topics {
+        anomalies.push(format!("{} topic changes acked, fewer than the minimum of {}", topics.len(), h.expected.min_topics));
+    }
     if changes.len() < h.expected.min_changes {
         anomalies.push(format!("{} edits, deletes and reactions acked, fewer than the minimum of {}", changes.len(), h.expected.min_changes));
     }

@@ -32,7 +32,9 @@ pub fn served_consistently(entries: &[Msg], what: &str) -> Vec<String> {
     let mut changes: BTreeMap<u64, Vec<&Msg>> = BTreeMap::new();
     for e in entries {
         if let Some(c) = &e.change {
-            changes.entry(c.target()).or_default().push(e);
+            if let Some(target) = c.target() {
+                changes.entry(target).or_default().push(e);
+            }
         }
     }
     let by_seq: BTreeMap<u64, &Msg> = entries.iter().map(|e| (e.seq, e)).collect();
@@ -73,7 +75,7 @@ fn fold<'a>(changes: impl Iterator<Item = &'a Msg>) -> Folded {
             Some(Change::React { emoji, added, .. }) => {
                 f.reactions.insert((emoji.clone(), e.from.clone()), *added);
             }
-            None => {}
+            Some(Change::Topic { .. }) | None => {}
         }
     }
     f
@@ -113,6 +115,26 @@ pub fn changes_fold(h: &History) -> Verdict {
         anomalies.extend(served_consistently(&r.changed, &format!("a read on node {} at {} ms", r.node, r.invoke_ms)));
     }
     Verdict::of("messages served as their edits, deletes and reactions say", anomalies)
+}
+
+/// Each node's final topic is the text of the last topic entry in its own
+/// final history ("" if none): a topic change is never lost, undone or
+/// applied out of order on any node.
+pub fn topic_is_the_last_set(h: &History) -> Verdict {
+    let mut anomalies = Vec::new();
+    for (node, msgs) in &h.finals {
+        let last = msgs.iter().filter_map(|m| match &m.change {
+            Some(Change::Topic { text }) => Some((m.seq, text.as_str())),
+            _ => None,
+        });
+        let want = last.max_by_key(|(seq, _)| *seq).map_or("", |(_, t)| t);
+        match h.final_topics.get(node) {
+            Some(topic) if topic == want => {}
+            Some(topic) => anomalies.push(format!("node {node} serves the topic {topic:?}, but its last topic entry sets {want:?}")),
+            None => anomalies.push(format!("node {node}'s topic was not read at the end")),
+        }
+    }
+    Verdict::of("the topic served is the last one set", anomalies)
 }
 
 /// A message whose delete was acked is deleted in every final history and in

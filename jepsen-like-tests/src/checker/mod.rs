@@ -42,5 +42,6 @@ pub fn check_all(h: &History) -> Vec<Verdict> {
         delivery::subscriptions_gap_free(h),
         lifecycle::changes_fold(h),
         lifecycle::deletes_stick(h),
+        lifecycle::topic_is_the_last_set(h),
     ]
 }
