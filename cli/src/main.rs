@@ -12,6 +12,7 @@ mod bench;
 mod certs;
 mod chat;
 mod invites;
+mod rooms;
 mod users;
 
 use std::process::ExitCode;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Invite codes for registration on nodes run with --registration invite.
     #[command(subcommand)]
     Invites(invites::InvitesCommand),
+    /// An operator's say over rooms: name a room's owner.
+    #[command(subcommand)]
+    Rooms(rooms::RoomsCommand),
     /// An interactive terminal chat client.
     Chat {
         /// Client URL of any node, e.g. http://127.0.0.1:8080 (https:// with --ca)
@@ -161,6 +165,7 @@ async fn main() -> ExitCode {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Users(cmd) => users::run(&cli, cmd).await,
         Command::Invites(cmd) => invites::run(&cli, cmd).await,
+        Command::Rooms(cmd) => rooms::run(&cli, cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ use proto::v1::admin_client::AdminClient;
 use proto::v1::admin_server::Admin;
 use proto::v1::{
     AddProgress, AddRequest, ClusterStatus, CreateInviteReply, CreateInviteRequest, Empty, IdRequest, InitRequest, Invite, InviteList, Member,
-    NodeInfo as NodeInfoMsg, RevokeInviteRequest, RevokeReply, RevokeRequest, RotateKeyReply, RotateKeyRequest, SnapshotReply, UpgradeRequest,
+    NodeInfo as NodeInfoMsg, RevokeInviteRequest, RevokeReply, SetRoomOwnerRequest, RevokeRequest, RotateKeyReply, RotateKeyRequest, SnapshotReply, UpgradeRequest,
 };
 use raft_store::accounts::{self, InviteRecord};
 use raft_store::chat::{Command, Event, Outcome};
@@ -331,7 +331,7 @@ impl Admin for AdminService {
         self.at_leader()?;
         let key: [u8; 32] = rand::Rng::random(&mut rand::rng());
         let event = Event::SigningKeyRotated { key: key.to_vec(), drop_old: request.get_ref().drop_old };
-        match commit_credential(&self.node, event).await? {
+        match commit_operator(&self.node, event).await? {
             Outcome::KeyRotated { version } => Ok(Response::new(RotateKeyReply { version })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -341,7 +341,7 @@ impl Admin for AdminService {
         self.node.peers.identity.check_role(&request, Need::Operator)?;
         self.at_leader()?;
         let user = request.into_inner().user;
-        match commit_credential(&self.node, Event::SessionsRevoked { user }).await? {
+        match commit_operator(&self.node, Event::SessionsRevoked { user }).await? {
             Outcome::Revoked { epoch } => Ok(Response::new(RevokeReply { epoch })),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -357,7 +357,7 @@ impl Admin for AdminService {
         let code_hash = accounts::code_hash(&code);
         let expires_in_ms = (expires_in_secs > 0).then(|| expires_in_secs.saturating_mul(1000));
         let event = Event::InviteIssued { code_hash: code_hash.clone(), uses, expires_in_ms, note: note.clone() };
-        match commit_credential(&self.node, event).await? {
+        match commit_operator(&self.node, event).await? {
             Outcome::InviteIssued { expires_at_ms } => {
                 // Proposing waited for this node to apply it: the record is here.
                 let stored = accounts::invite(&self.node.reader, &code_hash).map_err(|e| Status::internal(e.to_string()))?;
@@ -390,8 +390,19 @@ impl Admin for AdminService {
             [] => return Err(Status::not_found(format!("no invite {id:?}; `chorusctl invites list` shows their ids"))),
             _ => return Err(Status::invalid_argument(format!("{id:?} names more than one invite: give more of its id"))),
         };
-        match commit_credential(&self.node, Event::InviteRevoked { code_hash }).await? {
+        match commit_operator(&self.node, Event::InviteRevoked { code_hash }).await? {
             Outcome::InviteRevoked { .. } => Ok(Response::new(Empty {})),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn set_room_owner(&self, request: Request<SetRoomOwnerRequest>) -> Result<Response<Empty>, Status> {
+        self.node.peers.identity.check_role(&request, Need::Operator)?;
+        self.at_leader()?;
+        let SetRoomOwnerRequest { room, user } = request.into_inner();
+        match commit_operator(&self.node, Event::RoomOwnerSet { room, owner: user.clone() }).await? {
+            Outcome::OwnerSet => Ok(Response::new(Empty {})),
+            Outcome::NoSuchUser => Err(Status::not_found(format!("no user {user:?}"))),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -422,9 +433,9 @@ fn invite_row(hash: &str, record: &InviteRecord) -> Invite {
     }
 }
 
-/// On the leader: commits a credential event (rotation, revocation) and
-/// returns its outcome.
-async fn commit_credential(node: &Node, event: Event) -> Result<Outcome, Status> {
+/// On the leader: commits an operator's event (a key rotation, a revocation,
+/// an invite, a room owner) and returns its outcome.
+async fn commit_operator(node: &Node, event: Event) -> Result<Outcome, Status> {
     // Display names the event without its secrets (never the key itself).
     let what = Command { ts_ms: 0, event: event.clone() }.to_string();
     match node.propose(event, TRANSFER_TIMEOUT).await {

@@ -636,6 +636,19 @@ async fn invite_codes_and_display_names_hold_on_every_node() {
     assert_eq!(members.iter().find(|m| m["name"] == "ann").unwrap()["display_name"], "Ann Lee 🌱", "{details}");
     assert!(members.iter().find(|m| m["name"] == "ben").unwrap().get("display_name").is_none(), "{details}");
 
+    // An operator hands den (ann's, as its first joiner) to ben: ann becomes a moderator.
+    use proto::v1::SetRoomOwnerRequest;
+    let set = |room: &str, user: &str| SetRoomOwnerRequest { room: room.into(), user: user.into() };
+    admin.set_room_owner(set("den", "ben")).await.unwrap();
+    let details = get_json(&b1, &t1, "/v1/rooms/den").await;
+    assert_eq!(details["owner"], "ben", "{details}");
+    let role = |d: &Value, who: &str| d["members"].as_array().unwrap().iter().find(|m| m["name"] == who).unwrap()["role"].clone();
+    assert_eq!((role(&details, "ben"), role(&details, "ann")), (json!("owner"), json!("moderator")), "{details}");
+    let e = admin.set_room_owner(set("den", "nobody")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = admin.set_room_owner(set("nowhere", "ann")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
     // Clearing it is an empty name.
     let (status, p) = post_json(&b1, &t1, "/v1/users/profile", json!({"display_name": ""})).await;
     assert_eq!((status, p), (200, json!({"name": "ann"})));

@@ -63,6 +63,7 @@ impl std::fmt::Display for Command {
             Event::InviteIssued { uses, expires_in_ms, .. } => write!(f, "invite-issued(uses: {uses}, expires_in_ms: {expires_in_ms:?})"),
             Event::InviteRevoked { .. } => write!(f, "invite-revoked"),
             Event::InvitedUserRegistered { name, .. } => write!(f, "invited-user-registered({name})"),
+            Event::RoomOwnerSet { room, owner } => write!(f, "room-owner-set({room}, {owner})"),
         }
     }
 }
@@ -124,6 +125,10 @@ pub enum Event {
     InviteRevoked { code_hash: String },
     /// A registration that uses one of the invite code's registrations.
     InvitedUserRegistered { name: String, password_hash: String, code_hash: String },
+    /// The operator makes `owner`, a member, the owner of `room`
+    /// (`chorusctl rooms set-owner`): for rooms from before level 5, and rooms
+    /// whose owner has gone ([`crate::rooms::set_owner`]).
+    RoomOwnerSet { room: String, owner: String },
 }
 
 impl Event {
@@ -150,7 +155,8 @@ impl Event {
             | Event::FeatureLevelRaised { .. }
             | Event::SigningKeyRotated { .. }
             | Event::InviteIssued { .. }
-            | Event::InviteRevoked { .. } => false,
+            | Event::InviteRevoked { .. }
+            | Event::RoomOwnerSet { .. } => false,
         }
     }
 
@@ -172,9 +178,11 @@ impl Event {
             | Event::ReadMarked { .. }
             | Event::PasswordChanged { .. } => 4,
             Event::RoomCreated { .. } | Event::RoomActed { .. } => crate::rooms::LEVEL,
-            Event::ProfileSet { .. } | Event::InviteIssued { .. } | Event::InviteRevoked { .. } | Event::InvitedUserRegistered { .. } => {
-                crate::accounts::LEVEL
-            }
+            Event::ProfileSet { .. }
+            | Event::InviteIssued { .. }
+            | Event::InviteRevoked { .. }
+            | Event::InvitedUserRegistered { .. }
+            | Event::RoomOwnerSet { .. } => crate::accounts::LEVEL,
         }
     }
 
@@ -231,6 +239,8 @@ pub enum Outcome {
     InviteIssued { expires_at_ms: Option<u64> },
     /// Whether there was such an invite code to withdraw.
     InviteRevoked { found: bool },
+    /// The room has the owner the operator named.
+    OwnerSet,
 }
 
 /// A stored room entry, as history and delivery serve it: a message, or a
@@ -534,6 +544,7 @@ pub fn apply(t: &mut impl Tables, cmd: &Command) -> Result<Applied, StoreError> 
         Event::InvitedUserRegistered { name, password_hash, code_hash } => {
             crate::accounts::register_invited(t, now, name, password_hash, code_hash)
         }
+        Event::RoomOwnerSet { room, owner } => crate::rooms::set_owner(t, room, owner),
     }
 }
 

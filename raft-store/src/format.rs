@@ -16,7 +16,7 @@
 //! | 3 | `SigningKeyRotated` and `SessionsRevoked`: versioned token keys and revocation ([`crate::sessions`]) |
 //! | 4 | `ReplyPosted`, `MessageEdited`, `MessageDeleted` and `ReactionChanged`: replies, threads, edits, deletes and reactions as room entries ([`crate::lifecycle`]); `ReadMarked`: read markers ([`crate::markers`]) |
 //! | 5 | `RoomCreated` and `RoomActed`: rooms with owners, visibility, roles, invitations, kicks, bans, mutes, topics and titles ([`crate::rooms`]); a join may be refused |
-//! | 6 | `ProfileSet`: display names; `InviteIssued`, `InviteRevoked` and `InvitedUserRegistered`: registration by operator-made invite codes ([`crate::accounts`]) |
+//! | 6 | `ProfileSet`: display names; `InviteIssued`, `InviteRevoked` and `InvitedUserRegistered`: registration by operator-made invite codes ([`crate::accounts`]); `RoomOwnerSet`: an operator names a room's owner ([`crate::rooms::set_owner`]) |
 //!
 //! A level only goes up. A binary that reads level N also reads every level
 //! below it, so a cluster is upgraded one binary at a time and then raised.

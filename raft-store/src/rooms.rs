@@ -5,7 +5,9 @@
 //! [`Event::RoomCreated`](crate::chat::Event) (which names its visibility) or
 //! by being its first joiner (a public room, as every room was before). Rooms
 //! made before level 5 have no owner and no [`RoomInfo`]: they stay public,
-//! and nobody moderates them.
+//! and nobody moderates them until an operator names an owner
+//! ([`Event::RoomOwnerSet`](crate::chat::Event), level 6, `chorusctl rooms
+//! set-owner`), which also hands on a room whose owner has gone.
 //!
 //! Every change to a room's access is an entry of the room
 //! ([`Kind::Room`](crate::lifecycle::Kind)) with the next seq, like a message:
@@ -303,6 +305,43 @@ pub(crate) fn join(t: &mut impl Tables, now: u64, room: &str, user: &str) -> Res
     Ok(Applied::outcome(Outcome::Joined { head: record.last_seq }))
 }
 
+/// The operator makes `owner`, a member of `room`, its owner. A room from
+/// before level 5 gets its settings (public, no title or topic); a room with
+/// another owner is handed on, the old owner (if still a member) becoming a
+/// moderator, as when an owner hands it on. Not a room entry: members see the
+/// new roles in the room's details.
+pub(crate) fn set_owner(t: &mut impl Tables, room: &str, owner: &str) -> Result<Applied, StoreError> {
+    if chat::dm_participants(room).is_some() {
+        return Ok(chat::rejected("a direct-message room has no owner"));
+    }
+    if chat::room(t, room)?.is_none() {
+        return Ok(chat::rejected("no such room"));
+    }
+    if chat::user(t, owner)?.is_none() {
+        return Ok(Applied::outcome(Outcome::NoSuchUser));
+    }
+    let Some(mut record) = member(t, room, owner)? else {
+        return Ok(chat::rejected("the new owner must be a member of the room"));
+    };
+    let settings = match info(t, room)? {
+        Some(mut i) => {
+            if i.owner != owner {
+                if let Some(mut old) = member(t, room, &i.owner)? {
+                    old.role = Role::Moderator;
+                    put_member(t, room, &i.owner, &old)?;
+                }
+                i.owner = owner.to_string();
+            }
+            i
+        }
+        None => RoomInfo { owner: owner.to_string(), visibility: Visibility::Public, title: String::new(), topic: String::new() },
+    };
+    chat::put_record(t, Table::RoomInfo, room.as_bytes(), &settings)?;
+    record.role = Role::Owner;
+    put_member(t, room, owner, &record)?;
+    Ok(Applied::outcome(Outcome::OwnerSet))
+}
+
 /// Applies `action` by `from` to `room` and stores it as the room's next
 /// entry; see the module for who may do what.
 pub(crate) fn act(t: &mut impl Tables, now: u64, room: &str, from: &str, client_id: &str, action: &RoomAction) -> Result<Applied, StoreError> {
@@ -455,6 +494,33 @@ mod tests {
 
     fn join(t: &mut MemTables, ts: u64, user: &str) -> Outcome {
         run(t, ts, Event::RoomJoined { room: "r".into(), user: user.into() })
+    }
+
+    #[test]
+    fn an_operator_names_the_owner_of_an_old_room_or_hands_a_room_on() {
+        // A room made before level 5 has no owner.
+        let mut t = MemTables::default();
+        for u in ["olive", "mia", "eve"] {
+            run(&mut t, 1, Event::UserRegistered { name: u.into(), password_hash: "h".into() });
+        }
+        join(&mut t, 2, "olive");
+        join(&mut t, 2, "mia");
+        run(&mut t, 3, Event::FeatureLevelRaised { level: LEVEL });
+        assert!(info(&t, "r").unwrap().is_none());
+        let set = |owner: &str| Event::RoomOwnerSet { room: "r".into(), owner: owner.into() };
+        assert!(matches!(run(&mut t, 4, set("eve")), Outcome::Rejected { .. }), "not a member");
+        assert_eq!(run(&mut t, 4, set("zed")), Outcome::NoSuchUser);
+        assert!(matches!(run(&mut t, 4, Event::RoomOwnerSet { room: "nope".into(), owner: "olive".into() }), Outcome::Rejected { .. }));
+        assert_eq!(run(&mut t, 4, set("olive")), Outcome::OwnerSet);
+        let i = info(&t, "r").unwrap().unwrap();
+        assert_eq!((i.owner.as_str(), i.visibility), ("olive", Visibility::Public));
+        assert_eq!(member(&t, "r", "olive").unwrap().unwrap().role, Role::Owner);
+        // The owner may now moderate; handing the room to mia makes olive a moderator.
+        assert!(matches!(act(&mut t, 5, "olive", "o1", RoomAction::SetTopic { topic: "T".into() }), Outcome::Posted { .. }));
+        assert_eq!(run(&mut t, 6, set("mia")), Outcome::OwnerSet);
+        assert_eq!(member(&t, "r", "olive").unwrap().unwrap().role, Role::Moderator);
+        assert_eq!(member(&t, "r", "mia").unwrap().unwrap().role, Role::Owner);
+        assert_eq!(info(&t, "r").unwrap().unwrap().topic, "T", "the settings stay");
     }
 
     #[test]

@@ -87,6 +87,7 @@ fn room_event() -> impl Strategy<Value = Event> {
         1 => (room(), name(), visibility(), "[A-Z]{0,4}")
             .prop_map(|(room, owner, visibility, title)| Event::RoomCreated { room, owner, visibility, title, topic: String::new() }),
         4 => (room(), name(), 40u8..60, action).prop_map(|(room, from, id, action)| Event::RoomActed { room, from, client_id: id.to_string(), action }),
+        1 => (room(), name()).prop_map(|(room, owner)| Event::RoomOwnerSet { room, owner }),
     ]
 }
 
@@ -382,6 +383,13 @@ proptest! {
                     if author.as_deref() != Some(from.as_str()) {
                         prop_assert!(rooms::member(&before, room, from).unwrap().is_some_and(|m| m.role >= Role::Moderator));
                     }
+                }
+                Event::RoomOwnerSet { room, owner } if outcome == chat::Outcome::OwnerSet => {
+                    prop_assert!(chat::is_member(&before, room, owner).unwrap(), "{owner} owns {room} without being a member");
+                    prop_assert_eq!(rooms::info(&t, room).unwrap().map(|i| i.owner), Some(owner.clone()));
+                }
+                Event::RoomOwnerSet { room, owner } => {
+                    prop_assert_eq!(rooms::info(&t, room).unwrap(), rooms::info(&before, room).unwrap(), "a refused owner change by {}", owner);
                 }
                 Event::RoomActed { room, action, .. } if posted => {
                     if let Some(user) = action.removes() {
