@@ -431,6 +431,14 @@ main()
   .then(async () => { await browser?.close(); process.exit(0); })
   .catch(async (e) => {
     console.error('web e2e FAILED:', e);
+    // What each open page showed: its title, status line and errors.
+    for (const ctx of browser?.contexts() || []) {
+      for (const page of ctx.pages()) {
+        const text = async (sel) => (await page.textContent(sel, { timeout: 1000 }).catch(() => null)) ?? '';
+        console.error(`page ${page.url()}: title ${JSON.stringify(await text('#room-title'))}, typing ${JSON.stringify(await text('#typing'))}, `
+          + `login ${JSON.stringify(await text('#login-error'))}`);
+      }
+    }
     for (const n of nodes) console.error(`--- node ${n.id} log in ${tmp}`);
     await browser?.close().catch(() => {});
     process.exit(1);

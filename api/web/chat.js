@@ -186,6 +186,10 @@ function handle(f) {
         if (f.head > 0) send({ type: 'history', room: f.room, limit: 50, before: f.head + 1 });
       }
       if (f.room === state.current) renderOnline();
+      // The settings and role as a member sees them: a read begun before the
+      // join applied (say, of a private room) was refused.
+      r.removed = false;
+      loadRoomInfo(f.room);
       break;
     }
     case 'message': case 'edit': case 'delete': case 'reaction': case 'room_action': {

@@ -93,6 +93,20 @@ pub struct SendOp {
     pub change: Option<Change>,
 }
 
+/// One `read` frame: `user` has read the room up to `asked`. Acked with the
+/// user's marker after it applied (`marked`), which never moves back.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct MarkOp {
+    pub client: usize,
+    pub node: u64,
+    pub user: String,
+    pub asked: u64,
+    pub invoke_ms: u64,
+    pub complete_ms: u64,
+    pub outcome: Outcome,
+    pub marked: Option<u64>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ReadOp {
     pub node: u64,
@@ -124,6 +138,13 @@ pub struct Subscription {
 pub struct History {
     pub sends: Vec<SendOp>,
     pub reads: Vec<ReadOp>,
+    /// Read markers set by the senders.
+    #[serde(default)]
+    pub marks: Vec<MarkOp>,
+    /// User → node id → the user's read marker in the room as that node
+    /// serves it at the end (`GET /v1/rooms`).
+    #[serde(default)]
+    pub final_markers: BTreeMap<String, BTreeMap<u64, u64>>,
     pub subscriptions: Vec<Subscription>,
     /// Node id → the room's full history as that node serves it at the end.
     pub finals: BTreeMap<u64, Vec<Msg>>,
@@ -158,4 +179,7 @@ pub struct Expected {
     /// client created the room and so owns it, else 0.
     #[serde(default)]
     pub min_topics: usize,
+    /// Acknowledged read markers the run must reach.
+    #[serde(default)]
+    pub min_marks: usize,
 }

@@ -18,7 +18,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::checker::check_all;
-    use crate::history::{Change, Expected, History, Msg, Outcome, ReadOp, SendOp, Subscription};
+    use crate::history::{Change, Expected, History, MarkOp, Msg, Outcome, ReadOp, SendOp, Subscription};
 
     fn msg(seq: u64, id: &str, ts: u64) -> Msg {
         Msg { room: "r".into(), seq, id: id.into(), from: "u".into(), ts, ..Msg::default() }
@@ -37,7 +37,7 @@ mod tests {
             subscriptions: vec![Subscription { client: 1, node: 3, room: "r".into(), after: 0, received: finals.clone() }],
             finals: BTreeMap::from([(1, finals.clone()), (2, finals.clone()), (3, finals)]),
             final_topics: BTreeMap::from([(1, String::new()), (2, String::new()), (3, String::new())]),
-            expected: Expected { nodes: vec![1, 2, 3], min_acked: 2, min_changes: 0, min_topics: 0 },
+            expected: Expected { nodes: vec![1, 2, 3], min_acked: 2, min_changes: 0, min_topics: 0, min_marks: 0 },
             ..History::default()
         }
     }
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn an_empty_or_thin_run_fails() {
-        let empty = History { expected: Expected { nodes: vec![1, 2, 3], min_acked: 1, min_changes: 0, min_topics: 0 }, ..History::default() };
+        let empty = History { expected: Expected { nodes: vec![1, 2, 3], min_acked: 1, min_changes: 0, min_topics: 0, min_marks: 0 }, ..History::default() };
         let f = failing(&empty);
         assert!(f.contains(&"every node's final history read") && f.contains(&"enough operations completed to test anything"), "{f:?}");
         // Below the minimum of acks.
@@ -282,6 +282,56 @@ mod tests {
         }
         resubscribe(&mut h);
         h.final_topics = BTreeMap::from([(1, String::new()), (2, String::new()), (3, String::new())]);
+        assert_eq!(failing(&h), vec!["enough operations completed to test anything"]);
+    }
+
+    /// `good()` with u's two acked read markers, and every node ending at the second.
+    fn marked() -> History {
+        let mut h = good();
+        let mark = |asked, invoke, marked| MarkOp {
+            client: 0,
+            node: 1,
+            user: "u".into(),
+            asked,
+            invoke_ms: invoke,
+            complete_ms: invoke + 1,
+            outcome: Outcome::Ok,
+            marked: Some(marked),
+        };
+        h.marks = vec![mark(1, 10, 1), mark(2, 20, 2)];
+        h.expected.min_marks = 1;
+        h.final_markers = BTreeMap::from([("u".to_string(), BTreeMap::from([(1, 2), (2, 2), (3, 2)]))]);
+        h
+    }
+
+    #[test]
+    fn a_marker_that_moves_back_diverges_or_is_lost_is_reported() {
+        const MARKERS: &str = "read markers only move forward and agree";
+        assert!(failing(&marked()).is_empty(), "{:?}", check_all(&marked()));
+        // The second mark's answer went back.
+        let mut h = marked();
+        h.marks[0].marked = Some(2);
+        h.marks[1].marked = Some(1);
+        assert_eq!(failing(&h), vec![MARKERS]);
+        // A node ends below an acked marker, or past any asked, or differs.
+        for (node, seq) in [(2, 1), (3, 5)] {
+            let mut h = marked();
+            h.final_markers.get_mut("u").unwrap().insert(node, seq);
+            assert_eq!(failing(&h), vec![MARKERS], "node {node} at {seq}");
+        }
+        // A node's final marker is missing.
+        let mut h = marked();
+        h.final_markers.get_mut("u").unwrap().remove(&1);
+        assert_eq!(failing(&h), vec![MARKERS]);
+        // A later mark with no answer may have applied: ending at it is fine.
+        let mut h = marked();
+        h.marks.push(MarkOp { asked: 3, invoke_ms: 30, complete_ms: 36, outcome: Outcome::Unknown, marked: None, ..h.marks[1].clone() });
+        h.final_markers = BTreeMap::from([("u".to_string(), BTreeMap::from([(1, 3), (2, 3), (3, 3)]))]);
+        assert!(failing(&h).is_empty(), "{:?}", check_all(&h));
+        // No acked marker at all: nothing tested.
+        let mut h = marked();
+        h.marks.clear();
+        h.final_markers.clear();
         assert_eq!(failing(&h), vec!["enough operations completed to test anything"]);
     }
 

@@ -22,7 +22,7 @@ use jepsen_like_tests::checker::check_all;
 use jepsen_like_tests::cluster::{Cluster, Layout, NodeOptions};
 use jepsen_like_tests::history::{Expected, History, Msg, Outcome};
 use jepsen_like_tests::report;
-use jepsen_like_tests::workload::{create_room, login, ms, read_room, read_topic, sender, subscriber};
+use jepsen_like_tests::workload::{create_room, login, ms, read_markers, read_room, read_topic, sender, subscriber};
 use jepsen_like_tests::{nemesis, netns};
 use rand::Rng;
 
@@ -144,10 +144,12 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
         }
     }
     h.final_errors = final_errors;
+    let users: Vec<(String, String)> = (0..args.clients).map(|i| (format!("c{i}"), tokens[i].clone())).collect();
+    h.final_markers = final_markers(&http, &addrs, &users).await;
     h.fault_failures = fault_failures;
     let min_acked = args.min_acked.unwrap_or(10 * args.time as usize);
     // About a quarter of the ops are changes once a client has a message to change.
-    h.expected = Expected { nodes: addrs.iter().map(|(id, _)| *id).collect(), min_acked, min_changes: min_acked / 10, min_topics: usize::from(owner) };
+    h.expected = Expected { nodes: addrs.iter().map(|(id, _)| *id).collect(), min_acked, min_changes: min_acked / 10, min_topics: usize::from(owner), min_marks: 1 };
 
     let valid = write_report(&args, seed, duration_ms, &h, &faults)?;
     cluster.shutdown();
@@ -230,6 +232,28 @@ async fn final_histories(
         if Instant::now() > settle {
             eprintln!("nodes did not converge in 60 s: {lens:?}");
             return (finals, errors);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every sender's read marker as each node serves it, once the nodes agree
+/// (or after 15 s, with what they serve then): user → node → marker.
+async fn final_markers(http: &reqwest::Client, addrs: &[(u64, String)], users: &[(String, String)]) -> BTreeMap<String, BTreeMap<u64, u64>> {
+    let settle = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut by_user: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
+        for (id, addr) in addrs {
+            // A node that cannot be read is missing from the map: the checker names it.
+            if let Ok(markers) = read_markers(http, addr, users).await {
+                for (user, seq) in markers {
+                    by_user.entry(user).or_default().insert(*id, seq);
+                }
+            }
+        }
+        let agreed = by_user.values().all(|m| m.len() == addrs.len() && m.values().all(|s| Some(s) == m.values().next()));
+        if (agreed && by_user.len() == users.len()) || Instant::now() > settle {
+            return by_user;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

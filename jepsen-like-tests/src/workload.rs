@@ -3,6 +3,7 @@
 //! both consistencies. Every operation is recorded with its invocation and
 //! completion time and its outcome (a timeout is unknown, never failed).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wire::http::{Credentials, HistoryPage, Session};
 use wire::{ClientFrame, ErrorCode, HistoryEntry, ServerFrame};
 
-use crate::history::{Change, History, Msg, Outcome, ReadOp, SendOp, Subscription};
+use crate::history::{Change, History, MarkOp, Msg, Outcome, ReadOp, SendOp, Subscription};
 
 pub const ROOM: &str = "jepsen";
 
@@ -94,8 +95,20 @@ pub async fn sender(
     let mut n = 0;
     // This client's acked messages not (known to be) deleted: what it may edit, delete or react to.
     let mut mine: Vec<u64> = Vec::new();
+    // The highest seq an ack gave this client: how far it has "read" the room.
+    let mut high = 0u64;
     while Instant::now() < deadline {
         n += 1;
+        if n % 5 == 0 && high > 0 {
+            if let Some((node, ws)) = conn.as_mut() {
+                let op = mark_read(ws, *node, i, &user, high, n, start).await;
+                if op.outcome == Outcome::Unknown {
+                    conn = None;
+                }
+                h.lock().unwrap_or_else(|p| p.into_inner()).marks.push(op);
+                continue;
+            }
+        }
         if n % 7 == 0 {
             let (node, addr) = &addrs[rng.random_range(0..addrs.len())];
             let linearizable = rng.random_bool(0.7);
@@ -161,6 +174,7 @@ pub async fn sender(
                 None => conn = None,
             }
         }
+        high = high.max(seq.unwrap_or(0));
         match (&change, seq) {
             (None, Some(seq)) => mine.push(seq),
             (Some(Change::Delete { target }), Some(_)) => mine.retain(|s| s != target),
@@ -169,6 +183,55 @@ pub async fn sender(
         let op = SendOp { client: i, node: node_used, user: user.clone(), room: ROOM.into(), id, invoke_ms: invoke, complete_ms: ms(start), outcome, seq, change };
         h.lock().unwrap_or_else(|p| p.into_inner()).sends.push(op);
     }
+}
+
+/// Marks the room read up to `asked` over `ws` and waits for the answer: the
+/// marker after it applied, an error (failed), or nothing in time (unknown;
+/// the read frame may still apply). A mark is not retried: a later one asks
+/// at least as much.
+async fn mark_read(ws: &mut Ws, node: u64, client: usize, user: &str, asked: u64, n: usize, start: Instant) -> MarkOp {
+    let invoke = ms(start);
+    let req = wire::Id::from(format!("mark-{n}").as_str());
+    let mut outcome = Outcome::Unknown;
+    let mut marked = None;
+    let frame = ClientFrame::Read { room: ROOM.into(), seq: asked };
+    if ws.send(Message::Text(frame.to_text(Some(&req)).into())).await.is_ok() {
+        loop {
+            match next_frame(ws, 6).await {
+                Some(Frame::Known(ServerFrame::Marked { seq, req: Some(r), .. })) if r == req => {
+                    outcome = Outcome::Ok;
+                    marked = Some(seq);
+                    break;
+                }
+                Some(Frame::Known(ServerFrame::Error { req: Some(r), code, .. })) if r == req => {
+                    if code != ErrorCode::Unavailable {
+                        outcome = Outcome::Fail;
+                    }
+                    break;
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+    }
+    MarkOp { client, node, user: user.to_string(), asked, invoke_ms: invoke, complete_ms: ms(start), outcome, marked }
+}
+
+/// Each sender's read marker in the room as `addr` serves it (`GET
+/// /v1/rooms`, this node's applied state); a user the row does not give a
+/// marker for has none (0).
+pub async fn read_markers(http: &reqwest::Client, addr: &str, users: &[(String, String)]) -> Result<BTreeMap<String, u64>, ReadError> {
+    let mut out = BTreeMap::new();
+    for (user, token) in users {
+        let r = http.get(format!("http://{addr}/v1/rooms")).bearer_auth(token).send().await.map_err(|_| ReadError::Unknown)?;
+        if r.status().is_client_error() {
+            return Err(ReadError::Refused);
+        }
+        let rows: Vec<wire::http::RoomSummary> = r.error_for_status().map_err(|_| ReadError::Unknown)?.json().await.map_err(|_| ReadError::Unknown)?;
+        let read = rows.iter().find(|row| row.name == ROOM).and_then(|row| row.unread.as_ref()).map_or(0, |u| u.read);
+        out.insert(user.clone(), read);
+    }
+    Ok(out)
 }
 
 /// A change to one of `mine` (none while there is nothing to change): mostly

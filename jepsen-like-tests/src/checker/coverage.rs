@@ -50,6 +50,10 @@ pub fn enough_operations(h: &History) -> Verdict {
     if h.expected.min_changes > 0 && !changes.iter().any(|c| matches!(c, crate::history::Change::Delete { .. })) {
         anomalies.push("no delete was acked".into());
     }
+    let marks = h.marks.iter().filter(|m| m.outcome == Outcome::Ok).count();
+    if marks < h.expected.min_marks {
+        anomalies.push(format!("{marks} read markers acked, fewer than the minimum of {}", h.expected.min_marks));
+    }
     if !h.reads.iter().any(|r| r.outcome == Outcome::Ok) {
         anomalies.push(format!("none of {} history reads succeeded", h.reads.len()));
     }

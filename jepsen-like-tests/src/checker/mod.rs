@@ -5,6 +5,7 @@ mod coverage;
 mod delivery;
 mod durability;
 mod lifecycle;
+mod markers;
 mod ordering;
 mod reads;
 
@@ -43,5 +44,6 @@ pub fn check_all(h: &History) -> Vec<Verdict> {
         lifecycle::changes_fold(h),
         lifecycle::deletes_stick(h),
         lifecycle::topic_is_the_last_set(h),
+        markers::markers_only_move_forward(h),
     ]
 }
