@@ -73,6 +73,17 @@ pub async fn register<B: ChatBackend>(
             None => return Err(ApiError::new(Code::Forbidden, "registration on this node needs an invite code (\"invite\")")),
         },
     };
+    // A code this node does not hold is refused before any hashing or
+    // proposing (and before the name is looked at); applying the
+    // registration checks the code again, and that check is the one that counts.
+    let code_hash = code.as_deref().map(accounts::code_hash);
+    if let Some(hash) = &code_hash {
+        let reader = app.backend.reader();
+        let now = reader.clock()?;
+        if !accounts::invite(reader, hash)?.is_some_and(|i| !i.expired(now)) {
+            return Err(ApiError::new(Code::Forbidden, "the invite code is unknown, used up or expired"));
+        }
+    }
     validate::user_name(&name)?;
     validate::password(&password)?;
     if app.backend.reader().user(&name)?.is_some() {
@@ -80,10 +91,10 @@ pub async fn register<B: ChatBackend>(
     }
     // argon2 is deliberately slow: off the async workers, a few at a time.
     let password_hash = app.passwords.hash(password).await.map_err(|e| ApiError::new(Code::Unavailable, e))?;
-    let event = match code {
+    let event = match code_hash {
         None => Event::UserRegistered { name: name.clone(), password_hash },
         // The log holds the code's hash, never the code.
-        Some(code) => Event::InvitedUserRegistered { name: name.clone(), password_hash, code_hash: accounts::code_hash(&code) },
+        Some(code_hash) => Event::InvitedUserRegistered { name: name.clone(), password_hash, code_hash },
     };
     match app.backend.propose(event).await? {
         Outcome::Registered => Ok((StatusCode::CREATED, Json(Registered { name }))),
@@ -93,7 +104,7 @@ pub async fn register<B: ChatBackend>(
     }
 }
 
-/// The longest invite code taken, in bytes (`chorusctl` makes 24).
+/// The longest invite code taken, in bytes (`chorusctl` makes 30).
 pub const MAX_INVITE_CODE: usize = 128;
 
 /// `GET /v1/registration`: this node's `--registration`.
@@ -110,7 +121,7 @@ pub async fn set_profile<B: ChatBackend>(
     let name = bearer(&app, &headers)?;
     app.request_attempt(&name)?;
     let ProfileChange { display_name } = body(change)?;
-    if !accounts::valid_display_name(&display_name) {
+    if !accounts::valid_display_name(&display_name) || display_name.trim() != display_name {
         return Err(ApiError::bad_request(format!(
             "a display name is up to {} characters, with no control characters and no space at either end",
             accounts::MAX_DISPLAY_NAME_CHARS
@@ -132,15 +143,16 @@ pub async fn profiles<B: ChatBackend>(
     let user = bearer(&app, &headers)?;
     app.request_attempt(&user)?;
     let Query(ProfilesQuery { names }) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let mut asked: Vec<&str> = Vec::new();
-    for name in names.split(',').filter(|n| !n.is_empty()) {
+    let listed: Vec<&str> = names.split(',').filter(|n| !n.is_empty()).collect();
+    if listed.len() > MAX_PROFILES {
+        return Err(ApiError::bad_request(format!("at most {MAX_PROFILES} names at once")));
+    }
+    let mut asked: Vec<&str> = Vec::with_capacity(listed.len());
+    for name in listed {
         validate::user_name(name)?;
         if !asked.contains(&name) {
             asked.push(name);
         }
-    }
-    if asked.len() > MAX_PROFILES {
-        return Err(ApiError::bad_request(format!("at most {MAX_PROFILES} names at once")));
     }
     let reader = app.backend.reader();
     let mut out = Vec::with_capacity(asked.len());

@@ -414,9 +414,14 @@ function action(cls, label, title, onclick) {
 // (Re)draws message `m` in its list item.
 function draw(r, m) {
   const li = r.items.get(m.seq);
+  // A display name is shown beside the user name, never instead of it: anyone
+  // may call themselves anything.
   const from = el('span', 'from', shownName(m.from));
-  if (from.textContent !== m.from) from.title = `@${m.from}`;
   const parts = [from];
+  if (from.textContent !== m.from) {
+    from.title = `@${m.from}`;
+    parts.push(el('span', 'handle', `@${m.from}`));
+  }
   if (m.reply_to) {
     const to = r.msgs.get(m.reply_to);
     parts.push(el('span', 'reply-to', `↪ #${m.reply_to}${to && !to.deleted ? ` ${to.from}: ${to.text.slice(0, 40)}` : ''}`));
@@ -569,14 +574,19 @@ function shownName(user) {
 }
 
 async function fetchNames() {
-  const users = [...state.asking].filter((u) => !state.names.has(u) && !u.includes(':')).slice(0, 100);
-  state.asking.clear();
+  const wanted = [...state.asking].filter((u) => !state.names.has(u) && !u.includes(':'));
+  const users = wanted.slice(0, 100);
+  // The rest wait for the next batch.
+  state.asking = new Set(wanted.slice(100));
+  if (state.asking.size) setTimeout(fetchNames, 200);
   if (!users.length) return;
   for (const u of users) state.names.set(u, '');
+  // Not answered: asked again the next time one of them is drawn.
+  const forget = () => { for (const u of users) if (state.names.get(u) === '') state.names.delete(u); };
   try {
     const r = await fetch(`${state.base}/v1/users/profile?names=${users.map(encodeURIComponent).join(',')}`,
       { headers: { authorization: `Bearer ${state.token}` } });
-    if (!r.ok) return;
+    if (!r.ok) return forget();
     const changed = new Set();
     for (const p of await r.json()) {
       if (p.display_name) {
@@ -585,7 +595,9 @@ async function fetchNames() {
       }
     }
     redrawFrom(changed);
-  } catch { /* shown by user name */ }
+  } catch {
+    forget();
+  }
 }
 
 // Draws again every shown message of these users.
@@ -757,7 +769,8 @@ async function openThread(m) {
     if (!r.ok) throw new Error(page.message || r.statusText);
     const first = page.messages[0];
     const about = first && first.text ? `: ${first.text.slice(0, 40)}` : '';
-    panel(`Thread of #${root}${about} (${page.messages.length - 1} repl${page.messages.length === 2 ? 'y' : 'ies'})`, page.messages.map((t) => {
+    const replies = Math.max(page.messages.length - 1, 0);
+    panel(`Thread of #${root}${about} (${replies} repl${replies === 1 ? 'y' : 'ies'})`, page.messages.map((t) => {
       const li = el('li', 'hit');
       li.dataset.seq = t.seq;
       li.append(el('span', 'where', `#${t.seq}`), el('span', 'from', shownName(t.from)), el('span', 'text', t.deleted ? 'message deleted' : t.text));

@@ -246,7 +246,7 @@ impl State {
                 None
             }
             l if l.starts_with('/') => {
-                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, /search TEXT, /nick NAME, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, /search TEXT, /rooms [TEXT], /thread SEQ, /nick NAME, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
                 None
             }
             text => {
@@ -370,6 +370,46 @@ impl Cluster<'_> {
         }
     }
 
+    /// `/rooms [TEXT]`: the rooms this user may see and join, by name or
+    /// title matching `q` if given.
+    async fn directory(&self, url: &str, q: &str) -> String {
+        let mut target = match reqwest::Url::parse(&format!("{url}/v1/rooms")) {
+            Ok(u) => u,
+            Err(e) => return format!("! rooms: {e}"),
+        };
+        target.query_pairs_mut().append_pair("limit", "200");
+        if !q.is_empty() {
+            target.query_pairs_mut().append_pair("q", q);
+        }
+        let answer = match self.http.get(target).bearer_auth(&self.token).send().await {
+            Ok(r) => r,
+            Err(e) => return format!("! rooms: {e}"),
+        };
+        if !answer.status().is_success() {
+            return failure("rooms", answer).await;
+        }
+        match answer.json::<Vec<wire::http::RoomSummary>>().await {
+            Ok(rows) => lines::room_list(&rows, q),
+            Err(e) => format!("! rooms: {e}"),
+        }
+    }
+
+    /// `/thread SEQ`: the thread of message `seq` in `room`, as the server holds it.
+    async fn thread(&self, url: &str, room: &str, seq: u64) -> String {
+        let target = format!("{url}/v1/rooms/{}/messages/{seq}/thread?limit=200", urlencode(room));
+        let answer = match self.http.get(target).bearer_auth(&self.token).send().await {
+            Ok(r) => r,
+            Err(e) => return format!("! thread: {e}"),
+        };
+        if !answer.status().is_success() {
+            return failure("thread", answer).await;
+        }
+        match answer.json::<wire::http::ThreadPage>().await {
+            Ok(page) => lines::thread(&page),
+            Err(e) => format!("! thread: {e}"),
+        }
+    }
+
     /// `/nick NAME`: sets (or with no name clears) this user's display name.
     async fn set_display_name(&self, url: &str, name: &str) -> String {
         let change = wire::http::ProfileChange { display_name: name.to_string() };
@@ -435,6 +475,12 @@ impl Cluster<'_> {
             pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// A room name in a URL path: room names are `[A-Za-z0-9_.-]` or `dm:a:b`,
+/// so only `:` needs escaping.
+fn urlencode(room: &str) -> String {
+    room.replace(':', "%3A")
 }
 
 /// A refused request's answer as one line: `! what: message (code)`.
@@ -552,6 +598,17 @@ async fn converse(
                 Some(l) if l.trim().starts_with("/search ") => {
                     let q = l.trim()["/search ".len()..].trim();
                     println!("{}", cluster.search(url, q).await);
+                }
+                Some(l) if l.trim() == "/rooms" || l.trim().starts_with("/rooms ") => {
+                    let q = l.trim()["/rooms".len()..].trim();
+                    println!("{}", cluster.directory(url, q).await);
+                }
+                Some(l) if l.trim().starts_with("/thread ") => {
+                    let seq = l.trim()["/thread ".len()..].trim();
+                    match seq.trim_start_matches('#').parse::<u64>() {
+                        Ok(seq) => println!("{}", cluster.thread(url, &state.room, seq).await),
+                        Err(_) => eprintln!("! usage: /thread SEQ"),
+                    }
                 }
                 Some(l) if l.trim() == "/nick" || l.trim().starts_with("/nick ") => {
                     let name = l.trim()["/nick".len()..].trim();

@@ -155,9 +155,10 @@ pub struct History {
     #[serde(default)]
     pub final_errors: BTreeMap<u64, String>,
     /// Node id → the room's topic as that node serves it at the end
-    /// (`GET /v1/rooms/{room}`), read with the final histories.
+    /// (`GET /v1/rooms/{room}`), read after the final histories, and the
+    /// room's last seq at that read.
     #[serde(default)]
-    pub final_topics: BTreeMap<u64, String>,
+    pub final_topics: BTreeMap<u64, (String, u64)>,
     /// Every scheduled fault that did not take effect, or could not be undone.
     #[serde(default)]
     pub fault_failures: Vec<String>,

@@ -135,8 +135,8 @@ async fn run(args: Args, kinds: Vec<String>, layout: Layout) -> anyhow::Result<(
     // Each node's topic, read once its history has converged with the others'.
     for (id, addr) in &addrs {
         match read_topic(&http, addr, &tokens[0]).await {
-            Ok(topic) => {
-                h.final_topics.insert(*id, topic);
+            Ok(read) => {
+                h.final_topics.insert(*id, read);
             }
             Err(e) => {
                 final_errors.entry(*id).or_insert_with(|| format!("reading the topic: {e}"));

@@ -377,13 +377,14 @@ impl Admin for AdminService {
     async fn revoke_invite(&self, request: Request<RevokeInviteRequest>) -> Result<Response<Empty>, Status> {
         self.node.peers.identity.check_role(&request, Need::Operator)?;
         self.at_leader()?;
-        let id = request.into_inner().id;
+        let id = request.into_inner().id.trim().to_string();
+        let prefix = id.to_ascii_lowercase();
         let invites = accounts::invites(&self.node.reader).map_err(|e| Status::internal(e.to_string()))?;
         let code_hash = accounts::code_hash(&id);
         let matching: Vec<&String> = invites
             .iter()
             .map(|(hash, _)| hash)
-            .filter(|hash| **hash == code_hash || (id.len() >= INVITE_ID_MIN && hash.starts_with(&id)))
+            .filter(|hash| **hash == code_hash || (prefix.len() >= INVITE_ID_MIN && hash.starts_with(&prefix)))
             .collect();
         let code_hash = match matching.as_slice() {
             [one] => (*one).clone(),
@@ -400,6 +401,9 @@ impl Admin for AdminService {
         self.node.peers.identity.check_role(&request, Need::Operator)?;
         self.at_leader()?;
         let SetRoomOwnerRequest { room, user } = request.into_inner();
+        if raft_store::ChatRead::room(&self.node.reader, &room).map_err(|e| Status::internal(e.to_string()))?.is_none() {
+            return Err(Status::not_found(format!("no room {room:?}")));
+        }
         match commit_operator(&self.node, Event::RoomOwnerSet { room, owner: user.clone() }).await? {
             Outcome::OwnerSet => Ok(Response::new(Empty {})),
             Outcome::NoSuchUser => Err(Status::not_found(format!("no user {user:?}"))),
@@ -441,7 +445,7 @@ async fn commit_operator(node: &Node, event: Event) -> Result<Outcome, Status> {
     match node.propose(event, TRANSFER_TIMEOUT).await {
         Ok(Committed { outcome: Outcome::Rejected { reason }, .. }) => Err(Status::invalid_argument(reason)),
         Ok(Committed { outcome, .. }) => {
-            tracing::info!(%what, ?outcome, "committed a credential change");
+            tracing::info!(%what, ?outcome, "committed an operator's change");
             Ok(outcome)
         }
         Err(e @ NodeError::NotEnabled(_)) => Err(Status::failed_precondition(e.to_string())),

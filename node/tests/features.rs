@@ -647,7 +647,7 @@ async fn invite_codes_and_display_names_hold_on_every_node() {
     let e = admin.set_room_owner(set("den", "nobody")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     let e = admin.set_room_owner(set("nowhere", "ann")).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 
     // Clearing it is an empty name.
     let (status, p) = post_json(&b1, &t1, "/v1/users/profile", json!({"display_name": ""})).await;

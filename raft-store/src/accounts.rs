@@ -62,11 +62,23 @@ pub fn code_hash(code: &str) -> String {
     hex::encode(Sha256::digest(code.as_bytes()))
 }
 
-/// Whether `name` may be a display name: at most
-/// [`MAX_DISPLAY_NAME_CHARS`] characters, no control characters, no space at
-/// either end. The empty name clears the profile.
+/// Whether `name` may be a display name, as `apply` decides it: at most
+/// [`MAX_DISPLAY_NAME_CHARS`] characters, no control character (Unicode's
+/// `Cc`, fixed for good), no bidirectional override or isolate (which could
+/// make a name read as another), and no space or tab at either end. The
+/// empty name clears the profile.
+///
+/// Every rule here is a fixed set of characters, never a Unicode property
+/// table that a newer Rust could extend: nodes built with different
+/// toolchains must agree on every command they apply. The API may refuse
+/// more before proposing (it does: any Unicode white space at either end).
 pub fn valid_display_name(name: &str) -> bool {
-    name.chars().count() <= MAX_DISPLAY_NAME_CHARS && !name.chars().any(char::is_control) && name.trim() == name
+    let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    let edge = |c: Option<char>| c.is_some_and(|c| matches!(c, ' ' | '\t' | '\u{A0}' | '\u{3000}'));
+    name.chars().count() <= MAX_DISPLAY_NAME_CHARS
+        && !name.chars().any(|c| c.is_control() || bidi(c))
+        && !edge(name.chars().next())
+        && !edge(name.chars().next_back())
 }
 
 /// `user`'s profile, if they set one.
@@ -147,7 +159,7 @@ pub(crate) fn register_invited(t: &mut impl Tables, now: u64, name: &str, passwo
     };
     let applied = chat::register(t, name, password_hash)?;
     if applied.outcome == Outcome::Registered {
-        record.uses_left -= 1;
+        record.uses_left = record.uses_left.saturating_sub(1);
         if record.uses_left == 0 {
             t.delete(Table::Invites, hash.as_bytes());
         } else {
@@ -221,7 +233,7 @@ mod tests {
         let set = |name: &str| Event::ProfileSet { user: "ann".into(), display_name: name.into() };
         assert_eq!(run(&mut t, 2, set("Ann Lee 🌱")), Outcome::ProfileSet { display_name: "Ann Lee 🌱".into() });
         assert_eq!(profile(&t, "ann").unwrap().unwrap().display_name, "Ann Lee 🌱");
-        for bad in [" Ann", "Ann ", "A\nnn", &"x".repeat(65)] {
+        for bad in [" Ann", "Ann ", "A\nnn", "\u{202E}nnA", "Ann\u{A0}", &"x".repeat(65)] {
             assert!(matches!(run(&mut t, 3, set(bad)), Outcome::Rejected { .. }), "{bad:?}");
         }
         assert_eq!(profile(&t, "ann").unwrap().unwrap().display_name, "Ann Lee 🌱");

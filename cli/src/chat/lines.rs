@@ -135,6 +135,47 @@ pub fn search_results(page: &wire::http::SearchPage) -> String {
     out
 }
 
+/// `/rooms [TEXT]`: the room directory as lines, one room each.
+pub fn room_list(rows: &[wire::http::RoomSummary], q: &str) -> String {
+    let rooms: Vec<&wire::http::RoomSummary> = rows.iter().filter(|r| !r.name.starts_with("dm:")).collect();
+    let matching = if q.is_empty() { String::new() } else { format!(" matching {q:?}") };
+    if rooms.is_empty() {
+        return format!("* no rooms{matching}");
+    }
+    let mut out = format!("* {} room(s){matching}:", rooms.len());
+    for r in rooms {
+        let lock = if r.visibility == Some(wire::Visibility::Private) { "🔒 " } else { "" };
+        let mut about = vec![format!("{} member(s)", r.members)];
+        if let Some(role) = r.role {
+            let role = match role {
+                wire::Role::Owner => "owner",
+                wire::Role::Moderator => "moderator",
+                wire::Role::Member => "member",
+            };
+            about.push(format!("you: {role}"));
+        } else if r.invited {
+            about.push("you are invited".into());
+        }
+        if let Some(topic) = r.topic.as_deref().filter(|t| !t.is_empty()) {
+            about.push(topic.to_string());
+        }
+        let title = r.title.as_deref().filter(|t| !t.is_empty()).map(|t| format!(" {t}")).unwrap_or_default();
+        out.push_str(&format!("\n  {lock}#{}{title} — {}", r.name, about.join(" · ")));
+    }
+    out
+}
+
+/// `/thread SEQ`: a thread's first message and its replies, as lines.
+pub fn thread(page: &wire::http::ThreadPage) -> String {
+    let replies = page.messages.len().saturating_sub(1);
+    let mut out = format!("* thread of #{} in {} ({replies} repl{}):", page.root, page.room, if replies == 1 { "y" } else { "ies" });
+    for e in &page.messages {
+        out.push('\n');
+        out.push_str(&describe(e));
+    }
+    out
+}
+
 /// The room commands, for the help line.
 pub const ROOM_USAGE: &str =
     "/invite USER, /kick USER, /ban USER [SECS], /unban USER, /mute USER [SECS], /unmute USER, /mod USER, /demote USER, /owner USER, /topic TEXT, /title TEXT, /private, /public";
@@ -206,6 +247,31 @@ mod tests {
         assert_eq!(Typed::parse("hello"), None);
         let frame = Typed::Reply { to: 4, text: "ok".into() }.frame("r".into(), Id::from("c-1"));
         assert_eq!(frame, ClientFrame::Send { room: "r".into(), id: Id::from("c-1"), text: "ok".into(), reply_to: Some(4) });
+    }
+
+    #[test]
+    fn the_directory_and_a_thread_read_as_lines() {
+        let row = |name: &str| wire::http::RoomSummary {
+            name: name.into(),
+            members: 3,
+            last_seq: 9,
+            unread: None,
+            visibility: Some(wire::Visibility::Public),
+            title: None,
+            topic: None,
+            role: None,
+            invited: false,
+        };
+        let hideout = wire::http::RoomSummary { visibility: Some(wire::Visibility::Private), title: Some("Plans".into()), invited: true, ..row("hideout") };
+        let general = wire::http::RoomSummary { role: Some(wire::Role::Owner), topic: Some("all hands".into()), ..row("general") };
+        let listed = room_list(&[general, hideout, row("dm:ann:ben")], "");
+        assert_eq!(listed, "* 2 room(s):\n  #general — 3 member(s) · you: owner · all hands\n  🔒 #hideout Plans — 3 member(s) · you are invited");
+        assert_eq!(room_list(&[], "zz"), "* no rooms matching \"zz\"");
+        let message = |seq: u64, text: &str, reply_to: Option<u64>| {
+            HistoryEntry::Message(wire::Message { room: "r".into(), seq, id: format!("m{seq}"), from: "ann".into(), text: text.into(), ts: 1, reply_to, ..wire::Message::default() })
+        };
+        let page = wire::http::ThreadPage { room: "r".into(), root: 2, messages: vec![message(2, "plan?", None), message(5, "yes", Some(2))] };
+        assert_eq!(thread(&page), "* thread of #2 in r (1 reply):\n[r #2] ann: plan?\n[r #5] ann: (re #2) yes");
     }
 
     #[test]
