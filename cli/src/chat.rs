@@ -246,7 +246,7 @@ impl State {
                 None
             }
             l if l.starts_with('/') => {
-                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, /search TEXT, /rooms [TEXT], /thread SEQ, /nick NAME, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
+                eprintln!("! commands: /history, /dm USER TEXT, /who, /join ROOM, /read, /search TEXT, /rooms [TEXT], /thread SEQ, /nick NAME, /logout, {}, {}, /quit", lines::USAGE, lines::ROOM_USAGE);
                 None
             }
             text => {
@@ -367,6 +367,15 @@ impl Cluster<'_> {
         match answer.json::<wire::http::SearchPage>().await {
             Ok(page) => lines::search_results(&page),
             Err(e) => format!("! search: {e}"),
+        }
+    }
+
+    /// `/logout`: revokes every session of this user (this one too).
+    async fn logout(&self, url: &str) -> String {
+        match self.http.post(format!("{url}/v1/sessions/revoke")).bearer_auth(&self.token).send().await {
+            Ok(r) if r.status().is_success() => format!("* logged out: every session of {} is revoked", self.user),
+            Ok(r) => failure("logout", r).await,
+            Err(e) => format!("! logout: {e}"),
         }
     }
 
@@ -598,6 +607,15 @@ async fn converse(
                 Some(l) if l.trim().starts_with("/search ") => {
                     let q = l.trim()["/search ".len()..].trim();
                     println!("{}", cluster.search(url, q).await);
+                }
+                Some(l) if l.trim() == "/logout" => {
+                    // Every token of this user is refused from now on, on every node.
+                    let line = cluster.logout(url).await;
+                    let done = !line.starts_with('!');
+                    println!("{line}");
+                    if done {
+                        return Ok(Ended::Quit);
+                    }
                 }
                 Some(l) if l.trim() == "/rooms" || l.trim().starts_with("/rooms ") => {
                     let q = l.trim()["/rooms".len()..].trim();
