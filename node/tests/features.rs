@@ -558,6 +558,12 @@ async fn invite_codes_and_display_names_hold_on_every_node() {
     use proto::v1::{CreateInviteRequest, Empty, RevokeInviteRequest};
     let c = TestCluster::start_with(3, by_invitation).await;
     let [b1, b2, b3] = [c.base(1), c.base(2), c.base(3)];
+    // A new cluster is raised to the newest level just after it forms.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (1..=3).any(|id| c.handle(id).node.reader.feature_level() < raft_store::format::CURRENT) {
+        assert!(Instant::now() < deadline, "the new cluster never reached level {}", raft_store::format::CURRENT);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let anon = |base: &str, path: &str| client::http().get(format!("{base}{path}")).send();
     for (base, mode) in [(&b1, "invite"), (&b2, "invite"), (&b3, "closed")] {
         let r: Value = anon(base, "/v1/registration").await.unwrap().json().await.unwrap();
