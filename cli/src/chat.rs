@@ -357,17 +357,20 @@ impl Cluster<'_> {
             Err(e) => return format!("! search: {e}"),
         };
         target.query_pairs_mut().append_pair("q", q).append_pair("limit", "20");
-        let answer = match self.http.get(target).bearer_auth(&self.token).send().await {
-            Ok(r) => r,
-            Err(e) => return format!("! search: {e}"),
-        };
-        if !answer.status().is_success() {
-            return failure("search", answer).await;
-        }
-        match answer.json::<wire::http::SearchPage>().await {
+        match self.ask::<wire::http::SearchPage>("search", self.http.get(target)).await {
             Ok(page) => lines::search_results(&page),
-            Err(e) => format!("! search: {e}"),
+            Err(line) => line,
         }
+    }
+
+    /// Sends `request` with this user's token and reads its JSON answer; a
+    /// failure (unreachable, refused, unreadable) as its one `! what: …` line.
+    async fn ask<T: DeserializeOwned>(&self, what: &str, request: reqwest::RequestBuilder) -> Result<T, String> {
+        let answer = request.bearer_auth(&self.token).send().await.map_err(|e| format!("! {what}: {e}"))?;
+        if !answer.status().is_success() {
+            return Err(failure(what, answer).await);
+        }
+        answer.json::<T>().await.map_err(|e| format!("! {what}: {e}"))
     }
 
     /// `/logout`: revokes every session of this user (this one too).
@@ -390,49 +393,28 @@ impl Cluster<'_> {
         if !q.is_empty() {
             target.query_pairs_mut().append_pair("q", q);
         }
-        let answer = match self.http.get(target).bearer_auth(&self.token).send().await {
-            Ok(r) => r,
-            Err(e) => return format!("! rooms: {e}"),
-        };
-        if !answer.status().is_success() {
-            return failure("rooms", answer).await;
-        }
-        match answer.json::<Vec<wire::http::RoomSummary>>().await {
+        match self.ask::<Vec<wire::http::RoomSummary>>("rooms", self.http.get(target)).await {
             Ok(rows) => lines::room_list(&rows, q),
-            Err(e) => format!("! rooms: {e}"),
+            Err(line) => line,
         }
     }
 
     /// `/thread SEQ`: the thread of message `seq` in `room`, as the server holds it.
     async fn thread(&self, url: &str, room: &str, seq: u64) -> String {
         let target = format!("{url}/v1/rooms/{}/messages/{seq}/thread?limit=200", urlencode(room));
-        let answer = match self.http.get(target).bearer_auth(&self.token).send().await {
-            Ok(r) => r,
-            Err(e) => return format!("! thread: {e}"),
-        };
-        if !answer.status().is_success() {
-            return failure("thread", answer).await;
-        }
-        match answer.json::<wire::http::ThreadPage>().await {
+        match self.ask::<wire::http::ThreadPage>("thread", self.http.get(target)).await {
             Ok(page) => lines::thread(&page),
-            Err(e) => format!("! thread: {e}"),
+            Err(line) => line,
         }
     }
 
     /// `/nick NAME`: sets (or with no name clears) this user's display name.
     async fn set_display_name(&self, url: &str, name: &str) -> String {
         let change = wire::http::ProfileChange { display_name: name.to_string() };
-        let answer = match self.http.post(format!("{url}/v1/users/profile")).bearer_auth(&self.token).json(&change).send().await {
-            Ok(r) => r,
-            Err(e) => return format!("! nick: {e}"),
-        };
-        if !answer.status().is_success() {
-            return failure("nick", answer).await;
-        }
-        match answer.json::<wire::http::Profile>().await {
+        match self.ask::<wire::http::Profile>("nick", self.http.post(format!("{url}/v1/users/profile")).json(&change)).await {
             Ok(wire::http::Profile { display_name: Some(shown), .. }) => format!("* you are shown as {shown}"),
             Ok(_) => "* your display name is cleared".to_string(),
-            Err(e) => format!("! nick: {e}"),
+            Err(line) => line,
         }
     }
 
