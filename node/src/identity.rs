@@ -74,6 +74,11 @@ impl Identity {
         }
     }
 
+    /// The secret this node's calls carry, if one is set.
+    pub fn secret(&self) -> Option<&str> {
+        self.secret.as_deref()
+    }
+
     /// Adds the cluster id and secret to an outgoing call.
     pub fn stamp(&self, md: &mut MetadataMap) {
         if let Some(id) = self.cluster_id() {
@@ -90,8 +95,17 @@ impl Identity {
 
     /// Checks the secret of an incoming call.
     pub fn check_secret(&self, md: &MetadataMap) -> Result<(), Status> {
+        self.check_secret_bytes(md.get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default())
+    }
+
+    /// Checks a secret given some other way than in gRPC metadata (the
+    /// append link's hello): empty when none was given.
+    pub fn check_secret_str(&self, given: &str) -> Result<(), Status> {
+        self.check_secret_bytes(given.as_bytes())
+    }
+
+    fn check_secret_bytes(&self, given: &[u8]) -> Result<(), Status> {
         let Some(secret) = &self.secret else { return Ok(()) };
-        let given = md.get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
         if constant_time_eq(given, secret.as_bytes()) {
             Ok(())
         } else {

@@ -19,6 +19,7 @@
 //! `chorusd` (in `src/bin`) only parses flags, sets up logging and calls [`start`].
 
 pub mod admin;
+pub mod append_link;
 pub mod backup;
 pub mod config;
 pub mod gather;
@@ -301,20 +302,91 @@ fn serve_grpc(
         .add_service(InterceptedService::new(raft, gate(Need::Peer)))
         .add_service(InterceptedService::new(admin, gate(Need::PeerOrOperator)));
     // At most `max_per_address` connections per source address, counted at
-    // accept; small Raft messages must not wait for Nagle's algorithm.
+    // accept; small Raft messages must not wait for Nagle's algorithm. Without
+    // TLS, a connection that opens with the append link's magic is served by
+    // `append_link` and every other goes to tonic; with TLS every connection
+    // is tonic's, which checks the caller's certificate.
     let caps = peer_conns::PeerConnections::new(max_per_address);
-    let incoming = tokio_stream::StreamExt::filter_map(tokio_stream::wrappers::TcpListenerStream::new(listener), move |s| match s {
-        Ok(s) => {
-            let _ = s.set_nodelay(true);
-            caps.admit(s).map(Ok)
+    let (to_grpc, incoming) = tokio::sync::mpsc::channel::<std::io::Result<peer_conns::Counted>>(64);
+    let sniff = tls.is_none();
+    let accepting = {
+        let (node, stop) = (node.clone(), stop.clone());
+        async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = until_stopped(stop.clone()) => return,
+                };
+                let conn = match accepted {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        match caps.admit(s) {
+                            Some(conn) => conn,
+                            None => continue,
+                        }
+                    }
+                    Err(e) => {
+                        // Out of descriptors, most likely: tonic's accept loop
+                        // logged these too. Pause rather than spin.
+                        tracing::warn!(error = %e, "raft port accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if !sniff {
+                    if to_grpc.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let (node, stop, to_grpc) = (node.clone(), stop.clone(), to_grpc.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(append_link::HELLO_TIMEOUT, opens_link(&conn)).await {
+                        Ok(Ok(true)) => {
+                            let mut conn = conn;
+                            let mut magic = [0u8; 4];
+                            if tokio::io::AsyncReadExt::read_exact(&mut conn, &mut magic).await.is_ok() {
+                                append_link::serve(node, conn, stop).await;
+                            }
+                        }
+                        // Not the link, or nothing sent yet: tonic's, as before.
+                        Ok(Ok(false)) | Err(_) => {
+                            let _ = to_grpc.send(Ok(conn)).await;
+                        }
+                        Ok(Err(_)) => {}
+                    }
+                });
+            }
         }
-        Err(e) => Some(Err(e)),
-    });
+    };
+    tokio::spawn(accepting);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
     Ok(tokio::spawn(async move {
         if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, until_stopped(stop)).await {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }))
+}
+
+/// Whether a raft-port connection opens with the append link's magic, looked
+/// at without taking the bytes: `false` as soon as what has arrived cannot
+/// be it (an HTTP/2 preface, say).
+async fn opens_link(conn: &peer_conns::Counted) -> std::io::Result<bool> {
+    let mut first = [0u8; 4];
+    loop {
+        let n = conn.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if first[..n] != append_link::MAGIC[..n] {
+            return Ok(false);
+        }
+        if n == first.len() {
+            return Ok(true);
+        }
+        // Part of the magic so far: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Serves HTTP and WebSocket on the client listener, with the node's limits,

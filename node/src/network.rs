@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::append_link::{CallError, Hello, Link};
 use crate::identity::Identity;
 
 /// Bytes per snapshot chunk on the wire.
@@ -48,11 +49,15 @@ pub struct Peers {
     source_ip: Option<std::net::IpAddr>,
     /// Mutual TLS to the peers, when the raft port runs it.
     tls: Option<ClientTlsConfig>,
+    /// Whether appends go over the append link ([`crate::append_link`]):
+    /// not under TLS, and not with `CHORUS_APPEND_LINK=off`.
+    link: bool,
 }
 
 impl Peers {
     pub fn new(identity: Identity, source_ip: Option<std::net::IpAddr>, tls: Option<ClientTlsConfig>) -> Self {
-        Peers { channels: Arc::default(), identity, source_ip, tls }
+        let link = tls.is_none() && std::env::var("CHORUS_APPEND_LINK").map_or(true, |v| v != "off");
+        Peers { channels: Arc::default(), identity, source_ip, tls, link }
     }
 
     /// The channel to `addr`, created on first use and reused after.
@@ -104,17 +109,31 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
-        PeerNetwork { id: self.id, target, addr: node.raft_addr.clone(), peers: self.peers.clone(), stages: self.stages.clone() }
+        let link = if self.peers.link { LinkState::Closed } else { LinkState::Off };
+        PeerNetwork { id: self.id, target, addr: node.raft_addr.clone(), peers: self.peers.clone(), stages: self.stages.clone(), link }
     }
 }
 
-/// The connection to one peer, as openraft uses it.
+/// The connection to one peer, as openraft uses it. openraft makes one for
+/// each of its streams to a peer (replication, heartbeats), so each has an
+/// append link of its own and none waits behind another's call.
 pub struct PeerNetwork {
     id: NodeId,
     target: NodeId,
     addr: String,
     peers: Peers,
     stages: Arc<WriteStages>,
+    link: LinkState,
+}
+
+/// Where this peer's appends go.
+enum LinkState {
+    /// Over the append link, connected at the next call.
+    Closed,
+    /// Over the append link, connected.
+    Open(Link),
+    /// Over gRPC: the link is off, or the peer does not speak it.
+    Off,
 }
 
 /// The deadline of an AppendEntries call. openraft offers the heartbeat interval
@@ -183,6 +202,64 @@ impl PeerNetwork {
     }
 }
 
+impl PeerNetwork {
+    /// One append over the append link, connecting first if need be; `None`
+    /// when it must go over gRPC instead (the link is off, or the peer turned
+    /// out not to speak it, which is then remembered).
+    async fn append_on_link(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        deadline: Duration,
+    ) -> Option<Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>>> {
+        if matches!(self.link, LinkState::Off) {
+            return None;
+        }
+        let timeout = Timeout { action: RPCTypes::AppendEntries, id: self.id, target: self.target, timeout: deadline };
+        let data = match encode(rpc) {
+            Ok(data) => data,
+            Err(e) => return Some(Err(RPCError::Network(NetworkError::new(&e)))),
+        };
+        let began = Instant::now();
+        let mut link = match std::mem::replace(&mut self.link, LinkState::Closed) {
+            LinkState::Open(link) => link,
+            _ => match Link::connect(&self.addr, self.peers.source_ip, &Hello::of(&self.peers.identity), deadline.min(CONNECT_TIMEOUT)).await {
+                Ok(link) => link,
+                Err(CallError::Unsupported) => {
+                    tracing::info!(target = self.target, addr = %self.addr, "peer does not speak the append link; appending over gRPC");
+                    self.link = LinkState::Off;
+                    return None;
+                }
+                Err(e) => return Some(Err(link_error(e, timeout))),
+            },
+        };
+        let left = deadline.saturating_sub(began.elapsed());
+        match link.call(&data, left).await {
+            Ok(answer) => {
+                self.link = LinkState::Open(link);
+                // As over gRPC: the peer's own Raft failing means it cannot serve.
+                let result: Result<AppendEntriesResponse<TypeConfig>, String> = match decode(&answer) {
+                    Ok(result) => result,
+                    Err(e) => return Some(Err(RPCError::Network(NetworkError::new(&e)))),
+                };
+                Some(result.map_err(|msg| unreachable(&std::io::Error::other(msg))))
+            }
+            // The link is dropped: a late answer must not be read as the next.
+            Err(e) => Some(Err(link_error(e, timeout))),
+        }
+    }
+}
+
+/// A failed link call as openraft should see it, as [`call_error`] does for
+/// gRPC: a passed deadline is a timeout, a broken connection unreachable, a
+/// refusal a network error.
+fn link_error(e: CallError, timeout: Timeout<TypeConfig>) -> RPCError<TypeConfig> {
+    match e {
+        CallError::Timeout(_) => RPCError::Timeout(timeout),
+        CallError::Io(e) => unreachable(&e),
+        e @ (CallError::Refused(_) | CallError::Unsupported) => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = SnapshotFile;
 
@@ -194,7 +271,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let carries_entries = !rpc.entries.is_empty();
         let deadline = append_deadline(carries_entries, &option);
         let sent = Instant::now();
-        let answer = self.call(RPCTypes::AppendEntries, &rpc, deadline, |mut c, r| async move { c.append(r).await }).await;
+        let answer = match self.append_on_link(&rpc, deadline).await {
+            Some(answer) => answer,
+            None => self.call(RPCTypes::AppendEntries, &rpc, deadline, |mut c, r| async move { c.append(r).await }).await,
+        };
         if carries_entries && answer.is_ok() {
             self.stages.observe(Stage::Replicate, sent.elapsed());
         }

@@ -85,6 +85,13 @@ pub struct Counted {
     _slot: Slot,
 }
 
+impl Counted {
+    /// Reads what has arrived without taking it off the socket.
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.peek(buf).await
+    }
+}
+
 impl Connected for Counted {
     // The socket's own, so that TLS and `Request::peer_certs` see what they
     // would see without the cap.

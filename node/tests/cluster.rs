@@ -34,6 +34,44 @@ async fn writes_through_any_node_commit_on_all() {
     c.shutdown().await;
 }
 
+/// The append link on the raft port (`node::append_link`): a member's hello
+/// is accepted and its appends answered by Raft; a hello from another
+/// cluster is refused; gRPC on the same port still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_raft_port_answers_appends_on_the_link_and_grpc_beside_it() {
+    use node::append_link::{CallError, Hello, Link};
+    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+    use raft_store::codec::{decode, encode};
+    use raft_store::types::Vote;
+    if common::tls::get().is_some() {
+        // Under TLS the raft port is tonic's alone; tls.rs checks the link is refused.
+        return;
+    }
+    let c = TestCluster::start(3).await;
+    let committed = c.post(1, "general", "u1", "m1").await;
+    c.assert_converged(committed.index).await;
+    let node = &c.handle(2).node;
+    let addr = c.node(2).raft_addr.to_string();
+    let cluster = node.peers.identity.cluster_id();
+    assert!(cluster.is_some());
+    let t = Duration::from_secs(5);
+
+    let stranger = Link::connect(&addr, None, &Hello { cluster_id: Some("another".into()), secret: None }, t).await;
+    assert!(matches!(&stranger, Err(CallError::Refused(why)) if why.contains("another")), "{:?}", stranger.err());
+
+    // An append from a long-gone leader: the follower's Raft answers with its
+    // own, higher vote and appends nothing.
+    let mut link = Link::connect(&addr, None, &Hello { cluster_id: cluster, secret: None }, t).await.expect("a member's hello");
+    let stale = AppendEntriesRequest::<raft_store::TypeConfig> { vote: Vote::new(0, 9), prev_log_id: None, leader_commit: None, entries: vec![] };
+    for _ in 0..2 {
+        let answer = link.call(&encode(&stale).unwrap(), t).await.expect("an answer");
+        let answer: Result<AppendEntriesResponse<raft_store::TypeConfig>, String> = decode(&answer).unwrap();
+        assert!(matches!(answer, Ok(AppendEntriesResponse::HigherVote(_))), "{answer:?}");
+    }
+    let after = c.post(2, "general", "u2", "m2").await;
+    c.assert_converged(after.index).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_leader_takes_over_when_the_leader_stops() {
     let mut c = TestCluster::start(3).await;

@@ -147,6 +147,16 @@ async fn a_stranger_cannot_finish_a_handshake_and_an_operator_cannot_call_raft()
     };
     assert!(matches!(foreign, None | Some(Err(_))), "a foreign certificate got an answer: {foreign:?}");
 
+    // The append link is plaintext, so a TLS raft port never serves it: the
+    // bytes are a broken handshake to tonic, whatever the hello says.
+    let hello = node::append_link::Hello { cluster_id: Some("any".into()), secret: None };
+    let link = node::append_link::Link::connect(&addr, None, &hello, std::time::Duration::from_secs(5)).await;
+    assert!(
+        matches!(link, Err(node::append_link::CallError::Unsupported | node::append_link::CallError::Io(_))),
+        "a TLS raft port answered the plaintext append link: {:?}",
+        link.err()
+    );
+
     // The operator's certificate completes the handshake, but the Raft
     // service (append, propose a user's event…) is for members only.
     let op = channel(&addr, &ca, Some((&c.certs.join("operator.crt"), &c.certs.join("operator.key")))).await.expect("operator handshake");
