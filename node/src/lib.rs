@@ -19,7 +19,7 @@
 //! `chorusd` (in `src/bin`) only parses flags, sets up logging and calls [`start`].
 
 pub mod admin;
-pub mod append_link;
+pub mod link;
 pub mod backup;
 pub mod config;
 pub mod gather;
@@ -304,7 +304,7 @@ fn serve_grpc(
     // At most `max_per_address` connections per source address, counted at
     // accept; small Raft messages must not wait for Nagle's algorithm. Without
     // TLS, a connection that opens with the append link's magic is served by
-    // `append_link` and every other goes to tonic; with TLS every connection
+    // `link` and every other goes to tonic; with TLS every connection
     // is tonic's, which checks the caller's certificate.
     let caps = peer_conns::PeerConnections::new(max_per_address);
     let (to_grpc, incoming) = tokio::sync::mpsc::channel::<std::io::Result<peer_conns::Counted>>(64);
@@ -341,12 +341,12 @@ fn serve_grpc(
                 }
                 let (node, stop, to_grpc) = (node.clone(), stop.clone(), to_grpc.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(append_link::HELLO_TIMEOUT, opens_link(&conn)).await {
+                    match tokio::time::timeout(link::HELLO_TIMEOUT, opens_link(&conn)).await {
                         Ok(Ok(true)) => {
                             let mut conn = conn;
                             let mut magic = [0u8; 4];
                             if tokio::io::AsyncReadExt::read_exact(&mut conn, &mut magic).await.is_ok() {
-                                append_link::serve(node, conn, stop).await;
+                                link::serve(node, conn, stop).await;
                             }
                         }
                         // Not the link, or nothing sent yet: tonic's, as before.
@@ -378,7 +378,7 @@ async fn opens_link(conn: &peer_conns::Counted) -> std::io::Result<bool> {
         if n == 0 {
             return Ok(false);
         }
-        if first[..n] != append_link::MAGIC[..n] {
+        if first[..n] != link::MAGIC[..n] {
             return Ok(false);
         }
         if n == first.len() {

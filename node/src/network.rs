@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::append_link::{CallError, Hello, Link};
+use crate::link::{CallError, Hello, Link};
 use crate::identity::Identity;
 
 /// Bytes per snapshot chunk on the wire.
@@ -49,15 +49,89 @@ pub struct Peers {
     source_ip: Option<std::net::IpAddr>,
     /// Mutual TLS to the peers, when the raft port runs it.
     tls: Option<ClientTlsConfig>,
-    /// Whether appends go over the append link ([`crate::append_link`]):
-    /// not under TLS, and not with `CHORUS_APPEND_LINK=off`.
+    /// Whether appends and forwarded proposals go over the peer link
+    /// ([`crate::link`]): not under TLS, and not with `CHORUS_PEER_LINK=off`.
     link: bool,
+    /// Idle proposal links to the leader, by raft address, and the peers
+    /// found not to speak the link.
+    proposal_links: Arc<Mutex<ProposalLinks>>,
 }
+
+/// See [`Peers::proposal_links`].
+#[derive(Default)]
+struct ProposalLinks {
+    idle: HashMap<String, Vec<Link>>,
+    unsupported: std::collections::HashSet<String>,
+}
+
+/// Idle proposal links kept per peer: as many as batches a forwarder has in
+/// flight.
+const IDLE_PROPOSAL_LINKS: usize = crate::gather::MAX_IN_FLIGHT;
 
 impl Peers {
     pub fn new(identity: Identity, source_ip: Option<std::net::IpAddr>, tls: Option<ClientTlsConfig>) -> Self {
-        let link = tls.is_none() && std::env::var("CHORUS_APPEND_LINK").map_or(true, |v| v != "off");
-        Peers { channels: Arc::default(), identity, source_ip, tls, link }
+        let link = tls.is_none() && std::env::var("CHORUS_PEER_LINK").map_or(true, |v| v != "off");
+        Peers { channels: Arc::default(), identity, source_ip, tls, link, proposal_links: Arc::default() }
+    }
+
+    fn proposal_links(&self) -> std::sync::MutexGuard<'_, ProposalLinks> {
+        // Every update under the lock is one insert or remove.
+        self.proposal_links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forwards encoded proposals to the leader at `addr` over the peer link;
+    /// `None` when they must go over gRPC instead (the link is off, or the
+    /// leader does not speak it). A failure before the request was sent is
+    /// [`Retry::NotSent`]; after, [`Retry::Unknown`].
+    pub(crate) async fn propose_on_link(
+        &self,
+        addr: &str,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Option<Result<Vec<crate::rpc::ProposeReply>, crate::node::Retry>> {
+        use crate::node::Retry;
+        if !self.link {
+            return None;
+        }
+        let idle = {
+            let mut links = self.proposal_links();
+            if links.unsupported.contains(addr) {
+                return None;
+            }
+            links.idle.get_mut(addr).and_then(Vec::pop)
+        };
+        let began = Instant::now();
+        let mut link = match idle {
+            Some(link) => link,
+            None => match Link::connect(addr, self.source_ip, &Hello::of(&self.identity), timeout.min(CONNECT_TIMEOUT)).await {
+                Ok(link) => link,
+                Err(CallError::Unsupported) => {
+                    tracing::info!(%addr, "leader does not speak the peer link; forwarding over gRPC");
+                    self.proposal_links().unsupported.insert(addr.to_string());
+                    return None;
+                }
+                Err(e) => return Some(Err(Retry::NotSent(e.to_string()))),
+            },
+        };
+        let answer = match link.call(crate::link::PROPOSE, data, timeout.saturating_sub(began.elapsed())).await {
+            Ok(answer) => answer,
+            // Sent, perhaps proposed: the link is dropped (see `Link::call`).
+            Err(e) => return Some(Err(Retry::Unknown(format!("leader at {addr}: {e}")))),
+        };
+        {
+            let mut links = self.proposal_links();
+            // Links to a former leader are of no more use.
+            links.idle.retain(|a, _| a == addr);
+            let idle = links.idle.entry(addr.to_string()).or_default();
+            if idle.len() < IDLE_PROPOSAL_LINKS {
+                idle.push(link);
+            }
+        }
+        let result: Result<Vec<crate::rpc::ProposeReply>, String> = match decode(&answer) {
+            Ok(result) => result,
+            Err(e) => return Some(Err(Retry::Unknown(e.to_string()))),
+        };
+        Some(result.map_err(|why| Retry::Unknown(format!("leader at {addr}: {why}"))))
     }
 
     /// The channel to `addr`, created on first use and reused after.
@@ -233,7 +307,7 @@ impl PeerNetwork {
             },
         };
         let left = deadline.saturating_sub(began.elapsed());
-        match link.call(&data, left).await {
+        match link.call(crate::link::APPEND, &data, left).await {
             Ok(answer) => {
                 self.link = LinkState::Open(link);
                 // As over gRPC: the peer's own Raft failing means it cannot serve.

@@ -134,30 +134,7 @@ impl RaftRpc for RaftService {
     async fn propose(&self, request: Request<Bytes>) -> Result<Response<Bytes>, Status> {
         self.node.peers.identity.check_peer(request.metadata())?;
         let events: Vec<Event> = decode(&request.into_inner().data).map_err(bad_payload)?;
-        // A peer forwards its clients' writes, nothing else: the formation and
-        // the feature level are proposed by the leader itself, behind their own
-        // checks. And no event type newer than the cluster's level.
-        let level = self.node.reader.feature_level();
-        if let Some(e) = events.iter().find(|e| !e.from_client() || e.level() > level) {
-            return Err(Status::permission_denied(format!(
-                "a peer may forward client events of feature level {level} or below, not {}",
-                raft_store::chat::Command { ts_ms: 0, event: e.clone() }
-            )));
-        }
-        if !self.node.is_leader() {
-            let answers: Vec<ProposeReply> = events.iter().map(|_| ProposeReply::NotLeader).collect();
-            return reply(&answers);
-        }
-        let answers = futures::future::join_all(events.into_iter().map(|event| async {
-            match self.node.propose_local(event).await {
-                Ok(Committed { outcome, index }) => ProposeReply::Committed { outcome, index },
-                Err(Retry::NotSent(_)) => ProposeReply::NotLeader,
-                Err(Retry::Unknown(why)) => ProposeReply::Unknown(why),
-                Err(Retry::Fatal(why)) => ProposeReply::Fatal(why),
-            }
-        }))
-        .await;
-        reply(&answers)
+        reply(&answer_proposals(&self.node, events).await.map_err(Status::permission_denied)?)
     }
 
     async fn read_index(&self, request: Request<Empty>) -> Result<Response<ReadIndexReply>, Status> {
@@ -182,27 +159,46 @@ fn remaining(deadline: Instant) -> Duration {
 }
 
 /// Sends a batch of proposals to the leader at `addr`; one result per event.
+/// The leader's answers to proposals a peer forwarded (over gRPC or the
+/// link), or why the whole batch is refused.
+pub(crate) async fn answer_proposals(node: &Node, events: Vec<Event>) -> Result<Vec<ProposeReply>, String> {
+    // A peer forwards its clients' writes, nothing else: the formation and
+    // the feature level are proposed by the leader itself, behind their own
+    // checks. And no event type newer than the cluster's level.
+    let level = node.reader.feature_level();
+    if let Some(e) = events.iter().find(|e| !e.from_client() || e.level() > level) {
+        return Err(format!(
+            "a peer may forward client events of feature level {level} or below, not {}",
+            raft_store::chat::Command { ts_ms: 0, event: e.clone() }
+        ));
+    }
+    if !node.is_leader() {
+        return Ok(events.iter().map(|_| ProposeReply::NotLeader).collect());
+    }
+    Ok(futures::future::join_all(events.into_iter().map(|event| async {
+        match node.propose_local(event).await {
+            Ok(Committed { outcome, index }) => ProposeReply::Committed { outcome, index },
+            Err(Retry::NotSent(_)) => ProposeReply::NotLeader,
+            Err(Retry::Unknown(why)) => ProposeReply::Unknown(why),
+            Err(Retry::Fatal(why)) => ProposeReply::Fatal(why),
+        }
+    }))
+    .await)
+}
+
 pub(crate) async fn forward_proposals(peers: &Peers, addr: &str, events: &[Event], timeout: Duration) -> Vec<Result<Committed, Retry>> {
     let all = |r: Retry| events.iter().map(|_| Err(r.clone())).collect::<Vec<_>>();
     let data = match encode(events) {
         Ok(d) => d,
         Err(e) => return all(Retry::Fatal(e.to_string())),
     };
-    let mut client = match peers.raft_client(addr) {
-        Ok(c) => c,
-        Err(e) => return all(Retry::NotSent(e.to_string())),
-    };
-    let reply = match client.propose(peers.request(Bytes { data }, timeout)).await {
-        Ok(r) => r.into_inner(),
-        // Refused before the leader looked at it: nothing was proposed.
-        Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
-            return all(Retry::NotSent(s.to_string()))
-        }
-        Err(s) => return all(Retry::Unknown(format!("leader at {addr}: {}", s.message()))),
-    };
-    let answers: Vec<ProposeReply> = match decode(&reply.data) {
-        Ok(a) => a,
-        Err(e) => return all(Retry::Unknown(e.to_string())),
+    let answers = match peers.propose_on_link(addr, &data, timeout).await {
+        Some(Ok(answers)) => answers,
+        Some(Err(retry)) => return all(retry),
+        None => match propose_over_grpc(peers, addr, data, timeout).await {
+            Ok(answers) => answers,
+            Err(retry) => return all(retry),
+        },
     };
     if answers.len() != events.len() {
         return all(Retry::Unknown(format!("{} answers for {} proposals", answers.len(), events.len())));
@@ -216,6 +212,17 @@ pub(crate) async fn forward_proposals(peers: &Peers, addr: &str, events: &[Event
             ProposeReply::Fatal(why) => Err(Retry::Unknown(format!("leader failed: {why}"))),
         })
         .collect()
+}
+
+async fn propose_over_grpc(peers: &Peers, addr: &str, data: Vec<u8>, timeout: Duration) -> Result<Vec<ProposeReply>, Retry> {
+    let mut client = peers.raft_client(addr).map_err(|e| Retry::NotSent(e.to_string()))?;
+    let reply = match client.propose(peers.request(Bytes { data }, timeout)).await {
+        Ok(r) => r.into_inner(),
+        // Refused before the leader looked at it: nothing was proposed.
+        Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => return Err(Retry::NotSent(s.to_string())),
+        Err(s) => return Err(Retry::Unknown(format!("leader at {addr}: {}", s.message()))),
+    };
+    decode(&reply.data).map_err(|e| Retry::Unknown(e.to_string()))
 }
 
 /// Asks the leader at `addr` for a read index.

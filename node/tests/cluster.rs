@@ -34,12 +34,14 @@ async fn writes_through_any_node_commit_on_all() {
     c.shutdown().await;
 }
 
-/// The append link on the raft port (`node::append_link`): a member's hello
+/// The append link on the raft port (`node::link`): a member's hello
 /// is accepted and its appends answered by Raft; a hello from another
 /// cluster is refused; gRPC on the same port still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_raft_port_answers_appends_on_the_link_and_grpc_beside_it() {
-    use node::append_link::{CallError, Hello, Link};
+    use node::link::{CallError, Hello, Link};
+    use node::rpc::ProposeReply;
+    use raft_store::chat::Event;
     use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
     use raft_store::codec::{decode, encode};
     use raft_store::types::Vote;
@@ -64,10 +66,32 @@ async fn the_raft_port_answers_appends_on_the_link_and_grpc_beside_it() {
     let mut link = Link::connect(&addr, None, &Hello { cluster_id: cluster, secret: None }, t).await.expect("a member's hello");
     let stale = AppendEntriesRequest::<raft_store::TypeConfig> { vote: Vote::new(0, 9), prev_log_id: None, leader_commit: None, entries: vec![] };
     for _ in 0..2 {
-        let answer = link.call(&encode(&stale).unwrap(), t).await.expect("an answer");
+        let answer = link.call(node::link::APPEND, &encode(&stale).unwrap(), t).await.expect("an answer");
         let answer: Result<AppendEntriesResponse<raft_store::TypeConfig>, String> = decode(&answer).unwrap();
         assert!(matches!(answer, Ok(AppendEntriesResponse::HigherVote(_))), "{answer:?}");
     }
+
+    // Proposals forwarded to a node that is not the leader: each answered
+    // "not the leader", nothing proposed. An event only the leader may
+    // propose is refused whole, as over gRPC; so is a kind this build does
+    // not know.
+    let leader = c.wait_leader().await;
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let mut to_follower = Link::connect(&c.node(follower).raft_addr.to_string(), None, &Hello { cluster_id: node.peers.identity.cluster_id(), secret: None }, t)
+        .await
+        .expect("a member's hello");
+    let post = Event::MessagePosted { room: "general".into(), from: "u1".into(), client_id: "via-link".into(), text: "hi".into() };
+    let answer = to_follower.call(node::link::PROPOSE, &encode(&vec![post.clone(), post]).unwrap(), t).await.expect("an answer");
+    let answer: Result<Vec<ProposeReply>, String> = decode(&answer).unwrap();
+    assert!(matches!(&answer, Ok(a) if a.len() == 2 && a.iter().all(|r| matches!(r, ProposeReply::NotLeader))), "{answer:?}");
+    let raise = Event::FeatureLevelRaised { level: 1 };
+    let answer = link.call(node::link::PROPOSE, &encode(&vec![raise]).unwrap(), t).await.expect("an answer");
+    let answer: Result<Vec<ProposeReply>, String> = decode(&answer).unwrap();
+    assert!(matches!(&answer, Err(why) if why.contains("may forward client events")), "{answer:?}");
+    let answer = link.call(99, b"", t).await.expect("an answer");
+    let answer: Result<(), String> = decode(&answer).unwrap();
+    assert!(matches!(&answer, Err(why) if why.contains("unknown request kind 99")), "{answer:?}");
+
     let after = c.post(2, "general", "u2", "m2").await;
     c.assert_converged(after.index).await;
 }

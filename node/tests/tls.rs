@@ -149,10 +149,10 @@ async fn a_stranger_cannot_finish_a_handshake_and_an_operator_cannot_call_raft()
 
     // The append link is plaintext, so a TLS raft port never serves it: the
     // bytes are a broken handshake to tonic, whatever the hello says.
-    let hello = node::append_link::Hello { cluster_id: Some("any".into()), secret: None };
-    let link = node::append_link::Link::connect(&addr, None, &hello, std::time::Duration::from_secs(5)).await;
+    let hello = node::link::Hello { cluster_id: Some("any".into()), secret: None };
+    let link = node::link::Link::connect(&addr, None, &hello, std::time::Duration::from_secs(5)).await;
     assert!(
-        matches!(link, Err(node::append_link::CallError::Unsupported | node::append_link::CallError::Io(_))),
+        matches!(link, Err(node::link::CallError::Unsupported | node::link::CallError::Io(_))),
         "a TLS raft port answered the plaintext append link: {:?}",
         link.err()
     );

@@ -1,12 +1,13 @@
-//! AppendEntries on a connection of its own: the hot path of replication,
-//! without gRPC.
+//! The peer link: the two hot node-to-node calls, appends and forwarded
+//! proposals, on plain framed connections of their own instead of gRPC.
 //!
-//! Every write waits for one AppendEntries round trip to a follower. Over
-//! gRPC that round trip passes through tonic's buffer task and h2's connection
-//! task on the leader and the follower, each a thread wake-up on cores the
-//! three nodes share. Here the leader's replication task writes its request
-//! straight to the socket and reads the answer from it, and the follower's
-//! connection task calls Raft and writes the answer back itself.
+//! Every write waits for one AppendEntries round trip to a follower, and a
+//! write taken by a follower also for a `Propose` round trip to the leader.
+//! Over gRPC each passes through tonic's buffer task and h2's connection task
+//! on both ends, each a thread wake-up on cores the three nodes share. Here
+//! the caller's task writes its request straight to the socket and reads the
+//! answer from it, and the callee's connection task does the work and writes
+//! the answer back itself.
 //!
 //! The link shares the raft port with gRPC: the first four bytes of a
 //! connection are [`MAGIC`] (an HTTP/2 client begins with `PRI `), so
@@ -15,11 +16,15 @@
 //! - the caller sends a [`Hello`] frame (the cluster id and the secret, as a
 //!   gRPC call carries them in its metadata) and the node answers
 //!   `Result<(), String>`: accepted, or why not;
-//! - then requests and answers alternate, one at a time: a bincode
-//!   `AppendEntriesRequest`, and the follower's `Result<AppendEntriesResponse,
-//!   String>` once its Raft has appended and synced the entries (its log
-//!   store signals an append only after the fsync that covers it; see
-//!   `raft_store::log_store`).
+//! - then requests and answers alternate, one at a time. A request is a kind
+//!   byte and a bincode body:
+//!   - [`APPEND`]: an `AppendEntriesRequest`, answered with the node's
+//!     `Result<AppendEntriesResponse, String>` once its Raft has appended and
+//!     synced the entries (its log store signals an append only after the
+//!     fsync that covers it; see `raft_store::log_store`);
+//!   - [`PROPOSE`]: the `Vec<Event>` a follower forwards, answered with
+//!     `Result<Vec<ProposeReply>, String>` once each is committed or refused
+//!     (as the gRPC `Propose`, whose checks it shares: `rpc::answer_proposals`).
 //!
 //! A frame is a little-endian `u32` length and that many bytes, at most
 //! [`MAX_FRAME`]. Because answers are not tagged, a call that outlives its
@@ -28,9 +33,8 @@
 //!
 //! A peer that does not speak the link (a node of an older build, which treats
 //! the bytes as a broken HTTP/2 preface and closes) is called over gRPC from
-//! then on, by that [`crate::network::PeerNetwork`]. With mutual TLS on the
-//! raft port the link is not used at all and replication stays on gRPC, whose
-//! TLS checks the caller's certificate.
+//! then on. With mutual TLS on the raft port the link is not used at all and
+//! both calls stay on gRPC, whose TLS checks the caller's certificate.
 
 use std::io;
 use std::net::SocketAddr;
@@ -47,6 +51,10 @@ use crate::node::Node;
 
 /// The first bytes of a link connection.
 pub const MAGIC: [u8; 4] = *b"CRL1";
+/// The kind byte of an append.
+pub const APPEND: u8 = 1;
+/// The kind byte of forwarded proposals.
+pub const PROPOSE: u8 = 2;
 /// The largest frame either side reads, as the gRPC service's message limit.
 pub const MAX_FRAME: usize = 64 << 20;
 /// How long a connecting caller has to send its magic and [`Hello`].
@@ -156,11 +164,14 @@ impl Link {
         }
     }
 
-    /// Sends one request and reads its answer, within `timeout`. On any
-    /// error the link must be dropped.
-    pub async fn call(&mut self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+    /// Sends one request of `kind` and reads its answer, within `timeout`.
+    /// On any error the link must be dropped.
+    pub async fn call(&mut self, kind: u8, body: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let mut request = Vec::with_capacity(1 + body.len());
+        request.push(kind);
+        request.extend_from_slice(body);
         let exchange = async {
-            write_frame(&mut self.conn, request).await?;
+            write_frame(&mut self.conn, &request).await?;
             read_frame(&mut self.conn)
                 .await?
                 .ok_or_else(|| CallError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the append link")))
@@ -217,22 +228,41 @@ where
                 return;
             }
         };
-        let arrived = Instant::now();
-        let answer = match decode::<openraft::raft::AppendEntriesRequest<raft_store::TypeConfig>>(&request) {
-            Ok(req) => {
-                let carries_entries = !req.entries.is_empty();
-                let result = node.raft.append_entries(req).await.map_err(|e| e.to_string());
-                if carries_entries {
-                    node.stages.observe(Stage::FollowerAppend, arrived.elapsed());
-                }
-                encode(&result)
-            }
-            Err(e) => encode(&Err::<openraft::raft::AppendEntriesResponse<raft_store::TypeConfig>, String>(format!("undecodable payload: {e}"))),
-        };
-        let Ok(answer) = answer else { return };
+        let Ok(answer) = answer_request(&node, &request).await else { return };
         if write_frame(&mut conn, &answer).await.is_err() {
             return;
         }
+    }
+}
+
+/// The answer to one request. A body that cannot be decoded, or a kind this
+/// build does not know (a newer caller's), gets `Err` with the reason: the
+/// same bytes whatever `Result<_, String>` the caller expects.
+async fn answer_request(node: &Node, request: &[u8]) -> Result<Vec<u8>, raft_store::error::StoreError> {
+    let refuse = |why: String| encode(&Err::<(), String>(why));
+    let Some((&kind, body)) = request.split_first() else { return refuse("an empty request".into()) };
+    match kind {
+        APPEND => {
+            let arrived = Instant::now();
+            let req: openraft::raft::AppendEntriesRequest<raft_store::TypeConfig> = match decode(body) {
+                Ok(req) => req,
+                Err(e) => return refuse(format!("undecodable append: {e}")),
+            };
+            let carries_entries = !req.entries.is_empty();
+            let result = node.raft.append_entries(req).await.map_err(|e| e.to_string());
+            if carries_entries {
+                node.stages.observe(Stage::FollowerAppend, arrived.elapsed());
+            }
+            encode(&result)
+        }
+        PROPOSE => {
+            let events: Vec<raft_store::chat::Event> = match decode(body) {
+                Ok(events) => events,
+                Err(e) => return refuse(format!("undecodable proposals: {e}")),
+            };
+            encode(&crate::rpc::answer_proposals(node, events).await)
+        }
+        other => refuse(format!("unknown request kind {other}")),
     }
 }
 
