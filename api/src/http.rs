@@ -80,7 +80,7 @@ pub async fn register<B: ChatBackend>(
     if let Some(hash) = &code_hash {
         let reader = app.backend.reader();
         let now = reader.clock()?;
-        if !accounts::invite(reader, hash)?.is_some_and(|i| !i.expired(now)) {
+        if accounts::invite(reader, hash)?.is_none_or(|i| i.expired(now)) {
             return Err(ApiError::new(Code::Forbidden, "the invite code is unknown, used up or expired"));
         }
     }

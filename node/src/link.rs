@@ -77,8 +77,18 @@ impl Hello {
     }
 }
 
+/// The largest hello read: it is read before the caller is known, so a
+/// stranger must not make the node allocate a whole [`MAX_FRAME`].
+const MAX_HELLO: usize = 4 << 10;
+
 /// Reads one frame. `Ok(None)` on a clean end of stream before a frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
+    read_frame_within(r, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes, refusing a longer one before
+/// reading (or allocating for) its body.
+async fn read_frame_within<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -86,8 +96,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Ve
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes is over the {MAX_FRAME}-byte limit")));
+    if len > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes is over the {max}-byte limit")));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
@@ -202,7 +212,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut conn = BufReader::with_capacity(READ_BUFFER, conn);
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut conn)).await {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame_within(&mut conn, MAX_HELLO)).await {
         Ok(Ok(Some(hello))) => hello,
         _ => return,
     };
@@ -290,6 +300,17 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         drop(a);
         assert_eq!(read_frame(&mut b).await?, None, "a clean close is the end, not an error");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_hello_longer_than_its_limit_is_refused_before_its_body() -> io::Result<()> {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        // Only the length is sent: the reader must refuse without waiting for
+        // (or allocating) the megabyte it claims.
+        a.write_all(&(1u32 << 20).to_le_bytes()).await?;
+        let err = read_frame_within(&mut b, MAX_HELLO).await.expect_err("an oversized hello was read");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         Ok(())
     }
 
