@@ -121,7 +121,7 @@ impl ApiMetrics {
         );
         registry.register(
             "write_stage_seconds",
-            "Time of each stage of a write on this node (propose, append, sync, fsync, replicate, follower_append, commit, apply, reply, total); see raft_store::stages",
+            "Time of each stage of a write on this node (propose, append, sync, fsync, replicate, follower_append, commit, apply, reply, total, forward, catch_up); see raft_store::stages",
             m.writes.stages.clone(),
         );
         registry.register("slow_consumer_closes", "Connections closed because their queue overflowed", m.slow_consumer_closes.clone());

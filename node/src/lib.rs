@@ -228,7 +228,7 @@ async fn open_node(config: &Config, info: NodeInfo) -> anyhow::Result<Opened> {
         LogStore::with_wal_sync(store.clone(), stages.clone(), sync)?
     };
 
-    let peers = network::Peers::new(identity.clone(), config.peer_source_ip, tls.as_ref().map(tls::Tls::client));
+    let peers = network::Peers::new(identity.clone(), config.peer_source_ip, tls.as_ref());
     let raft = openraft::Raft::new(
         config.id,
         Arc::new(raft_config(config)?),
@@ -283,10 +283,9 @@ fn serve_grpc(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let admin = proto::v1::admin_server::AdminServer::new(admin::AdminService { node: node.clone() });
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls.server()).context("cannot set up TLS on the raft port")?;
-    }
+    // TLS, when configured, is terminated in the accept loop below, not by
+    // tonic: the handshake's ALPN tells the peer link from gRPC.
+    let server = tonic::transport::Server::builder();
     // A peer behind a slow or lossy link cancels many timed-out heartbeats before
     // this side accepts them; h2's default limit (20) answers that with GOAWAY,
     // which drops the whole channel and every append in flight on it. The raft
@@ -303,72 +302,134 @@ fn serve_grpc(
         .add_service(InterceptedService::new(admin, gate(Need::PeerOrOperator)));
     // At most `max_per_address` connections per source address, counted at
     // accept; small Raft messages must not wait for Nagle's algorithm. Without
-    // TLS, a connection that opens with the append link's magic is served by
-    // `link` and every other goes to tonic; with TLS every connection
-    // is tonic's, which checks the caller's certificate.
+    // TLS, a connection that opens with the peer link's magic is served by
+    // `link` and every other goes to tonic. With TLS the handshake comes first
+    // (a client certificate from the cluster's CA required, as tonic's own
+    // TLS would), and the protocol it agreed (ALPN) decides: the link, for a
+    // caller whose certificate is a member's, or gRPC.
     let caps = peer_conns::PeerConnections::new(max_per_address);
-    let (to_grpc, incoming) = tokio::sync::mpsc::channel::<std::io::Result<peer_conns::Counted>>(64);
-    let sniff = tls.is_none();
+    let (accepted_tx, accepted) = tokio::sync::mpsc::channel::<peer_conns::Counted>(64);
     let accepting = {
-        let (node, stop) = (node.clone(), stop.clone());
+        let stop = stop.clone();
         async move {
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     _ = until_stopped(stop.clone()) => return,
                 };
-                let conn = match accepted {
+                match accepted {
                     Ok((s, _)) => {
                         let _ = s.set_nodelay(true);
-                        match caps.admit(s) {
-                            Some(conn) => conn,
-                            None => continue,
+                        if let Some(conn) = caps.admit(s) {
+                            if accepted_tx.send(conn).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Err(e) => {
-                        // Out of descriptors, most likely: tonic's accept loop
-                        // logged these too. Pause rather than spin.
+                        // Out of descriptors, most likely. Pause rather than spin.
                         tracing::warn!(error = %e, "raft port accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
-                };
-                if !sniff {
-                    if to_grpc.send(Ok(conn)).await.is_err() {
-                        return;
-                    }
-                    continue;
                 }
-                let (node, stop, to_grpc) = (node.clone(), stop.clone(), to_grpc.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(link::HELLO_TIMEOUT, opens_link(&conn)).await {
-                        Ok(Ok(true)) => {
-                            let mut conn = conn;
-                            let mut magic = [0u8; 4];
-                            if tokio::io::AsyncReadExt::read_exact(&mut conn, &mut magic).await.is_ok() {
-                                link::serve(node, conn, stop).await;
-                            }
-                        }
-                        // Not the link, or nothing sent yet: tonic's, as before.
-                        Ok(Ok(false)) | Err(_) => {
-                            let _ = to_grpc.send(Ok(conn)).await;
-                        }
-                        Ok(Err(_)) => {}
-                    }
-                });
             }
         }
     };
     tokio::spawn(accepting);
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
+    let node = node.clone();
+    let tls = tls.map(tls::Tls::port);
     Ok(tokio::spawn(async move {
-        if let Err(e) = grpc.serve_with_incoming_shutdown(incoming, until_stopped(stop)).await {
+        let served = match tls {
+            None => {
+                let incoming = route_plain(node, accepted, stop.clone());
+                grpc.serve_with_incoming_shutdown(incoming, until_stopped(stop)).await
+            }
+            Some(config) => {
+                let incoming = route_tls(node, config, accepted, stop.clone());
+                grpc.serve_with_incoming_shutdown(incoming, until_stopped(stop)).await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "gRPC server failed");
         }
     }))
 }
 
-/// Whether a raft-port connection opens with the append link's magic, looked
+/// Plain raft-port connections: each that opens with the link's magic is
+/// served by [`link::serve`]; the others come out of the stream, for tonic.
+fn route_plain(
+    node: Arc<node::Node>,
+    mut accepted: tokio::sync::mpsc::Receiver<peer_conns::Counted>,
+    stop: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<peer_conns::Counted>> {
+    let (to_grpc, incoming) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(conn) = accepted.recv().await {
+            let (node, stop, to_grpc) = (node.clone(), stop.clone(), to_grpc.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(link::HELLO_TIMEOUT, opens_link(&conn)).await {
+                    Ok(Ok(true)) => {
+                        let mut conn = conn;
+                        let mut magic = [0u8; 4];
+                        if tokio::io::AsyncReadExt::read_exact(&mut conn, &mut magic).await.is_ok() {
+                            link::serve(node, conn, stop).await;
+                        }
+                    }
+                    // Not the link, or nothing sent yet: tonic's, as before.
+                    Ok(Ok(false)) | Err(_) => {
+                        let _ = to_grpc.send(Ok(conn)).await;
+                    }
+                    Ok(Err(_)) => {}
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
+/// TLS raft-port connections: each handshake runs in a task of its own (a
+/// slow one holds up no other); a connection that agreed on the link and
+/// presents a member's certificate is served by [`link::serve`], after its
+/// magic; the rest come out of the stream, for tonic.
+fn route_tls(
+    node: Arc<node::Node>,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    mut accepted: tokio::sync::mpsc::Receiver<peer_conns::Counted>,
+    stop: watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<peer_conns::Counted>>> {
+    let (to_grpc, incoming) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Some(conn) = accepted.recv().await {
+            let (node, stop, to_grpc, acceptor) = (node.clone(), stop.clone(), to_grpc.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let mut conn = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "raft port TLS handshake failed"),
+                    Err(_) => return tracing::debug!("raft port TLS handshake timed out"),
+                };
+                let session = conn.get_ref().1;
+                if session.alpn_protocol() != Some(tls::LINK_ALPN) {
+                    let _ = to_grpc.send(Ok(conn)).await;
+                    return;
+                }
+                // The link is for members only, as the Raft service is.
+                match tls::role_of(session) {
+                    Some(tls::Caller::Peer(_)) => {}
+                    other => return tracing::debug!(caller = ?other, "refused a peer link from a certificate that is not a member's"),
+                }
+                let mut magic = [0u8; 4];
+                let read = tokio::time::timeout(link::HELLO_TIMEOUT, tokio::io::AsyncReadExt::read_exact(&mut conn, &mut magic)).await;
+                if matches!(read, Ok(Ok(_))) && magic == link::MAGIC {
+                    link::serve(node, conn, stop).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
+/// Whether a raft-port connection opens with the peer link's magic, looked
 /// at without taking the bytes: `false` as soon as what has arrived cannot
 /// be it (an HTTP/2 preface, say).
 async fn opens_link(conn: &peer_conns::Counted) -> std::io::Result<bool> {

@@ -33,11 +33,14 @@
 //!
 //! A peer that does not speak the link (a node of an older build, which treats
 //! the bytes as a broken HTTP/2 preface and closes) is called over gRPC from
-//! then on. With mutual TLS on the raft port the link is not used at all and
-//! both calls stay on gRPC, whose TLS checks the caller's certificate.
+//! then on. With mutual TLS on the raft port the link runs over TLS: the
+//! handshake agrees on it by ALPN ([`crate::tls::LINK_ALPN`]), it is served
+//! only to a member's certificate, and a node of an older build, which agrees
+//! on `h2` only, is called over gRPC.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_store::codec::{decode, encode};
@@ -45,6 +48,8 @@ use raft_store::stages::Stage;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::identity::Identity;
 use crate::node::Node;
@@ -138,18 +143,41 @@ pub enum CallError {
     Io(#[from] io::Error),
 }
 
+/// A link connection's byte stream: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for S {}
+
 /// The caller's end: one connection, one call at a time.
 pub struct Link {
-    conn: BufReader<TcpStream>,
+    conn: BufReader<Box<dyn Stream>>,
 }
 
 impl Link {
-    /// Connects to `addr` (from `source`, if given) and says `hello`, within
-    /// `timeout`.
-    pub async fn connect(addr: &str, source: Option<std::net::IpAddr>, hello: &Hello, timeout: Duration) -> Result<Link, CallError> {
+    /// Connects to `addr` (from `source`, if given; over TLS with `tls`, if
+    /// given) and says `hello`, within `timeout`.
+    pub async fn connect(
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+        tls: Option<&Arc<ClientConfig>>,
+        hello: &Hello,
+        timeout: Duration,
+    ) -> Result<Link, CallError> {
         let attempt = async {
-            let stream = connect_tcp(addr, source).await?;
-            stream.set_nodelay(true)?;
+            let tcp = connect_tcp(addr, source).await?;
+            tcp.set_nodelay(true)?;
+            let stream: Box<dyn Stream> = match tls {
+                None => Box::new(tcp),
+                Some(config) => {
+                    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+                    let name = ServerName::try_from(host.to_string()).map_err(invalid)?;
+                    let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?;
+                    // A node of an older build offers gRPC only.
+                    if tls.get_ref().1.alpn_protocol() != Some(crate::tls::LINK_ALPN) {
+                        return Err(CallError::Unsupported);
+                    }
+                    Box::new(tls)
+                }
+            };
             let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
             let mut first = MAGIC.to_vec();
             let body = encode(hello).map_err(invalid)?;
@@ -207,7 +235,7 @@ async fn connect_tcp(addr: &str, source: Option<std::net::IpAddr>) -> io::Result
 /// The node's end of one link connection whose magic was already read:
 /// checks the hello, then answers appends until the caller closes, a frame
 /// is bad, or `stop` is set.
-pub async fn serve<S>(node: std::sync::Arc<Node>, conn: S, mut stop: tokio::sync::watch::Receiver<bool>)
+pub async fn serve<S>(node: Arc<Node>, conn: S, mut stop: tokio::sync::watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -336,7 +364,7 @@ mod tests {
             io::Result::Ok(first)
         });
         let hello = Hello { cluster_id: Some("c".into()), secret: None };
-        let e = Link::connect(&addr, None, &hello, Duration::from_secs(5)).await.err().expect("a closed link connected");
+        let e = Link::connect(&addr, None, None, &hello, Duration::from_secs(5)).await.err().expect("a closed link connected");
         assert!(matches!(e, CallError::Unsupported), "{e:?}");
         assert_eq!(closer.await.map_err(io::Error::other)??, MAGIC);
         Ok(())
@@ -347,7 +375,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let hello = Hello { cluster_id: Some("c".into()), secret: None };
-        let e = Link::connect(&addr, None, &hello, Duration::from_millis(200)).await.err().expect("a silent peer connected");
+        let e = Link::connect(&addr, None, None, &hello, Duration::from_millis(200)).await.err().expect("a silent peer connected");
         assert!(matches!(e, CallError::Timeout(_)), "{e:?}");
         drop(listener);
         Ok(())

@@ -50,8 +50,10 @@ pub struct Peers {
     /// Mutual TLS to the peers, when the raft port runs it.
     tls: Option<ClientTlsConfig>,
     /// Whether appends and forwarded proposals go over the peer link
-    /// ([`crate::link`]): not under TLS, and not with `CHORUS_PEER_LINK=off`.
+    /// ([`crate::link`]): unless `CHORUS_PEER_LINK=off`.
     link: bool,
+    /// The link's TLS, when the raft port runs it.
+    link_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     /// Idle proposal links to the leader, by raft address, and the peers
     /// found not to speak the link.
     proposal_links: Arc<Mutex<ProposalLinks>>,
@@ -69,9 +71,17 @@ struct ProposalLinks {
 const IDLE_PROPOSAL_LINKS: usize = crate::gather::MAX_IN_FLIGHT;
 
 impl Peers {
-    pub fn new(identity: Identity, source_ip: Option<std::net::IpAddr>, tls: Option<ClientTlsConfig>) -> Self {
-        let link = tls.is_none() && std::env::var("CHORUS_PEER_LINK").map_or(true, |v| v != "off");
-        Peers { channels: Arc::default(), identity, source_ip, tls, link, proposal_links: Arc::default() }
+    pub fn new(identity: Identity, source_ip: Option<std::net::IpAddr>, tls: Option<&crate::tls::Tls>) -> Self {
+        let link = std::env::var("CHORUS_PEER_LINK").map_or(true, |v| v != "off");
+        Peers {
+            channels: Arc::default(),
+            identity,
+            source_ip,
+            tls: tls.map(crate::tls::Tls::client),
+            link,
+            link_tls: tls.map(crate::tls::Tls::link_client),
+            proposal_links: Arc::default(),
+        }
     }
 
     fn proposal_links(&self) -> std::sync::MutexGuard<'_, ProposalLinks> {
@@ -103,7 +113,7 @@ impl Peers {
         let began = Instant::now();
         let mut link = match idle {
             Some(link) => link,
-            None => match Link::connect(addr, self.source_ip, &Hello::of(&self.identity), timeout.min(CONNECT_TIMEOUT)).await {
+            None => match Link::connect(addr, self.source_ip, self.link_tls.as_ref(), &Hello::of(&self.identity), timeout.min(CONNECT_TIMEOUT)).await {
                 Ok(link) => link,
                 Err(CallError::Unsupported) => {
                     tracing::info!(%addr, "leader does not speak the peer link; forwarding over gRPC");
@@ -296,7 +306,13 @@ impl PeerNetwork {
         let began = Instant::now();
         let mut link = match std::mem::replace(&mut self.link, LinkState::Closed) {
             LinkState::Open(link) => link,
-            _ => match Link::connect(&self.addr, self.peers.source_ip, &Hello::of(&self.peers.identity), deadline.min(CONNECT_TIMEOUT)).await {
+            _ => match Link::connect(
+                &self.addr,
+                self.peers.source_ip,
+                self.peers.link_tls.as_ref(),
+                &Hello::of(&self.peers.identity),
+                deadline.min(CONNECT_TIMEOUT),
+            ).await {
                 Ok(link) => link,
                 Err(CallError::Unsupported) => {
                     tracing::info!(target = self.target, addr = %self.addr, "peer does not speak the append link; appending over gRPC");

@@ -14,7 +14,7 @@ use raft_store::state_machine::{ChatReader, Delivery};
 use raft_store::types::{NodeId, Raft};
 use raft_store::NodeInfo;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use raft_store::stages::WriteStages;
+use raft_store::stages::{Stage, WriteStages};
 use raft_store::types::Batch;
 
 use crate::config::Config;
@@ -178,7 +178,17 @@ impl Node {
                 Err(Retry::NotSent("this node is no longer the leader".into()))
             } else {
                 match self.leader() {
-                    Some((_, leader)) if leader.raft_addr != self.info.raft_addr => self.forward(event.clone(), deadline).await,
+                    Some((_, leader)) if leader.raft_addr != self.info.raft_addr => {
+                        let sent = Instant::now();
+                        let answer = self.forward(event.clone(), deadline).await;
+                        if let Ok(committed) = &answer {
+                            self.stages.observe(Stage::Forward, sent.elapsed());
+                            let answered = Instant::now();
+                            self.wait_applied(committed.index, deadline).await?;
+                            self.stages.observe(Stage::CatchUp, answered.elapsed());
+                        }
+                        answer
+                    }
                     _ => Err(Retry::NotSent("no leader known".into())),
                 }
             };

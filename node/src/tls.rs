@@ -1,9 +1,10 @@
 //! Mutual TLS on the raft port, who a caller is, and TLS on the client port.
 //!
-//! With `--tls-cert`, `--tls-key` and `--tls-ca`, the gRPC server accepts only
+//! With `--tls-cert`, `--tls-key` and `--tls-ca`, the raft port accepts only
 //! connections whose client certificate the cluster's CA signed (the
-//! handshake fails otherwise, before a byte of a request is read), and this
-//! node presents its own certificate when it calls its peers. The role a
+//! handshake, run by `serve_grpc` with [`Tls::port`], fails otherwise, before
+//! a byte of a request is read), and this node presents its own certificate
+//! when it calls its peers, over gRPC or the peer link ([`LINK_ALPN`]). The role a
 //! certificate grants is in its URI subject alternative name
 //! ([`proto::roles`]): a **peer** may call the `Raft` service and ask another
 //! node's `Admin.Info`; an **operator** may call the `Admin` service and
@@ -20,18 +21,32 @@ use anyhow::Context;
 use proto::roles::{OPERATOR_URI_PREFIX, PEER_URI_PREFIX};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
-use tokio_rustls::rustls::ServerConfig;
-use tonic::transport::{Certificate, CertificateDer, ClientTlsConfig, Identity, ServerTlsConfig};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tonic::transport::{Certificate, CertificateDer, ClientTlsConfig, Identity};
 use tonic::Status;
 
 /// How long a TLS handshake on the raft port may take.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The ALPN protocol of the peer link ([`crate::link`]) under TLS. The raft
+/// port offers it before `h2`, so a link caller gets it and tonic's callers
+/// (which offer only `h2`) get gRPC; a node of an older build answers a link
+/// caller with `h2`, which tells the caller to use gRPC.
+pub const LINK_ALPN: &[u8] = b"chorus-link/1";
+const H2_ALPN: &[u8] = b"h2";
 
 /// This node's certificate and key, and the cluster's CA, read at start.
 #[derive(Clone)]
 pub struct Tls {
     identity: Identity,
     ca: Certificate,
+    /// The raft port's own TLS: the node's certificate, a client certificate
+    /// from the cluster's CA required, `chorus-link/1` or `h2`.
+    port: Arc<ServerConfig>,
+    /// The link's calls to peers: the CA's certificates trusted, this node's
+    /// presented.
+    link_client: Arc<ClientConfig>,
 }
 
 impl Tls {
@@ -47,20 +62,63 @@ impl Tls {
         for (what, pem, path) in [("certificate", &cert_pem, cert), ("key", &key_pem, key), ("CA certificate", &ca_pem, ca)] {
             anyhow::ensure!(pem.starts_with(b"-----BEGIN"), "{} is not a PEM {what}", path.display());
         }
-        Ok(Some(Tls { identity: Identity::from_pem(cert_pem, key_pem), ca: Certificate::from_pem(ca_pem) }))
+        let (port, link_client) = rustls_configs(&cert_pem, &key_pem, &ca_pem)
+            .with_context(|| format!("{}, {} and {} do not make a usable TLS identity", cert.display(), key.display(), ca.display()))?;
+        Ok(Some(Tls { identity: Identity::from_pem(cert_pem, key_pem), ca: Certificate::from_pem(ca_pem), port, link_client }))
     }
 
-    /// The raft port's TLS: this node's certificate, and a client certificate
-    /// from the cluster's CA required of every caller.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new().identity(self.identity.clone()).client_ca_root(self.ca.clone()).timeout(HANDSHAKE_TIMEOUT)
+    /// The raft port's TLS, as `serve_grpc` terminates it: the same checks as
+    /// [`Tls::server`] (a client certificate the CA signed), offering the link
+    /// and gRPC by ALPN.
+    pub fn port(&self) -> Arc<ServerConfig> {
+        self.port.clone()
     }
+
+    /// TLS for the link's calls to peers.
+    pub fn link_client(&self) -> Arc<ClientConfig> {
+        self.link_client.clone()
+    }
+
 
     /// Calls to peers: their certificate must be the CA's and name the host
     /// called (a DNS or IP subject alternative name); this node's goes with it.
     pub fn client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(self.identity.clone())
     }
+}
+
+fn rustls_configs(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> anyhow::Result<(Arc<ServerConfig>, Arc<ClientConfig>)> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().context("cannot read the certificate")?;
+    anyhow::ensure!(!chain.is_empty(), "no PEM certificate");
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("cannot read the private key")?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(ca.context("cannot read the CA certificate")?).context("unusable CA certificate")?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .context("cannot verify client certificates with this CA")?;
+    let mut port = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    port.alpn_protocols = vec![LINK_ALPN.to_vec(), H2_ALPN.to_vec()];
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    client.alpn_protocols = vec![LINK_ALPN.to_vec(), H2_ALPN.to_vec()];
+    Ok((Arc::new(port), Arc::new(client)))
+}
+
+/// The role of the peer at the other end of a TLS connection, by the leaf of
+/// the certificate chain its handshake gave.
+pub fn role_of(session: &tokio_rustls::rustls::CommonState) -> Option<Caller> {
+    session.peer_certificates().and_then(|certs| certs.first()).and_then(|leaf| role(leaf.as_ref()))
 }
 
 /// The client port's TLS (`--client-tls-cert`, `--client-tls-key`): HTTPS and

@@ -58,12 +58,12 @@ async fn the_raft_port_answers_appends_on_the_link_and_grpc_beside_it() {
     assert!(cluster.is_some());
     let t = Duration::from_secs(5);
 
-    let stranger = Link::connect(&addr, None, &Hello { cluster_id: Some("another".into()), secret: None }, t).await;
+    let stranger = Link::connect(&addr, None, None, &Hello { cluster_id: Some("another".into()), secret: None }, t).await;
     assert!(matches!(&stranger, Err(CallError::Refused(why)) if why.contains("another")), "{:?}", stranger.err());
 
     // An append from a long-gone leader: the follower's Raft answers with its
     // own, higher vote and appends nothing.
-    let mut link = Link::connect(&addr, None, &Hello { cluster_id: cluster, secret: None }, t).await.expect("a member's hello");
+    let mut link = Link::connect(&addr, None, None, &Hello { cluster_id: cluster, secret: None }, t).await.expect("a member's hello");
     let stale = AppendEntriesRequest::<raft_store::TypeConfig> { vote: Vote::new(0, 9), prev_log_id: None, leader_commit: None, entries: vec![] };
     for _ in 0..2 {
         let answer = link.call(node::link::APPEND, &encode(&stale).unwrap(), t).await.expect("an answer");
@@ -77,7 +77,7 @@ async fn the_raft_port_answers_appends_on_the_link_and_grpc_beside_it() {
     // not know.
     let leader = c.wait_leader().await;
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
-    let mut to_follower = Link::connect(&c.node(follower).raft_addr.to_string(), None, &Hello { cluster_id: node.peers.identity.cluster_id(), secret: None }, t)
+    let mut to_follower = Link::connect(&c.node(follower).raft_addr.to_string(), None, None, &Hello { cluster_id: node.peers.identity.cluster_id(), secret: None }, t)
         .await
         .expect("a member's hello");
     let post = Event::MessagePosted { room: "general".into(), from: "u1".into(), client_id: "via-link".into(), text: "hi".into() };

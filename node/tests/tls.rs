@@ -147,15 +147,23 @@ async fn a_stranger_cannot_finish_a_handshake_and_an_operator_cannot_call_raft()
     };
     assert!(matches!(foreign, None | Some(Err(_))), "a foreign certificate got an answer: {foreign:?}");
 
-    // The append link is plaintext, so a TLS raft port never serves it: the
-    // bytes are a broken handshake to tonic, whatever the hello says.
-    let hello = node::link::Hello { cluster_id: Some("any".into()), secret: None };
-    let link = node::link::Link::connect(&addr, None, &hello, std::time::Duration::from_secs(5)).await;
-    assert!(
-        matches!(link, Err(node::link::CallError::Unsupported | node::link::CallError::Io(_))),
-        "a TLS raft port answered the plaintext append link: {:?}",
-        link.err()
-    );
+    // The peer link in plaintext is a broken handshake to a TLS raft port,
+    // whatever the hello says.
+    use node::link::{CallError, Hello, Link};
+    let t = std::time::Duration::from_secs(5);
+    let hello = Hello { cluster_id: Some("any".into()), secret: None };
+    let link = Link::connect(&addr, None, None, &hello, t).await;
+    assert!(matches!(link, Err(CallError::Unsupported | CallError::Io(_))), "a TLS raft port answered the plaintext link: {:?}", link.err());
+    // Over TLS, an operator's certificate completes the handshake but gets no
+    // link (it is for members, as the Raft service is); a member's does.
+    let tls_of = |who: &str| {
+        let files = (c.certs.join(format!("{who}.crt")), c.certs.join(format!("{who}.key")));
+        node::tls::Tls::load(Some(&files.0), Some(&files.1), Some(&ca)).expect("load").expect("tls").link_client()
+    };
+    let link = Link::connect(&addr, None, Some(&tls_of("operator")), &hello, t).await;
+    assert!(matches!(link, Err(CallError::Unsupported | CallError::Io(_))), "an operator opened the peer link: {:?}", link.err());
+    let link = Link::connect(&addr, None, Some(&tls_of("node-2")), &hello, t).await;
+    assert!(matches!(&link, Err(CallError::Refused(why)) if why.contains("any")), "a member's link with a wrong cluster id: {:?}", link.err());
 
     // The operator's certificate completes the handshake, but the Raft
     // service (append, propose a user's event…) is for members only.

@@ -43,11 +43,18 @@ pub enum Stage {
     Reply,
     /// Leader: from the proposal reaching the proposer to its answer.
     Total,
+    /// Follower: a client's write from reaching the forwarder to the
+    /// leader's answer (waiting for a forwarder slot, the `Propose` round
+    /// trip, and the leader's `total`).
+    Forward,
+    /// Follower: from the leader's answer to a forwarded write to this node
+    /// having applied it (learning the commit from the leader, then applying).
+    CatchUp,
 }
 
 impl Stage {
     /// Every stage, in the order a write goes through them.
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 12] = [
         Stage::Propose,
         Stage::Append,
         Stage::Sync,
@@ -58,6 +65,8 @@ impl Stage {
         Stage::Apply,
         Stage::Reply,
         Stage::Total,
+        Stage::Forward,
+        Stage::CatchUp,
     ];
 
     /// The label value on `/metrics`.
@@ -73,6 +82,8 @@ impl Stage {
             Stage::Apply => "apply",
             Stage::Reply => "reply",
             Stage::Total => "total",
+            Stage::Forward => "forward",
+            Stage::CatchUp => "catch_up",
         }
     }
 }

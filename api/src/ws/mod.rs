@@ -198,9 +198,13 @@ impl<B: ChatBackend> Session<B> {
     /// until the client is gone or the connection is closing.
     async fn serve(&mut self, mut acked: mpsc::Receiver<ServerFrame>) {
         while !self.gone && self.out.closing().is_none() {
+            // The handlers are boxed: a future holds room for the largest
+            // state of everything it awaits inline, and the task of every
+            // connection, idle or not, is allocated at that size. Boxed, a
+            // handler's state exists only while it runs.
             tokio::select! {
-                frame = self.ws.next() => self.read(frame).await,
-                event = poll_fn(|cx| self.out.poll_event(cx)) => self.outbox_event(event).await,
+                frame = self.ws.next() => Box::pin(self.read(frame)).await,
+                event = poll_fn(|cx| self.out.poll_event(cx)) => Box::pin(self.outbox_event(event)).await,
                 // Polled only while a send awaits its answer: an empty channel still costs a poll per turn.
                 Some(frame) = acked.recv(), if self.awaiting > 0 => {
                     self.awaiting -= 1;

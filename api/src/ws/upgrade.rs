@@ -181,7 +181,8 @@ async fn session<B: ChatBackend>(app: Arc<App<B>>, claims: auth::Claims, wire: W
         awaiting: 0,
     };
     s.serve(acked).await;
-    s.finish().await;
+    // Boxed for the reason `serve` boxes its handlers.
+    Box::pin(s.finish()).await;
     app.connections.fetch_sub(1, Ordering::Relaxed);
     if let Some(sig) = app.presence.disconnected(&user) {
         app.backend.send_signal(sig);

@@ -13,8 +13,21 @@ use std::collections::HashMap;
 
 /// The stages in the order a write goes through them, as labelled on `/metrics`,
 /// with the API's own ack latency first.
-const ROWS: [&str; 11] =
-    ["ack", "total", "propose", "append", "sync", "fsync", "replicate", "follower_append", "commit", "apply", "reply"];
+const ROWS: [&str; 13] = [
+    "ack",
+    "total",
+    "propose",
+    "append",
+    "sync",
+    "fsync",
+    "replicate",
+    "follower_append",
+    "commit",
+    "apply",
+    "reply",
+    "forward",
+    "catch_up",
+];
 
 /// One node's (sum of seconds, count) per row.
 type Sums = HashMap<&'static str, (f64, u64)>;
