@@ -99,7 +99,7 @@ impl Identity {
     }
 
     /// Checks a secret given some other way than in gRPC metadata (the
-    /// append link's hello): empty when none was given.
+    /// peer link's hello): empty when none was given.
     pub fn check_secret_str(&self, given: &str) -> Result<(), Status> {
         self.check_secret_bytes(given.as_bytes())
     }

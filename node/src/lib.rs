@@ -19,11 +19,11 @@
 //! `chorusd` (in `src/bin`) only parses flags, sets up logging and calls [`start`].
 
 pub mod admin;
-pub mod link;
 pub mod backup;
 pub mod config;
 pub mod gather;
 pub mod identity;
+pub mod link;
 pub mod network;
 pub mod node;
 pub mod peer_conns;

@@ -111,11 +111,20 @@ async fn read_frame_within<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::R
 
 /// Writes one frame (length and body in one write) and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> io::Result<()> {
-    if body.len() > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {} bytes is over the {MAX_FRAME}-byte limit", body.len())));
+    write_frame_of(w, &[], body).await
+}
+
+/// Writes one frame whose body is `head` then `body`, copied once into the
+/// buffer that goes out in one write (an append's entries are not copied
+/// twice to put a kind byte before them).
+async fn write_frame_of<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let len = head.len() + body.len();
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes is over the {MAX_FRAME}-byte limit")));
     }
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let mut frame = Vec::with_capacity(4 + len);
+    frame.extend_from_slice(&(len as u32).to_le_bytes());
+    frame.extend_from_slice(head);
     frame.extend_from_slice(body);
     w.write_all(&frame).await?;
     w.flush().await
@@ -130,16 +139,16 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 pub enum CallError {
     /// The peer took the connection but closed it at the hello: it does not
     /// speak the link.
-    #[error("the peer does not speak the append link")]
+    #[error("the peer does not speak the peer link")]
     Unsupported,
     /// The peer refused the hello (wrong secret, another cluster).
-    #[error("the peer refused the append link: {0}")]
+    #[error("the peer refused the peer link: {0}")]
     Refused(String),
     /// The answer did not come within the deadline; the connection is gone.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// Connecting, writing or reading failed; the connection is gone.
-    #[error("append link: {0}")]
+    #[error("peer link: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -205,14 +214,11 @@ impl Link {
     /// Sends one request of `kind` and reads its answer, within `timeout`.
     /// On any error the link must be dropped.
     pub async fn call(&mut self, kind: u8, body: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
-        let mut request = Vec::with_capacity(1 + body.len());
-        request.push(kind);
-        request.extend_from_slice(body);
         let exchange = async {
-            write_frame(&mut self.conn, &request).await?;
+            write_frame_of(&mut self.conn, &[kind], body).await?;
             read_frame(&mut self.conn)
                 .await?
-                .ok_or_else(|| CallError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the append link")))
+                .ok_or_else(|| CallError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the peer link")))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -233,7 +239,7 @@ async fn connect_tcp(addr: &str, source: Option<std::net::IpAddr>) -> io::Result
 }
 
 /// The node's end of one link connection whose magic was already read:
-/// checks the hello, then answers appends until the caller closes, a frame
+/// checks the hello, then answers requests until the caller closes, a frame
 /// is bad, or `stop` is set.
 pub async fn serve<S>(node: Arc<Node>, conn: S, mut stop: tokio::sync::watch::Receiver<bool>)
 where
@@ -262,7 +268,7 @@ where
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(error = %e, "append link closed on a bad frame");
+                tracing::debug!(error = %e, "peer link closed on a bad frame");
                 return;
             }
         };

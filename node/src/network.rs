@@ -27,8 +27,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::link::{CallError, Hello, Link};
 use crate::identity::Identity;
+use crate::link::{CallError, Hello, Link};
 
 /// Bytes per snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -84,6 +84,12 @@ impl Peers {
         }
     }
 
+    /// A new peer link to `addr`, as this node, within `timeout` (at most
+    /// [`CONNECT_TIMEOUT`]).
+    async fn connect_link(&self, addr: &str, timeout: Duration) -> Result<Link, CallError> {
+        Link::connect(addr, self.source_ip, self.link_tls.as_ref(), &Hello::of(&self.identity), timeout.min(CONNECT_TIMEOUT)).await
+    }
+
     fn proposal_links(&self) -> std::sync::MutexGuard<'_, ProposalLinks> {
         // Every update under the lock is one insert or remove.
         self.proposal_links.lock().unwrap_or_else(|p| p.into_inner())
@@ -113,7 +119,7 @@ impl Peers {
         let began = Instant::now();
         let mut link = match idle {
             Some(link) => link,
-            None => match Link::connect(addr, self.source_ip, self.link_tls.as_ref(), &Hello::of(&self.identity), timeout.min(CONNECT_TIMEOUT)).await {
+            None => match self.connect_link(addr, timeout).await {
                 Ok(link) => link,
                 Err(CallError::Unsupported) => {
                     tracing::info!(%addr, "leader does not speak the peer link; forwarding over gRPC");
@@ -199,8 +205,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 /// The connection to one peer, as openraft uses it. openraft makes one for
-/// each of its streams to a peer (replication, heartbeats), so each has an
-/// append link of its own and none waits behind another's call.
+/// each of its streams to a peer (replication, heartbeats), so each has a
+/// peer link of its own and none waits behind another's call.
 pub struct PeerNetwork {
     id: NodeId,
     target: NodeId,
@@ -212,9 +218,9 @@ pub struct PeerNetwork {
 
 /// Where this peer's appends go.
 enum LinkState {
-    /// Over the append link, connected at the next call.
+    /// Over the peer link, connected at the next call.
     Closed,
-    /// Over the append link, connected.
+    /// Over the peer link, connected.
     Open(Link),
     /// Over gRPC: the link is off, or the peer does not speak it.
     Off,
@@ -287,7 +293,7 @@ impl PeerNetwork {
 }
 
 impl PeerNetwork {
-    /// One append over the append link, connecting first if need be; `None`
+    /// One append over the peer link, connecting first if need be; `None`
     /// when it must go over gRPC instead (the link is off, or the peer turned
     /// out not to speak it, which is then remembered).
     async fn append_on_link(
@@ -306,16 +312,10 @@ impl PeerNetwork {
         let began = Instant::now();
         let mut link = match std::mem::replace(&mut self.link, LinkState::Closed) {
             LinkState::Open(link) => link,
-            _ => match Link::connect(
-                &self.addr,
-                self.peers.source_ip,
-                self.peers.link_tls.as_ref(),
-                &Hello::of(&self.peers.identity),
-                deadline.min(CONNECT_TIMEOUT),
-            ).await {
+            _ => match self.peers.connect_link(&self.addr, deadline).await {
                 Ok(link) => link,
                 Err(CallError::Unsupported) => {
-                    tracing::info!(target = self.target, addr = %self.addr, "peer does not speak the append link; appending over gRPC");
+                    tracing::info!(target = self.target, addr = %self.addr, "peer does not speak the peer link; appending over gRPC");
                     self.link = LinkState::Off;
                     return None;
                 }

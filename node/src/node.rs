@@ -168,6 +168,9 @@ impl Node {
         }
         let deadline = Instant::now() + timeout;
         loop {
+            // Forwarded writes time the leader's answer and this node's
+            // catching up with it apart (`Stage::Forward`, `Stage::CatchUp`).
+            let mut forwarded = false;
             let attempt = if self.is_leader() {
                 self.propose_local(event.clone()).await
             } else if !event.from_client() {
@@ -181,11 +184,9 @@ impl Node {
                     Some((_, leader)) if leader.raft_addr != self.info.raft_addr => {
                         let sent = Instant::now();
                         let answer = self.forward(event.clone(), deadline).await;
-                        if let Ok(committed) = &answer {
+                        if answer.is_ok() {
+                            forwarded = true;
                             self.stages.observe(Stage::Forward, sent.elapsed());
-                            let answered = Instant::now();
-                            self.wait_applied(committed.index, deadline).await?;
-                            self.stages.observe(Stage::CatchUp, answered.elapsed());
                         }
                         answer
                     }
@@ -194,7 +195,11 @@ impl Node {
             };
             match attempt {
                 Ok(committed) => {
+                    let answered = Instant::now();
                     self.wait_applied(committed.index, deadline).await?;
+                    if forwarded {
+                        self.stages.observe(Stage::CatchUp, answered.elapsed());
+                    }
                     return Ok(committed);
                 }
                 // Not appended anywhere: safe to try again until the deadline.

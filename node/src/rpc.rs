@@ -158,7 +158,6 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
 }
 
-/// Sends a batch of proposals to the leader at `addr`; one result per event.
 /// The leader's answers to proposals a peer forwarded (over gRPC or the
 /// link), or why the whole batch is refused.
 pub(crate) async fn answer_proposals(node: &Node, events: Vec<Event>) -> Result<Vec<ProposeReply>, String> {
@@ -186,6 +185,8 @@ pub(crate) async fn answer_proposals(node: &Node, events: Vec<Event>) -> Result<
     .await)
 }
 
+/// Sends a batch of proposals to the leader at `addr` (over the peer link, or
+/// gRPC for a leader that does not speak it); one result per event.
 pub(crate) async fn forward_proposals(peers: &Peers, addr: &str, events: &[Event], timeout: Duration) -> Vec<Result<Committed, Retry>> {
     let all = |r: Retry| events.iter().map(|_| Err(r.clone())).collect::<Vec<_>>();
     let data = match encode(events) {

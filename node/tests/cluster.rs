@@ -34,7 +34,7 @@ async fn writes_through_any_node_commit_on_all() {
     c.shutdown().await;
 }
 
-/// The append link on the raft port (`node::link`): a member's hello
+/// The peer link on the raft port (`node::link`): a member's hello
 /// is accepted and its appends answered by Raft; a hello from another
 /// cluster is refused; gRPC on the same port still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
