@@ -240,10 +240,13 @@ pub struct Config {
     pub heartbeat_ms: u64,
 
     /// Raft election timeout range start in milliseconds (the end is twice it).
-    /// A leader's death is noticed after the end of the range (openraft's leader
-    /// lease), and an election usually needs a second timeout: writes resume
-    /// about 3× this after a leader dies. Raise it on slow networks or disks.
-    #[arg(long, env = "CHORUS_ELECTION_MS", default_value_t = 200)]
+    /// A follower that hears no leader keeps its lease on the last one for the
+    /// end of the range (openraft's leader lease), then waits a timeout drawn
+    /// from the range before it stands: writes resume 3–4× this after a leader
+    /// dies (300–400 ms at the default). Heartbeats do not wait for log syncs,
+    /// so a slow disk does not start elections; raise it on slow networks or
+    /// when nodes are paused for long (swap, stop-the-world).
+    #[arg(long, env = "CHORUS_ELECTION_MS", default_value_t = 100)]
     pub election_ms: u64,
 
     /// A TOML file of settings, one key per flag (`snapshot-every = 100000`).

@@ -78,7 +78,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// The nodes' election timeout floor (chorusd --election-ms; same default).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     election_ms: u64,
 }
 
