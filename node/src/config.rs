@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "CHORUS_NO_BOOTSTRAP")]
     pub no_bootstrap: bool,
 
+    /// Keep no search index on this node: `GET /v1/search` answers 503
+    /// `unavailable` here. Indexing every message costs CPU on every node.
+    #[arg(long, env = "CHORUS_NO_SEARCH")]
+    pub no_search: bool,
+
     /// Shared secret required on every gRPC call (peers and CLI). Weaker than
     /// mutual TLS: it travels in plain text, and peers and operators share it.
     #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]

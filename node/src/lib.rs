@@ -478,7 +478,9 @@ fn serve_api(
     // Derived data beside RocksDB: a node serves without it (search answers
     // `unavailable`) rather than not at all.
     let search_dir = config.data_dir().join("search");
-    if let Err(e) = app.start_search(&search_dir) {
+    if config.no_search {
+        tracing::info!("search is off on this node (--no-search)");
+    } else if let Err(e) = app.start_search(&search_dir) {
         tracing::warn!(dir = %search_dir.display(), error = %e, "search is off on this node");
     }
     let api_app = Arc::new(app);

@@ -209,8 +209,13 @@ impl SearchIndex {
     /// its target's, a delete removes it.
     fn index_entry(&self, w: &mut Writer, m: &Message) {
         let f = &self.fields;
-        let replace = |w: &mut Writer, seq: u64, text: &str| {
-            w.writer.delete_term(Term::from_field_text(f.key, &key(&m.room, seq)));
+        // `fresh`: a post the index cannot hold yet (its seq is past the
+        // room's position), so there is no document to delete first; a
+        // delete by term costs a lookup in every segment at each commit.
+        let replace = |w: &mut Writer, seq: u64, text: &str, fresh: bool| {
+            if !fresh {
+                w.writer.delete_term(Term::from_field_text(f.key, &key(&m.room, seq)));
+            }
             if text.is_empty() {
                 return;
             }
@@ -227,10 +232,10 @@ impl SearchIndex {
             }
         };
         match &m.kind {
-            Kind::Post(state) if !state.deleted => replace(w, m.seq, &m.text),
+            Kind::Post(state) if !state.deleted => replace(w, m.seq, &m.text, true),
             Kind::Post(_) => {}
-            Kind::Edit { target } => replace(w, *target, &m.text),
-            Kind::Delete { target } => replace(w, *target, ""),
+            Kind::Edit { target } => replace(w, *target, &m.text, false),
+            Kind::Delete { target } => replace(w, *target, "", false),
             Kind::Reaction { .. } | Kind::Room(_) => {}
         }
         w.positions.insert(m.room.clone(), m.seq);
