@@ -29,6 +29,7 @@ use raft_store::ChatRead;
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::indexer::UserOperation;
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, STORED, STRING, TEXT};
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -75,6 +76,28 @@ struct Writer {
     positions: BTreeMap<String, u64>,
     /// Changes since the last commit.
     pending: usize,
+    /// Changes not yet handed to tantivy's indexing thread: they go as one
+    /// batch at the end of each call, so a run of entries wakes that thread
+    /// once rather than once per entry.
+    ops: Vec<UserOperation>,
+}
+
+impl Writer {
+    fn hand_over(&mut self) -> Result<(), SearchError> {
+        if !self.ops.is_empty() {
+            self.writer.run(std::mem::take(&mut self.ops))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every document, committed or not (the state was replaced).
+    fn empty(&mut self) -> Result<(), SearchError> {
+        self.ops.clear();
+        self.writer.delete_all_documents()?;
+        self.positions.clear();
+        self.pending += 1;
+        Ok(())
+    }
 }
 
 pub struct SearchIndex {
@@ -126,7 +149,7 @@ impl SearchIndex {
         let writer = index.writer_with_num_threads(1, WRITER_HEAP)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let parser = QueryParser::for_index(&index, vec![fields.text]);
-        Ok(SearchIndex { reader, fields, parser, writer: Mutex::new(Writer { writer, positions, pending: 0 }) })
+        Ok(SearchIndex { reader, fields, parser, writer: Mutex::new(Writer { writer, positions, pending: 0, ops: Vec::new() }) })
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -141,16 +164,23 @@ impl SearchIndex {
     /// Takes in one entry applied to the state machine `state` reads (see
     /// the module's notes on order).
     pub fn apply<R: ChatRead + ?Sized>(&self, state: &R, m: &Message) -> Result<(), SearchError> {
+        self.apply_all(state, std::slice::from_ref(m))
+    }
+
+    /// Takes in entries applied to the state machine `state` reads, in the
+    /// order they were applied, as one batch.
+    pub fn apply_all<R: ChatRead + ?Sized, M: std::borrow::Borrow<Message>>(&self, state: &R, entries: &[M]) -> Result<(), SearchError> {
         let mut w = self.writer();
-        let at = w.positions.get(&m.room).copied().unwrap_or(0);
-        if m.seq <= at {
-            return Ok(());
+        for m in entries {
+            let m = m.borrow();
+            let at = w.positions.get(&m.room).copied().unwrap_or(0);
+            if m.seq == at + 1 {
+                self.index_entry(&mut w, m);
+            } else if m.seq > at {
+                self.catch_up_room(&mut w, state, &m.room, u64::MAX)?;
+            }
         }
-        if m.seq == at + 1 {
-            self.index_entry(&mut w, m);
-            return Ok(());
-        }
-        self.catch_up_room(&mut w, state, &m.room, u64::MAX).map(|_| ())
+        w.hand_over()
     }
 
     /// Indexes every room's entries past its position, as the state machine
@@ -164,9 +194,7 @@ impl SearchIndex {
         let ahead = w.positions.iter().any(|(room, at)| heads.get(room.as_str()).is_none_or(|head| at > head));
         if ahead {
             tracing::info!("the search index is ahead of this node's state (a snapshot or backup was installed); rebuilding it");
-            w.writer.delete_all_documents()?;
-            w.positions.clear();
-            w.pending += 1;
+            w.empty()?;
         }
         let mut read = 0;
         for (room, head) in heads {
@@ -180,11 +208,7 @@ impl SearchIndex {
     /// Empties the index, to be rebuilt by [`SearchIndex::catch_up`] (after a
     /// snapshot replaced the state).
     pub fn reset(&self) -> Result<(), SearchError> {
-        let mut w = self.writer();
-        w.writer.delete_all_documents()?;
-        w.positions.clear();
-        w.pending += 1;
-        Ok(())
+        self.writer().empty()
     }
 
     fn catch_up_room<R: ChatRead + ?Sized>(&self, w: &mut Writer, state: &R, room: &str, head: u64) -> Result<u64, SearchError> {
@@ -202,6 +226,7 @@ impl SearchIndex {
                 self.index_entry(w, m);
                 read += 1;
             }
+            w.hand_over()?;
         }
     }
 
@@ -214,7 +239,7 @@ impl SearchIndex {
         // delete by term costs a lookup in every segment at each commit.
         let replace = |w: &mut Writer, seq: u64, text: &str, fresh: bool| {
             if !fresh {
-                w.writer.delete_term(Term::from_field_text(f.key, &key(&m.room, seq)));
+                w.ops.push(UserOperation::Delete(Term::from_field_text(f.key, &key(&m.room, seq))));
             }
             if text.is_empty() {
                 return;
@@ -227,9 +252,7 @@ impl SearchIndex {
                 }
                 None => d.add_text(f.readers, ANYONE),
             }
-            if let Err(e) = w.writer.add_document(d) {
-                tracing::warn!(room = %m.room, seq, error = %e, "cannot index a message");
-            }
+            w.ops.push(UserOperation::Add(d));
         };
         match &m.kind {
             Kind::Post(state) if !state.deleted => replace(w, m.seq, &m.text, true),
@@ -254,6 +277,7 @@ impl SearchIndex {
         if w.pending == 0 {
             return Ok(());
         }
+        w.hand_over()?;
         let payload = serde_json::to_string(&w.positions).unwrap_or_default();
         let mut prepared = w.writer.prepare_commit()?;
         prepared.set_payload(&payload);
