@@ -81,6 +81,10 @@ async fn follow<B: ChatBackend>(backend: Arc<B>, index: Arc<SearchIndex>, mut de
     };
     let mut due = index.pending().then(|| next_commit(None));
     let mut batch: Vec<Arc<Message>> = Vec::new();
+    let hand_over = |batch: &mut Vec<Arc<Message>>| {
+        report("indexing", index.apply_all(backend.reader(), batch));
+        batch.clear();
+    };
     loop {
         // Quiet, wait for an entry; with a commit pending, gather what came.
         let mut next = match due {
@@ -104,12 +108,12 @@ async fn follow<B: ChatBackend>(backend: Arc<B>, index: Arc<SearchIndex>, mut de
             match got {
                 Ok(Delivery::Message(m)) => batch.push(m),
                 Ok(Delivery::Reset) => {
-                    report("indexing", index.apply_all(backend.reader(), &std::mem::take(&mut batch)));
+                    hand_over(&mut batch);
                     report("emptying", index.reset());
                     report("catching up", index.catch_up(backend.reader()).map(|_| ()));
                 }
                 Err(RecvError::Lagged(_)) => {
-                    report("indexing", index.apply_all(backend.reader(), &std::mem::take(&mut batch)));
+                    hand_over(&mut batch);
                     report("catching up", index.catch_up(backend.reader()).map(|_| ()));
                 }
                 Ok(_) => {}
@@ -119,7 +123,7 @@ async fn follow<B: ChatBackend>(backend: Arc<B>, index: Arc<SearchIndex>, mut de
                 }
             }
         }
-        report("indexing", index.apply_all(backend.reader(), &std::mem::take(&mut batch)));
+        hand_over(&mut batch);
         if closed {
             report("committing", index.commit());
             return;
