@@ -148,14 +148,27 @@ impl ChatReader {
 
     /// A digest of every chat table: equal on two nodes iff their state is equal.
     pub fn digest(&self) -> Result<String, StoreError> {
+        Ok(self.applied_digest()?.1)
+    }
+
+    /// The applied index and the digest of the chat tables, both read from
+    /// one RocksDB snapshot: the state exactly as of that index, even while
+    /// apply writes the next batch. Two replicas at the same index must give
+    /// the same digest.
+    pub fn applied_digest(&self) -> Result<(u64, String), StoreError> {
         let mut d = StateDigest::default();
         let _gate = self.gate()?;
+        let snap = self.store.db.snapshot();
+        let applied: Option<LogId> = match snap.get_cf(self.store.cf(CF_SM)?, KEY_APPLIED)? {
+            Some(b) => decode(&b)?,
+            None => None,
+        };
         for table in Table::ALL {
-            for item in self.store.db.iterator_cf(self.store.cf(table.name())?, IteratorMode::Start) {
+            for item in snap.iterator_cf(self.store.cf(table.name())?, IteratorMode::Start) {
                 let (key, value) = item?;
                 d.add(table, &key, &value);
             }
         }
-        Ok(d.finish())
+        Ok((applied.map_or(0, |id| id.index), d.finish()))
     }
 }
