@@ -324,16 +324,17 @@ pub(crate) struct Pending {
     reply: oneshot::Sender<Result<Committed, Retry>>,
 }
 
-/// Gathers the commands that arrive while earlier batches are in flight and
-/// proposes each gathered group as one log entry, stamped with one leader time.
-/// One writer alone gets a batch of one, with no added wait.
+/// Gathers the commands that arrive while the batch before them is in flight
+/// ([`gather::PROPOSER_IN_FLIGHT`]) and proposes each gathered group as one log
+/// entry, stamped with one leader time. One writer alone gets a batch of one,
+/// with no added wait.
 pub(crate) struct Proposer;
 
 impl Proposer {
     /// `reader` gives the cluster's feature level, which every batch is written at.
     /// `stages` times each batch from its first proposal's hand-over.
     pub(crate) fn start(raft: Raft, reader: ChatReader, stages: Arc<WriteStages>) -> mpsc::Sender<Pending> {
-        let (tx, gatherer) = gather::channel();
+        let (tx, gatherer) = gather::channel(gather::PROPOSER_IN_FLIGHT);
         tokio::spawn(Self::run(raft, reader, stages, gatherer));
         tx
     }
@@ -392,7 +393,7 @@ pub(crate) struct Forwarder;
 
 impl Forwarder {
     pub(crate) fn start(raft: Raft, peers: Peers, self_addr: String) -> mpsc::Sender<Pending> {
-        let (tx, gatherer) = gather::channel();
+        let (tx, gatherer) = gather::channel(gather::MAX_IN_FLIGHT);
         tokio::spawn(Self::run(raft, peers, self_addr, gatherer));
         tx
     }
