@@ -340,39 +340,42 @@ impl Proposer {
     }
 
     async fn run(raft: Raft, reader: ChatReader, stages: Arc<WriteStages>, mut gatherer: Gatherer<Pending>) {
+        // With one batch in flight the batch is proposed here, in this task: a
+        // task of its own would add a hand-off (and often a thread wake-up) to
+        // every write, and the next batch could not start before it ended anyway.
+        const _: () = assert!(gather::PROPOSER_IN_FLIGHT == 1, "more batches in flight need a task each");
         while let Some((slot, batch)) = gatherer.next_batch().await {
-            let (raft, stages) = (raft.clone(), stages.clone());
-            let level = reader.feature_level();
-            tokio::spawn(async move {
-                let ts_ms = now_ms();
-                let first = batch.first().map_or_else(Instant::now, |p| p.at);
-                let (commands, replies): (Vec<_>, Vec<_>) =
-                    batch.into_iter().map(|p| (Command { ts_ms, event: p.event }, p.reply)).unzip();
-                let n = commands.len();
-                let written = raft.client_write(Batch::new(level, commands)).await;
-                if let Ok(resp) = &written {
-                    stages.answered(resp.log_id.index, first);
+            Self::propose_batch(&raft, reader.feature_level(), &stages, batch).await;
+            drop(slot);
+        }
+    }
+
+    async fn propose_batch(raft: &Raft, level: u32, stages: &WriteStages, batch: Vec<Pending>) {
+        let ts_ms = now_ms();
+        let first = batch.first().map_or_else(Instant::now, |p| p.at);
+        let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (Command { ts_ms, event: p.event }, p.reply)).unzip();
+        let n = commands.len();
+        let written = raft.client_write(Batch::new(level, commands)).await;
+        if let Ok(resp) = &written {
+            stages.answered(resp.log_id.index, first);
+        }
+        match written {
+            Ok(resp) if resp.data.outcomes.len() == n => {
+                for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {
+                    let _ = reply.send(Ok(Committed { outcome, index: resp.log_id.index }));
                 }
-                match written {
-                    Ok(resp) if resp.data.outcomes.len() == n => {
-                        for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {
-                            let _ = reply.send(Ok(Committed { outcome, index: resp.log_id.index }));
-                        }
-                    }
-                    Ok(resp) => {
-                        let why = format!("{} outcomes for {n} commands", resp.data.outcomes.len());
-                        for reply in replies {
-                            let _ = reply.send(Err(Retry::Fatal(why.clone())));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(Retry::from_write_error(&e)));
-                        }
-                    }
+            }
+            Ok(resp) => {
+                let why = format!("{} outcomes for {n} commands", resp.data.outcomes.len());
+                for reply in replies {
+                    let _ = reply.send(Err(Retry::Fatal(why.clone())));
                 }
-                drop(slot);
-            });
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(Retry::from_write_error(&e)));
+                }
+            }
         }
     }
 }
