@@ -12,20 +12,14 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Most requests in one batch.
 pub const MAX_BATCH: usize = 512;
-/// Batches a follower's forwarder (and the log benchmark's client) keeps in
-/// flight: while one is out, the next gathers. Two rather than four: at 256
-/// writers the batches are then about twice as large, and the cluster spends
-/// less CPU per write (log bench at 1252e96: 15-16k against 13-14k writes/s
-/// with one RPC per write, 22-27k against 16-25k with the gathering client).
+/// Batches in flight at once in a follower's forwarder and the log
+/// benchmark's client: while some are out, the next one gathers. Two rather
+/// than four: at 256 writers the batches are then about twice as large, and
+/// the cluster spends less CPU per write (log bench at 1252e96: 15-16k against
+/// 13-14k writes/s with one RPC per write, 22-27k against 16-25k with the
+/// gathering client). A lone caller still goes at once. The leader's proposer
+/// awaits each batch before taking the next, so it has one in flight.
 pub const MAX_IN_FLIGHT: usize = 2;
-
-/// Batches the leader's proposer keeps in flight: one. A second entry
-/// proposed while the first replicates waits anyway, since replication keeps
-/// one AppendEntries in flight per follower; held back, its commands join the
-/// next entry instead (`chorus-bench breakdown`, 2026-12-08: 0.16 against
-/// 0.27 entries per ack at 16 senders, 349-352 against 367-376 µs of CPU per
-/// ack; see docs/PERFORMANCE.md).
-pub const PROPOSER_IN_FLIGHT: usize = 1;
 
 /// The receiving end: yields batches, each with the in-flight slot it holds
 /// until dropped.
@@ -35,11 +29,9 @@ pub struct Gatherer<T> {
 }
 
 /// A queue for requests of type `T`, and the [`Gatherer`] that batches them.
-/// `in_flight` batches (at least one) may be out at once; the queue holds
-/// [`MAX_IN_FLIGHT`] batches' worth, and a sender waits once it is full.
-pub fn channel<T>(in_flight: usize) -> (mpsc::Sender<T>, Gatherer<T>) {
+pub fn channel<T>() -> (mpsc::Sender<T>, Gatherer<T>) {
     let (tx, rx) = mpsc::channel(MAX_BATCH * MAX_IN_FLIGHT);
-    (tx, Gatherer { rx, slots: Arc::new(Semaphore::new(in_flight.max(1))) })
+    (tx, Gatherer { rx, slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) })
 }
 
 impl<T> Gatherer<T> {
@@ -62,7 +54,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_requests_come_out_together_and_in_order() {
-        let (tx, mut g) = channel(MAX_IN_FLIGHT);
+        let (tx, mut g) = channel();
         for i in 0..10 {
             tx.send(i).await.unwrap();
         }
@@ -74,7 +66,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_waits_for_a_free_slot() {
-        let (tx, mut g) = channel(MAX_IN_FLIGHT);
+        let (tx, mut g) = channel();
         let mut held = Vec::new();
         for i in 0..MAX_IN_FLIGHT {
             tx.send(i).await.unwrap();

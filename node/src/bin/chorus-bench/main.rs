@@ -132,7 +132,7 @@ type Waiting = (Event, tokio::sync::oneshot::Sender<Result<ProposeReply, String>
 
 /// A client that sends the writes queued at the same moment in one RPC.
 fn gathering_client(client: RaftClient<Channel>, cluster_id: Arc<str>) -> tokio::sync::mpsc::Sender<Waiting> {
-    let (tx, mut gatherer) = gather::channel::<Waiting>(gather::MAX_IN_FLIGHT);
+    let (tx, mut gatherer) = gather::channel::<Waiting>();
     tokio::spawn(async move {
         while let Some((slot, batch)) = gatherer.next_batch().await {
             let (mut client, cluster_id) = (client.clone(), cluster_id.clone());
